@@ -1,0 +1,222 @@
+//! Assembling and running one sidecar: load the config (refusing to start on a bad one, before
+//! any port is bound), bind the app and admin listeners, serve, watch the config, and shut down
+//! in order: readiness false → optional drain delay → stop accepting → drain in-flight requests
+//! and streams within the grace period → stop the admin port last, so probes and metrics
+//! answer throughout the drain.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::source::{FileSource, SourceError};
+use crate::config::{Config, ConfigErrors, VarLookup};
+use crate::server;
+use crate::state::reload::{ReloadOutcome, Reloader};
+use crate::state::{Runtime, Shared};
+use crate::telemetry::Metrics;
+
+pub enum ConfigInput {
+    /// A file, watched and reloaded on change and on SIGHUP.
+    File(PathBuf),
+    /// Fixed text (the demo's embedded config); never reloaded.
+    Text(String),
+}
+
+pub struct Options {
+    pub config: ConfigInput,
+    pub vars: Arc<dyn VarLookup + Send + Sync>,
+    /// Overrides `listen` (tests use port 0).
+    pub listen: Option<SocketAddr>,
+    /// Overrides `admin_listen`.
+    pub admin_listen: Option<SocketAddr>,
+}
+
+impl Options {
+    pub fn new(config: ConfigInput) -> Self {
+        Options {
+            config,
+            vars: Arc::new(crate::config::Env),
+            listen: None,
+            admin_listen: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    #[error("{0}")]
+    Source(#[from] SourceError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+}
+
+impl StartError {
+    /// Process exit code: 64 (EX_USAGE) for a config the operator must fix, 71 (EX_OSERR) otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            StartError::Config(_) | StartError::Source(SourceError::Read { .. }) => 64,
+            _ => 71,
+        }
+    }
+}
+
+pub struct Sidecar {
+    app_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    shared: Arc<Shared>,
+    reloader: Option<Arc<Reloader>>,
+    stop_app: watch::Sender<Option<Duration>>,
+    stop_admin: watch::Sender<Option<Duration>>,
+    app_task: JoinHandle<()>,
+    admin_task: JoinHandle<()>,
+    watch_task: Option<JoinHandle<()>>,
+}
+
+impl Sidecar {
+    pub async fn start(opts: Options) -> Result<Sidecar, StartError> {
+        let (text, source) = match opts.config {
+            ConfigInput::File(path) => {
+                let source = FileSource::new(path);
+                (source.read()?, Some(source))
+            }
+            ConfigInput::Text(t) => (t, None),
+        };
+        let config = Config::load(&text, &*opts.vars)?;
+        let runtime = Runtime::build(config, None, 1)?;
+        let app_addr = opts.listen.unwrap_or(runtime.config.listen);
+        let admin_addr = opts.admin_listen.unwrap_or(runtime.config.admin_listen);
+        let app_listener = TcpListener::bind(app_addr)
+            .await
+            .map_err(|source| StartError::Bind { addr: app_addr, source })?;
+        let admin_listener = TcpListener::bind(admin_addr).await.map_err(|source| StartError::Bind {
+            addr: admin_addr,
+            source,
+        })?;
+        let app_addr = app_listener
+            .local_addr()
+            .map_err(|source| StartError::Bind { addr: app_addr, source })?;
+        let admin_addr = admin_listener.local_addr().map_err(|source| StartError::Bind {
+            addr: admin_addr,
+            source,
+        })?;
+
+        let shared = Shared::new(runtime, Arc::new(Metrics::new()));
+        let (stop_app, app_rx) = watch::channel(None);
+        let (stop_admin, admin_rx) = watch::channel(None);
+        let s = shared.clone();
+        let app_task = tokio::spawn(server::serve(
+            app_listener,
+            move |req| server::handle(s.clone(), req),
+            app_rx,
+        ));
+        let s = shared.clone();
+        let admin_task = tokio::spawn(server::serve(
+            admin_listener,
+            move |req| server::admin::handle(s.clone(), req),
+            admin_rx,
+        ));
+
+        let mut reloader = None;
+        let mut watch_task = None;
+        if let Some(source) = source {
+            let r = Arc::new(Reloader::new(shared.clone(), source, opts.vars.clone()));
+            match r.source().watch() {
+                Ok(mut changes) => {
+                    let r2 = r.clone();
+                    watch_task = Some(tokio::spawn(async move {
+                        while changes.next().await.is_some() {
+                            let r3 = r2.clone();
+                            let _ = tokio::task::spawn_blocking(move || r3.reload()).await;
+                        }
+                        tracing::warn!("the config watch ended; reload with SIGHUP");
+                    }));
+                }
+                // Still serve: SIGHUP reloads work without the watch.
+                Err(e) => tracing::error!(error = %e, "cannot watch the config for changes; reload with SIGHUP"),
+            }
+            reloader = Some(r);
+        }
+        shared.health.set_ready(true);
+        let rt = shared.runtime.load();
+        tracing::info!(
+            %app_addr, %admin_addr,
+            providers = rt.providers.len(), models = rt.config.models.len(), routes = rt.config.routes.len(),
+            version = rt.config.version.as_deref().unwrap_or(""),
+            "llm-sidecar serving"
+        );
+        Ok(Sidecar {
+            app_addr,
+            admin_addr,
+            shared,
+            reloader,
+            stop_app,
+            stop_admin,
+            app_task,
+            admin_task,
+            watch_task,
+        })
+    }
+
+    pub fn app_addr(&self) -> SocketAddr {
+        self.app_addr
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Re-reads the config file now (SIGHUP). `None` when the config is not from a file.
+    pub async fn reload(&self) -> Option<ReloadOutcome> {
+        let r = self.reloader.clone()?;
+        tokio::task::spawn_blocking(move || r.reload()).await.ok()
+    }
+
+    /// Graceful shutdown; returns when every connection has finished or the grace period ended.
+    pub async fn shutdown(self) {
+        let server = self.shared.runtime.load().config.server.clone();
+        self.shared.health.set_ready(false);
+        tracing::info!(grace = ?server.shutdown_grace, drain_delay = ?server.drain_delay, "shutting down: readiness is now false");
+        if let Some(t) = &self.watch_task {
+            t.abort();
+        }
+        tokio::time::sleep(server.drain_delay).await;
+        let _ = self.stop_app.send(Some(server.shutdown_grace));
+        let _ = self.app_task.await;
+        let _ = self.stop_admin.send(Some(Duration::from_secs(1)));
+        let _ = self.admin_task.await;
+        tracing::info!("shutdown complete");
+    }
+}
+
+/// Serves until SIGTERM or SIGINT, reloading on SIGHUP, then shuts down gracefully.
+pub async fn run_until_signal(sidecar: Sidecar) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading the config");
+                if sidecar.reload().await.is_none() {
+                    tracing::info!("SIGHUP ignored: the config is built in, not read from a file");
+                }
+            }
+        }
+    }
+    sidecar.shutdown().await;
+    Ok(())
+}

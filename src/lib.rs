@@ -1,0 +1,37 @@
+//! llm-sidecar: an OpenAI-compatible proxy that lives next to each application pod.
+//!
+//! # Layout
+//!
+//! Modules depend downward only: each may use the ones listed before it.
+//!
+//! - [`config`] — the YAML schema, `${VAR}` interpolation, validation into an immutable
+//!   [`config::Config`] with precise key paths, and the watched file source.
+//! - [`openai`] — the slices of the OpenAI wire format we read: request head, usage, SSE.
+//! - [`telemetry`] — the Prometheus registry and metric families; log setup.
+//! - [`upstream`] — provider clients over rustls, timeouts, concurrency limits.
+//! - [`router`] — requested model → route → ordered candidate models.
+//! - [`limits`] — tenant identification (rate limits and budgets arrive here).
+//! - [`state`] — the live [`state::Runtime`] snapshot behind one `ArcSwap`, and reload.
+//! - [`server`] — HTTP: the OpenAI endpoints, passthrough, the relay/tee, errors, admin port.
+//! - [`mock`] — an in-process OpenAI-compatible upstream for the demo, benches and tests.
+//! - [`app`] — start-up, signals and graceful shutdown of one sidecar.
+//!
+//! The request path, in files: `server/mod.rs` (routing of URLs) → `server/proxy.rs`
+//! (tenant, body, route, failover) → `upstream/mod.rs` (send) → `server/relay.rs` (stream
+//! back, account) → `server/record.rs` (log line and metrics).
+
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod config;
+pub mod limits;
+pub mod mock;
+pub mod openai;
+pub mod router;
+pub mod server;
+pub mod state;
+pub mod telemetry;
+pub mod upstream;
+
+/// The demo's config, embedded in the binary.
+pub const DEMO_CONFIG: &str = include_str!("demo.yaml");

@@ -1,0 +1,212 @@
+//! The `llm-sidecar` binary: parse the command line and hand over to the library.
+
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use llm_sidecar::app::{ConfigInput, Options, Sidecar, run_until_signal};
+use llm_sidecar::config::{Config, Env, LoggingSettings, VarLookup};
+use llm_sidecar::mock::MockUpstream;
+use llm_sidecar::telemetry::init_logging;
+
+#[derive(Parser)]
+#[command(
+    name = "llm-sidecar",
+    version,
+    about = "OpenAI-compatible sidecar proxy: cache, routing, limits, metrics"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve with a config file; it is watched and hot-reloaded (also on SIGHUP).
+    Serve {
+        #[arg(long, short, env = "LLM_SIDECAR_CONFIG")]
+        config: PathBuf,
+        /// Override `listen`.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Override `admin_listen`.
+        #[arg(long)]
+        admin_listen: Option<SocketAddr>,
+    },
+    /// Validate a config file; prints every problem with its key path. Exit 0 when valid.
+    CheckConfig { file: PathBuf },
+    /// Serve the built-in demo config in front of a built-in mock upstream (no network, no keys).
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin_listen: SocketAddr,
+        /// Print the embedded demo config and exit.
+        #[arg(long)]
+        print_config: bool,
+    },
+    /// Run only the mock OpenAI-compatible upstream (for load tests and experiments).
+    MockUpstream {
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: SocketAddr,
+    },
+}
+
+/// sysexits.h EX_USAGE: the operator must fix the invocation or config.
+const EXIT_CONFIG: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("llm-sidecar: cannot start the async runtime: {e}");
+            return ExitCode::from(71);
+        }
+    };
+    rt.block_on(run(cli.command))
+}
+
+async fn run(command: Command) -> ExitCode {
+    match command {
+        Command::CheckConfig { file } => check_config(&file),
+        Command::Serve {
+            config,
+            listen,
+            admin_listen,
+        } => {
+            // Logging settings come from the config itself; read it once for them.
+            let logging = std::fs::read_to_string(&config)
+                .ok()
+                .and_then(|t| Config::load(&t, &Env).ok())
+                .map(|c| c.logging)
+                .unwrap_or_else(default_logging);
+            init_logging(&logging);
+            let opts = Options {
+                listen,
+                admin_listen,
+                ..Options::new(ConfigInput::File(config))
+            };
+            start_and_run(opts).await
+        }
+        Command::Demo {
+            listen,
+            admin_listen,
+            print_config,
+        } => {
+            if print_config {
+                print!("{}", llm_sidecar::DEMO_CONFIG);
+                return ExitCode::SUCCESS;
+            }
+            init_logging(&LoggingSettings {
+                format: llm_sidecar::config::LogFormat::Text,
+                level: "info".into(),
+            });
+            let mock = match MockUpstream::start().await {
+                Ok(m) => m,
+                Err(e) => {
+                    eprintln!("llm-sidecar demo: cannot start the mock upstream: {e}");
+                    return ExitCode::from(71);
+                }
+            };
+            let upstream = mock.base_url();
+            let vars = move |name: &str| {
+                if name == "DEMO_UPSTREAM" {
+                    Some(upstream.clone())
+                } else {
+                    Env.var(name)
+                }
+            };
+            let opts = Options {
+                vars: Arc::new(vars),
+                listen: Some(listen),
+                admin_listen: Some(admin_listen),
+                ..Options::new(ConfigInput::Text(llm_sidecar::DEMO_CONFIG.to_owned()))
+            };
+            println!(
+                "llm-sidecar demo: OpenAI API on http://{listen}/v1 (mock upstream at {}), admin on http://{admin_listen}\n\
+                 try: curl -s http://{listen}/v1/chat/completions -H 'content-type: application/json' \
+                 -d '{{\"model\":\"auto\",\"messages\":[{{\"role\":\"user\",\"content\":\"hello\"}}]}}'",
+                mock.base_url()
+            );
+            let code = start_and_run(opts).await;
+            drop(mock);
+            code
+        }
+        Command::MockUpstream { listen } => {
+            init_logging(&default_logging());
+            match MockUpstream::start_on(listen).await {
+                Ok(mock) => {
+                    println!("mock upstream on {}", mock.base_url());
+                    let _ = tokio::signal::ctrl_c().await;
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("mock-upstream: cannot listen on {listen}: {e}");
+                    ExitCode::from(71)
+                }
+            }
+        }
+    }
+}
+
+fn default_logging() -> LoggingSettings {
+    LoggingSettings {
+        format: llm_sidecar::config::LogFormat::Auto,
+        level: "info".into(),
+    }
+}
+
+async fn start_and_run(opts: Options) -> ExitCode {
+    match Sidecar::start(opts).await {
+        Ok(sidecar) => match run_until_signal(sidecar).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("llm-sidecar: signal handling failed: {e}");
+                ExitCode::from(71)
+            }
+        },
+        Err(e) => {
+            eprintln!("llm-sidecar: {e}");
+            ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
+        }
+    }
+}
+
+fn check_config(file: &PathBuf) -> ExitCode {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{}: cannot read: {e}", file.display());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match Config::load(&text, &Env)
+        .map_err(|e| e.0)
+        .and_then(|c| llm_sidecar::state::Runtime::build(c, None, 1).map_err(|e| e.0))
+    {
+        Ok(rt) => {
+            let c = &rt.config;
+            println!(
+                "{}: valid ({} providers, {} models, {} routes, {} tenants)",
+                file.display(),
+                c.providers.len(),
+                c.models.len(),
+                c.routes.len(),
+                c.tenants.names.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(issues) => {
+            eprintln!("{}: {} problem(s):", file.display(), issues.len());
+            for i in issues {
+                eprintln!("  - {i}");
+            }
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! The parts of the OpenAI wire format the sidecar must read: the head of a request (model,
+//! stream flags), usage in responses, Server-Sent Events framing, and the error body shape.
+//! Everything else in a body is carried through untouched, so fields OpenAI adds tomorrow keep
+//! working without a sidecar release.
+
+pub mod request;
+pub mod sse;
+pub mod usage;
+
+pub use request::{RequestError, RequestHead};
+pub use sse::SseScanner;
+pub use usage::Usage;
+
+/// The OpenAI error body: `{"error":{"message","type","param","code"}}`.
+pub fn error_body(message: &str, kind: &str, param: Option<&str>, code: Option<&str>) -> Vec<u8> {
+    let body = serde_json::json!({
+        "error": { "message": message, "type": kind, "param": param, "code": code }
+    });
+    // Serialising a `Value` built from strings cannot fail.
+    serde_json::to_vec(&body).unwrap_or_default()
+}

@@ -1,0 +1,218 @@
+//! A Server-Sent Events scanner for the response tee. It never holds back a complete event:
+//! bytes are forwarded as soon as an event boundary is seen, and when upstream frames align
+//! with events (the usual case) the frame is forwarded as the same `Bytes`, without a copy.
+//! While scanning it reports usage, `[DONE]` and in-band errors, and can drop the usage-only
+//! chunk the sidecar itself asked for.
+
+use bytes::{Bytes, BytesMut};
+
+use super::usage::{Usage, parse_usage};
+
+/// A partial event longer than this is not an OpenAI chunk we could parse anyway; it is
+/// forwarded unparsed rather than buffered without bound.
+pub const MAX_PENDING_EVENT: usize = 1 << 20;
+
+#[derive(Debug, Default)]
+pub struct SseScanner {
+    pending: BytesMut,
+    strip_usage_only: bool,
+    /// Usage reported by the stream (the last report wins, as providers send it once at the end).
+    pub usage: Option<Usage>,
+    /// `data: [DONE]` was seen.
+    pub done: bool,
+    /// An `{"error": ...}` event was seen.
+    pub saw_error: bool,
+    /// Number of data events seen.
+    pub events: u64,
+}
+
+impl SseScanner {
+    /// `strip_usage_only`: drop the usage-only chunk (the app did not ask for it; we did).
+    pub fn new(strip_usage_only: bool) -> Self {
+        Self {
+            strip_usage_only,
+            ..Default::default()
+        }
+    }
+
+    /// Feeds one upstream frame; returns what to forward now (possibly empty).
+    pub fn push(&mut self, chunk: Bytes) -> Bytes {
+        if self.pending.is_empty() {
+            let Some(end) = last_boundary(&chunk) else {
+                self.hold(&chunk);
+                return self.overflow();
+            };
+            if end == chunk.len() {
+                return self.scan_complete(chunk);
+            }
+            let mut chunk = chunk;
+            let complete = chunk.split_to(end);
+            self.pending.extend_from_slice(&chunk);
+            return self.scan_complete(complete);
+        }
+        self.pending.extend_from_slice(&chunk);
+        match last_boundary(&self.pending) {
+            Some(end) => {
+                let complete = self.pending.split_to(end).freeze();
+                self.scan_complete(complete)
+            }
+            None => self.overflow(),
+        }
+    }
+
+    /// Whatever is left when the upstream ends (an unterminated last event).
+    pub fn finish(&mut self) -> Bytes {
+        let rest = std::mem::take(&mut self.pending).freeze();
+        if !rest.is_empty() {
+            // An event cut off without its blank line still counts for usage and [DONE].
+            self.scan_event(&rest);
+        }
+        rest
+    }
+
+    fn hold(&mut self, chunk: &[u8]) {
+        self.pending.extend_from_slice(chunk);
+    }
+
+    fn overflow(&mut self) -> Bytes {
+        if self.pending.len() > MAX_PENDING_EVENT {
+            std::mem::take(&mut self.pending).freeze()
+        } else {
+            Bytes::new()
+        }
+    }
+
+    /// `buf` holds whole events only.
+    fn scan_complete(&mut self, buf: Bytes) -> Bytes {
+        let mut start = 0;
+        let mut drop_range: Option<(usize, usize)> = None;
+        while start < buf.len() {
+            let (event_end, next) = match next_boundary(&buf[start..]) {
+                Some((e, n)) => (start + e, start + n),
+                None => (buf.len(), buf.len()),
+            };
+            if self.scan_event(&buf[start..event_end]) {
+                // At most one usage-only chunk per stream, so one range is enough.
+                drop_range = Some((start, next));
+            }
+            start = next;
+        }
+        match drop_range {
+            None => buf,
+            Some((a, b)) => {
+                let mut out = BytesMut::with_capacity(buf.len() - (b - a));
+                out.extend_from_slice(&buf[..a]);
+                out.extend_from_slice(&buf[b..]);
+                out.freeze()
+            }
+        }
+    }
+
+    /// Returns true when the event should be dropped.
+    fn scan_event(&mut self, event: &[u8]) -> bool {
+        let mut strip = false;
+        for line in event.split(|&b| b == b'\n') {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let Some(data) = line.strip_prefix(b"data:") else {
+                continue;
+            };
+            let data = data.strip_prefix(b" ").unwrap_or(data);
+            self.events += 1;
+            if data == b"[DONE]" {
+                self.done = true;
+                continue;
+            }
+            // Cheap pre-filters: only chunks that mention usage or error are parsed.
+            if memchr::memmem::find(data, b"\"usage\"").is_some()
+                && let Some(report) = parse_usage(data)
+            {
+                self.usage = Some(report.usage);
+                strip |= self.strip_usage_only && report.usage_only;
+            }
+            if data.starts_with(b"{\"error\"") || memchr::memmem::find(data, b"\"error\":{").is_some() {
+                self.saw_error = true;
+            }
+        }
+        strip
+    }
+}
+
+/// End of the last complete event (just after its blank line).
+fn last_boundary(buf: &[u8]) -> Option<usize> {
+    let lf = memchr::memmem::rfind(buf, b"\n\n").map(|i| i + 2);
+    let crlf = memchr::memmem::rfind(buf, b"\r\n\r\n").map(|i| i + 4);
+    lf.max(crlf)
+}
+
+/// (end of event content, start of next event) for the first boundary in `buf`.
+fn next_boundary(buf: &[u8]) -> Option<(usize, usize)> {
+    let lf = memchr::memmem::find(buf, b"\n\n").map(|i| (i, i + 2));
+    let crlf = memchr::memmem::find(buf, b"\r\n\r\n").map(|i| (i, i + 4));
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        (a, b) => a.or(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const C1: &str = "data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\n";
+    const USAGE: &str = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1}}\n\n";
+    const DONE: &str = "data: [DONE]\n\n";
+
+    #[test]
+    fn aligned_frames_pass_through_without_copy() {
+        let mut s = SseScanner::new(false);
+        let frame = Bytes::from_static(C1.as_bytes());
+        let out = s.push(frame.clone());
+        assert_eq!(out.as_ptr(), frame.as_ptr());
+        assert_eq!(s.events, 1);
+    }
+
+    #[test]
+    fn split_events_are_forwarded_once_complete() {
+        let mut s = SseScanner::new(false);
+        let all = format!("{C1}{USAGE}{DONE}");
+        let mut forwarded = Vec::new();
+        for piece in all.as_bytes().chunks(7) {
+            forwarded.extend_from_slice(&s.push(Bytes::copy_from_slice(piece)));
+        }
+        forwarded.extend_from_slice(&s.finish());
+        assert_eq!(forwarded, all.as_bytes());
+        assert!(s.done);
+        assert_eq!(s.usage.unwrap().prompt_tokens, 3);
+    }
+
+    #[test]
+    fn strips_only_the_usage_only_chunk_when_asked() {
+        let mut s = SseScanner::new(true);
+        let out = s.push(Bytes::from(format!("{C1}{USAGE}{DONE}")));
+        assert_eq!(out, format!("{C1}{DONE}").as_bytes());
+        assert_eq!(s.usage.unwrap().completion_tokens, 1);
+    }
+
+    #[test]
+    fn crlf_framing_and_errors() {
+        let mut s = SseScanner::new(false);
+        let frame = Bytes::from_static(b"data: {\"error\":{\"message\":\"x\"}}\r\n\r\n");
+        assert_eq!(s.push(frame.clone()), frame);
+        assert!(s.saw_error);
+    }
+
+    #[test]
+    fn unbounded_partial_events_are_flushed() {
+        let mut s = SseScanner::new(false);
+        let big = Bytes::from(vec![b'a'; MAX_PENDING_EVENT + 1]);
+        assert_eq!(s.push(big).len(), MAX_PENDING_EVENT + 1);
+    }
+
+    #[test]
+    fn unterminated_last_event_still_counts() {
+        let mut s = SseScanner::new(false);
+        assert!(s.push(Bytes::from_static(b"data: [DONE]")).is_empty());
+        assert_eq!(&s.finish()[..], b"data: [DONE]");
+        assert!(s.done);
+    }
+}

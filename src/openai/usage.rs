@@ -1,0 +1,93 @@
+//! Token usage as providers report it, read from a JSON response or a stream chunk.
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// Prompt tokens served from the provider's prompt cache (billed at the cached rate).
+    pub cached_tokens: u64,
+}
+
+#[derive(Deserialize)]
+struct RawUsage {
+    #[serde(default, alias = "input_tokens")]
+    prompt_tokens: Option<u64>,
+    #[serde(default, alias = "output_tokens")]
+    completion_tokens: Option<u64>,
+    #[serde(default, alias = "input_tokens_details")]
+    prompt_tokens_details: Option<Details>,
+}
+
+#[derive(Deserialize)]
+struct Details {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
+}
+
+impl From<RawUsage> for Usage {
+    fn from(r: RawUsage) -> Self {
+        Usage {
+            prompt_tokens: r.prompt_tokens.unwrap_or(0),
+            completion_tokens: r.completion_tokens.unwrap_or(0),
+            cached_tokens: r.prompt_tokens_details.and_then(|d| d.cached_tokens).unwrap_or(0),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct WithUsage {
+    #[serde(default)]
+    usage: Option<RawUsage>,
+    #[serde(default)]
+    choices: Option<Vec<serde::de::IgnoredAny>>,
+}
+
+/// What one JSON document (a full response or one stream chunk) says about usage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UsageReport {
+    pub usage: Usage,
+    /// The chunk carries no choices: it exists only to report usage.
+    pub usage_only: bool,
+}
+
+/// Reads `usage` from a JSON document. `None` when there is none (or the JSON is not an object).
+pub fn parse_usage(json: &[u8]) -> Option<UsageReport> {
+    let w: WithUsage = serde_json::from_slice(json).ok()?;
+    let usage = w.usage?.into();
+    Some(UsageReport {
+        usage,
+        usage_only: w.choices.is_none_or(|c| c.is_empty()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_openai_usage_with_cached_tokens() {
+        let r = parse_usage(br#"{"choices":[{"index":0}],"usage":{"prompt_tokens":10,"completion_tokens":5,"prompt_tokens_details":{"cached_tokens":4}}}"#).unwrap();
+        assert_eq!(
+            r.usage,
+            Usage {
+                prompt_tokens: 10,
+                completion_tokens: 5,
+                cached_tokens: 4
+            }
+        );
+        assert!(!r.usage_only);
+    }
+
+    #[test]
+    fn usage_only_chunk_and_null_usage() {
+        assert!(
+            parse_usage(br#"{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2}}"#)
+                .unwrap()
+                .usage_only
+        );
+        assert_eq!(parse_usage(br#"{"choices":[{}],"usage":null}"#), None);
+        assert_eq!(parse_usage(b"not json"), None);
+    }
+}

@@ -1,0 +1,79 @@
+//! The admin port: Prometheus metrics, liveness, readiness and a read-only view of the config
+//! in service (never its secrets). Kept off the app port so a NetworkPolicy can expose it to
+//! Prometheus and the kubelet without exposing the API.
+
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+
+use super::body::Body;
+use crate::state::Shared;
+
+pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/metrics") => text(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            shared.metrics.encode(),
+        ),
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "text/plain", "ok\n".into()),
+        (&Method::GET, "/readyz") => {
+            if shared.health.is_ready() {
+                text(StatusCode::OK, "text/plain", "ready\n".into())
+            } else {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "not ready: shutting down\n".into(),
+                )
+            }
+        }
+        (&Method::GET, "/admin/config") => {
+            let rt = shared.runtime.load();
+            let c = &rt.config;
+            let body = serde_json::json!({
+                "generation": rt.generation,
+                "version": c.version,
+                "digest": c.digest,
+                "loaded_at_unix": rt.loaded_at.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+                "providers": c.providers.values().map(|p| serde_json::json!({
+                    "name": &*p.name,
+                    "base_url": p.base_url.to_string(),
+                    "auth": p.auth.as_ref().map(|(h, _)| h.as_str()),
+                    "max_connections": p.max_connections,
+                })).collect::<Vec<_>>(),
+                "models": c.models.values().map(|m| serde_json::json!({
+                    "name": &*m.name,
+                    "provider": &*m.provider,
+                    "upstream_model": &*m.upstream_model,
+                    "pricing_usd_per_million": {"input": m.pricing.input, "output": m.pricing.output, "cached_input": m.pricing.cached_input},
+                })).collect::<Vec<_>>(),
+                "routes": c.routes.iter().map(|r| serde_json::json!({
+                    "name": &*r.name, "models": r.models, "targets": r.targets.iter().map(|t| &**t).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
+                "default_route": c.default_route,
+                "tenants": c.tenants.names.iter().map(|t| &**t).collect::<Vec<_>>(),
+            });
+            text(
+                StatusCode::OK,
+                "application/json",
+                serde_json::to_string_pretty(&body).unwrap_or_default(),
+            )
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: try /metrics, /healthz, /readyz, /admin/config\n".into(),
+        ),
+    }
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
+    let mut resp = Response::new(Body::full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}

@@ -1,0 +1,133 @@
+//! The one place where failures become HTTP: every module's typed error is classified here
+//! into a status, an OpenAI-shaped body, and whether it is the app's fault or ours.
+
+use http::{HeaderValue, Response, StatusCode, header};
+
+use super::body::Body;
+use crate::limits::TenantError;
+use crate::openai::{RequestError, error_body};
+use crate::router::RouteError;
+use crate::upstream::UpstreamError;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub kind: &'static str,
+    pub code: Option<&'static str>,
+    pub param: Option<&'static str>,
+    pub message: String,
+    pub retry_after: Option<u64>,
+    /// Short label for logs and metrics.
+    pub outcome: &'static str,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, kind: &'static str, code: Option<&'static str>, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            kind,
+            code,
+            param: None,
+            message: message.into(),
+            retry_after: None,
+            outcome: "rejected",
+        }
+    }
+
+    pub fn invalid(code: Option<&'static str>, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", code, message)
+    }
+
+    pub fn too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            Some("request_too_large"),
+            format!("The request body is larger than this sidecar's limit of {limit} bytes (server.max_body_bytes)."),
+        )
+    }
+
+    pub fn unknown_url(method: &http::Method, path: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            Some("unknown_url"),
+            format!("Invalid URL ({method} {path}): the OpenAI API lives under /v1."),
+        )
+    }
+
+    pub fn into_response(self, request_id: &HeaderValue) -> Response<Body> {
+        let body = error_body(&self.message, self.kind, self.param, self.code);
+        let mut resp = Response::new(Body::full(body));
+        *resp.status_mut() = self.status;
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert("x-request-id", request_id.clone());
+        if let Some(secs) = self.retry_after {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp
+    }
+}
+
+impl From<RequestError> for ApiError {
+    fn from(e: RequestError) -> Self {
+        let code = match e {
+            RequestError::Malformed(_) | RequestError::NotAnObject(_) => Some("invalid_json"),
+            _ => None,
+        };
+        ApiError {
+            param: e.param(),
+            ..ApiError::invalid(code, e.to_string())
+        }
+    }
+}
+
+impl From<RouteError> for ApiError {
+    fn from(e: RouteError) -> Self {
+        ApiError {
+            param: Some("model"),
+            ..ApiError::new(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                Some("model_not_found"),
+                e.to_string(),
+            )
+        }
+    }
+}
+
+impl From<TenantError> for ApiError {
+    fn from(e: TenantError) -> Self {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            Some("invalid_api_key"),
+            e.to_string(),
+        )
+    }
+}
+
+impl From<UpstreamError> for ApiError {
+    fn from(e: UpstreamError) -> Self {
+        let (status, code, retry_after) = match &e {
+            UpstreamError::Connect { .. } | UpstreamError::Protocol { .. } => {
+                (StatusCode::BAD_GATEWAY, "upstream_unreachable", None)
+            }
+            UpstreamError::FirstByteTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", None),
+            UpstreamError::Busy { .. } => (StatusCode::SERVICE_UNAVAILABLE, "upstream_busy", Some(1)),
+        };
+        ApiError {
+            retry_after,
+            outcome: "upstream_error",
+            ..ApiError::new(status, "upstream_error", Some(code), e.to_string())
+        }
+    }
+}
+
+impl ApiError {
+    pub fn with_message(mut self, message: String) -> Self {
+        self.message = message;
+        self
+    }
+}

@@ -1,0 +1,344 @@
+//! The OpenAI endpoints: read and check the request, pick the route and its candidates, send to
+//! the first candidate that answers (falling over to the next on connect errors, timeouts,
+//! 429 and 5xx, always before anything has gone to the app), and relay the answer.
+//! Paths the sidecar does not interpret are passed through to the default route's provider.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use super::body::Body;
+use super::error::ApiError;
+use super::record::RequestRecord;
+use super::relay::{Mode, RelayBody};
+use crate::config::ModelConfig;
+use crate::openai::{RequestHead, SseScanner};
+use crate::state::{Runtime, Shared};
+use crate::upstream::{BoxError, ClientBody, Provider, Upstream, UpstreamError, is_hop_header};
+
+/// A client that takes longer than this to send its request body is stalled (or hostile);
+/// real bodies, even multi-megabyte image prompts, arrive in well under a second on loopback.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Chat,
+    Completions,
+    Embeddings,
+}
+
+impl Endpoint {
+    fn path(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "/chat/completions",
+            Endpoint::Completions => "/completions",
+            Endpoint::Embeddings => "/embeddings",
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "chat",
+            Endpoint::Completions => "completions",
+            Endpoint::Embeddings => "embeddings",
+        }
+    }
+
+    fn streams(self) -> bool {
+        !matches!(self, Endpoint::Embeddings)
+    }
+}
+
+/// What went upstream and came back, ready to relay.
+struct Answer {
+    upstream: Upstream,
+    route: HeaderValue,
+    model: Arc<ModelConfig>,
+    strip_usage: bool,
+    idle: Duration,
+    deadline: Instant,
+}
+
+pub async fn openai(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+    endpoint: Endpoint,
+    request_id: HeaderValue,
+) -> Response<Body> {
+    let rt = shared.runtime.load_full();
+    let mut rec = RequestRecord::new(shared.metrics.clone(), request_id, endpoint.label());
+    let result = async {
+        rec.tenant = Some(rt.tenants.identify(req.headers())?);
+        let (parts, body) = req.into_parts();
+        let body = read_body(body, &parts.headers, rt.config.server.max_body_bytes).await?;
+        let head = RequestHead::parse(&body)?;
+        rec.stream = head.stream && endpoint.streams();
+        let route = rt.router.decide(&head.model)?;
+        rec.route = Some(route.name.clone());
+        let mut headers = HeaderMap::with_capacity(parts.headers.len() + 4);
+        let mut failures: Vec<(Arc<ModelConfig>, UpstreamError)> = Vec::new();
+        for (i, model) in route.targets.iter().enumerate() {
+            let last = i + 1 == route.targets.len();
+            let Some(provider) = rt.providers.get(&model.provider) else {
+                continue;
+            };
+            rec.attempts += 1;
+            rec.model = Some(model.clone());
+            let strip_usage = rec.stream && !head.include_usage && provider.config.inject_stream_usage;
+            let send_body = if head.needs_rewrite(&model.upstream_model, strip_usage) {
+                Bytes::from(head.rewrite(&model.upstream_model, strip_usage))
+            } else {
+                body.clone()
+            };
+            headers.clear();
+            provider.forward_headers(&parts.headers, &mut headers, false);
+            // The tee reads the body; compression would hide usage from it.
+            headers.remove(header::ACCEPT_ENCODING);
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            headers.insert("x-request-id", rec.request_id.clone());
+            let uri = provider.uri(endpoint.path(), None).map_err(internal)?;
+            let deadline = Instant::now() + provider.config.timeouts.total;
+            match provider
+                .send(Method::POST, uri, headers.clone(), full(send_body), deadline)
+                .await
+            {
+                Ok(up) => {
+                    let status = up.response.status();
+                    if !status.is_success() {
+                        shared.metrics.upstream_error(provider.name(), status_kind(status));
+                        if !last && (status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS) {
+                            tracing::debug!(
+                                status = status.as_u16(),
+                                model = &*model.name,
+                                "failing over to the next candidate"
+                            );
+                            continue;
+                        }
+                    }
+                    return Ok(Answer {
+                        upstream: up,
+                        route: route_header(&route.name),
+                        model: model.clone(),
+                        strip_usage,
+                        idle: provider.config.timeouts.idle,
+                        deadline,
+                    });
+                }
+                Err(e) => {
+                    shared.metrics.upstream_error(provider.name(), e.kind());
+                    failures.push((model.clone(), e));
+                }
+            }
+        }
+        Err(all_failed(failures))
+    }
+    .await;
+    match result {
+        Ok(answer) => relay(rec, answer),
+        Err(e) => fail(rec, e),
+    }
+}
+
+/// Passes a `/v1/*` request the sidecar does not interpret (Responses API, audio, files,
+/// batches) to the default route's first provider, body and query unchanged.
+pub async fn passthrough(shared: Arc<Shared>, req: Request<Incoming>, request_id: HeaderValue) -> Response<Body> {
+    let rt: Arc<Runtime> = shared.runtime.load_full();
+    let mut rec = RequestRecord::new(shared.metrics.clone(), request_id, "passthrough");
+    let result = async {
+        rec.tenant = Some(rt.tenants.identify(req.headers())?);
+        let route = rt.router.default_route().ok_or_else(|| {
+            ApiError::unknown_url(req.method(), req.uri().path()).with_message(format!(
+                "Invalid URL ({} {}): this sidecar interprets chat/completions, completions, embeddings and models, and passes other /v1 paths to the default route, but no `default_route` is configured.",
+                req.method(),
+                req.uri().path()
+            ))
+        })?;
+        rec.route = Some(route.name.clone());
+        let (model, provider): (&Arc<ModelConfig>, &Arc<Provider>) = route
+            .targets
+            .iter()
+            .find_map(|m| rt.providers.get(&m.provider).map(|p| (m, p)))
+            .ok_or_else(|| internal("the default route has no usable target"))?;
+        rec.model = Some(model.clone());
+        rec.attempts = 1;
+        let (parts, body) = req.into_parts();
+        let suffix = parts.uri.path().strip_prefix("/v1").unwrap_or(parts.uri.path());
+        let uri = provider.uri(suffix, parts.uri.query()).map_err(internal)?;
+        let mut headers = HeaderMap::with_capacity(parts.headers.len() + 2);
+        provider.forward_headers(&parts.headers, &mut headers, true);
+        headers.insert("x-request-id", rec.request_id.clone());
+        let body: ClientBody = body.map_err(|e| Box::new(e) as BoxError).boxed();
+        let deadline = Instant::now() + provider.config.timeouts.total;
+        match provider.send(parts.method, uri, headers, body, deadline).await {
+            Ok(up) => {
+                if !up.response.status().is_success() {
+                    shared.metrics.upstream_error(provider.name(), status_kind(up.response.status()));
+                }
+                Ok(Answer {
+                    upstream: up,
+                    route: route_header(&route.name),
+                    model: model.clone(),
+                    strip_usage: false,
+                    idle: provider.config.timeouts.idle,
+                    deadline,
+                })
+            }
+            Err(e) => {
+                shared.metrics.upstream_error(provider.name(), e.kind());
+                Err(ApiError::from(e))
+            }
+        }
+    }
+    .await;
+    match result {
+        Ok(answer) => relay(rec, answer),
+        Err(e) => fail(rec, e),
+    }
+}
+
+fn relay(mut rec: RequestRecord, answer: Answer) -> Response<Body> {
+    let Answer {
+        upstream,
+        route,
+        model,
+        strip_usage,
+        idle,
+        deadline,
+    } = answer;
+    let (parts, incoming) = upstream.response.into_parts();
+    let is_sse = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    let mode = if !parts.status.is_success() {
+        Mode::Raw
+    } else if is_sse {
+        Mode::Sse(SseScanner::new(strip_usage))
+    } else {
+        Mode::json()
+    };
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = parts.status;
+    let h = resp.headers_mut();
+    for (name, value) in &parts.headers {
+        if is_hop_header(name) || (is_sse && *name == header::CONTENT_LENGTH) {
+            continue;
+        }
+        h.append(name.clone(), value.clone());
+    }
+    h.insert("x-request-id", rec.request_id.clone());
+    h.insert("x-llm-sidecar-route", route);
+    if let Ok(v) = HeaderValue::from_str(&model.name) {
+        h.insert("x-llm-sidecar-model", v);
+    }
+    h.insert("x-llm-sidecar-attempts", HeaderValue::from(rec.attempts));
+    rec.status = parts.status.as_u16();
+    let outcome = if parts.status.is_success() {
+        "ok"
+    } else {
+        "upstream_status"
+    };
+    *resp.body_mut() = Body::Relay(Box::pin(RelayBody::new(
+        incoming,
+        mode,
+        idle,
+        deadline,
+        rec,
+        outcome,
+        upstream.permit,
+    )));
+    resp
+}
+
+fn fail(mut rec: RequestRecord, e: ApiError) -> Response<Body> {
+    rec.status = e.status.as_u16();
+    let mut resp = {
+        rec.finish(e.outcome);
+        let id = rec.request_id.clone();
+        e.into_response(&id)
+    };
+    if let Some(route) = &rec.route {
+        resp.headers_mut().insert("x-llm-sidecar-route", route_header(route));
+    }
+    if rec.attempts > 0 {
+        resp.headers_mut()
+            .insert("x-llm-sidecar-attempts", HeaderValue::from(rec.attempts));
+    }
+    resp
+}
+
+/// One error for the app when every candidate failed, naming each attempt and why.
+fn all_failed(mut failures: Vec<(Arc<ModelConfig>, UpstreamError)>) -> ApiError {
+    match failures.len() {
+        0 => internal("the route has no target with a configured provider"),
+        1 => failures
+            .pop()
+            .map(|(_, e)| ApiError::from(e))
+            .unwrap_or_else(|| internal("unreachable")),
+        n => {
+            let detail = failures
+                .iter()
+                .map(|(m, e)| format!("{} ({})", m.name, e))
+                .collect::<Vec<_>>()
+                .join("; ");
+            let last = failures
+                .pop()
+                .map(|(_, e)| ApiError::from(e))
+                .unwrap_or_else(|| internal("unreachable"));
+            last.with_message(format!("All {n} candidate models failed: {detail}"))
+        }
+    }
+}
+
+async fn read_body(body: Incoming, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::too_large(limit));
+    }
+    match tokio::time::timeout(BODY_READ_TIMEOUT, Limited::new(body, limit).collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::too_large(limit)),
+        Ok(Err(e)) => Err(ApiError::invalid(None, format!("Could not read the request body: {e}"))),
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            Some("request_timeout"),
+            format!("The request body did not arrive within {BODY_READ_TIMEOUT:?}."),
+        )),
+    }
+}
+
+fn full(b: Bytes) -> ClientBody {
+    Full::new(b).map_err(|never| match never {}).boxed()
+}
+
+fn route_header(name: &str) -> HeaderValue {
+    HeaderValue::from_str(name).unwrap_or_else(|_| HeaderValue::from_static("invalid-name"))
+}
+
+fn status_kind(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        429 => "status_429",
+        500.. => "status_5xx",
+        _ => "status_4xx",
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    tracing::error!(error = %e, "internal error");
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "server_error",
+        None,
+        format!("Internal error in llm-sidecar: {e}"),
+    )
+}

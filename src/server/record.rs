@@ -1,0 +1,192 @@
+//! The account of one request: who, which route and model, timings, tokens, cost, outcome.
+//! It is finished exactly once — by the handler for answers made locally, by the relay when
+//! the upstream body ends, or by `Drop` when the app goes away first — and then writes the
+//! request's single log line and its metrics.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderValue;
+use tokio::time::Instant;
+
+use crate::config::ModelConfig;
+use crate::openai::Usage;
+use crate::telemetry::{CostLabels, Metrics, OperationLabels, RequestLabels, TokenLabels};
+
+/// Label for requests that never reached a route (bad JSON, unknown model).
+const NONE: &str = "none";
+static NONE_LABEL: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from(NONE));
+
+pub struct RequestRecord {
+    metrics: Arc<Metrics>,
+    pub request_id: HeaderValue,
+    pub endpoint: &'static str,
+    pub tenant: Option<Arc<str>>,
+    pub route: Option<Arc<str>>,
+    pub model: Option<Arc<ModelConfig>>,
+    pub stream: bool,
+    pub attempts: u32,
+    pub start: Instant,
+    pub ttft: Option<Duration>,
+    pub status: u16,
+    pub usage: Option<Usage>,
+    finished: bool,
+}
+
+impl RequestRecord {
+    pub fn new(metrics: Arc<Metrics>, request_id: HeaderValue, endpoint: &'static str) -> Self {
+        metrics.inflight.inc();
+        RequestRecord {
+            metrics,
+            request_id,
+            endpoint,
+            tenant: None,
+            route: None,
+            model: None,
+            stream: false,
+            attempts: 0,
+            start: Instant::now(),
+            ttft: None,
+            status: 0,
+            usage: None,
+            finished: false,
+        }
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn first_byte(&mut self) {
+        if self.ttft.is_none() {
+            self.ttft = Some(self.start.elapsed());
+        }
+    }
+
+    /// Writes the log line and the metrics. `outcome` is a short label: ok, rejected,
+    /// upstream_error, upstream_status, timeout_idle, timeout_total, reset, client_gone.
+    pub fn finish(&mut self, outcome: &'static str) {
+        if std::mem::replace(&mut self.finished, true) {
+            return;
+        }
+        let m = &self.metrics;
+        m.inflight.dec();
+        let elapsed = self.start.elapsed();
+        let none: Arc<str> = NONE_LABEL.clone();
+        let route = self.route.clone().unwrap_or_else(|| none.clone());
+        let model_name = self
+            .model
+            .as_ref()
+            .map(|m| m.name.clone())
+            .unwrap_or_else(|| none.clone());
+        let provider = self
+            .model
+            .as_ref()
+            .map(|m| m.provider.clone())
+            .unwrap_or_else(|| none.clone());
+        m.requests
+            .get_or_create(&RequestLabels {
+                endpoint: self.endpoint,
+                route,
+                model: model_name.clone(),
+                status: self.status,
+            })
+            .inc();
+        let mut cost = 0.0;
+        if let Some(model) = &self.model {
+            let op = OperationLabels {
+                gen_ai_operation_name: operation_name(self.endpoint),
+                gen_ai_request_model: model_name.clone(),
+                gen_ai_provider_name: provider.clone(),
+            };
+            m.duration.get_or_create(&op).observe(elapsed.as_secs_f64());
+            if let Some(t) = self.ttft {
+                m.ttft.get_or_create(&op).observe(t.as_secs_f64());
+            }
+            if let Some(u) = self.usage {
+                cost = model
+                    .pricing
+                    .cost(u.prompt_tokens, u.cached_tokens, u.completion_tokens);
+                for (kind, n, histogram) in [
+                    ("input", u.prompt_tokens, true),
+                    ("output", u.completion_tokens, true),
+                    ("cached_input", u.cached_tokens, false),
+                ] {
+                    let labels = TokenLabels {
+                        gen_ai_token_type: kind,
+                        gen_ai_request_model: model_name.clone(),
+                        gen_ai_provider_name: provider.clone(),
+                    };
+                    if histogram {
+                        m.token_usage.get_or_create(&labels).observe(n as f64);
+                    }
+                    if n > 0 {
+                        m.tokens.get_or_create(&labels).inc_by(n);
+                    }
+                }
+                if cost > 0.0 {
+                    let tenant = self.tenant.clone().unwrap_or_else(|| none.clone());
+                    m.cost
+                        .get_or_create(&CostLabels {
+                            tenant,
+                            model: model_name.clone(),
+                        })
+                        .inc_by(cost);
+                }
+            }
+        }
+        let usage = self.usage.unwrap_or_default();
+        let request_id = self.request_id.to_str().unwrap_or("");
+        macro_rules! line {
+            ($level:expr) => {
+                tracing::event!(
+                    target: "request",
+                    $level,
+                    request_id,
+                    endpoint = self.endpoint,
+                    tenant = self.tenant.as_deref().unwrap_or(NONE),
+                    route = self.route.as_deref().unwrap_or(NONE),
+                    model = &*model_name,
+                    provider = &*provider,
+                    status = self.status,
+                    outcome,
+                    stream = self.stream,
+                    attempts = self.attempts,
+                    duration_ms = elapsed.as_secs_f64() * 1e3,
+                    ttft_ms = self.ttft.map(|t| t.as_secs_f64() * 1e3),
+                    prompt_tokens = usage.prompt_tokens,
+                    completion_tokens = usage.completion_tokens,
+                    cached_tokens = usage.cached_tokens,
+                    cost_usd = cost,
+                    "request"
+                )
+            };
+        }
+        if self.status >= 500 || outcome != "ok" && outcome != "rejected" && outcome != "upstream_status" {
+            line!(tracing::Level::WARN);
+        } else {
+            line!(tracing::Level::INFO);
+        }
+    }
+}
+
+impl Drop for RequestRecord {
+    fn drop(&mut self) {
+        if !self.finished {
+            // The handler or relay was dropped before an outcome: the app disconnected.
+            if self.status == 0 {
+                self.status = 499;
+            }
+            self.finish("client_gone");
+        }
+    }
+}
+
+fn operation_name(endpoint: &'static str) -> &'static str {
+    match endpoint {
+        "chat" => "chat",
+        "completions" => "text_completion",
+        "embeddings" => "embeddings",
+        _ => "other",
+    }
+}

@@ -1,0 +1,118 @@
+//! The live state of one sidecar: the current [`Runtime`] snapshot behind one `ArcSwap`, the
+//! metrics registry and the health flags. A `Runtime` holds the config and everything derived
+//! from it (provider clients, router, tenants, the `/v1/models` answer), so one `load()` per
+//! request gives a consistent view: there is no second `ArcSwap` to tear against.
+
+pub mod reload;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+
+use crate::config::{Config, ConfigErrors};
+use crate::limits::Tenants;
+use crate::router::Router;
+use crate::telemetry::Metrics;
+use crate::upstream::Provider;
+
+/// One immutable, fully prepared configuration.
+pub struct Runtime {
+    pub config: Arc<Config>,
+    /// 1 for the config loaded at start, +1 per applied reload.
+    pub generation: u64,
+    pub loaded_at: SystemTime,
+    pub providers: HashMap<Arc<str>, Arc<Provider>>,
+    pub router: Router,
+    pub tenants: Tenants,
+    /// The `GET /v1/models` body, rendered once per snapshot.
+    pub models_json: Bytes,
+}
+
+impl Runtime {
+    /// Prepares a snapshot. Fallible work (TLS roots, CA files) happens here, before any swap.
+    /// Provider clients whose settings did not change are carried over from `previous`, so a
+    /// reload keeps their warm connection pools.
+    pub fn build(config: Config, previous: Option<&Runtime>, generation: u64) -> Result<Runtime, ConfigErrors> {
+        let mut providers = HashMap::new();
+        let mut issues = Vec::new();
+        for (name, pc) in &config.providers {
+            let reused = previous
+                .and_then(|p| p.providers.get(name.as_str()))
+                .filter(|old| *old.config == **pc)
+                .cloned();
+            let provider = match reused {
+                Some(p) => p,
+                None => match Provider::new(pc.clone()) {
+                    Ok(p) => Arc::new(p),
+                    Err(issue) => {
+                        issues.push(issue);
+                        continue;
+                    }
+                },
+            };
+            providers.insert(pc.name.clone(), provider);
+        }
+        if !issues.is_empty() {
+            return Err(ConfigErrors(issues));
+        }
+        let router = Router::new(&config);
+        let tenants = Tenants::new(&config.tenants);
+        let models_json = models_json(&router);
+        Ok(Runtime {
+            config: Arc::new(config),
+            generation,
+            loaded_at: SystemTime::now(),
+            providers,
+            router,
+            tenants,
+            models_json,
+        })
+    }
+}
+
+fn models_json(router: &Router) -> Bytes {
+    let data: Vec<_> = router
+        .model_ids
+        .iter()
+        .map(|id| serde_json::json!({"id": &**id, "object": "model", "created": 0, "owned_by": "llm-sidecar"}))
+        .collect();
+    Bytes::from(serde_json::to_vec(&serde_json::json!({"object": "list", "data": data})).unwrap_or_default())
+}
+
+/// Liveness and readiness, as the admin port reports them.
+#[derive(Debug, Default)]
+pub struct Health {
+    ready: AtomicBool,
+}
+
+impl Health {
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::SeqCst);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+}
+
+/// Everything a request handler needs, shared by all connections.
+pub struct Shared {
+    pub runtime: ArcSwap<Runtime>,
+    pub metrics: Arc<Metrics>,
+    pub health: Health,
+}
+
+impl Shared {
+    pub fn new(runtime: Runtime, metrics: Arc<Metrics>) -> Arc<Self> {
+        metrics.config_generation.set(runtime.generation as i64);
+        Arc::new(Shared {
+            runtime: ArcSwap::from_pointee(runtime),
+            metrics,
+            health: Health::default(),
+        })
+    }
+}

@@ -1,0 +1,91 @@
+//! Applying a changed config: read, parse, validate, prepare a whole new [`Runtime`] — all
+//! fallible, all before anything changes — then swap it in with one infallible store. A
+//! rejected config is logged with every problem, counted, and the last good one keeps serving.
+
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+use super::{Runtime, Shared};
+use crate::config::source::{FileSource, SourceError};
+use crate::config::{Config, ConfigErrors, VarLookup};
+
+#[derive(Debug)]
+pub enum ReloadOutcome {
+    Applied { generation: u64 },
+    Unchanged,
+    Rejected(ConfigErrors),
+    ReadFailed(SourceError),
+}
+
+pub struct Reloader {
+    shared: Arc<Shared>,
+    source: FileSource,
+    vars: Arc<dyn VarLookup + Send + Sync>,
+    /// Serialises reloads (watcher and SIGHUP may fire together) so generations stay ordered.
+    lock: std::sync::Mutex<()>,
+}
+
+impl Reloader {
+    pub fn new(shared: Arc<Shared>, source: FileSource, vars: Arc<dyn VarLookup + Send + Sync>) -> Self {
+        Self {
+            shared,
+            source,
+            vars,
+            lock: std::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn source(&self) -> &FileSource {
+        &self.source
+    }
+
+    /// Blocking: reads files. Call from a blocking thread.
+    pub fn reload(&self) -> ReloadOutcome {
+        let _guard = self.lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let metrics = &self.shared.metrics;
+        let text = match self.source.read() {
+            Ok(t) => t,
+            Err(e) => {
+                // Kubelet's swap can leave the path briefly dangling; the next event retries.
+                tracing::warn!(error = %e, "config reload: cannot read the config file; keeping the current config");
+                metrics.reload("read_failed");
+                return ReloadOutcome::ReadFailed(e);
+            }
+        };
+        let current = self.shared.runtime.load_full();
+        if hex::encode(Sha256::digest(text.as_bytes())) == current.config.digest {
+            metrics.reload("unchanged");
+            return ReloadOutcome::Unchanged;
+        }
+        let generation = current.generation + 1;
+        let prepared = Config::load(&text, &*self.vars).and_then(|c| Runtime::build(c, Some(&current), generation));
+        match prepared {
+            Ok(next) => {
+                if next.config.listen != current.config.listen
+                    || next.config.admin_listen != current.config.admin_listen
+                {
+                    tracing::warn!(
+                        "config reload: listen/admin_listen changed; addresses apply at the next restart, the rest applies now"
+                    );
+                }
+                let version = next.config.version.clone().unwrap_or_default();
+                self.shared.runtime.store(Arc::new(next));
+                metrics.reload("applied");
+                metrics.config_generation.set(generation as i64);
+                tracing::info!(generation, version = %version, path = %self.source.path().display(), "config reloaded");
+                ReloadOutcome::Applied { generation }
+            }
+            Err(errors) => {
+                metrics.reload("rejected");
+                tracing::error!(
+                    path = %self.source.path().display(),
+                    problems = %errors,
+                    "config reload rejected; the last good config (generation {}) keeps serving",
+                    current.generation
+                );
+                ReloadOutcome::Rejected(errors)
+            }
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! Metrics and logs. One Prometheus registry per sidecar instance, built at start-up (tests run
+//! several instances in one process, so nothing here is global). Names follow the OpenTelemetry
+//! GenAI semantic conventions where they exist and carry an `llm_sidecar_` prefix otherwise;
+//! histogram buckets are the conventions' advised boundaries.
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::config::{LogFormat, LoggingSettings};
+
+/// `gen_ai.client.operation.duration` advised buckets (seconds): 10 ms to 82 s, doubling.
+const DURATION_BUCKETS: [f64; 14] = [
+    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+];
+/// `gen_ai.server.time_to_first_token` advised buckets (seconds).
+const TTFT_BUCKETS: [f64; 16] = [
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+/// `gen_ai.client.token.usage` advised buckets (tokens): powers of four.
+const TOKEN_BUCKETS: [f64; 14] = [
+    1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0,
+    67108864.0,
+];
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub endpoint: &'static str,
+    pub route: Arc<str>,
+    pub model: Arc<str>,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabels {
+    pub gen_ai_operation_name: &'static str,
+    pub gen_ai_request_model: Arc<str>,
+    pub gen_ai_provider_name: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    pub gen_ai_token_type: &'static str,
+    pub gen_ai_request_model: Arc<str>,
+    pub gen_ai_provider_name: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CostLabels {
+    pub tenant: Arc<str>,
+    pub model: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamErrorLabels {
+    pub provider: Arc<str>,
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub duration: HistogramFamily<OperationLabels>,
+    pub ttft: HistogramFamily<OperationLabels>,
+    pub token_usage: HistogramFamily<TokenLabels>,
+    pub tokens: Family<TokenLabels, Counter>,
+    pub cost: Family<CostLabels, Counter<f64, AtomicU64>>,
+    pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    pub config_reloads: Family<OutcomeLabels, Counter>,
+    pub config_generation: Gauge,
+    pub inflight: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::default();
+        registry.register(
+            "llm_sidecar_requests",
+            "Requests answered, by endpoint, route, model and HTTP status",
+            requests.clone(),
+        );
+        let duration: HistogramFamily<OperationLabels> =
+            Family::new_with_constructor(|| Histogram::new(DURATION_BUCKETS));
+        registry.register_with_unit(
+            "gen_ai_client_operation_duration",
+            "Duration of GenAI operations through the sidecar, stream included",
+            Unit::Seconds,
+            duration.clone(),
+        );
+        let ttft: HistogramFamily<OperationLabels> = Family::new_with_constructor(|| Histogram::new(TTFT_BUCKETS));
+        registry.register_with_unit(
+            "gen_ai_server_time_to_first_token",
+            "Time from the request to the first response byte from the provider",
+            Unit::Seconds,
+            ttft.clone(),
+        );
+        let token_usage: HistogramFamily<TokenLabels> = Family::new_with_constructor(|| Histogram::new(TOKEN_BUCKETS));
+        registry.register(
+            "gen_ai_client_token_usage",
+            "Tokens per request by type (input, output)",
+            token_usage.clone(),
+        );
+        let tokens = Family::default();
+        registry.register(
+            "llm_sidecar_tokens",
+            "Tokens used, by type (input, output, cached_input)",
+            tokens.clone(),
+        );
+        let cost = Family::default();
+        registry.register(
+            "llm_sidecar_cost_usd",
+            "Cost in USD from the catalogue prices and the reported usage",
+            cost.clone(),
+        );
+        let upstream_errors = Family::default();
+        registry.register(
+            "llm_sidecar_upstream_errors",
+            "Failed upstream attempts by provider and kind (connect, timeout_first_byte, timeout_idle, timeout_total, reset, status_4xx, status_5xx)",
+            upstream_errors.clone(),
+        );
+        let config_reloads = Family::default();
+        registry.register(
+            "llm_sidecar_config_reloads",
+            "Config reloads by outcome (applied, rejected, unchanged)",
+            config_reloads.clone(),
+        );
+        let config_generation = Gauge::default();
+        registry.register(
+            "llm_sidecar_config_generation",
+            "Generation of the config snapshot in service (1 at start)",
+            config_generation.clone(),
+        );
+        let inflight = Gauge::default();
+        registry.register(
+            "llm_sidecar_inflight_requests",
+            "Requests being served right now",
+            inflight.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            duration,
+            ttft,
+            token_usage,
+            tokens,
+            cost,
+            upstream_errors,
+            config_reloads,
+            config_generation,
+            inflight,
+        }
+    }
+
+    /// The Prometheus text exposition (OpenMetrics).
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn upstream_error(&self, provider: &Arc<str>, kind: &'static str) {
+        self.upstream_errors
+            .get_or_create(&UpstreamErrorLabels {
+                provider: provider.clone(),
+                kind,
+            })
+            .inc();
+    }
+
+    pub fn reload(&self, outcome: &'static str) {
+        self.config_reloads.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+}
+
+/// Installs the global `tracing` subscriber. JSON when stdout is not a terminal (a container),
+/// text otherwise; `RUST_LOG` overrides the configured level. Safe to call twice (the second
+/// call is ignored), which the tests rely on.
+pub fn init_logging(settings: &LoggingSettings) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&settings.level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let json = match settings.format {
+        LogFormat::Json => true,
+        LogFormat::Text => false,
+        LogFormat::Auto => !std::io::stdout().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    let _ = if json {
+        builder.json().flatten_event(true).with_current_span(false).try_init()
+    } else {
+        builder.try_init()
+    };
+}

@@ -1,0 +1,269 @@
+//! Provider clients: one pooled hyper client per provider over rustls (webpki roots plus an
+//! optional extra CA bundle), the provider's credentials, its timeouts and its concurrency
+//! limit. This module sends one request and classifies what went wrong; deciding what to try
+//! next belongs to the caller.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, Uri};
+use http_body_util::combinators::BoxBody;
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use crate::config::{ConfigIssue, ProviderConfig};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Request bodies sent upstream: a rewritten JSON body or the app's own streamed body.
+pub type ClientBody = BoxBody<Bytes, BoxError>;
+
+/// Idle pooled connections are closed after this; providers' load balancers drop idle
+/// connections after 60–350 s, and reusing a half-closed one costs a failed request.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(55);
+
+/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1), plus ones we set.
+pub fn is_hop_header(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "host"
+    )
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("could not connect to provider {provider}: {detail}")]
+    Connect { provider: Arc<str>, detail: String },
+    #[error("provider {provider} sent no response within {after:?}")]
+    FirstByteTimeout { provider: Arc<str>, after: Duration },
+    #[error("provider {provider} is at its limit of {limit} concurrent requests and none finished in time")]
+    Busy { provider: Arc<str>, limit: usize },
+    #[error("the connection to provider {provider} failed: {detail}")]
+    Protocol { provider: Arc<str>, detail: String },
+}
+
+impl UpstreamError {
+    /// Metric label for the failure.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            UpstreamError::Connect { .. } => "connect",
+            UpstreamError::FirstByteTimeout { .. } => "timeout_first_byte",
+            UpstreamError::Busy { .. } => "busy",
+            UpstreamError::Protocol { .. } => "reset",
+        }
+    }
+}
+
+/// A provider ready to take requests.
+pub struct Provider {
+    pub config: Arc<ProviderConfig>,
+    client: Client<HttpsConnector<HttpConnector>, ClientBody>,
+    permits: Arc<Semaphore>,
+    /// Base URL path without a trailing slash, e.g. `/v1`.
+    base_path: String,
+}
+
+impl std::fmt::Debug for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Provider")
+            .field("name", &self.config.name)
+            .field("base_url", &self.config.base_url)
+            .finish()
+    }
+}
+
+/// A response whose headers have arrived, holding its concurrency permit until the body ends.
+pub struct Upstream {
+    pub response: Response<Incoming>,
+    pub permit: OwnedSemaphorePermit,
+}
+
+impl Provider {
+    pub fn new(config: Arc<ProviderConfig>) -> Result<Self, ConfigIssue> {
+        let tls = tls_config(&config)?;
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(config.timeouts.connect));
+        http.set_keepalive(Some(Duration::from_secs(30)));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_max_idle_per_host(config.max_connections)
+            .build(https);
+        let base_path = config.base_url.path().trim_end_matches('/').to_owned();
+        Ok(Self {
+            permits: Arc::new(Semaphore::new(config.max_connections)),
+            client,
+            base_path,
+            config,
+        })
+    }
+
+    pub fn name(&self) -> &Arc<str> {
+        &self.config.name
+    }
+
+    /// The upstream URI for an API path relative to the base URL (`/chat/completions`), with the
+    /// provider's configured query and the app's own query appended.
+    pub fn uri(&self, suffix: &str, app_query: Option<&str>) -> Result<Uri, http::Error> {
+        let mut pq = String::with_capacity(self.base_path.len() + suffix.len() + self.config.query.len() + 2);
+        pq.push_str(&self.base_path);
+        pq.push_str(suffix);
+        let mut sep = '?';
+        for q in [app_query.unwrap_or(""), self.config.query.as_str()] {
+            if !q.is_empty() {
+                pq.push(sep);
+                pq.push_str(q);
+                sep = '&';
+            }
+        }
+        let mut parts = self.config.base_url.clone().into_parts();
+        parts.path_and_query = Some(pq.parse()?);
+        Ok(Uri::from_parts(parts)?)
+    }
+
+    /// Copies the app's headers that make sense upstream: never its credentials (the app's key
+    /// identifies a tenant to us, not to the provider), never hop-by-hop headers.
+    pub fn forward_headers(&self, from: &HeaderMap, to: &mut HeaderMap, keep_length: bool) {
+        for (name, value) in from {
+            if is_hop_header(name)
+                || *name == header::AUTHORIZATION
+                || name.as_str() == "api-key"
+                || name.as_str().starts_with("x-llm-sidecar-")
+                || (!keep_length && *name == header::CONTENT_LENGTH)
+                || self.config.auth.as_ref().is_some_and(|(h, _)| h == name)
+            {
+                continue;
+            }
+            to.append(name.clone(), value.clone());
+        }
+    }
+
+    /// Sends one request and waits for the response headers (bounded by the first-byte timeout
+    /// and the request's overall `deadline`).
+    pub async fn send(
+        &self,
+        method: Method,
+        uri: Uri,
+        mut headers: HeaderMap,
+        body: ClientBody,
+        deadline: Instant,
+    ) -> Result<Upstream, UpstreamError> {
+        let permit = match tokio::time::timeout_at(deadline, self.permits.clone().acquire_owned()).await {
+            Ok(Ok(p)) => p,
+            _ => {
+                return Err(UpstreamError::Busy {
+                    provider: self.name().clone(),
+                    limit: self.config.max_connections,
+                });
+            }
+        };
+        if let Some((name, secret)) = &self.config.auth {
+            headers.insert(name.clone(), secret.0.clone());
+        }
+        for (k, v) in &self.config.headers {
+            headers.insert(k.clone(), v.clone());
+        }
+        let mut req = Request::new(body);
+        *req.method_mut() = method;
+        *req.uri_mut() = uri;
+        *req.headers_mut() = headers;
+        let now = Instant::now();
+        let limit = (now + self.config.timeouts.first_byte).min(deadline);
+        match tokio::time::timeout_at(limit, self.client.request(req)).await {
+            Ok(Ok(response)) => Ok(Upstream { response, permit }),
+            Ok(Err(e)) if e.is_connect() => Err(UpstreamError::Connect {
+                provider: self.name().clone(),
+                detail: error_chain(&e),
+            }),
+            Ok(Err(e)) => Err(UpstreamError::Protocol {
+                provider: self.name().clone(),
+                detail: error_chain(&e),
+            }),
+            Err(_) => Err(UpstreamError::FirstByteTimeout {
+                provider: self.name().clone(),
+                after: limit.saturating_duration_since(now),
+            }),
+        }
+    }
+}
+
+/// The error and its causes on one line; hyper's top-level message alone ("client error
+/// (Connect)") tells an operator nothing.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let s_str = s.to_string();
+        if !out.contains(&s_str) {
+            out.push_str(": ");
+            out.push_str(&s_str);
+        }
+        src = s.source();
+    }
+    out
+}
+
+fn tls_config(config: &ProviderConfig) -> Result<rustls::ClientConfig, ConfigIssue> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+
+    let path = format!("providers.{}.ca_file", config.name);
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(ca) = &config.ca_file {
+        let certs = CertificateDer::pem_file_iter(ca)
+            .map_err(|e| ConfigIssue::new(&path, format!("cannot read {}: {e}", ca.display())))?;
+        let mut added = 0;
+        for cert in certs {
+            let cert =
+                cert.map_err(|e| ConfigIssue::new(&path, format!("{} is not a PEM bundle: {e}", ca.display())))?;
+            roots.add(cert).map_err(|e| {
+                ConfigIssue::new(&path, format!("a certificate in {} is not usable: {e}", ca.display()))
+            })?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(ConfigIssue::new(
+                &path,
+                format!("{} holds no PEM certificates", ca.display()),
+            ));
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ConfigIssue::new(format!("providers.{}", config.name), format!("TLS setup failed: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tls)
+}
+
+/// A `HeaderValue` for an id we generated or validated ourselves.
+pub fn header_value(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
