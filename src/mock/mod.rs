@@ -381,6 +381,8 @@ impl Completion {
                     if stall {
                         tx.closed().await;
                     } else {
+                        // Let hyper flush what was sent, so the cut really is mid-stream.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
                         let _ = tx
                             .send(Err(std::io::Error::new(
                                 std::io::ErrorKind::ConnectionReset,

@@ -1,0 +1,188 @@
+//! The integration harness: a mock upstream and a sidecar, both in-process on port 0.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use llm_sidecar::app::{ConfigInput, Options, Sidecar};
+use llm_sidecar::mock::MockUpstream;
+
+/// The provider key the sidecar sends upstream (never the app's).
+pub const UPSTREAM_KEY: &str = "sk-upstream-secret-0123456789";
+
+pub fn vars(name: &str) -> Option<String> {
+    match name {
+        "UPSTREAM_KEY" => Some(UPSTREAM_KEY.to_owned()),
+        _ => None,
+    }
+}
+
+/// A config in front of `mock`: `chat-model` maps to upstream `mock-upstream-name`.
+pub fn config(mock_url: &str, extra: &str) -> String {
+    format!(
+        r#"
+version: test-1
+providers:
+  mock:
+    base_url: {mock_url}
+    auth: {{ key_env: UPSTREAM_KEY }}
+    timeouts: {{ connect: 500ms, first_byte: 2s, idle: 2s, total: 20s }}
+models:
+  chat-model:
+    provider: mock
+    upstream_model: mock-upstream-name
+    pricing: {{ input: 1.0, output: 2.0 }}
+  embed-model:
+    provider: mock
+    pricing: {{ input: 0.1, output: 0 }}
+routes:
+  - name: auto
+    models: [auto]
+    targets: [{{ model: chat-model }}]
+default_route: auto
+server:
+  max_body_bytes: 65536
+  shutdown_grace: 5s
+{extra}
+"#
+    )
+}
+
+pub struct Harness {
+    pub mock: MockUpstream,
+    pub sidecar: Option<Sidecar>,
+    pub client: reqwest::Client,
+    pub dir: Option<tempfile::TempDir>,
+}
+
+impl Harness {
+    pub async fn start() -> Harness {
+        let mock = MockUpstream::start().await.expect("mock starts");
+        let text = config(&mock.base_url(), "");
+        Self::with_text(mock, text).await
+    }
+
+    pub async fn with_text(mock: MockUpstream, text: String) -> Harness {
+        let sidecar = Sidecar::start(options(ConfigInput::Text(text)))
+            .await
+            .expect("sidecar starts");
+        Harness {
+            mock,
+            sidecar: Some(sidecar),
+            client: client(),
+            dir: None,
+        }
+    }
+
+    /// A sidecar reading a kubelet-style mounted ConfigMap folder.
+    pub async fn with_mounted(mock: MockUpstream, text: String) -> Harness {
+        let dir = tempfile::tempdir().expect("tempdir");
+        kubelet_write(dir.path(), "config.yaml", &text);
+        let path = dir.path().join("config.yaml");
+        let sidecar = Sidecar::start(options(ConfigInput::File(path)))
+            .await
+            .expect("sidecar starts");
+        Harness {
+            mock,
+            sidecar: Some(sidecar),
+            client: client(),
+            dir: Some(dir),
+        }
+    }
+
+    pub fn sidecar(&self) -> &Sidecar {
+        self.sidecar.as_ref().expect("sidecar running")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.sidecar().app_addr())
+    }
+
+    pub fn admin(&self, path: &str) -> String {
+        format!("http://{}{path}", self.sidecar().admin_addr())
+    }
+
+    pub async fn chat(&self, body: serde_json::Value) -> reqwest::Response {
+        self.client
+            .post(self.url("/v1/chat/completions"))
+            .json(&body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(self.admin("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+    }
+}
+
+pub fn options(config: ConfigInput) -> Options {
+    Options {
+        vars: Arc::new(vars),
+        listen: Some("127.0.0.1:0".parse().expect("addr")),
+        admin_listen: Some("127.0.0.1:0".parse().expect("addr")),
+        ..Options::new(config)
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+/// Reproduces kubelet's AtomicWriter: the new content goes into a fresh timestamped folder,
+/// `..data_tmp` is pointed at it and renamed over `..data` (the atomic swap), the user-visible
+/// `key -> ..data/key` link is created if missing, and the old folder is removed.
+pub fn kubelet_write(dir: &Path, key: &str, content: &str) {
+    use std::os::unix::fs::symlink;
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let ts = format!("..2026_11_21_10_00_00.{:09}", n);
+    let ts_dir = dir.join(&ts);
+    std::fs::create_dir(&ts_dir).expect("ts dir");
+    std::fs::write(ts_dir.join(key), content).expect("write");
+    let data = dir.join("..data");
+    let old: Option<PathBuf> = std::fs::read_link(&data).ok();
+    let tmp = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    symlink(&ts, &tmp).expect("symlink tmp");
+    std::fs::rename(&tmp, &data).expect("atomic swap");
+    let link = dir.join(key);
+    if std::fs::symlink_metadata(&link).is_err() {
+        symlink(format!("..data/{key}"), &link).expect("key link");
+    }
+    if let Some(old) = old {
+        let _ = std::fs::remove_dir_all(dir.join(old));
+    }
+}
+
+pub fn chat_body(content: &str) -> serde_json::Value {
+    serde_json::json!({"model": "auto", "messages": [{"role": "user", "content": content}]})
+}
+
+/// Reads an SSE response to the end and returns the data payloads.
+pub async fn sse_events(resp: reqwest::Response) -> Vec<String> {
+    let text = resp.text().await.expect("stream body");
+    text.split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Value of a metric sample line (exact label match), or 0.
+pub fn metric(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse::<f64>().ok()))
+        .unwrap_or(0.0)
+}
