@@ -1,1 +1,96 @@
-fn main() {}
+//! Micro-benchmarks of the per-request work the sidecar adds: reading the request head,
+//! rewriting it, scanning SSE frames, the route decision, tenant identification and the
+//! request id. `cargo bench --bench hot_path`.
+
+use std::hint::black_box;
+
+use bytes::Bytes;
+use criterion::{Criterion, criterion_group, criterion_main};
+use http::{HeaderMap, HeaderValue};
+use llm_sidecar::config::Config;
+use llm_sidecar::limits::Tenants;
+use llm_sidecar::openai::{RequestHead, SseScanner};
+use llm_sidecar::router::Router;
+
+fn chat_body(history: usize) -> Vec<u8> {
+    let mut messages =
+        vec![serde_json::json!({"role": "system", "content": "You are a helpful assistant for a retail bank."})];
+    for i in 0..history {
+        messages.push(serde_json::json!({"role": "user", "content": format!("Question {i}: how do I reset my online banking password?")}));
+        messages.push(serde_json::json!({"role": "assistant", "content": "Open the app, choose Settings, then Security, then Reset password."}));
+    }
+    messages.push(serde_json::json!({"role": "user", "content": "And what if I lost my phone?"}));
+    serde_json::to_vec(&serde_json::json!({"model": "auto", "messages": messages, "temperature": 0.2, "stream": true}))
+        .unwrap()
+}
+
+fn config() -> Config {
+    let text = r#"
+providers: { p: { base_url: "http://127.0.0.1:9/v1" } }
+models:
+  gpt-4o-mini: { provider: p, upstream_model: gpt-4o-mini-2024-07-18 }
+  gpt-4o: { provider: p }
+routes:
+  - { name: chat, models: [auto, chat], targets: [{ model: gpt-4o-mini }, { model: gpt-4o }] }
+tenants:
+  list:
+    team-a: { api_key_sha256: [5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8] }
+"#;
+    Config::load(text, &|_: &str| None).unwrap()
+}
+
+fn request_head(c: &mut Criterion) {
+    for (name, history) in [("1KiB", 2), ("10KiB", 40)] {
+        let body = chat_body(history);
+        c.bench_function(&format!("request_head/parse_{name}"), |b| {
+            b.iter(|| RequestHead::parse(black_box(&body)).unwrap().stream)
+        });
+        let head = RequestHead::parse(&body).unwrap();
+        c.bench_function(&format!("request_head/rewrite_{name}"), |b| {
+            b.iter(|| head.rewrite(black_box("gpt-4o-mini-2024-07-18"), true).len())
+        });
+    }
+}
+
+fn sse(c: &mut Criterion) {
+    let chunk = Bytes::from_static(
+        b"data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4o-mini\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" hello\"},\"finish_reason\":null}],\"usage\":null}\n\n",
+    );
+    c.bench_function("sse/aligned_chunk", |b| {
+        let mut s = SseScanner::new(true);
+        b.iter(|| s.push(black_box(chunk.clone())).len())
+    });
+    let (a, z) = (chunk.slice(..50), chunk.slice(50..));
+    c.bench_function("sse/chunk_split_in_two", |b| {
+        let mut s = SseScanner::new(true);
+        b.iter(|| s.push(black_box(a.clone())).len() + s.push(black_box(z.clone())).len())
+    });
+    let usage = Bytes::from_static(
+        b"data: {\"id\":\"chatcmpl-1\",\"choices\":[],\"usage\":{\"prompt_tokens\":120,\"completion_tokens\":40,\"prompt_tokens_details\":{\"cached_tokens\":64}}}\n\n",
+    );
+    c.bench_function("sse/usage_chunk_parsed_and_stripped", |b| {
+        let mut s = SseScanner::new(true);
+        b.iter(|| s.push(black_box(usage.clone())).len())
+    });
+}
+
+fn decisions(c: &mut Criterion) {
+    let config = config();
+    let router = Router::new(&config);
+    c.bench_function("router/decide", |b| {
+        b.iter(|| router.decide(black_box("auto")).unwrap().targets.len())
+    });
+    let tenants = Tenants::new(&config.tenants);
+    let mut headers = HeaderMap::new();
+    headers.insert("authorization", HeaderValue::from_static("Bearer password"));
+    c.bench_function("tenants/identify_by_key_hash", |b| {
+        b.iter(|| tenants.identify(black_box(&headers)).unwrap().len())
+    });
+    let empty = HeaderMap::new();
+    c.bench_function("server/request_id_generate", |b| {
+        b.iter(|| llm_sidecar::server::request_id(black_box(&empty)).len())
+    });
+}
+
+criterion_group!(benches, request_head, sse, decisions);
+criterion_main!(benches);

@@ -300,12 +300,23 @@ async fn a_stream_cut_mid_way_ends_with_an_error_event_not_a_hang() {
 }
 
 #[tokio::test]
-async fn a_json_body_reset_mid_way_is_not_delivered_as_complete() {
+async fn a_json_body_broken_mid_way_is_never_delivered_as_complete() {
     let h = Harness::start().await;
+    // Reset before any response.
     h.mock.push_fault(Fault::Reset);
     let r = h.chat(chat_body("hi")).await;
-    // Reset before any response: nothing was sent, so this is a clean 502.
     assert_eq!(r.status(), 502);
+    // Half a JSON body, then a reset: the app gets a clean 502, not half a document.
+    h.mock.push_fault(Fault::CutAfterChunks(1));
+    let r = h.chat(chat_body("hi")).await;
+    assert_eq!(r.status(), 502);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "upstream_reset");
+    // Half a JSON body, then silence: 504 at the idle timeout.
+    h.mock.push_fault(Fault::StallAfterChunks(1));
+    let r = h.chat(chat_body("hi")).await;
+    assert_eq!(r.status(), 504);
+    // And the next request is fine.
+    assert_eq!(h.chat(chat_body("hi")).await.status(), 200);
 }
 
 #[tokio::test]

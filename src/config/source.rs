@@ -48,9 +48,13 @@ impl FileSource {
     /// Starts watching. The returned [`Changes`] must be kept alive for the watch to continue.
     pub fn watch(&self) -> Result<Changes, SourceError> {
         let (tx, rx) = mpsc::channel(1);
+        let names = self.relevant_names();
         let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             let relevant = match res {
-                Ok(ev) => !matches!(ev.kind, EventKind::Access(_)),
+                Ok(ev) => {
+                    !matches!(ev.kind, EventKind::Access(_))
+                        && (ev.paths.is_empty() || ev.paths.iter().any(|p| is_relevant(p, &names)))
+                }
                 // A watcher error (queue overflow) may hide a change: reload to be safe.
                 Err(_) => true,
             };
@@ -77,6 +81,19 @@ impl FileSource {
         })
     }
 
+    /// File names whose changes matter: the config file and what its symlink resolves to.
+    /// Other files in a shared folder (`/tmp`, `/etc`) must not trigger reloads.
+    fn relevant_names(&self) -> Vec<std::ffi::OsString> {
+        let mut names: Vec<std::ffi::OsString> = self.path.file_name().map(|n| vec![n.to_owned()]).unwrap_or_default();
+        if let Some(n) = std::fs::canonicalize(&self.path)
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_owned()))
+        {
+            names.push(n);
+        }
+        names
+    }
+
     /// The file's folder, plus the folder its symlink finally resolves to when that is elsewhere
     /// (a hand-made symlink to a file outside the mounted folder).
     fn watch_dirs(&self) -> Vec<PathBuf> {
@@ -95,6 +112,14 @@ impl FileSource {
             }
         }
         dirs
+    }
+}
+
+/// Kubelet's bookkeeping entries (`..data`, `..data_tmp`, `..2026_…`) all start with `..`.
+fn is_relevant(path: &Path, names: &[std::ffi::OsString]) -> bool {
+    match path.file_name() {
+        Some(n) => names.iter().any(|x| x == n) || n.as_encoded_bytes().starts_with(b".."),
+        None => true,
     }
 }
 

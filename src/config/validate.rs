@@ -75,6 +75,9 @@ impl Validator<'_> {
         let server = self.server(raw.server.unwrap_or_default());
         let logging = self.logging(raw.logging.unwrap_or_default());
 
+        // Providers that are defined but invalid were already reported; models naming them
+        // should not add a second, misleading "unknown provider" error.
+        let defined: BTreeSet<String> = raw.providers.keys().cloned().collect();
         let mut providers = BTreeMap::new();
         for (name, p) in raw.providers {
             if let Some(p) = self.provider(&name, p) {
@@ -84,13 +87,13 @@ impl Validator<'_> {
         let mut models = BTreeMap::new();
         for (name, m) in raw.models {
             let path = format!("models.{name}");
-            if !providers.contains_key(&m.provider) {
+            if !defined.contains(&m.provider) {
                 self.issue(
                     format!("{path}.provider"),
                     format!(
                         "unknown provider {:?}: define it under `providers` or use one of {}",
                         m.provider,
-                        names(providers.keys())
+                        names(defined.iter())
                     ),
                 );
             }

@@ -251,6 +251,11 @@ async fn handle(control: Arc<MockControl>, req: Request<Incoming>) -> MockResult
     };
     if answer.stream {
         Ok(answer.stream_response(control.chunk_delay(), cut))
+    } else if let Some((_, stall)) = cut {
+        // A JSON body that breaks (or stalls) half-way.
+        let body = Bytes::from(serde_json::to_vec(&answer.json()).unwrap_or_default());
+        let half = body.slice(..body.len() / 2);
+        Ok(broken_body(vec![half], stall, "application/json"))
     } else {
         Ok(json_response(StatusCode::OK, &answer.json()))
     }
@@ -407,6 +412,34 @@ impl Completion {
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         resp
     }
+}
+
+/// Sends `chunks`, then breaks the connection (or, with `stall`, goes silent).
+fn broken_body(chunks: Vec<Bytes>, stall: bool, content_type: &'static str) -> Response<MockBody> {
+    let (tx, rx) = mpsc::channel(4);
+    tokio::spawn(async move {
+        for c in chunks {
+            if tx.send(Ok(c)).await.is_err() {
+                return;
+            }
+        }
+        if stall {
+            tx.closed().await;
+        } else {
+            // Let hyper flush what was sent, so the break really is mid-body.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let _ = tx
+                .send(Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "mock cut",
+                )))
+                .await;
+        }
+    });
+    let mut resp = Response::new(MockBody::Stream(rx));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
 }
 
 fn content_text(content: &Value) -> String {

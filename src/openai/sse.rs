@@ -4,13 +4,24 @@
 //! While scanning it reports usage, `[DONE]` and in-band errors, and can drop the usage-only
 //! chunk the sidecar itself asked for.
 
+use std::sync::LazyLock;
+
 use bytes::{Bytes, BytesMut};
+use memchr::memmem::{Finder, FinderRev};
 
 use super::usage::{Usage, parse_usage};
 
 /// A partial event longer than this is not an OpenAI chunk we could parse anyway; it is
 /// forwarded unparsed rather than buffered without bound.
 pub const MAX_PENDING_EVENT: usize = 1 << 20;
+
+// Searchers built once: building one per call costs more than the search itself.
+static LF2: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\n\n"));
+static CRLF2: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\r\n\r\n"));
+static LF2_REV: LazyLock<FinderRev<'static>> = LazyLock::new(|| FinderRev::new(b"\n\n"));
+static CRLF2_REV: LazyLock<FinderRev<'static>> = LazyLock::new(|| FinderRev::new(b"\r\n\r\n"));
+static USAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
+static ERROR: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"error\":{"));
 
 #[derive(Debug, Default)]
 pub struct SseScanner {
@@ -123,13 +134,13 @@ impl SseScanner {
                 continue;
             }
             // Cheap pre-filters: only chunks that mention usage or error are parsed.
-            if memchr::memmem::find(data, b"\"usage\"").is_some()
+            if usage_present(data)
                 && let Some(report) = parse_usage(data)
             {
                 self.usage = Some(report.usage);
                 strip |= self.strip_usage_only && report.usage_only;
             }
-            if data.starts_with(b"{\"error\"") || memchr::memmem::find(data, b"\"error\":{").is_some() {
+            if data.starts_with(b"{\"error\"") || ERROR.find(data).is_some() {
                 self.saw_error = true;
             }
         }
@@ -137,17 +148,26 @@ impl SseScanner {
     }
 }
 
+/// Whether a chunk carries a non-null `usage` (OpenAI puts `"usage":null` on every chunk
+/// once usage is requested; parsing those would cost a full JSON parse per chunk).
+fn usage_present(data: &[u8]) -> bool {
+    let Some(at) = USAGE.find(data) else { return false };
+    let rest = data[at + 7..].trim_ascii_start();
+    let rest = rest.strip_prefix(b":").unwrap_or(rest).trim_ascii_start();
+    !rest.starts_with(b"null")
+}
+
 /// End of the last complete event (just after its blank line).
 fn last_boundary(buf: &[u8]) -> Option<usize> {
-    let lf = memchr::memmem::rfind(buf, b"\n\n").map(|i| i + 2);
-    let crlf = memchr::memmem::rfind(buf, b"\r\n\r\n").map(|i| i + 4);
+    let lf = LF2_REV.rfind(buf).map(|i| i + 2);
+    let crlf = CRLF2_REV.rfind(buf).map(|i| i + 4);
     lf.max(crlf)
 }
 
 /// (end of event content, start of next event) for the first boundary in `buf`.
 fn next_boundary(buf: &[u8]) -> Option<(usize, usize)> {
-    let lf = memchr::memmem::find(buf, b"\n\n").map(|i| (i, i + 2));
-    let crlf = memchr::memmem::find(buf, b"\r\n\r\n").map(|i| (i, i + 4));
+    let lf = LF2.find(buf).map(|i| (i, i + 2));
+    let crlf = CRLF2.find(buf).map(|i| (i, i + 4));
     match (lf, crlf) {
         (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
         (a, b) => a.or(b),

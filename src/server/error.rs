@@ -7,7 +7,7 @@ use super::body::Body;
 use crate::limits::TenantError;
 use crate::openai::{RequestError, error_body};
 use crate::router::RouteError;
-use crate::upstream::UpstreamError;
+use crate::upstream::{BodyFailure, UpstreamError};
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -116,6 +116,11 @@ impl From<UpstreamError> for ApiError {
             }
             UpstreamError::FirstByteTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", None),
             UpstreamError::Busy { .. } => (StatusCode::SERVICE_UNAVAILABLE, "upstream_busy", Some(1)),
+            UpstreamError::Body {
+                failure: BodyFailure::Reset(_),
+                ..
+            } => (StatusCode::BAD_GATEWAY, "upstream_reset", None),
+            UpstreamError::Body { .. } => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", None),
         };
         ApiError {
             retry_after,

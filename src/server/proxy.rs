@@ -16,11 +16,12 @@ use tokio::time::Instant;
 use super::body::Body;
 use super::error::ApiError;
 use super::record::RequestRecord;
-use super::relay::{Mode, RelayBody};
+use super::relay::{Mode, RelayBody, RelayParams};
 use crate::config::ModelConfig;
+use crate::openai::usage::parse_usage;
 use crate::openai::{RequestHead, SseScanner};
 use crate::state::{Runtime, Shared};
-use crate::upstream::{BoxError, ClientBody, Provider, Upstream, UpstreamError, is_hop_header};
+use crate::upstream::{BodyFailure, BodyRead, BoxError, ClientBody, Provider, UpstreamError, is_hop_header, read_body};
 
 /// A client that takes longer than this to send its request body is stalled (or hostile);
 /// real bodies, even multi-megabyte image prompts, arrive in well under a second on loopback.
@@ -55,14 +56,68 @@ impl Endpoint {
     }
 }
 
-/// What went upstream and came back, ready to relay.
+/// Response bodies up to this size are read whole before the app gets the response: the app
+/// cannot use half a JSON document, usage is read from the whole, the response goes out in one
+/// write with a `content-length`, and a provider failing mid-body can still be failed over.
+/// A larger body (a huge embeddings batch) streams.
+pub const MAX_HELD_BODY: usize = 8 << 20;
+
+/// What came back from the provider, ready to give to the app.
 struct Answer {
-    upstream: Upstream,
+    parts: http::response::Parts,
+    body: Received,
+    permit: tokio::sync::OwnedSemaphorePermit,
     route: HeaderValue,
     model: Arc<ModelConfig>,
     strip_usage: bool,
     idle: Duration,
     deadline: Instant,
+}
+
+enum Received {
+    /// The whole body.
+    Complete(Bytes),
+    /// To relay as it arrives: SSE, or a body larger than [`MAX_HELD_BODY`] (its start in `prefix`).
+    Stream {
+        incoming: Incoming,
+        prefix: Option<Bytes>,
+        sse: bool,
+    },
+}
+
+/// Turns response headers into an [`Answer`]'s body: SSE streams; anything else is read whole
+/// (up to [`MAX_HELD_BODY`]).
+async fn receive(
+    response: http::Response<Incoming>,
+    idle: Duration,
+    deadline: Instant,
+) -> Result<(http::response::Parts, Received), BodyFailure> {
+    let (parts, mut incoming) = response.into_parts();
+    let sse = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    if sse {
+        return Ok((
+            parts,
+            Received::Stream {
+                incoming,
+                prefix: None,
+                sse,
+            },
+        ));
+    }
+    match read_body(&mut incoming, idle, deadline, MAX_HELD_BODY).await? {
+        BodyRead::Complete(b) => Ok((parts, Received::Complete(b))),
+        BodyRead::TooLarge(prefix) => Ok((
+            parts,
+            Received::Stream {
+                incoming,
+                prefix: Some(prefix),
+                sse,
+            },
+        )),
+    }
 }
 
 pub async fn openai(
@@ -76,7 +131,7 @@ pub async fn openai(
     let result = async {
         rec.tenant = Some(rt.tenants.identify(req.headers())?);
         let (parts, body) = req.into_parts();
-        let body = read_body(body, &parts.headers, rt.config.server.max_body_bytes).await?;
+        let body = read_request_body(body, &parts.headers, rt.config.server.max_body_bytes).await?;
         let head = RequestHead::parse(&body)?;
         rec.stream = head.stream && endpoint.streams();
         let route = rt.router.decide(&head.model)?;
@@ -121,14 +176,33 @@ pub async fn openai(
                             continue;
                         }
                     }
-                    return Ok(Answer {
-                        upstream: up,
-                        route: route_header(&route.name),
-                        model: model.clone(),
-                        strip_usage,
-                        idle: provider.config.timeouts.idle,
-                        deadline,
-                    });
+                    rec.first_byte();
+                    let idle = provider.config.timeouts.idle;
+                    match receive(up.response, idle, deadline).await {
+                        Ok((parts, body)) => {
+                            return Ok(Answer {
+                                parts,
+                                body,
+                                permit: up.permit,
+                                route: route_header(&route.name),
+                                model: model.clone(),
+                                strip_usage,
+                                idle,
+                                deadline,
+                            });
+                        }
+                        // Nothing has reached the app yet: this candidate failed, try the next.
+                        Err(failure) => {
+                            shared.metrics.upstream_error(provider.name(), failure.kind());
+                            failures.push((
+                                model.clone(),
+                                UpstreamError::Body {
+                                    provider: provider.name().clone(),
+                                    failure,
+                                },
+                            ));
+                        }
+                    }
                 }
                 Err(e) => {
                     shared.metrics.upstream_error(provider.name(), e.kind());
@@ -175,25 +249,30 @@ pub async fn passthrough(shared: Arc<Shared>, req: Request<Incoming>, request_id
         headers.insert("x-request-id", rec.request_id.clone());
         let body: ClientBody = body.map_err(|e| Box::new(e) as BoxError).boxed();
         let deadline = Instant::now() + provider.config.timeouts.total;
-        match provider.send(parts.method, uri, headers, body, deadline).await {
-            Ok(up) => {
-                if !up.response.status().is_success() {
-                    shared.metrics.upstream_error(provider.name(), status_kind(up.response.status()));
-                }
-                Ok(Answer {
-                    upstream: up,
-                    route: route_header(&route.name),
-                    model: model.clone(),
-                    strip_usage: false,
-                    idle: provider.config.timeouts.idle,
-                    deadline,
-                })
-            }
-            Err(e) => {
-                shared.metrics.upstream_error(provider.name(), e.kind());
-                Err(ApiError::from(e))
-            }
+        let up = provider.send(parts.method, uri, headers, body, deadline).await.map_err(|e| {
+            shared.metrics.upstream_error(provider.name(), e.kind());
+            ApiError::from(e)
+        })?;
+        let status = up.response.status();
+        if !status.is_success() {
+            shared.metrics.upstream_error(provider.name(), status_kind(status));
         }
+        rec.first_byte();
+        let idle = provider.config.timeouts.idle;
+        let (parts, body) = receive(up.response, idle, deadline).await.map_err(|failure| {
+            shared.metrics.upstream_error(provider.name(), failure.kind());
+            ApiError::from(UpstreamError::Body { provider: provider.name().clone(), failure })
+        })?;
+        Ok(Answer {
+            parts,
+            body,
+            permit: up.permit,
+            route: route_header(&route.name),
+            model: model.clone(),
+            strip_usage: false,
+            idle,
+            deadline,
+        })
     }
     .await;
     match result {
@@ -204,30 +283,21 @@ pub async fn passthrough(shared: Arc<Shared>, req: Request<Incoming>, request_id
 
 fn relay(mut rec: RequestRecord, answer: Answer) -> Response<Body> {
     let Answer {
-        upstream,
+        parts,
+        body,
+        permit,
         route,
         model,
         strip_usage,
         idle,
         deadline,
     } = answer;
-    let (parts, incoming) = upstream.response.into_parts();
-    let is_sse = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-    let mode = if !parts.status.is_success() {
-        Mode::Raw
-    } else if is_sse {
-        Mode::Sse(SseScanner::new(strip_usage))
-    } else {
-        Mode::json()
-    };
     let mut resp = Response::new(Body::empty());
     *resp.status_mut() = parts.status;
     let h = resp.headers_mut();
     for (name, value) in &parts.headers {
-        if is_hop_header(name) || (is_sse && *name == header::CONTENT_LENGTH) {
+        // The length is recomputed for what the app actually receives.
+        if is_hop_header(name) || *name == header::CONTENT_LENGTH {
             continue;
         }
         h.append(name.clone(), value.clone());
@@ -239,20 +309,33 @@ fn relay(mut rec: RequestRecord, answer: Answer) -> Response<Body> {
     }
     h.insert("x-llm-sidecar-attempts", HeaderValue::from(rec.attempts));
     rec.status = parts.status.as_u16();
-    let outcome = if parts.status.is_success() {
-        "ok"
-    } else {
-        "upstream_status"
-    };
-    *resp.body_mut() = Body::Relay(Box::pin(RelayBody::new(
-        incoming,
-        mode,
-        idle,
-        deadline,
-        rec,
-        outcome,
-        upstream.permit,
-    )));
+    let success = parts.status.is_success();
+    let outcome = if success { "ok" } else { "upstream_status" };
+    match body {
+        Received::Complete(bytes) => {
+            drop(permit);
+            if success {
+                rec.usage = parse_usage(&bytes).map(|r| r.usage);
+            }
+            rec.finish(outcome);
+            *resp.body_mut() = Body::full(bytes);
+        }
+        Received::Stream { incoming, prefix, sse } => {
+            let mode = if sse && success {
+                Mode::Sse(SseScanner::new(strip_usage))
+            } else {
+                Mode::Raw
+            };
+            let params = RelayParams {
+                mode,
+                idle,
+                deadline,
+                prefix,
+                outcome,
+            };
+            *resp.body_mut() = Body::Relay(Box::pin(RelayBody::new(incoming, params, rec, permit)));
+        }
+    }
     resp
 }
 
@@ -296,7 +379,7 @@ fn all_failed(mut failures: Vec<(Arc<ModelConfig>, UpstreamError)>) -> ApiError 
     }
 }
 
-async fn read_body(body: Incoming, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
+async fn read_request_body(body: Incoming, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())

@@ -1,12 +1,13 @@
-//! The response tee: relays the provider's body to the app frame by frame, as it arrives, and
+//! The streaming tee: relays the provider's body to the app frame by frame, as it arrives, and
 //! on the side records time to first byte, usage and completeness. It enforces the idle
 //! (between chunks) and total timeouts, holds the provider's concurrency permit until the body
 //! ends, and finishes the request's record exactly once — at the end, on an upstream failure,
 //! or when the app hangs up (drop).
 //!
-//! A failure after bytes have gone out cannot become an HTTP error any more. For an SSE stream
-//! the app gets an OpenAI-style `error` event and a clean end, so SDKs raise instead of waiting;
-//! for a JSON body the connection is aborted so the app never takes a truncated body as whole.
+//! Only bodies that must stream go through here: SSE, and bodies too large to hold. A failure
+//! after bytes have gone out cannot become an HTTP error any more. For an SSE stream the app
+//! gets an OpenAI-style `error` event and a clean end, so SDKs raise instead of waiting; for
+//! other bodies the connection is aborted so the app never takes a truncated body as whole.
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -19,31 +20,13 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
 
 use super::record::RequestRecord;
-use crate::openai::usage::parse_usage;
 use crate::openai::{SseScanner, error_body};
-use crate::upstream::BoxError;
-
-/// JSON responses are kept up to this size to read `usage` at the end; a larger one (a huge
-/// embeddings batch) is relayed all the same, only without token accounting.
-pub const MAX_JSON_CAPTURE: usize = 8 << 20;
+use crate::upstream::{BodyFailure, BoxError, error_chain};
 
 pub enum Mode {
     Sse(SseScanner),
-    Json {
-        captured: Vec<u8>,
-        overflow: bool,
-    },
-    /// Error bodies and unknown content: relayed, not inspected.
+    /// Relayed, not inspected.
     Raw,
-}
-
-impl Mode {
-    pub fn json() -> Self {
-        Mode::Json {
-            captured: Vec::new(),
-            overflow: false,
-        }
-    }
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -60,6 +43,7 @@ pin_project_lite::pin_project! {
         inner: Incoming,
         #[pin]
         timer: Sleep,
+        prefix: Option<Bytes>,
         mode: Mode,
         idle: Duration,
         deadline: Instant,
@@ -70,25 +54,27 @@ pin_project_lite::pin_project! {
     }
 }
 
+pub struct RelayParams {
+    pub mode: Mode,
+    pub idle: Duration,
+    pub deadline: Instant,
+    /// Bytes already read from `inner` that go out first.
+    pub prefix: Option<Bytes>,
+    pub outcome: &'static str,
+}
+
 impl RelayBody {
-    pub fn new(
-        inner: Incoming,
-        mode: Mode,
-        idle: Duration,
-        deadline: Instant,
-        record: RequestRecord,
-        outcome: &'static str,
-        permit: OwnedSemaphorePermit,
-    ) -> Self {
-        let first = (Instant::now() + idle).min(deadline);
+    pub fn new(inner: Incoming, p: RelayParams, record: RequestRecord, permit: OwnedSemaphorePermit) -> Self {
+        let first = (Instant::now() + p.idle).min(p.deadline);
         RelayBody {
             inner,
             timer: tokio::time::sleep_until(first),
-            mode,
-            idle,
-            deadline,
+            prefix: p.prefix.filter(|b| !b.is_empty()),
+            mode: p.mode,
+            idle: p.idle,
+            deadline: p.deadline,
             record,
-            outcome,
+            outcome: p.outcome,
             state: State::Streaming,
             permit: Some(permit),
         }
@@ -101,6 +87,9 @@ impl HttpBody for RelayBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
+        if let Some(prefix) = this.prefix.take() {
+            return Poll::Ready(Some(Ok(Frame::data(prefix))));
+        }
         loop {
             match *this.state {
                 State::Done => return Poll::Ready(None),
@@ -121,17 +110,6 @@ impl HttpBody for RelayBody {
                     this.timer.as_mut().reset(next);
                     let out = match this.mode {
                         Mode::Sse(scanner) => scanner.push(data),
-                        Mode::Json { captured, overflow } => {
-                            if !*overflow {
-                                if captured.len() + data.len() <= MAX_JSON_CAPTURE {
-                                    captured.extend_from_slice(&data);
-                                } else {
-                                    *overflow = true;
-                                    *captured = Vec::new();
-                                }
-                            }
-                            data
-                        }
                         Mode::Raw => data,
                     };
                     if out.is_empty() {
@@ -142,23 +120,21 @@ impl HttpBody for RelayBody {
                 Poll::Ready(None) => {
                     *this.state = State::Done;
                     this.permit.take();
-                    let tail = match this.mode {
+                    let (tail, outcome) = match this.mode {
                         Mode::Sse(scanner) => {
                             let tail = scanner.finish();
                             this.record.usage = scanner.usage;
-                            tail
+                            let outcome = if scanner.saw_error {
+                                "upstream_stream_error"
+                            } else if !scanner.done {
+                                // OpenAI-compatible streams end with `[DONE]`; without it the stream was cut.
+                                "incomplete"
+                            } else {
+                                *this.outcome
+                            };
+                            (tail, outcome)
                         }
-                        Mode::Json { captured, .. } => {
-                            this.record.usage = parse_usage(captured).map(|r| r.usage);
-                            Bytes::new()
-                        }
-                        Mode::Raw => Bytes::new(),
-                    };
-                    let outcome = match this.mode {
-                        Mode::Sse(s) if s.saw_error => "upstream_stream_error",
-                        // OpenAI-compatible streams end with `[DONE]`; without it the stream was cut.
-                        Mode::Sse(s) if !s.done => "incomplete",
-                        _ => *this.outcome,
+                        Mode::Raw => (Bytes::new(), *this.outcome),
                     };
                     this.record.finish(outcome);
                     if tail.is_empty() {
@@ -166,23 +142,23 @@ impl HttpBody for RelayBody {
                     }
                     return Poll::Ready(Some(Ok(Frame::data(tail))));
                 }
-                Poll::Ready(Some(Err(e))) => Failure::Reset(crate::upstream::error_chain(&e)),
+                Poll::Ready(Some(Err(e))) => BodyFailure::Reset(error_chain(&e)),
                 Poll::Pending => {
                     ready!(this.timer.as_mut().poll(cx));
                     if Instant::now() >= *this.deadline {
-                        Failure::TotalTimeout
+                        BodyFailure::TotalTimeout
                     } else {
-                        Failure::IdleTimeout(*this.idle)
+                        BodyFailure::IdleTimeout(*this.idle)
                     }
                 }
             };
             // The upstream failed mid-body.
             this.permit.take();
-            let (outcome, message) = failure.describe();
-            let provider = this.record.model.as_ref().map(|m| m.provider.clone());
-            if let Some(p) = &provider {
+            let outcome = failure.kind();
+            let message = format!("The provider failed mid-response: {failure}");
+            if let Some(m) = &this.record.model {
                 // Counted here because the handler already returned.
-                this.record.metrics().upstream_error(p, outcome);
+                this.record.metrics().upstream_error(&m.provider, outcome);
             }
             tracing::warn!(request_id = this.record.request_id.to_str().unwrap_or(""), %message, "upstream failed mid-response");
             if let Mode::Sse(scanner) = this.mode {
@@ -205,35 +181,8 @@ impl HttpBody for RelayBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self.mode {
-            // SSE bodies may be rewritten (the usage chunk dropped): no exact length.
-            Mode::Sse(_) => SizeHint::default(),
-            _ => self.inner.size_hint(),
-        }
-    }
-}
-
-enum Failure {
-    Reset(String),
-    IdleTimeout(Duration),
-    TotalTimeout,
-}
-
-impl Failure {
-    fn describe(&self) -> (&'static str, String) {
-        match self {
-            Failure::Reset(detail) => (
-                "reset",
-                format!("The provider's connection failed mid-response: {detail}"),
-            ),
-            Failure::IdleTimeout(d) => (
-                "timeout_idle",
-                format!("The provider sent nothing for {d:?} mid-response (timeouts.idle)."),
-            ),
-            Failure::TotalTimeout => (
-                "timeout_total",
-                "The response exceeded the provider's total timeout (timeouts.total).".into(),
-            ),
-        }
+        // SSE bodies may be rewritten (the usage chunk dropped) and others carry a prefix:
+        // no exact length either way.
+        SizeHint::default()
     }
 }

@@ -16,6 +16,8 @@ use prometheus_client::registry::{Registry, Unit};
 
 use crate::config::{LogFormat, LoggingSettings};
 
+pub mod logwriter;
+
 /// `gen_ai.client.operation.duration` advised buckets (seconds): 10 ms to 82 s, doubling.
 const DURATION_BUCKETS: [f64; 14] = [
     0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
@@ -194,10 +196,14 @@ impl Metrics {
     }
 }
 
+/// Keeps the log writer thread alive; dropping it flushes what is queued. Hold it until exit.
+pub type LogGuard = Option<logwriter::FlushGuard>;
+
 /// Installs the global `tracing` subscriber. JSON when stdout is not a terminal (a container),
-/// text otherwise; `RUST_LOG` overrides the configured level. Safe to call twice (the second
-/// call is ignored), which the tests rely on.
-pub fn init_logging(settings: &LoggingSettings) {
+/// text otherwise; `RUST_LOG` overrides the configured level. Lines reach stdout through
+/// [`logwriter::BatchWriter`], off the event loop. Safe to call twice (the second call is
+/// ignored), which the tests rely on.
+pub fn init_logging(settings: &LoggingSettings) -> LogGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&settings.level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -206,10 +212,19 @@ pub fn init_logging(settings: &LoggingSettings) {
         LogFormat::Text => false,
         LogFormat::Auto => !std::io::stdout().is_terminal(),
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
-    let _ = if json {
+    let Ok((writer, guard)) = logwriter::BatchWriter::new(std::io::stdout()) else {
+        // No thread for the writer: log straight to stdout rather than not at all.
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+        return None;
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(writer);
+    let installed = if json {
         builder.json().flatten_event(true).with_current_span(false).try_init()
     } else {
-        builder.try_init()
+        builder.with_ansi(std::io::stdout().is_terminal()).try_init()
     };
+    installed.ok().map(|_| guard)
 }

@@ -55,6 +55,84 @@ pub enum UpstreamError {
     Busy { provider: Arc<str>, limit: usize },
     #[error("the connection to provider {provider} failed: {detail}")]
     Protocol { provider: Arc<str>, detail: String },
+    #[error("provider {provider} failed mid-response: {failure}")]
+    Body { provider: Arc<str>, failure: BodyFailure },
+}
+
+/// How a response body failed after its headers had arrived.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BodyFailure {
+    #[error("the connection broke ({0})")]
+    Reset(String),
+    #[error("nothing arrived for {0:?} (timeouts.idle)")]
+    IdleTimeout(Duration),
+    #[error("the response exceeded timeouts.total")]
+    TotalTimeout,
+}
+
+impl BodyFailure {
+    /// Metric and error-code label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BodyFailure::Reset(_) => "reset",
+            BodyFailure::IdleTimeout(_) => "timeout_idle",
+            BodyFailure::TotalTimeout => "timeout_total",
+        }
+    }
+}
+
+/// A response body read whole, or the start of one too large to hold.
+pub enum BodyRead {
+    Complete(Bytes),
+    /// More than the cap arrived: what was read so far; the rest is still in the `Incoming`.
+    TooLarge(Bytes),
+}
+
+/// Reads a response body to its end within the idle and total timeouts, keeping at most `cap`
+/// bytes. A body that arrives in one frame (the usual case) is returned without a copy.
+pub async fn read_body(
+    incoming: &mut Incoming,
+    idle: Duration,
+    deadline: Instant,
+    cap: usize,
+) -> Result<BodyRead, BodyFailure> {
+    use http_body_util::BodyExt;
+    let mut first: Option<Bytes> = None;
+    let mut rest = bytes::BytesMut::new();
+    loop {
+        let wake = (Instant::now() + idle).min(deadline);
+        let frame = match tokio::time::timeout_at(wake, incoming.frame()).await {
+            Err(_) if Instant::now() >= deadline => return Err(BodyFailure::TotalTimeout),
+            Err(_) => return Err(BodyFailure::IdleTimeout(idle)),
+            Ok(None) => {
+                let body = match first {
+                    Some(f) if rest.is_empty() => f,
+                    Some(f) => {
+                        let mut all = bytes::BytesMut::with_capacity(f.len() + rest.len());
+                        all.extend_from_slice(&f);
+                        all.extend_from_slice(&rest);
+                        all.freeze()
+                    }
+                    None => Bytes::new(),
+                };
+                return Ok(BodyRead::Complete(body));
+            }
+            Ok(Some(Err(e))) => return Err(BodyFailure::Reset(error_chain(&e))),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else { continue };
+        match &first {
+            None => first = Some(data),
+            Some(_) => rest.extend_from_slice(&data),
+        }
+        let held = first.as_ref().map_or(0, Bytes::len) + rest.len();
+        if held > cap {
+            let mut all = bytes::BytesMut::with_capacity(held);
+            all.extend_from_slice(first.as_deref().unwrap_or_default());
+            all.extend_from_slice(&rest);
+            return Ok(BodyRead::TooLarge(all.freeze()));
+        }
+    }
 }
 
 impl UpstreamError {
@@ -65,6 +143,7 @@ impl UpstreamError {
             UpstreamError::FirstByteTimeout { .. } => "timeout_first_byte",
             UpstreamError::Busy { .. } => "busy",
             UpstreamError::Protocol { .. } => "reset",
+            UpstreamError::Body { failure, .. } => failure.kind(),
         }
     }
 }

@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# End-to-end load benchmark, all on loopback: the same chat request sent by wrk
+#   1. directly to the mock upstream,
+#   2. through nginx proxy_pass (Debian's nginx, keep-alive to the upstream),
+#   3. through llm-sidecar (release build, JSON request logging on, to /dev/null),
+# at concurrency 1, 16 and 64. Reports requests/s, latency p50/p99, the latency each proxy
+# adds over direct at p50, and CPU time per request of each proxy process.
+# Everything started here is stopped by PID on exit.
+#
+#   benches/load.sh [seconds-per-run]        (default 10; results also go to bench-results/)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${1:-10}
+command -v wrk >/dev/null && command -v nginx >/dev/null || {
+  echo "needs wrk and nginx: apt-get install -y wrk nginx-light" >&2; exit 2; }
+
+cargo build --release --locked --bin llm-sidecar >&2
+BIN=target/release/llm-sidecar
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_http() { for _ in $(seq 1 100); do curl -s -o /dev/null "$1" && return 0; sleep 0.05; done; echo "not up: $1" >&2; exit 1; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+UP=$(free_port); NGX=$(free_port); SC=$(free_port); ADM=$(free_port)
+
+"$BIN" mock-upstream --listen "127.0.0.1:$UP" >/dev/null 2>&1 & PIDS+=($!); MOCK_PID=$!
+
+mkdir -p "$WORK/nginx"
+cat > "$WORK/nginx/nginx.conf" <<NGINX
+worker_processes auto;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+daemon off;
+events { worker_connections 4096; }
+http {
+  access_log /dev/null;
+  client_body_temp_path $WORK/nginx/body;
+  proxy_temp_path $WORK/nginx/proxy;
+  upstream mock { server 127.0.0.1:$UP; keepalive 128; }
+  server {
+    listen 127.0.0.1:$NGX;
+    location / {
+      proxy_pass http://mock;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+    }
+  }
+}
+NGINX
+nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" & PIDS+=($!); NGINX_PID=$!
+
+cat > "$WORK/sidecar.yaml" <<YAML
+listen: 127.0.0.1:$SC
+admin_listen: 127.0.0.1:$ADM
+logging: { format: json, level: ${LOG_LEVEL:-info} }
+providers:
+  mock: { base_url: "http://127.0.0.1:$UP/v1" }
+models:
+  gpt-4o-mini: { provider: mock, pricing: { input: 0.15, output: 0.6 } }
+YAML
+"$BIN" serve --config "$WORK/sidecar.yaml" >/dev/null 2>&1 & PIDS+=($!); SC_PID=$!
+
+BODY='{"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are terse."},{"role":"user","content":"Say hello to the load test"}],"temperature":0}'
+cat > "$WORK/post.lua" <<LUA
+wrk.method = "POST"
+wrk.body = '$BODY'
+wrk.headers["Content-Type"] = "application/json"
+LUA
+wait_http "http://127.0.0.1:$UP/v1/models"; wait_http "http://127.0.0.1:$NGX/v1/models"; wait_http "http://127.0.0.1:$ADM/readyz"
+
+# nginx's CPU: its worker processes (children of the master).
+nginx_ticks() { local t=0; for p in $(pgrep -P "$NGINX_PID") "$NGINX_PID"; do t=$((t + $(cpu_ticks "$p"))); done; echo $t; }
+HZ=$(getconf CLK_TCK)
+
+run() { # name url conc cpu_fn
+  local name=$1 url=$2 conc=$3 cpufn=$4 threads=$(( $3 < 2 ? 1 : 2 ))
+  wrk -t1 -c"$conc" -d1s -s "$WORK/post.lua" "$url" >/dev/null 2>&1 || true   # warm pools
+  local before; before=$($cpufn)
+  local out; out=$(wrk -t"$threads" -c"$conc" -d"${DURATION}s" --latency -s "$WORK/post.lua" "$url")
+  local after; after=$($cpufn)
+  local rps p50 p99 reqs errs
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+  p50=$(awk '$1=="50%" {print $2}' <<<"$out")
+  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+  errs=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out" | tr '\n' ' ')
+  local cpu_us
+  cpu_us=$(python3 -c "print(f'{($after-$before)/$HZ*1e6/max($reqs,1):.1f}')")
+  echo "$name $conc $rps $p50 $p99 $cpu_us ${errs:-}"
+}
+
+to_us() { python3 - "$1" <<'PY'
+import sys, re
+v = sys.argv[1]
+m = re.match(r"([\d.]+)(us|ms|s)$", v)
+n, u = float(m.group(1)), m.group(2)
+print(n * {"us": 1, "ms": 1e3, "s": 1e6}[u])
+PY
+}
+
+none() { echo 0; }
+# field NAME CONC COLUMN: one column of the result row for (target, concurrency).
+field() { for d in "${RESULTS[@]}"; do read -r -a f <<<"$d"; if [ "${f[0]}" = "$1" ] && [ "${f[1]}" = "$2" ]; then echo "${f[$3]}"; fi; done; }
+RESULTS=()
+for c in ${CONCURRENCY:-1 16 64}; do
+  RESULTS+=("$(run direct "http://127.0.0.1:$UP/v1/chat/completions" $c none)")
+  RESULTS+=("$(run nginx "http://127.0.0.1:$NGX/v1/chat/completions" $c nginx_ticks)")
+  RESULTS+=("$(run llm-sidecar "http://127.0.0.1:$SC/v1/chat/completions" $c "cpu_ticks $SC_PID")")
+done
+
+mkdir -p bench-results
+OUT=bench-results/load-$(date -u +%Y%m%dT%H%M%SZ).md
+{
+  echo "# load: ${DURATION}s per run, $(nproc) cores, $(date -u)"
+  echo
+  echo "| target | conc | req/s | p50 | p99 | added p50 vs direct | proxy CPU µs/req | errors |"
+  echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
+  for r in "${RESULTS[@]}"; do
+    read -r name conc rps p50 p99 cpu errs <<<"$r"
+    direct_p50=$(field direct "$conc" 3)
+    added=$(python3 -c "print(f'{$(to_us "$p50") - $(to_us "$direct_p50"):.0f} µs')")
+    if [ "$name" = direct ]; then added="-"; cpu="-"; fi
+    echo "| $name | $conc | $rps | $p50 | $p99 | $added | $cpu | ${errs:-0} |"
+  done
+  echo
+  for c in ${CONCURRENCY:-1 16 64}; do
+    n=$(field nginx "$c" 2)
+    s=$(field llm-sidecar "$c" 2)
+    echo "c=$c: llm-sidecar/nginx throughput = $(python3 -c "print(f'{$s/$n:.2f}')")x"
+  done
+} | tee "$OUT"
+echo "(saved to $OUT)" >&2
