@@ -133,7 +133,7 @@ impl Sidecar {
                     watch_task = Some(tokio::spawn(async move {
                         while changes.next().await.is_some() {
                             let r3 = r2.clone();
-                            let _ = tokio::task::spawn_blocking(move || r3.reload()).await;
+                            let _ = tokio::task::spawn_blocking(move || r3.reload(false)).await;
                         }
                         tracing::warn!("the config watch ended; reload with SIGHUP");
                     }));
@@ -176,10 +176,11 @@ impl Sidecar {
         &self.shared
     }
 
-    /// Re-reads the config file now (SIGHUP). `None` when the config is not from a file.
-    pub async fn reload(&self) -> Option<ReloadOutcome> {
+    /// Re-reads the config file now. `None` when the config is not from a file. With `force`
+    /// (SIGHUP) an unchanged file is applied anyway, re-reading key files and CA bundles.
+    pub async fn reload(&self, force: bool) -> Option<ReloadOutcome> {
         let r = self.reloader.clone()?;
-        tokio::task::spawn_blocking(move || r.reload()).await.ok()
+        tokio::task::spawn_blocking(move || r.reload(force)).await.ok()
     }
 
     /// Graceful shutdown; returns when every connection has finished or the grace period ended.
@@ -211,7 +212,7 @@ pub async fn run_until_signal(sidecar: Sidecar) -> std::io::Result<()> {
             _ = int.recv() => break,
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading the config");
-                if sidecar.reload().await.is_none() {
+                if sidecar.reload(true).await.is_none() {
                     tracing::info!("SIGHUP ignored: the config is built in, not read from a file");
                 }
             }

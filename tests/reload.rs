@@ -72,7 +72,7 @@ async fn kubelet_symlink_swap_is_applied_and_a_bad_edit_is_rejected() {
         "targets: [{ model: nope }]\n  - name: fresh",
     );
     kubelet_write(&dir, "config.yaml", &invalid);
-    match h.sidecar().reload().await.unwrap() {
+    match h.sidecar().reload(false).await.unwrap() {
         ReloadOutcome::Rejected(e) => assert_eq!(e.0[0].path, "routes[0].targets[0].model"),
         other => panic!("expected a rejection, got {other:?}"),
     }
@@ -104,7 +104,15 @@ async fn an_in_place_edit_is_applied_and_sighup_reload_is_idempotent() {
     std::fs::write(&path, with_route(&base)).unwrap();
     let latency = wait_until_served(&h, "fresh", start).await;
     eprintln!("edit→served latency (in-place write): {latency:?}");
-    assert!(matches!(h.sidecar().reload().await, Some(ReloadOutcome::Unchanged)));
+    assert!(matches!(
+        h.sidecar().reload(false).await,
+        Some(ReloadOutcome::Unchanged)
+    ));
+    // SIGHUP forces a rebuild (re-reading key files) even when the text is unchanged.
+    assert!(matches!(
+        h.sidecar().reload(true).await,
+        Some(ReloadOutcome::Applied { .. })
+    ));
 }
 
 #[tokio::test]
@@ -139,4 +147,30 @@ async fn in_flight_streams_finish_on_the_snapshot_they_started_with() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("the new config was never applied");
+}
+
+#[tokio::test]
+async fn a_rotated_key_file_is_picked_up_on_a_forced_reload() {
+    let mock = MockUpstream::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key");
+    std::fs::write(&key, "sk-first\n").unwrap();
+    let text = config(&mock.base_url(), "").replace("key_env: UPSTREAM_KEY", &format!("key_file: {}", key.display()));
+    let h = Harness::with_mounted(mock, text).await;
+    assert_eq!(h.chat(chat_body("x")).await.status(), 200);
+    assert_eq!(
+        h.mock.last_request().unwrap().headers["authorization"],
+        "Bearer sk-first"
+    );
+
+    std::fs::write(&key, "sk-second\n").unwrap();
+    assert!(matches!(
+        h.sidecar().reload(true).await,
+        Some(ReloadOutcome::Applied { .. })
+    ));
+    assert_eq!(h.chat(chat_body("x")).await.status(), 200);
+    assert_eq!(
+        h.mock.last_request().unwrap().headers["authorization"],
+        "Bearer sk-second"
+    );
 }

@@ -40,8 +40,9 @@ impl Reloader {
         &self.source
     }
 
-    /// Blocking: reads files. Call from a blocking thread.
-    pub fn reload(&self) -> ReloadOutcome {
+    /// Blocking: reads files. Call from a blocking thread. An identical config text is
+    /// skipped unless `force` (SIGHUP), which also re-reads key files and CA bundles.
+    pub fn reload(&self, force: bool) -> ReloadOutcome {
         let _guard = self.lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let metrics = &self.shared.metrics;
         let text = match self.source.read() {
@@ -54,7 +55,7 @@ impl Reloader {
             }
         };
         let current = self.shared.runtime.load_full();
-        if hex::encode(Sha256::digest(text.as_bytes())) == current.config.digest {
+        if !force && hex::encode(Sha256::digest(text.as_bytes())) == current.config.digest {
             metrics.reload("unchanged");
             return ReloadOutcome::Unchanged;
         }
