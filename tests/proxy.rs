@@ -112,8 +112,7 @@ async fn stream_chunks_reach_the_app_while_the_upstream_is_still_sending() {
     // The upstream sends two chunks and then goes silent with the connection open: if the
     // sidecar buffered anything, the app would see nothing at all.
     h.mock.push_fault(Fault::StallAfterChunks(2));
-    let mut body = chat_body("one two three");
-    body["stream"] = json!(true);
+    let body = stream_body("one two three");
     let resp = h.chat(body).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
@@ -133,8 +132,7 @@ async fn stream_chunks_reach_the_app_while_the_upstream_is_still_sending() {
 #[tokio::test]
 async fn stream_usage_is_accounted_and_the_extra_chunk_hidden_from_the_app() {
     let h = Harness::start().await;
-    let mut body = chat_body("count my tokens");
-    body["stream"] = json!(true);
+    let mut body = stream_body("count my tokens");
     let events = sse_events(h.chat(body.clone()).await).await;
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
     let parsed: Vec<Value> = events
@@ -271,8 +269,7 @@ async fn unreachable_and_slow_upstreams_become_502_and_504() {
 #[tokio::test]
 async fn a_stream_cut_mid_way_ends_with_an_error_event_not_a_hang() {
     let h = Harness::start().await;
-    let mut body = chat_body("one two three four");
-    body["stream"] = json!(true);
+    let body = stream_body("one two three four");
 
     h.mock.push_fault(Fault::CutAfterChunks(3));
     let events = tokio::time::timeout(Duration::from_secs(10), sse_events(h.chat(body.clone()).await))
@@ -467,8 +464,7 @@ async fn admin_endpoints_answer_and_never_show_secrets() {
 async fn a_client_that_hangs_up_mid_stream_is_recorded_and_frees_the_upstream() {
     let h = Harness::start().await;
     h.mock.set_chunk_delay(Duration::from_millis(200));
-    let mut body = chat_body("a b c d e f g h");
-    body["stream"] = json!(true);
+    let body = stream_body("a b c d e f g h");
     let resp = h.chat(body).await;
     let mut stream = resp.bytes_stream();
     let _ = stream.next().await;

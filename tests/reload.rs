@@ -123,8 +123,7 @@ async fn in_flight_streams_finish_on_the_snapshot_they_started_with() {
     let h = Harness::with_mounted(mock, base.clone()).await;
     let dir = h.dir.as_ref().unwrap().path().to_path_buf();
 
-    let mut body = chat_body("one two three four five");
-    body["stream"] = json!(true);
+    let body = stream_body("one two three four five");
     let resp = h.chat(body).await;
     let mut stream = resp.bytes_stream();
     let first = stream.next().await.unwrap().unwrap();

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use futures_util::StreamExt;
 use llm_sidecar::mock::{Fault, MockUpstream};
-use serde_json::json;
 
 #[tokio::test]
 async fn in_flight_streams_drain_and_new_connections_are_refused() {
@@ -19,8 +18,7 @@ async fn in_flight_streams_drain_and_new_connections_are_refused() {
     let app = h.url("/v1/chat/completions");
     let readyz = h.admin("/readyz");
 
-    let mut body = chat_body("one two three four five six seven eight");
-    body["stream"] = json!(true);
+    let body = stream_body("one two three four five six seven eight");
     let resp = h.chat(body).await;
     let mut stream = resp.bytes_stream();
     let _first = stream.next().await.unwrap().unwrap();
@@ -56,8 +54,7 @@ async fn streams_outliving_the_grace_period_are_cut() {
         .replace("idle: 2s", "idle: 60s");
     let mut h = Harness::with_text(mock, text).await;
     h.mock.push_fault(Fault::StallAfterChunks(2));
-    let mut body = chat_body("never ends");
-    body["stream"] = json!(true);
+    let body = stream_body("never ends");
     let resp = h.chat(body).await;
     let mut stream = resp.bytes_stream();
     let _ = stream.next().await.unwrap().unwrap();

@@ -255,7 +255,12 @@ async fn handle(control: Arc<MockControl>, req: Request<Incoming>) -> MockResult
         // A JSON body that breaks (or stalls) half-way.
         let body = Bytes::from(serde_json::to_vec(&answer.json()).unwrap_or_default());
         let half = body.slice(..body.len() / 2);
-        Ok(broken_body(vec![half], stall, "application/json"))
+        Ok(streamed(
+            vec![half],
+            Duration::ZERO,
+            Some((1, stall)),
+            "application/json",
+        ))
     } else {
         Ok(json_response(StatusCode::OK, &answer.json()))
     }
@@ -376,69 +381,49 @@ impl Completion {
     }
 
     fn stream_response(&self, delay: Duration, cut: Option<(usize, bool)>) -> Response<MockBody> {
-        let events = self.events();
-        let (tx, rx) = mpsc::channel(4);
-        tokio::spawn(async move {
-            for (i, ev) in events.into_iter().enumerate() {
-                if let Some((n, stall)) = cut
-                    && i == n
-                {
-                    if stall {
-                        tx.closed().await;
-                    } else {
-                        // Let hyper flush what was sent, so the cut really is mid-stream.
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        let _ = tx
-                            .send(Err(std::io::Error::new(
-                                std::io::ErrorKind::ConnectionReset,
-                                "mock cut",
-                            )))
-                            .await;
-                    }
-                    return;
-                }
-                if i > 0 && !delay.is_zero() {
-                    tokio::time::sleep(delay).await;
-                }
-                if tx.send(Ok(ev)).await.is_err() {
-                    return;
-                }
-            }
-        });
-        let mut resp = Response::new(MockBody::Stream(rx));
-        resp.headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-        resp.headers_mut()
-            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        resp
+        streamed(self.events(), delay, cut, "text/event-stream")
     }
 }
 
-/// Sends `chunks`, then breaks the connection (or, with `stall`, goes silent).
-fn broken_body(chunks: Vec<Bytes>, stall: bool, content_type: &'static str) -> Response<MockBody> {
+/// Sends `chunks` with `delay` between them. With `cut = Some((n, stall))`, after `n` chunks
+/// the connection breaks (or, with `stall`, goes silent while staying open).
+fn streamed(
+    chunks: Vec<Bytes>,
+    delay: Duration,
+    cut: Option<(usize, bool)>,
+    content_type: &'static str,
+) -> Response<MockBody> {
     let (tx, rx) = mpsc::channel(4);
     tokio::spawn(async move {
-        for c in chunks {
-            if tx.send(Ok(c)).await.is_err() {
+        let n = cut.map_or(usize::MAX, |(n, _)| n);
+        for (i, chunk) in chunks.into_iter().take(n).enumerate() {
+            if i > 0 && !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            if tx.send(Ok(chunk)).await.is_err() {
                 return;
             }
         }
-        if stall {
-            tx.closed().await;
-        } else {
-            // Let hyper flush what was sent, so the break really is mid-body.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            let _ = tx
-                .send(Err(std::io::Error::new(
-                    std::io::ErrorKind::ConnectionReset,
-                    "mock cut",
-                )))
-                .await;
+        match cut {
+            None => {}
+            Some((_, true)) => tx.closed().await,
+            Some((_, false)) => {
+                // Let hyper flush what was sent, so the break really is mid-body.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let _ = tx
+                    .send(Err(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionReset,
+                        "mock cut",
+                    )))
+                    .await;
+            }
         }
     });
     let mut resp = Response::new(MockBody::Stream(rx));
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     resp
 }
 

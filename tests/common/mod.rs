@@ -170,6 +170,13 @@ pub fn chat_body(content: &str) -> serde_json::Value {
     serde_json::json!({"model": "auto", "messages": [{"role": "user", "content": content}]})
 }
 
+/// A streaming chat request body.
+pub fn stream_body(content: &str) -> serde_json::Value {
+    let mut body = chat_body(content);
+    body["stream"] = serde_json::json!(true);
+    body
+}
+
 /// Reads an SSE response to the end and returns the data payloads.
 pub async fn sse_events(resp: reqwest::Response) -> Vec<String> {
     let text = resp.text().await.expect("stream body");
