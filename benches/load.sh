@@ -113,6 +113,8 @@ for c in ${CONCURRENCY:-1 16 64}; do
   RESULTS+=("$(run llm-sidecar "http://127.0.0.1:$SC/v1/chat/completions" $c "cpu_ticks $SC_PID")")
 done
 
+SC_RSS=$(awk '/VmRSS/ {print $2/1024 " MiB"}' "/proc/$SC_PID/status")
+NGX_RSS=$(for p in $(pgrep -P "$NGINX_PID") "$NGINX_PID"; do awk '/VmRSS/ {print $2}' "/proc/$p/status"; done | awk '{s+=$1} END {print s/1024 " MiB"}')
 mkdir -p bench-results
 OUT=bench-results/load-$(date -u +%Y%m%dT%H%M%SZ).md
 {
@@ -131,7 +133,8 @@ OUT=bench-results/load-$(date -u +%Y%m%dT%H%M%SZ).md
   for c in ${CONCURRENCY:-1 16 64}; do
     n=$(field nginx "$c" 2)
     s=$(field llm-sidecar "$c" 2)
-    echo "c=$c: llm-sidecar/nginx throughput = $(python3 -c "print(f'{$s/$n:.2f}')")x"
+    echo "- c=$c: llm-sidecar/nginx throughput = $(python3 -c "print(f'{$s/$n:.2f}')")x"
   done
+  echo "- RSS after the runs: llm-sidecar $SC_RSS, nginx (master + workers) $NGX_RSS"
 } | tee "$OUT"
 echo "(saved to $OUT)" >&2
