@@ -77,6 +77,7 @@ pub struct Sidecar {
     app_task: JoinHandle<()>,
     admin_task: JoinHandle<()>,
     watch_task: Option<JoinHandle<()>>,
+    sweep_task: JoinHandle<()>,
 }
 
 impl Sidecar {
@@ -143,6 +144,14 @@ impl Sidecar {
             }
             reloader = Some(r);
         }
+        let cache = shared.cache.clone();
+        let sweep_task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(crate::cache::SWEEP_INTERVAL);
+            loop {
+                tick.tick().await;
+                cache.sweep();
+            }
+        });
         shared.health.set_ready(true);
         let rt = shared.runtime.load();
         tracing::info!(
@@ -161,6 +170,7 @@ impl Sidecar {
             app_task,
             admin_task,
             watch_task,
+            sweep_task,
         })
     }
 
@@ -191,6 +201,7 @@ impl Sidecar {
         if let Some(t) = &self.watch_task {
             t.abort();
         }
+        self.sweep_task.abort();
         tokio::time::sleep(server.drain_delay).await;
         let _ = self.stop_app.send(Some(server.shutdown_grace));
         let _ = self.app_task.await;

@@ -23,7 +23,9 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod cache;
 pub mod config;
+pub mod embed;
 pub mod limits;
 pub mod mock;
 pub mod openai;

@@ -46,6 +46,33 @@ pub const DEFAULT_TOTAL_TIMEOUT: Duration = Duration::from_secs(600);
 /// Concurrent upstream requests per provider: enough for one pod's traffic; bounds sockets.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 256;
 
+/// Cached answers live this long unless `cache.ttl` says otherwise: long enough to matter for
+/// repeated questions, short enough that stale facts age out within the working day.
+pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(3600);
+/// Entries held per sidecar (the semantic index and responses for 100k entries fit the
+/// 200 MB memory goal with the quantized model).
+pub const DEFAULT_CACHE_MAX_ENTRIES: u64 = 100_000;
+/// Bytes of cached responses per sidecar.
+pub const DEFAULT_CACHE_MAX_BYTES: u64 = 128 << 20;
+/// OpenAI's default temperature is 1.0; requests at or below it may be served from cache.
+pub const DEFAULT_MAX_TEMPERATURE: f64 = 1.0;
+/// Cosine similarity needed for a semantic hit, before the guard. Chosen from the shipped
+/// paraphrase set (`llm-sidecar calibrate`); see docs/cache.md.
+pub const DEFAULT_SEMANTIC_THRESHOLD: f32 = 0.90;
+/// A semantic lookup (embed + search) that takes longer than this is a miss: it must never
+/// cost the app more than a few percent of an LLM call.
+pub const DEFAULT_SEMANTIC_TIMEOUT: Duration = Duration::from_millis(50);
+/// Lookups waiting for the embedder; beyond this the queue is full and lookups miss at once.
+pub const DEFAULT_EMBED_QUEUE: u64 = 256;
+/// Texts that are never cached (and never embedded): e-mail addresses, payment card numbers,
+/// US social security numbers, IBANs.
+pub const DEFAULT_PRIVACY_PATTERNS: &[&str] = &[
+    r"(?i)\b[a-z0-9._%+-]+@[a-z0-9.-]+\.[a-z]{2,}\b",
+    r"\b(?:\d[ -]?){13,19}\b",
+    r"\b\d{3}-\d{2}-\d{4}\b",
+    r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){3,7}\b",
+];
+
 /// A validated configuration. Cheap to share (`Arc`), never mutated: a reload builds a new one.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -59,6 +86,7 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     pub default_route: Option<String>,
     pub tenants: TenantsConfig,
+    pub cache: CacheConfig,
     /// SHA-256 of the source text, so a reload of identical bytes is recognised and skipped.
     pub digest: String,
 }
@@ -157,6 +185,35 @@ pub struct RouteConfig {
     pub models: Vec<String>,
     pub strategy: Strategy,
     pub targets: Vec<Arc<str>>,
+    /// `routes[].cache.enabled`: `Some(false)` turns caching off for this route.
+    pub cache_enabled: Option<bool>,
+    /// `routes[].cache.threshold`: overrides `cache.semantic.threshold`.
+    pub cache_threshold: Option<f32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    pub enabled: bool,
+    pub version: String,
+    pub ttl: Duration,
+    pub max_entries: usize,
+    pub max_bytes: usize,
+    pub max_temperature: f64,
+    pub privacy_patterns: Vec<String>,
+    pub privacy: regex::RegexSet,
+    pub semantic: SemanticConfig,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SemanticConfig {
+    pub enabled: bool,
+    pub threshold: f32,
+    pub guard: bool,
+    pub assets_dir: PathBuf,
+    pub timeout: Duration,
+    pub queue: usize,
+    pub max_batch: Option<usize>,
+    pub threads: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

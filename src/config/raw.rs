@@ -25,6 +25,41 @@ pub struct RawConfig {
     pub routes: Vec<RawRoute>,
     pub default_route: Option<String>,
     pub tenants: Option<RawTenants>,
+    pub cache: Option<RawCache>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    pub enabled: Option<bool>,
+    /// Any scalar; changing it invalidates every entry.
+    pub version: Option<serde_yaml_ng::Value>,
+    pub ttl: Option<String>,
+    pub max_entries: Option<u64>,
+    pub max_bytes: Option<u64>,
+    pub max_temperature: Option<f64>,
+    pub privacy_patterns: Option<Vec<String>>,
+    pub semantic: Option<RawSemantic>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawSemantic {
+    pub enabled: Option<bool>,
+    pub threshold: Option<f32>,
+    pub guard: Option<bool>,
+    pub assets_dir: Option<String>,
+    pub timeout: Option<String>,
+    pub queue: Option<u64>,
+    pub max_batch: Option<u64>,
+    pub threads: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouteCache {
+    pub enabled: Option<bool>,
+    pub threshold: Option<f32>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -101,6 +136,7 @@ pub struct RawRoute {
     pub strategy: Option<String>,
     #[serde(default)]
     pub targets: Vec<RawTarget>,
+    pub cache: Option<RawRouteCache>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

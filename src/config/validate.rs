@@ -152,6 +152,7 @@ impl Validator<'_> {
             );
         }
         let tenants = self.tenants(raw.tenants.unwrap_or_default());
+        let cache = self.cache(raw.cache);
 
         Config {
             version: raw.version,
@@ -164,6 +165,7 @@ impl Validator<'_> {
             routes,
             default_route: raw.default_route,
             tenants,
+            cache,
             digest: hex::encode(Sha256::digest(text.as_bytes())),
         }
     }
@@ -450,14 +452,100 @@ impl Validator<'_> {
                     ),
                 }
             }
+            let rc = r.cache.unwrap_or_default();
+            if let Some(t) = rc.threshold {
+                self.threshold(&format!("{path}.cache.threshold"), t);
+            }
             routes.push(RouteConfig {
                 name: r.name.as_str().into(),
                 models: r.models,
                 strategy,
                 targets,
+                cache_enabled: rc.enabled,
+                cache_threshold: rc.threshold,
             });
         }
         routes
+    }
+
+    fn threshold(&mut self, path: &str, t: f32) {
+        if !(0.0..=1.0).contains(&t) {
+            self.issue(
+                path,
+                format!("{t} is not a cosine similarity threshold: use a number between 0 and 1 (e.g. 0.92)"),
+            );
+        }
+    }
+
+    fn cache(&mut self, raw: Option<RawCache>) -> CacheConfig {
+        // No `cache:` section: caching is off. A section, even empty, turns it on with defaults.
+        let present = raw.is_some();
+        let raw = raw.unwrap_or_default();
+        let version = match &raw.version {
+            None => String::new(),
+            Some(serde_yaml_ng::Value::String(s)) => s.clone(),
+            Some(serde_yaml_ng::Value::Number(n)) => n.to_string(),
+            Some(serde_yaml_ng::Value::Bool(b)) => b.to_string(),
+            Some(_) => {
+                self.issue("cache.version", "must be a string or a number");
+                String::new()
+            }
+        };
+        let ttl = self.duration("cache.ttl", raw.ttl.as_deref(), DEFAULT_CACHE_TTL);
+        let max_entries = raw.max_entries.unwrap_or(DEFAULT_CACHE_MAX_ENTRIES);
+        let max_bytes = raw.max_bytes.unwrap_or(DEFAULT_CACHE_MAX_BYTES);
+        if max_entries == 0 {
+            self.issue("cache.max_entries", "must be at least 1 (or set cache.enabled: false)");
+        }
+        if max_bytes == 0 {
+            self.issue("cache.max_bytes", "must be at least 1 (or set cache.enabled: false)");
+        }
+        let max_temperature = raw.max_temperature.unwrap_or(DEFAULT_MAX_TEMPERATURE);
+        if !(max_temperature.is_finite() && max_temperature >= 0.0) {
+            self.issue(
+                "cache.max_temperature",
+                "must be a number ≥ 0 (0 serves only temperature-0 requests)",
+            );
+        }
+        let privacy_patterns: Vec<String> = raw
+            .privacy_patterns
+            .unwrap_or_else(|| DEFAULT_PRIVACY_PATTERNS.iter().map(|p| (*p).to_owned()).collect());
+        for (i, p) in privacy_patterns.iter().enumerate() {
+            if let Err(e) = regex::Regex::new(p) {
+                self.issue(
+                    format!("cache.privacy_patterns[{i}]"),
+                    format!("is not a valid regex: {e}"),
+                );
+            }
+        }
+        let privacy = regex::RegexSet::new(&privacy_patterns).unwrap_or_else(|_| regex::RegexSet::empty());
+        let s = raw.semantic.unwrap_or_default();
+        let threshold = s.threshold.unwrap_or(DEFAULT_SEMANTIC_THRESHOLD);
+        self.threshold("cache.semantic.threshold", threshold);
+        let semantic = SemanticConfig {
+            enabled: s.enabled.unwrap_or(true),
+            threshold,
+            guard: s.guard.unwrap_or(true),
+            assets_dir: s
+                .assets_dir
+                .map(PathBuf::from)
+                .unwrap_or_else(crate::embed::default_assets_dir),
+            timeout: self.duration("cache.semantic.timeout", s.timeout.as_deref(), DEFAULT_SEMANTIC_TIMEOUT),
+            queue: s.queue.unwrap_or(DEFAULT_EMBED_QUEUE).max(1) as usize,
+            max_batch: s.max_batch.map(|b| b.max(1) as usize),
+            threads: s.threads.unwrap_or(1).clamp(1, 16) as usize,
+        };
+        CacheConfig {
+            enabled: present && raw.enabled.unwrap_or(true),
+            version,
+            ttl,
+            max_entries: max_entries as usize,
+            max_bytes: usize::try_from(max_bytes).unwrap_or(usize::MAX),
+            max_temperature,
+            privacy_patterns,
+            privacy,
+            semantic,
+        }
     }
 
     fn tenants(&mut self, raw: RawTenants) -> TenantsConfig {

@@ -138,6 +138,11 @@ impl<'a> RequestHead<'a> {
         self.fields.iter().rev().find(|(k, _)| k == key).map(|(_, v)| *v)
     }
 
+    /// Every top-level field in body order (for cache keys).
+    pub fn fields(&self) -> impl Iterator<Item = (&str, &'a RawValue)> {
+        self.fields.iter().map(|(k, v)| (k.as_ref(), *v))
+    }
+
     /// Whether [`Self::rewrite`] would change anything.
     pub fn needs_rewrite(&self, upstream_model: &str, add_usage: bool) -> bool {
         self.model != upstream_model || add_usage

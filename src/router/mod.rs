@@ -14,6 +14,10 @@ pub struct Route {
     pub name: Arc<str>,
     /// Candidates in order of preference.
     pub targets: Vec<Arc<ModelConfig>>,
+    /// `routes[].cache.enabled` (`None` for a catalogue model's own route).
+    pub cache_enabled: Option<bool>,
+    /// `routes[].cache.threshold`.
+    pub cache_threshold: Option<f32>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -38,6 +42,8 @@ impl Router {
             let route = Route {
                 name: model.name.clone(),
                 targets: vec![model.clone()],
+                cache_enabled: None,
+                cache_threshold: None,
             };
             by_name.insert(name.as_str().into(), Arc::new(route));
         }
@@ -51,6 +57,8 @@ impl Router {
             let route = Arc::new(Route {
                 name: r.name.clone(),
                 targets,
+                cache_enabled: r.cache_enabled,
+                cache_threshold: r.cache_threshold,
             });
             for alias in &r.models {
                 by_name.insert(alias.as_str().into(), route.clone());

@@ -62,10 +62,29 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Bod
                 serde_json::to_string_pretty(&body).unwrap_or_default(),
             )
         }
+        (&Method::POST, "/admin/cache/purge") => {
+            let query = req.uri().query().unwrap_or("");
+            let param = |name: &str| {
+                query
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
+                    .map(str::to_owned)
+            };
+            let (tenant, route) = (param("tenant"), param("route"));
+            let removed = shared.cache.purge(tenant.as_deref(), route.as_deref());
+            tracing::info!(
+                removed,
+                tenant = tenant.as_deref().unwrap_or("*"),
+                route = route.as_deref().unwrap_or("*"),
+                "cache purged"
+            );
+            let body = serde_json::json!({"removed": removed, "tenant": tenant, "route": route});
+            text(StatusCode::OK, "application/json", body.to_string())
+        }
         _ => text(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /metrics, /healthz, /readyz, /admin/config\n".into(),
+            "not found: try /metrics, /healthz, /readyz, /admin/config, POST /admin/cache/purge\n".into(),
         ),
     }
 }

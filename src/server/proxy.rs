@@ -16,7 +16,9 @@ use tokio::time::Instant;
 use super::body::Body;
 use super::error::ApiError;
 use super::record::RequestRecord;
-use super::relay::{Mode, RelayBody, RelayParams};
+use super::relay::{Mode, OnComplete, RelayBody, RelayParams};
+use crate::cache::{Cache, Hit, HitKind, Plan, replay};
+use crate::config::Config;
 use crate::config::ModelConfig;
 use crate::openai::usage::parse_usage;
 use crate::openai::{RequestHead, SseScanner};
@@ -72,6 +74,32 @@ struct Answer {
     strip_usage: bool,
     idle: Duration,
     deadline: Instant,
+    /// Where a complete, successful answer is stored, when the cache applies.
+    cache: Option<CacheStore>,
+}
+
+struct CacheStore {
+    cache: Arc<Cache>,
+    plan: Plan,
+    config: Arc<Config>,
+}
+
+impl CacheStore {
+    fn store(self, response: Bytes, model: Arc<str>) {
+        self.cache.store(self.plan, response, model, &self.config.cache);
+    }
+}
+
+// Transient: built and matched once per request, on the stack; boxing would cost an allocation.
+#[allow(clippy::large_enum_variant)]
+enum Reply {
+    Upstream(Answer),
+    Cached {
+        hit: Hit,
+        stream: bool,
+        include_usage: bool,
+        route: HeaderValue,
+    },
 }
 
 enum Received {
@@ -136,6 +164,33 @@ pub async fn openai(
         rec.stream = head.stream && endpoint.streams();
         let route = rt.router.decide(&head.model)?;
         rec.route = Some(route.name.clone());
+        let tenant = rec
+            .tenant
+            .clone()
+            .unwrap_or_else(|| rt.config.tenants.default_tenant.clone());
+        let mut plan = shared.cache.plan(
+            &rt.config.cache,
+            route,
+            endpoint.label(),
+            &tenant,
+            &head,
+            &parts.headers,
+            &body,
+        );
+        rec.cache = match &plan {
+            Some(p) if p.lookup => "miss",
+            _ => "bypass",
+        };
+        if let Some(p) = plan.as_mut().filter(|p| p.lookup)
+            && let Some(hit) = shared.cache.lookup(p, &rt.config.cache).await
+        {
+            return Ok(Reply::Cached {
+                hit,
+                stream: rec.stream,
+                include_usage: head.include_usage,
+                route: route_header(&route.name),
+            });
+        }
         let mut headers = HeaderMap::with_capacity(parts.headers.len() + 4);
         let mut failures: Vec<(Arc<ModelConfig>, UpstreamError)> = Vec::new();
         for (i, model) in route.targets.iter().enumerate() {
@@ -180,7 +235,12 @@ pub async fn openai(
                     let idle = provider.config.timeouts.idle;
                     match receive(up.response, idle, deadline).await {
                         Ok((parts, body)) => {
-                            return Ok(Answer {
+                            let cache = plan.take().map(|plan| CacheStore {
+                                cache: shared.cache.clone(),
+                                plan,
+                                config: rt.config.clone(),
+                            });
+                            return Ok(Reply::Upstream(Answer {
                                 parts,
                                 body,
                                 permit: up.permit,
@@ -189,7 +249,8 @@ pub async fn openai(
                                 strip_usage,
                                 idle,
                                 deadline,
-                            });
+                                cache,
+                            }));
                         }
                         // Nothing has reached the app yet: this candidate failed, try the next.
                         Err(failure) => {
@@ -214,9 +275,62 @@ pub async fn openai(
     }
     .await;
     match result {
-        Ok(answer) => relay(rec, answer),
+        Ok(Reply::Upstream(answer)) => relay(rec, answer),
+        Ok(Reply::Cached {
+            hit,
+            stream,
+            include_usage,
+            route,
+        }) => serve_cached(rec, &rt, hit, stream, include_usage, route),
         Err(e) => fail(rec, e),
     }
+}
+
+/// Answers from the cache, as JSON or as a replayed SSE stream.
+fn serve_cached(
+    mut rec: RequestRecord,
+    rt: &Runtime,
+    hit: Hit,
+    stream: bool,
+    include_usage: bool,
+    route: HeaderValue,
+) -> Response<Body> {
+    let body = if stream {
+        replay::to_sse(&hit.response, include_usage)
+    } else {
+        Some(hit.response.clone())
+    };
+    let Some(body) = body else {
+        return fail(rec, internal("a cached answer could not be replayed"));
+    };
+    let mut resp = Response::new(Body::full(body));
+    let h = resp.headers_mut();
+    let content_type = if stream {
+        "text/event-stream"
+    } else {
+        "application/json"
+    };
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert("x-request-id", rec.request_id.clone());
+    h.insert("x-llm-sidecar-route", route);
+    if let Ok(v) = HeaderValue::from_str(&hit.model) {
+        h.insert("x-llm-sidecar-model", v);
+    }
+    h.insert("x-llm-sidecar-attempts", HeaderValue::from(0));
+    rec.cache = match hit.kind {
+        HitKind::Exact => "hit-exact",
+        HitKind::Semantic { similarity } => {
+            if let Ok(v) = HeaderValue::from_str(&format!("{similarity:.4}")) {
+                h.insert("x-llm-sidecar-cache-similarity", v);
+            }
+            "hit-semantic"
+        }
+    };
+    h.insert("x-llm-sidecar-cache", HeaderValue::from_static(rec.cache));
+    rec.model = rt.config.models.get(&*hit.model).cloned();
+    rec.status = 200;
+    rec.finish("cache_hit");
+    resp
 }
 
 /// Passes a `/v1/*` request the sidecar does not interpret (Responses API, audio, files,
@@ -272,6 +386,7 @@ pub async fn passthrough(shared: Arc<Shared>, req: Request<Incoming>, request_id
             strip_usage: false,
             idle,
             deadline,
+            cache: None,
         })
     }
     .await;
@@ -291,6 +406,7 @@ fn relay(mut rec: RequestRecord, answer: Answer) -> Response<Body> {
         strip_usage,
         idle,
         deadline,
+        cache,
     } = answer;
     let mut resp = Response::new(Body::empty());
     *resp.status_mut() = parts.status;
@@ -308,6 +424,7 @@ fn relay(mut rec: RequestRecord, answer: Answer) -> Response<Body> {
         h.insert("x-llm-sidecar-model", v);
     }
     h.insert("x-llm-sidecar-attempts", HeaderValue::from(rec.attempts));
+    h.insert("x-llm-sidecar-cache", HeaderValue::from_static(rec.cache));
     rec.status = parts.status.as_u16();
     let success = parts.status.is_success();
     let outcome = if success { "ok" } else { "upstream_status" };
@@ -316,6 +433,9 @@ fn relay(mut rec: RequestRecord, answer: Answer) -> Response<Body> {
             drop(permit);
             if success {
                 rec.usage = parse_usage(&bytes).map(|r| r.usage);
+                if let Some(c) = cache.filter(|_| parts.status == StatusCode::OK) {
+                    c.store(bytes.clone(), model.name.clone());
+                }
             }
             rec.finish(outcome);
             *resp.body_mut() = Body::full(bytes);
@@ -326,12 +446,22 @@ fn relay(mut rec: RequestRecord, answer: Answer) -> Response<Body> {
             } else {
                 Mode::Raw
             };
+            // A stream is stored only if it ends complete and error-free (the relay decides).
+            let on_complete: Option<OnComplete> = cache.filter(|_| sse && parts.status == StatusCode::OK).map(|c| {
+                let model = model.name.clone();
+                Box::new(move |sse: &[u8]| {
+                    if let Some(json) = replay::assemble(sse) {
+                        c.store(json, model);
+                    }
+                }) as OnComplete
+            });
             let params = RelayParams {
                 mode,
                 idle,
                 deadline,
                 prefix,
                 outcome,
+                on_complete,
             };
             *resp.body_mut() = Body::Relay(Box::pin(RelayBody::new(incoming, params, rec, permit)));
         }

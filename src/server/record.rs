@@ -30,6 +30,8 @@ pub struct RequestRecord {
     pub ttft: Option<Duration>,
     pub status: u16,
     pub usage: Option<Usage>,
+    /// `x-llm-sidecar-cache` as answered: hit-exact, hit-semantic, miss, bypass.
+    pub cache: &'static str,
     finished: bool,
 }
 
@@ -49,6 +51,7 @@ impl RequestRecord {
             ttft: None,
             status: 0,
             usage: None,
+            cache: "bypass",
             finished: false,
         }
     }
@@ -93,7 +96,8 @@ impl RequestRecord {
             })
             .inc();
         let mut cost = 0.0;
-        if let Some(model) = &self.model {
+        let served_by_cache = self.cache.starts_with("hit");
+        if let Some(model) = self.model.as_ref().filter(|_| !served_by_cache) {
             let op = OperationLabels {
                 gen_ai_operation_name: operation_name(self.endpoint),
                 gen_ai_request_model: model_name.clone(),
@@ -150,6 +154,7 @@ impl RequestRecord {
                     provider = &*provider,
                     status = self.status,
                     outcome,
+                    cache = self.cache,
                     stream = self.stream,
                     attempts = self.attempts,
                     duration_ms = elapsed.as_secs_f64() * 1e3,

@@ -23,6 +23,12 @@ use super::record::RequestRecord;
 use crate::openai::{SseScanner, error_body};
 use crate::upstream::{BodyFailure, BoxError, error_chain};
 
+/// Called with the raw SSE bytes of a stream that ended complete and error-free.
+pub type OnComplete = Box<dyn FnOnce(&[u8]) + Send>;
+
+/// A stream longer than this is relayed but not cached: bounds the tee's memory.
+pub const MAX_CAPTURE: usize = 1 << 20;
+
 pub enum Mode {
     Sse(SseScanner),
     /// Relayed, not inspected.
@@ -51,6 +57,7 @@ pin_project_lite::pin_project! {
         outcome: &'static str,
         state: State,
         permit: Option<OwnedSemaphorePermit>,
+        capture: Option<(Vec<u8>, OnComplete)>,
     }
 }
 
@@ -61,6 +68,7 @@ pub struct RelayParams {
     /// Bytes already read from `inner` that go out first.
     pub prefix: Option<Bytes>,
     pub outcome: &'static str,
+    pub on_complete: Option<OnComplete>,
 }
 
 impl RelayBody {
@@ -77,6 +85,7 @@ impl RelayBody {
             outcome: p.outcome,
             state: State::Streaming,
             permit: Some(permit),
+            capture: p.on_complete.map(|f| (Vec::new(), f)),
         }
     }
 }
@@ -108,6 +117,13 @@ impl HttpBody for RelayBody {
                     this.record.first_byte();
                     let next = (Instant::now() + *this.idle).min(*this.deadline);
                     this.timer.as_mut().reset(next);
+                    if let Some((buf, _)) = this.capture.as_mut() {
+                        if buf.len() + data.len() <= MAX_CAPTURE {
+                            buf.extend_from_slice(&data);
+                        } else {
+                            *this.capture = None;
+                        }
+                    }
                     let out = match this.mode {
                         Mode::Sse(scanner) => scanner.push(data),
                         Mode::Raw => data,
@@ -136,6 +152,11 @@ impl HttpBody for RelayBody {
                         }
                         Mode::Raw => (Bytes::new(), *this.outcome),
                     };
+                    if outcome == "ok"
+                        && let Some((buf, on_complete)) = this.capture.take()
+                    {
+                        on_complete(&buf);
+                    }
                     this.record.finish(outcome);
                     if tail.is_empty() {
                         return Poll::Ready(None);

@@ -13,6 +13,7 @@ use std::time::SystemTime;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 
+use crate::cache::Cache;
 use crate::config::{Config, ConfigErrors};
 use crate::limits::Tenants;
 use crate::router::Router;
@@ -104,15 +105,20 @@ pub struct Shared {
     pub runtime: ArcSwap<Runtime>,
     pub metrics: Arc<Metrics>,
     pub health: Health,
+    /// The response cache outlives config snapshots; each request reads its settings from
+    /// the snapshot it started with.
+    pub cache: Arc<Cache>,
 }
 
 impl Shared {
     pub fn new(runtime: Runtime, metrics: Arc<Metrics>) -> Arc<Self> {
         metrics.config_generation.set(runtime.generation as i64);
+        let cache = Arc::new(Cache::new(&runtime.config.cache, metrics.clone()));
         Arc::new(Shared {
             runtime: ArcSwap::from_pointee(runtime),
             metrics,
             health: Health::default(),
+            cache,
         })
     }
 }

@@ -71,7 +71,24 @@ impl Reloader {
                     );
                 }
                 let version = next.config.version.clone().unwrap_or_default();
+                let (old_cache, new_cache) = (&current.config.cache, &next.config.cache);
+                // Entries of another cache version can never be hit again: free them now.
+                let purge = old_cache.version != new_cache.version || !new_cache.enabled;
+                if new_cache.enabled && new_cache.semantic.enabled && !self.shared.cache.semantic_available() {
+                    tracing::warn!(
+                        "the semantic cache is enabled but the embedder was not loaded at start; restart to load it"
+                    );
+                }
                 self.shared.runtime.store(Arc::new(next));
+                if purge {
+                    let n = self.shared.cache.purge(None, None);
+                    if n > 0 {
+                        tracing::info!(
+                            entries = n,
+                            "cache emptied: cache.version changed or the cache was disabled"
+                        );
+                    }
+                }
                 metrics.reload("applied");
                 metrics.config_generation.set(generation as i64);
                 tracing::info!(generation, version = %version, path = %self.source.path().display(), "config reloaded");

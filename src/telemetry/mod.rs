@@ -73,6 +73,23 @@ pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+/// Embedding and search latency (seconds): 0.1 ms to 0.4 s, doubling.
+const EMBED_BUCKETS: [f64; 13] = [
+    0.0001, 0.0002, 0.0004, 0.0008, 0.0016, 0.0032, 0.0064, 0.0128, 0.0256, 0.0512, 0.1024, 0.2048, 0.4096,
+];
+/// Batch sizes of the embedder.
+const BATCH_BUCKETS: [f64; 7] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
+
 pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
@@ -85,6 +102,18 @@ pub struct Metrics {
     pub config_reloads: Family<OutcomeLabels, Counter>,
     pub config_generation: Gauge,
     pub inflight: Gauge,
+    pub cache_lookups: Family<ResultLabels, Counter>,
+    pub cache_skips: Family<ReasonLabels, Counter>,
+    pub cache_guard_rejections: Family<ReasonLabels, Counter>,
+    pub cache_evictions: Family<ReasonLabels, Counter>,
+    pub cache_inserts: Counter,
+    pub cache_entries: Gauge,
+    pub cache_bytes: Gauge,
+    pub cache_similarity: Histogram,
+    pub embed_duration: Histogram,
+    pub embed_batch: Histogram,
+    pub search_duration: Histogram,
+    pub embedder_available: Gauge,
 }
 
 impl Default for Metrics {
@@ -159,7 +188,94 @@ impl Metrics {
             "Requests being served right now",
             inflight.clone(),
         );
+        let cache_lookups = Family::default();
+        registry.register(
+            "llm_sidecar_cache_lookups",
+            "Cache outcomes per request (hit_exact, hit_semantic, miss, bypass)",
+            cache_lookups.clone(),
+        );
+        let cache_skips = Family::default();
+        registry.register(
+            "llm_sidecar_cache_skips",
+            "Why the cache (or its semantic part) was not used: disabled, endpoint, no_cache, no_store, privacy, temperature, embed_timeout, embed_queue_full, embedder_unavailable, not_semantic",
+            cache_skips.clone(),
+        );
+        let cache_guard_rejections = Family::default();
+        registry.register(
+            "llm_sidecar_cache_guard_rejections",
+            "Semantic candidates above the threshold rejected by the verification guard, by reason",
+            cache_guard_rejections.clone(),
+        );
+        let cache_evictions = Family::default();
+        registry.register(
+            "llm_sidecar_cache_evictions",
+            "Entries removed, by reason (lru, expired, purge)",
+            cache_evictions.clone(),
+        );
+        let cache_inserts = Counter::default();
+        registry.register(
+            "llm_sidecar_cache_inserts",
+            "Answers stored in the cache",
+            cache_inserts.clone(),
+        );
+        let cache_entries = Gauge::default();
+        registry.register(
+            "llm_sidecar_cache_entries",
+            "Entries in the cache",
+            cache_entries.clone(),
+        );
+        let cache_bytes = Gauge::default();
+        registry.register_with_unit(
+            "llm_sidecar_cache",
+            "Bytes held by cached answers",
+            Unit::Bytes,
+            cache_bytes.clone(),
+        );
+        let cache_similarity = Histogram::new([0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.88, 0.9, 0.92, 0.94, 0.96, 0.98, 1.0]);
+        registry.register(
+            "llm_sidecar_cache_semantic_similarity",
+            "Cosine similarity of served semantic hits",
+            cache_similarity.clone(),
+        );
+        let embed_duration = Histogram::new(EMBED_BUCKETS);
+        registry.register_with_unit(
+            "llm_sidecar_embed_duration",
+            "Time to embed one batch",
+            Unit::Seconds,
+            embed_duration.clone(),
+        );
+        let embed_batch = Histogram::new(BATCH_BUCKETS);
+        registry.register(
+            "llm_sidecar_embed_batch_size",
+            "Texts per embedder batch",
+            embed_batch.clone(),
+        );
+        let search_duration = Histogram::new(EMBED_BUCKETS);
+        registry.register_with_unit(
+            "llm_sidecar_cache_search_duration",
+            "Time of one semantic index search",
+            Unit::Seconds,
+            search_duration.clone(),
+        );
+        let embedder_available = Gauge::default();
+        registry.register(
+            "llm_sidecar_embedder_available",
+            "1 when the embedding model is loaded (semantic cache possible)",
+            embedder_available.clone(),
+        );
         Self {
+            cache_lookups,
+            cache_skips,
+            cache_guard_rejections,
+            cache_evictions,
+            cache_inserts,
+            cache_entries,
+            cache_bytes,
+            cache_similarity,
+            embed_duration,
+            embed_batch,
+            search_duration,
+            embedder_available,
             registry,
             requests,
             duration,
@@ -189,6 +305,14 @@ impl Metrics {
                 kind,
             })
             .inc();
+    }
+
+    pub fn cache_lookup(&self, result: &'static str) {
+        self.cache_lookups.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    pub fn cache_skip(&self, reason: &'static str) {
+        self.cache_skips.get_or_create(&ReasonLabels { reason }).inc();
     }
 
     pub fn reload(&self, outcome: &'static str) {

@@ -49,6 +49,21 @@ server:
     )
 }
 
+/// The assets folder (fetched by scripts/fetch-assets): `$LLM_SIDECAR_ASSETS` or `<crate>/assets`.
+pub fn assets_dir() -> PathBuf {
+    std::env::var_os("LLM_SIDECAR_ASSETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("assets"))
+}
+
+/// A `cache:` section with the real model.
+pub fn cache_section(extra: &str) -> String {
+    format!(
+        "cache:\n  semantic:\n    assets_dir: {}\n    timeout: 2s\n{extra}",
+        assets_dir().display()
+    )
+}
+
 pub struct Harness {
     pub mock: MockUpstream,
     pub sidecar: Option<Sidecar>,

@@ -1,0 +1,486 @@
+//! The verification guard: a semantic candidate above the similarity threshold is served only
+//! if cheap pair features agree. Embeddings of "translate 'hello' to German" and "… to Spanish"
+//! are close (0.79), as are "Why do Poles dislike Russians?" and its mirror; the answers are
+//! not interchangeable. The guard rejects a candidate whose numbers, negation, quoted strings,
+//! named entities (or their order), languages and typed terms (units, currencies, days,
+//! months), or content-word order differ from the query's, or whose length is far off.
+
+use std::collections::BTreeMap;
+
+/// Why a candidate was rejected (a metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Number,
+    Negation,
+    Quoted,
+    Entity,
+    EntityOrder,
+    Term,
+    WordOrder,
+    Length,
+}
+
+impl Reason {
+    pub fn label(self) -> &'static str {
+        match self {
+            Reason::Number => "number",
+            Reason::Negation => "negation",
+            Reason::Quoted => "quoted",
+            Reason::Entity => "entity",
+            Reason::EntityOrder => "entity_order",
+            Reason::Term => "term",
+            Reason::WordOrder => "word_order",
+            Reason::Length => "length",
+        }
+    }
+
+    pub const ALL: [Reason; 8] = [
+        Reason::Number,
+        Reason::Negation,
+        Reason::Quoted,
+        Reason::Entity,
+        Reason::EntityOrder,
+        Reason::Term,
+        Reason::WordOrder,
+        Reason::Length,
+    ];
+}
+
+/// One word count may be this many times the other's before the pair is too different in
+/// scope to share an answer ("what is Rust" vs a three-paragraph question about Rust).
+const MAX_LENGTH_RATIO: f32 = 2.5;
+
+const NEGATIONS: &[&str] = &[
+    "not", "no", "never", "none", "nobody", "nothing", "neither", "nor", "without", "cannot", "cant", "dont", "doesnt",
+    "didnt", "isnt", "arent", "wasnt", "werent", "wont", "wouldnt", "shouldnt", "couldnt", "hasnt", "havent", "hadnt",
+    "except", "avoid", "unlike",
+];
+
+/// Words whose identity changes the answer even in lower case: natural and programming
+/// languages, units, currencies, days, months, and direction/comparison words.
+const TERMS: &[&str] = &[
+    "english",
+    "german",
+    "french",
+    "spanish",
+    "italian",
+    "portuguese",
+    "dutch",
+    "russian",
+    "polish",
+    "ukrainian",
+    "chinese",
+    "mandarin",
+    "cantonese",
+    "japanese",
+    "korean",
+    "arabic",
+    "hebrew",
+    "hindi",
+    "turkish",
+    "greek",
+    "swedish",
+    "norwegian",
+    "danish",
+    "finnish",
+    "czech",
+    "hungarian",
+    "romanian",
+    "vietnamese",
+    "thai",
+    "indonesian",
+    "latin",
+    "python",
+    "javascript",
+    "typescript",
+    "java",
+    "rust",
+    "golang",
+    "ruby",
+    "php",
+    "swift",
+    "kotlin",
+    "scala",
+    "haskell",
+    "perl",
+    "sql",
+    "bash",
+    "powershell",
+    "html",
+    "css",
+    "c++",
+    "c#",
+    "celsius",
+    "fahrenheit",
+    "kelvin",
+    "meters",
+    "metres",
+    "feet",
+    "inches",
+    "miles",
+    "kilometers",
+    "kilometres",
+    "km",
+    "kg",
+    "kilograms",
+    "pounds",
+    "lbs",
+    "ounces",
+    "grams",
+    "liters",
+    "litres",
+    "gallons",
+    "dollars",
+    "usd",
+    "euros",
+    "eur",
+    "yen",
+    "pounds",
+    "gbp",
+    "yuan",
+    "rupees",
+    "bitcoin",
+    "monday",
+    "tuesday",
+    "wednesday",
+    "thursday",
+    "friday",
+    "saturday",
+    "sunday",
+    "january",
+    "february",
+    "march",
+    "april",
+    "may",
+    "june",
+    "july",
+    "august",
+    "september",
+    "october",
+    "november",
+    "december",
+    "yesterday",
+    "today",
+    "tomorrow",
+    "before",
+    "after",
+    "above",
+    "below",
+    "more",
+    "less",
+    "most",
+    "least",
+    "best",
+    "worst",
+    "min",
+    "max",
+    "minimum",
+    "maximum",
+    "first",
+    "last",
+    "north",
+    "south",
+    "east",
+    "west",
+    "left",
+    "right",
+    "up",
+    "down",
+    "increase",
+    "decrease",
+    "buy",
+    "sell",
+];
+
+const NUMBER_WORDS: &[&str] = &[
+    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
+    "twenty", "thirty", "forty", "fifty", "hundred", "thousand", "million", "billion", "half", "double", "twice",
+];
+
+/// Words that make the order of the two words around them matter ("X to Y", "X vs Y").
+const RELATIONS: &[&str] = &[
+    "to", "from", "into", "than", "vs", "versus", "over", "against", "beat", "beats", "like", "likes", "dislike",
+    "dislikes", "love", "loves", "hate", "hates", "before", "after", "minus", "divided", "per",
+];
+
+/// Function words: ignored for content-word order and never taken as entities.
+const STOPWORDS: &[&str] = &[
+    "a", "an", "the", "and", "or", "but", "if", "of", "to", "in", "on", "at", "by", "for", "with", "from", "into",
+    "about", "as", "is", "are", "was", "were", "be", "been", "being", "do", "does", "did", "have", "has", "had", "i",
+    "you", "he", "she", "it", "we", "they", "me", "my", "your", "our", "their", "his", "her", "its", "this", "that",
+    "these", "those", "what", "which", "who", "whom", "whose", "why", "how", "when", "where", "can", "could", "should",
+    "would", "will", "shall", "may", "might", "must", "please", "tell", "explain", "give", "show", "so", "than",
+    "then", "there", "here", "some", "any", "all", "each", "every", "also", "just", "very", "really",
+];
+
+/// The features of one text that must agree.
+#[derive(Debug, Default, PartialEq)]
+pub struct Features {
+    numbers: BTreeMap<String, u32>,
+    negated: bool,
+    quoted: Vec<String>,
+    entities: Vec<String>,
+    terms: BTreeMap<String, u32>,
+    content: Vec<String>,
+    /// Index in `all` of each content word.
+    content_at: Vec<usize>,
+    all: Vec<String>,
+    words: usize,
+}
+
+struct Word<'a> {
+    text: &'a str,
+    sentence_start: bool,
+}
+
+fn words(text: &str) -> Vec<Word<'_>> {
+    let mut out = Vec::new();
+    let mut sentence_start = true;
+    let mut start = None;
+    let bytes = text.as_bytes();
+    for (i, c) in text.char_indices() {
+        // Letters, digits and in-word joiners (don't, 3.5, c++, c#) make words.
+        let joiner = matches!(c, '\'' | '’' | '.' | ',' | '+' | '#' | '-')
+            && start.is_some()
+            && text[i + c.len_utf8()..]
+                .chars()
+                .next()
+                .is_some_and(|n| n.is_alphanumeric() || (c == '+' && n == '+'));
+        let plusplus = (c == '+' || c == '#') && start.is_some();
+        if c.is_alphanumeric() || joiner || plusplus {
+            if start.is_none() {
+                start = Some(i);
+            }
+            continue;
+        }
+        if let Some(s) = start.take() {
+            out.push(Word {
+                text: &text[s..i],
+                sentence_start,
+            });
+            sentence_start = false;
+        }
+        if matches!(c, '.' | '?' | '!' | '\n' | ':' | ';') {
+            sentence_start = true;
+        }
+    }
+    if let Some(s) = start {
+        out.push(Word {
+            text: &text[s..],
+            sentence_start,
+        });
+    }
+    let _ = bytes;
+    out
+}
+
+fn quoted(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for (open, close) in [('"', '"'), ('“', '”'), ('\'', '\''), ('‘', '’'), ('`', '`')] {
+        let mut rest = text;
+        while let Some(a) = rest.find(open) {
+            // An apostrophe inside a word (don't, Poles') is not a quote.
+            if open == '\'' && rest[..a].chars().last().is_some_and(char::is_alphanumeric) {
+                rest = &rest[a + open.len_utf8()..];
+                continue;
+            }
+            let after = &rest[a + open.len_utf8()..];
+            let Some(b) = after.find(close) else { break };
+            let inner = after[..b].trim().to_lowercase();
+            if !inner.is_empty() && inner.len() <= 200 {
+                out.push(inner);
+            }
+            rest = &after[b + close.len_utf8()..];
+        }
+    }
+    out.sort();
+    out
+}
+
+impl Features {
+    pub fn of(text: &str) -> Features {
+        let mut f = Features {
+            quoted: quoted(text),
+            ..Default::default()
+        };
+        let ws = words(text);
+        f.words = ws.len();
+        for (i, w) in ws.iter().enumerate() {
+            let lower = w.text.to_lowercase();
+            f.all.push(lower.clone());
+            let plain: String = lower.chars().filter(|c| *c != '\'' && *c != '’').collect();
+            if w.text.chars().any(|c| c.is_ascii_digit()) {
+                let n: String = w.text.chars().filter(|c| c.is_ascii_digit() || *c == '.').collect();
+                *f.numbers.entry(n.trim_end_matches('.').to_owned()).or_default() += 1;
+                continue;
+            }
+            if NUMBER_WORDS.contains(&plain.as_str()) {
+                *f.numbers.entry(plain.clone()).or_default() += 1;
+                continue;
+            }
+            if NEGATIONS.contains(&plain.as_str()) || plain.ends_with("nt") && lower.contains("n't") {
+                f.negated = !f.negated;
+                continue;
+            }
+            if TERMS.contains(&plain.as_str()) {
+                *f.terms.entry(plain.clone()).or_default() += 1;
+            }
+            let capitalised = w.text.chars().next().is_some_and(char::is_uppercase);
+            let acronym = w.text.len() >= 2 && w.text.chars().all(|c| c.is_uppercase() || c.is_ascii_digit());
+            if (capitalised && !w.sentence_start || acronym) && !STOPWORDS.contains(&plain.as_str()) {
+                f.entities.push(plain.trim_end_matches("s").to_owned());
+            }
+            if !STOPWORDS.contains(&plain.as_str()) {
+                f.content.push(plain);
+                f.content_at.push(i);
+            }
+        }
+        f
+    }
+}
+
+/// Whether `candidate` (a cached query) may answer `query`.
+pub fn check(query: &Features, candidate: &Features) -> Result<(), Reason> {
+    if query.numbers != candidate.numbers {
+        return Err(Reason::Number);
+    }
+    if query.negated != candidate.negated {
+        return Err(Reason::Negation);
+    }
+    if query.quoted != candidate.quoted {
+        return Err(Reason::Quoted);
+    }
+    let mut qe = query.entities.clone();
+    let mut ce = candidate.entities.clone();
+    qe.sort();
+    ce.sort();
+    qe.dedup();
+    ce.dedup();
+    if qe != ce {
+        return Err(Reason::Entity);
+    }
+    if dedup_in_order(&query.entities) != dedup_in_order(&candidate.entities) {
+        return Err(Reason::EntityOrder);
+    }
+    if query.terms != candidate.terms {
+        return Err(Reason::Term);
+    }
+    // Two content words swapped across a relation ("celsius to fahrenheit" / "fahrenheit to
+    // celsius") is a different question; other reorderings are usually paraphrases.
+    if query.content != candidate.content
+        && sorted(&query.content) == sorted(&candidate.content)
+        && swapped_across_relation(query, candidate)
+    {
+        return Err(Reason::WordOrder);
+    }
+    let (a, b) = (query.words.max(1) as f32, candidate.words.max(1) as f32);
+    if a.max(b) / a.min(b) > MAX_LENGTH_RATIO && (a - b).abs() > 3.0 {
+        return Err(Reason::Length);
+    }
+    Ok(())
+}
+
+fn swapped_across_relation(a: &Features, b: &Features) -> bool {
+    let diff: Vec<usize> = (0..a.content.len()).filter(|&k| a.content[k] != b.content[k]).collect();
+    let [i, j] = diff[..] else { return false };
+    if a.content[i] != b.content[j] || a.content[j] != b.content[i] {
+        return false;
+    }
+    let (from, to) = (a.content_at[i], a.content_at[j]);
+    a.all[from + 1..to].iter().any(|w| RELATIONS.contains(&w.as_str()))
+}
+
+fn sorted(v: &[String]) -> Vec<&String> {
+    let mut s: Vec<&String> = v.iter().collect();
+    s.sort();
+    s
+}
+
+fn dedup_in_order(v: &[String]) -> Vec<&String> {
+    let mut out: Vec<&String> = Vec::new();
+    for x in v {
+        if !out.contains(&x) {
+            out.push(x);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verdict(a: &str, b: &str) -> Result<(), Reason> {
+        check(&Features::of(a), &Features::of(b))
+    }
+
+    #[test]
+    fn rejects_the_known_traps() {
+        assert_eq!(
+            verdict("translate 'hello' to German", "translate 'hello' to Spanish"),
+            Err(Reason::Entity)
+        );
+        assert_eq!(
+            verdict("translate 'hello' to german", "translate 'hello' to spanish"),
+            Err(Reason::Term)
+        );
+        assert_eq!(
+            verdict("Why do Poles dislike Russians?", "Why do Russians dislike Poles?"),
+            Err(Reason::EntityOrder)
+        );
+        assert_eq!(
+            verdict("convert 30 celsius to fahrenheit", "convert 30 fahrenheit to celsius"),
+            Err(Reason::WordOrder)
+        );
+        assert_eq!(verdict("what is 15% of 80", "what is 15% of 60"), Err(Reason::Number));
+        assert_eq!(
+            verdict("list three prime numbers", "list five prime numbers"),
+            Err(Reason::Number)
+        );
+        assert_eq!(
+            verdict("is coffee good for you", "is coffee not good for you"),
+            Err(Reason::Negation)
+        );
+        assert_eq!(
+            verdict("why don't cats like water", "why do cats like water"),
+            Err(Reason::Negation)
+        );
+        assert_eq!(
+            verdict("what does 'idempotent' mean", "what does 'immutable' mean"),
+            Err(Reason::Quoted)
+        );
+        assert_eq!(
+            verdict("What is the capital of France?", "What is the capital of Germany?"),
+            Err(Reason::Entity)
+        );
+        assert_eq!(
+            verdict("write hello world in python", "write hello world in rust"),
+            Err(Reason::Term)
+        );
+        assert_eq!(
+            verdict(
+                "what is rust",
+                "I am writing a large service and want to know what rust offers for memory safety and speed"
+            ),
+            Err(Reason::Length)
+        );
+    }
+
+    #[test]
+    fn passes_paraphrases() {
+        for (a, b) in [
+            ("How do I reset my password?", "how can I reset my password"),
+            ("reset my password", "change password procedure"),
+            ("What's the capital of France?", "Which city is the capital of France?"),
+            (
+                "Translate 'good morning' to French",
+                "How do you say 'good morning' in French?",
+            ),
+            ("Why do Poles dislike Russians?", "What makes Poles dislike Russians?"),
+            ("give me 3 tips for better sleep", "3 tips to sleep better"),
+            ("I can't log in to my account", "I cannot log into my account"),
+        ] {
+            assert_eq!(verdict(a, b), Ok(()), "{a} / {b}");
+        }
+    }
+}

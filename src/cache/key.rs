@@ -1,0 +1,185 @@
+//! Cache keys. The exact key hashes everything that changes the answer; the semantic partition
+//! key hashes the same minus the wording of the last user turn, which is what gets embedded.
+//! A semantic hit is only ever looked for inside one partition, so a cached answer cannot be
+//! served across tenants, routes, system prompts, earlier turns, tools, response formats or
+//! sampling parameters — and never across `cache.version`s.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::openai::RequestHead;
+
+pub type Key = [u8; 32];
+
+/// Body fields that do not change the answer: transport, accounting and bookkeeping.
+const IGNORED_FIELDS: &[&str] = &[
+    "stream",
+    "stream_options",
+    "user",
+    "metadata",
+    "store",
+    "service_tier",
+    "safety_identifier",
+    "prompt_cache_key",
+];
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Keys {
+    pub exact: Key,
+    /// `None` when the request cannot be served semantically (the last turn is not a plain
+    /// user text, or it has images or audio).
+    pub partition: Option<Key>,
+    /// The text that is embedded and compared (the last user turn, or the prompt).
+    pub query: Option<String>,
+    /// `temperature` as sent (OpenAI's default, 1.0, when absent).
+    pub temperature: f64,
+}
+
+/// Derives the keys of a chat or completions request. `scope` is everything outside the body
+/// that separates caches: tenant, requested route, endpoint, cache version.
+pub fn derive(scope: &[&str], head: &RequestHead<'_>) -> Option<Keys> {
+    let mut fields: BTreeMap<&str, Value> = BTreeMap::new();
+    for (k, raw) in head.fields() {
+        if IGNORED_FIELDS.contains(&k) {
+            continue;
+        }
+        // Values are re-serialised from `Value`, whose maps are sorted: key order and
+        // whitespace in the app's JSON do not split the cache.
+        fields.insert(k, serde_json::from_str(raw.get()).ok()?);
+    }
+    let temperature = fields.get("temperature").and_then(Value::as_f64).unwrap_or(1.0);
+    let exact = hash(scope, &fields);
+    let (partition, query) = match take_query(&mut fields) {
+        Some(q) => (Some(hash(scope, &fields)), Some(q)),
+        None => (None, None),
+    };
+    Some(Keys {
+        exact,
+        partition,
+        query,
+        temperature,
+    })
+}
+
+/// Removes the wording of the last user turn (or the prompt) from `fields`, returning it.
+fn take_query(fields: &mut BTreeMap<&str, Value>) -> Option<String> {
+    if let Some(Value::Array(messages)) = fields.get_mut("messages") {
+        let last = messages.last_mut()?;
+        if last.get("role")? != "user" {
+            return None;
+        }
+        let content = last.get_mut("content")?;
+        let text = match content {
+            Value::String(s) => s.clone(),
+            // Text parts only: an image or audio part makes the request exact-only.
+            Value::Array(parts) => {
+                let mut out = Vec::new();
+                for p in parts.iter() {
+                    if p.get("type")? != "text" {
+                        return None;
+                    }
+                    out.push(p.get("text")?.as_str()?.to_owned());
+                }
+                out.join("\n")
+            }
+            _ => return None,
+        };
+        *content = Value::Null;
+        return (!text.trim().is_empty()).then_some(text);
+    }
+    if let Some(Value::String(prompt)) = fields.get_mut("prompt") {
+        let text = std::mem::take(prompt);
+        return (!text.trim().is_empty()).then_some(text);
+    }
+    None
+}
+
+fn hash(scope: &[&str], fields: &BTreeMap<&str, Value>) -> Key {
+    let mut h = Sha256::new();
+    for s in scope {
+        h.update((s.len() as u64).to_le_bytes());
+        h.update(s.as_bytes());
+    }
+    // Serialising a map of `Value`s cannot fail.
+    h.update(serde_json::to_vec(fields).unwrap_or_default());
+    h.finalize().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(body: &str) -> Keys {
+        derive(
+            &["tenant-a", "auto", "chat", "v1"],
+            &RequestHead::parse(body.as_bytes()).unwrap(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn formatting_and_transport_fields_do_not_change_keys() {
+        let a = keys(r#"{"model":"auto","messages":[{"role":"user","content":"hi"}],"temperature":0}"#);
+        let b = keys(
+            r#"{ "temperature": 0, "stream": true, "user": "u1", "messages": [ {"content":"hi","role":"user"} ], "model": "auto" }"#,
+        );
+        assert_eq!(a.exact, b.exact);
+        assert_eq!(a.partition, b.partition);
+        assert_eq!(a.query.as_deref(), Some("hi"));
+        assert_eq!(a.temperature, 0.0);
+    }
+
+    #[test]
+    fn the_last_user_wording_changes_only_the_exact_key() {
+        let a = keys(
+            r#"{"model":"auto","messages":[{"role":"system","content":"s"},{"role":"user","content":"reset my password"}]}"#,
+        );
+        let b = keys(
+            r#"{"model":"auto","messages":[{"role":"system","content":"s"},{"role":"user","content":"how to change my password"}]}"#,
+        );
+        assert_ne!(a.exact, b.exact);
+        assert_eq!(a.partition, b.partition);
+    }
+
+    #[test]
+    fn context_changes_the_partition() {
+        let base =
+            keys(r#"{"model":"auto","messages":[{"role":"system","content":"s"},{"role":"user","content":"q"}]}"#);
+        for other in [
+            r#"{"model":"auto","messages":[{"role":"system","content":"t"},{"role":"user","content":"q"}]}"#,
+            r#"{"model":"auto","messages":[{"role":"system","content":"s"},{"role":"user","content":"q"}],"temperature":0.5}"#,
+            r#"{"model":"auto","messages":[{"role":"system","content":"s"},{"role":"user","content":"q"}],"tools":[{"type":"function"}]}"#,
+            r#"{"model":"auto","messages":[{"role":"system","content":"s"},{"role":"user","content":"q"}],"response_format":{"type":"json_object"}}"#,
+            r#"{"model":"gpt-4o","messages":[{"role":"system","content":"s"},{"role":"user","content":"q"}]}"#,
+        ] {
+            assert_ne!(keys(other).partition, base.partition, "{other}");
+        }
+        let other_tenant = derive(
+            &["tenant-b", "auto", "chat", "v1"],
+            &RequestHead::parse(
+                br#"{"model":"auto","messages":[{"role":"system","content":"s"},{"role":"user","content":"q"}]}"#,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_ne!(other_tenant.exact, base.exact);
+        assert_ne!(other_tenant.partition, base.partition);
+    }
+
+    #[test]
+    fn non_text_turns_are_exact_only() {
+        let k = keys(
+            r#"{"model":"auto","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"x"}}]}]}"#,
+        );
+        assert!(k.partition.is_none());
+        let k =
+            keys(r#"{"model":"auto","messages":[{"role":"user","content":"q"},{"role":"assistant","content":"a"}]}"#);
+        assert!(k.partition.is_none());
+        let k = keys(
+            r#"{"model":"auto","messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}]}"#,
+        );
+        assert_eq!(k.query.as_deref(), Some("a\nb"));
+    }
+}

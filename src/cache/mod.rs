@@ -1,0 +1,390 @@
+//! The L1 response cache: exact hits first (a hash, no embedding), then semantic hits inside
+//! the request's partition, verified by the guard. It outlives config reloads (it lives in
+//! `Shared`, not in a `Runtime` snapshot); its settings are read from the snapshot of each
+//! request. Nothing here can fail a request: every problem (embedder missing, slow or full)
+//! is a counted miss.
+//!
+//! - `key` — exact and partition keys, the embedded query.
+//! - `guard` — pair features that must agree for a semantic hit.
+//! - `store` — entries, TTL, LRU, byte bounds, per-partition usearch indexes.
+//! - `replay` — JSON ↔ SSE, so an answer is served in whichever shape is asked for.
+
+pub mod guard;
+pub mod key;
+pub mod replay;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::HeaderMap;
+use tokio::time::Instant;
+
+use self::guard::Features;
+use self::key::Keys;
+use self::store::{NewEntry, SEARCH_CANDIDATES, Store};
+use crate::config::CacheConfig;
+use crate::embed::{EmbedError, EmbedObserver, Embedder, EmbedderSettings, SubmitError};
+use crate::openai::RequestHead;
+use crate::router::Route;
+use crate::telemetry::{Metrics, ReasonLabels};
+
+/// How often expired entries are swept (they are also dropped when met on lookup).
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+/// An insert waits at most this long for its embedding before the entry stays exact-only.
+const INSERT_EMBED_BUDGET: Duration = Duration::from_secs(10);
+
+/// What the cache will do for one request.
+pub struct Plan {
+    pub keys: Keys,
+    pub lookup: bool,
+    pub store: bool,
+    semantic: bool,
+    threshold: f32,
+    guard: bool,
+    tenant: Arc<str>,
+    route: Arc<str>,
+    /// The query's embedding, kept from the lookup so the insert need not embed again.
+    vector: Option<Vec<f32>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum HitKind {
+    Exact,
+    Semantic { similarity: f32 },
+}
+
+pub struct Hit {
+    pub kind: HitKind,
+    pub response: Bytes,
+    pub model: Arc<str>,
+}
+
+pub struct Cache {
+    store: Store,
+    embedder: Option<Embedder>,
+    metrics: Arc<Metrics>,
+}
+
+struct Observer(Arc<Metrics>);
+
+impl EmbedObserver for Observer {
+    fn batch(&self, size: usize, took: Duration) {
+        self.0.embed_batch.observe(size as f64);
+        self.0.embed_duration.observe(took.as_secs_f64());
+    }
+    fn expired(&self) {
+        self.0.cache_skip("embed_timeout");
+    }
+    fn failed(&self, error: &EmbedError) {
+        tracing::warn!(%error, "embedding failed; counted as cache misses");
+    }
+}
+
+impl Cache {
+    /// Builds the cache; loads the embedder when the semantic cache is on. Missing or broken
+    /// assets turn the semantic cache off (one log line, a metric), never the sidecar.
+    pub fn new(config: &CacheConfig, metrics: Arc<Metrics>) -> Cache {
+        let mut embedder = None;
+        if config.enabled && config.semantic.enabled {
+            let s = &config.semantic;
+            let settings = EmbedderSettings {
+                queue: s.queue,
+                max_batch: s.max_batch,
+                intra_threads: s.threads,
+            };
+            match Embedder::start(&s.assets_dir, settings, Arc::new(Observer(metrics.clone()))) {
+                Ok(e) => {
+                    tracing::info!(
+                        assets = %s.assets_dir.display(), quantized = e.quantized, max_batch = e.max_batch,
+                        "semantic cache on: embedding model loaded"
+                    );
+                    embedder = Some(e);
+                }
+                Err(error) => tracing::error!(
+                    %error,
+                    "semantic cache OFF: the embedding model could not be loaded; the exact cache still works"
+                ),
+            }
+        }
+        metrics.embedder_available.set(i64::from(embedder.is_some()));
+        Cache {
+            store: Store::default(),
+            embedder,
+            metrics,
+        }
+    }
+
+    pub fn semantic_available(&self) -> bool {
+        self.embedder.is_some()
+    }
+
+    /// Decides whether and how the cache applies to a request; counts why when it does not.
+    #[allow(clippy::too_many_arguments)]
+    pub fn plan(
+        &self,
+        config: &CacheConfig,
+        route: &Route,
+        endpoint: &'static str,
+        tenant: &Arc<str>,
+        head: &RequestHead<'_>,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Option<Plan> {
+        let skip = |reason| {
+            self.metrics.cache_skip(reason);
+            None
+        };
+        if !config.enabled || route.cache_enabled == Some(false) {
+            return skip("disabled");
+        }
+        if endpoint != "chat" && endpoint != "completions" {
+            return skip("endpoint");
+        }
+        let (no_cache, no_store) = directives(headers);
+        if no_cache && no_store {
+            return skip("no_store");
+        }
+        // Private data is never stored, looked up or embedded.
+        if !config.privacy.is_empty() && std::str::from_utf8(body).is_ok_and(|t| config.privacy.is_match(t)) {
+            return skip("privacy");
+        }
+        let keys = key::derive(&[tenant, &route.name, endpoint, &config.version], head)?;
+        let mut lookup = !no_cache;
+        if keys.temperature > config.max_temperature {
+            // A high temperature asks for a fresh answer each time.
+            self.metrics.cache_skip("temperature");
+            return None;
+        }
+        if no_cache {
+            self.metrics.cache_skip("no_cache");
+            lookup = false;
+        }
+        if no_store {
+            self.metrics.cache_skip("no_store");
+        }
+        let semantic = config.semantic.enabled && keys.partition.is_some();
+        Some(Plan {
+            keys,
+            lookup,
+            store: !no_store,
+            semantic,
+            threshold: route.cache_threshold.unwrap_or(config.semantic.threshold),
+            guard: config.semantic.guard,
+            tenant: tenant.clone(),
+            route: route.name.clone(),
+            vector: None,
+        })
+    }
+
+    /// Looks the request up: exact, then semantic (within `config.semantic.timeout`).
+    pub async fn lookup(&self, plan: &mut Plan, config: &CacheConfig) -> Option<Hit> {
+        let now = Instant::now();
+        match self.store.get_exact(&plan.keys.exact, now.into_std()) {
+            Ok(Some(c)) => {
+                self.metrics.cache_lookup("hit_exact");
+                return Some(Hit {
+                    kind: HitKind::Exact,
+                    response: c.response,
+                    model: c.model,
+                });
+            }
+            Ok(None) => {}
+            Err(evicted) => self.evicted(&evicted),
+        }
+        let hit = if plan.semantic {
+            self.semantic(plan, config.semantic.timeout).await
+        } else {
+            None
+        };
+        self.metrics
+            .cache_lookup(if hit.is_some() { "hit_semantic" } else { "miss" });
+        hit
+    }
+
+    async fn semantic(&self, plan: &mut Plan, budget: Duration) -> Option<Hit> {
+        let (Some(partition), Some(query)) = (plan.keys.partition, plan.keys.query.clone()) else {
+            return None;
+        };
+        let Some(embedder) = &self.embedder else {
+            self.metrics.cache_skip("embedder_unavailable");
+            return None;
+        };
+        // An empty partition has nothing to find: skip the embedding (the insert embeds).
+        let index = self.store.partition(&partition)?;
+        let deadline = Instant::now() + budget;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let metrics = self.metrics.clone();
+        let then = Box::new(move |v: Option<&[f32]>| {
+            let result = v.map(|v| {
+                let start = std::time::Instant::now();
+                let found = index.search(v, SEARCH_CANDIDATES);
+                metrics.search_duration.observe(start.elapsed().as_secs_f64());
+                (v.to_vec(), found)
+            });
+            let _ = tx.send(result);
+        });
+        match embedder.submit(query.clone(), deadline.into_std(), then) {
+            Ok(()) => {}
+            Err(SubmitError::QueueFull) => {
+                self.metrics.cache_skip("embed_queue_full");
+                return None;
+            }
+            Err(SubmitError::Stopped) => {
+                self.metrics.cache_skip("embedder_unavailable");
+                return None;
+            }
+        }
+        let (vector, found) = match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(Some(r))) => r,
+            // Expired in the queue or failed: counted by the embedder's observer.
+            Ok(_) => return None,
+            Err(_) => {
+                self.metrics.cache_skip("embed_timeout");
+                return None;
+            }
+        };
+        plan.vector = Some(vector);
+        let query_features = Features::of(&query);
+        let now = std::time::Instant::now();
+        for (id, similarity) in found {
+            if similarity < plan.threshold {
+                break;
+            }
+            let Some(c) = self.store.candidate(id, &partition, now) else {
+                continue;
+            };
+            if plan.guard
+                && let Some(f) = &c.features
+                && let Err(reason) = guard::check(&query_features, f)
+            {
+                self.metrics
+                    .cache_guard_rejections
+                    .get_or_create(&ReasonLabels { reason: reason.label() })
+                    .inc();
+                continue;
+            }
+            self.metrics.cache_similarity.observe(f64::from(similarity));
+            return Some(Hit {
+                kind: HitKind::Semantic { similarity },
+                response: c.response,
+                model: c.model,
+            });
+        }
+        None
+    }
+
+    /// Stores a complete, successful JSON answer. The vector goes into the partition index
+    /// off the event loop.
+    pub fn store(&self, plan: Plan, response: Bytes, model: Arc<str>, config: &CacheConfig) {
+        if !plan.store {
+            return;
+        }
+        let Plan {
+            keys,
+            tenant,
+            route,
+            vector,
+            semantic,
+            ..
+        } = plan;
+        let query = if semantic { keys.query } else { None };
+        let new = NewEntry {
+            exact: keys.exact,
+            partition: if semantic { keys.partition } else { None },
+            tenant,
+            route,
+            query: query.clone(),
+            response,
+            model,
+            expires: std::time::Instant::now() + config.ttl,
+        };
+        let (id, index, evicted) = self.store.insert(new, config.max_entries, config.max_bytes);
+        self.metrics.cache_inserts.inc();
+        self.evicted(&evicted);
+        self.update_gauges();
+        let (Some(index), Some(query)) = (index, query) else {
+            return;
+        };
+        match (vector, &self.embedder) {
+            (Some(v), _) => {
+                tokio::task::spawn_blocking(move || index.add(id, &v));
+            }
+            (None, Some(embedder)) => {
+                let deadline = std::time::Instant::now() + INSERT_EMBED_BUDGET;
+                let then = Box::new(move |v: Option<&[f32]>| {
+                    if let Some(v) = v {
+                        index.add(id, v);
+                    }
+                });
+                // A full queue leaves this entry exact-only: lookups have priority.
+                let _ = embedder.submit(query, deadline, then);
+            }
+            (None, None) => {}
+        }
+    }
+
+    pub fn sweep(&self) {
+        let n = self.store.sweep(std::time::Instant::now());
+        if n > 0 {
+            self.metrics
+                .cache_evictions
+                .get_or_create(&ReasonLabels { reason: "expired" })
+                .inc_by(n as u64);
+            self.update_gauges();
+        }
+    }
+
+    /// Removes entries of a tenant and/or route (all when both are `None`); returns how many.
+    pub fn purge(&self, tenant: Option<&str>, route: Option<&str>) -> usize {
+        let n = self.store.purge(tenant, route);
+        self.metrics
+            .cache_evictions
+            .get_or_create(&ReasonLabels { reason: "purge" })
+            .inc_by(n as u64);
+        self.update_gauges();
+        n
+    }
+
+    pub fn len(&self) -> usize {
+        self.store.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.store.is_empty()
+    }
+
+    fn evicted(&self, evicted: &[store::Eviction]) {
+        for e in evicted {
+            self.metrics
+                .cache_evictions
+                .get_or_create(&ReasonLabels { reason: e.label() })
+                .inc();
+        }
+    }
+
+    fn update_gauges(&self) {
+        self.metrics.cache_entries.set(self.store.len() as i64);
+        self.metrics.cache_bytes.set(self.store.bytes() as i64);
+    }
+}
+
+/// `(no_cache, no_store)` from `x-llm-sidecar-cache` and `Cache-Control`.
+fn directives(headers: &HeaderMap) -> (bool, bool) {
+    let mut no_cache = false;
+    let mut no_store = false;
+    for name in ["x-llm-sidecar-cache", "cache-control"] {
+        for v in headers.get_all(name) {
+            let v = v.to_str().unwrap_or("").to_ascii_lowercase();
+            for d in v.split(',').map(str::trim) {
+                match d {
+                    "no-cache" => no_cache = true,
+                    "no-store" => no_store = true,
+                    _ => {}
+                }
+            }
+        }
+    }
+    (no_cache, no_store)
+}

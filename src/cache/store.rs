@@ -1,0 +1,481 @@
+//! Where cached answers live: entries with TTL and LRU eviction, bounded by count and bytes;
+//! an exact-key map; and per-partition usearch indexes (cosine, i8 scalars) holding the
+//! vectors of the embedded queries. One index per partition means a search can only ever see
+//! candidates of the same partition, with no filtering pass. A partition's index is dropped
+//! when its last entry goes, and usearch reuses the slots of removed vectors for new ones, so
+//! evictions do not leak index memory.
+//!
+//! The store's lock is only held for map updates; usearch searches and inserts run outside it
+//! on the embedder thread (or the blocking pool), never on the event loop.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Instant;
+
+use bytes::Bytes;
+use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
+
+use super::guard::Features;
+use super::key::Key;
+use crate::embed::DIMENSIONS;
+
+/// Candidates fetched per semantic search: the best few, so a guard rejection of the nearest
+/// can still fall back to a verified runner-up.
+pub const SEARCH_CANDIDATES: usize = 4;
+/// HNSW connectivity. usearch's default (16) doubles graph memory for no recall gain at the
+/// partition sizes seen here (measured: 100k vectors, recall@1 unchanged at 12).
+const CONNECTIVITY: usize = 12;
+
+/// The vectors of one partition.
+pub struct PartitionIndex {
+    index: RwLock<Index>,
+}
+
+impl PartitionIndex {
+    fn new() -> Option<Self> {
+        let options = IndexOptions {
+            dimensions: DIMENSIONS,
+            metric: MetricKind::Cos,
+            quantization: ScalarKind::I8,
+            connectivity: CONNECTIVITY,
+            ..Default::default()
+        };
+        let index = Index::new(&options).ok()?;
+        index.reserve(64).ok()?;
+        Some(PartitionIndex {
+            index: RwLock::new(index),
+        })
+    }
+
+    /// Adds a vector (blocking: call off the event loop).
+    pub fn add(&self, id: u64, vector: &[f32]) -> bool {
+        {
+            let Ok(index) = self.index.read() else { return false };
+            if index.size() < index.capacity() {
+                return index.add(id, vector).is_ok();
+            }
+        }
+        // Growing is not safe alongside other operations: take the write lock.
+        let Ok(index) = self.index.write() else { return false };
+        let capacity = (index.capacity() * 2).max(64);
+        index.reserve(capacity).is_ok() && index.add(id, vector).is_ok()
+    }
+
+    /// The nearest entries: (id, cosine similarity), best first (blocking).
+    pub fn search(&self, vector: &[f32], count: usize) -> Vec<(u64, f32)> {
+        let Ok(index) = self.index.read() else {
+            return Vec::new();
+        };
+        match index.search(vector, count) {
+            Ok(m) => m.keys.into_iter().zip(m.distances).map(|(k, d)| (k, 1.0 - d)).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    fn remove(&self, id: u64) {
+        if let Ok(index) = self.index.read() {
+            let _ = index.remove(id);
+        }
+    }
+
+    pub fn memory_usage(&self) -> usize {
+        self.index.read().map(|i| i.memory_usage()).unwrap_or(0)
+    }
+
+    pub fn len(&self) -> usize {
+        self.index.read().map(|i| i.size()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What is stored for one answer.
+pub struct NewEntry {
+    pub exact: Key,
+    pub partition: Option<Key>,
+    pub tenant: Arc<str>,
+    pub route: Arc<str>,
+    pub query: Option<String>,
+    /// The answer as a complete (non-streaming) JSON response.
+    pub response: Bytes,
+    pub model: Arc<str>,
+    pub expires: Instant,
+}
+
+struct Entry {
+    exact: Key,
+    partition: Option<Key>,
+    tenant: Arc<str>,
+    route: Arc<str>,
+    features: Option<Arc<Features>>,
+    response: Bytes,
+    model: Arc<str>,
+    expires: Instant,
+    tick: u64,
+    bytes: usize,
+}
+
+/// A cached answer, as handed to the server.
+#[derive(Clone)]
+pub struct Cached {
+    pub response: Bytes,
+    pub model: Arc<str>,
+    pub features: Option<Arc<Features>>,
+}
+
+struct Partition {
+    index: Arc<PartitionIndex>,
+    live: usize,
+}
+
+#[derive(Default)]
+struct Inner {
+    entries: HashMap<u64, Entry>,
+    exact: HashMap<Key, u64>,
+    lru: BTreeMap<u64, u64>,
+    partitions: HashMap<Key, Partition>,
+    next_id: u64,
+    tick: u64,
+    bytes: usize,
+}
+
+/// Why entries left the cache (a metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Eviction {
+    Lru,
+    Expired,
+    Purge,
+}
+
+impl Eviction {
+    pub fn label(self) -> &'static str {
+        match self {
+            Eviction::Lru => "lru",
+            Eviction::Expired => "expired",
+            Eviction::Purge => "purge",
+        }
+    }
+}
+
+/// Index removals to do once the store lock is released.
+type Removals = Vec<(Arc<PartitionIndex>, u64)>;
+
+#[derive(Default)]
+pub struct Store {
+    inner: Mutex<Inner>,
+}
+
+/// Per-entry overhead beyond the response bytes: maps, LRU node, vector slot (i8 + graph).
+const ENTRY_OVERHEAD: usize = 1024;
+
+impl Store {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
+    }
+
+    /// Memory held by all partition indexes.
+    pub fn index_memory(&self) -> usize {
+        let indexes: Vec<_> = self.lock().partitions.values().map(|p| p.index.clone()).collect();
+        indexes.iter().map(|i| i.memory_usage()).sum()
+    }
+
+    pub fn get_exact(&self, key: &Key, now: Instant) -> Result<Option<Cached>, Vec<Eviction>> {
+        let mut evicted = Vec::new();
+        let mut removals = Removals::new();
+        let hit = {
+            let mut g = self.lock();
+            let inner = &mut *g;
+            match inner.exact.get(key).copied() {
+                None => None,
+                Some(id) => {
+                    if inner.entries.get(&id).is_some_and(|e| e.expires <= now) {
+                        remove(inner, id, &mut removals);
+                        evicted.push(Eviction::Expired);
+                        None
+                    } else {
+                        touch(inner, id)
+                    }
+                }
+            }
+        };
+        finish_removals(removals);
+        if evicted.is_empty() { Ok(hit) } else { Err(evicted) }
+    }
+
+    /// The index of a partition, if it has entries.
+    pub fn partition(&self, key: &Key) -> Option<Arc<PartitionIndex>> {
+        self.lock().partitions.get(key).map(|p| p.index.clone())
+    }
+
+    /// A semantic candidate, if it is still live and in `partition`.
+    pub fn candidate(&self, id: u64, partition: &Key, now: Instant) -> Option<Cached> {
+        let mut g = self.lock();
+        let e = g.entries.get(&id)?;
+        if e.partition.as_ref() != Some(partition) || e.expires <= now {
+            return None;
+        }
+        touch(&mut g, id)
+    }
+
+    /// Adds an entry, evicting the least recently used beyond the bounds. Returns the new id
+    /// and the partition index its vector goes into, and what was evicted.
+    pub fn insert(
+        &self,
+        new: NewEntry,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> (u64, Option<Arc<PartitionIndex>>, Vec<Eviction>) {
+        let features = new.query.as_deref().map(|q| Arc::new(Features::of(q)));
+        let bytes = new.response.len() + new.query.as_ref().map_or(0, String::len) + ENTRY_OVERHEAD;
+        let mut removals = Removals::new();
+        let mut evicted = Vec::new();
+        let result = {
+            let mut g = self.lock();
+            let inner = &mut *g;
+            // A newer answer for the same exact key replaces the old one.
+            if let Some(old) = inner.exact.get(&new.exact).copied() {
+                remove(inner, old, &mut removals);
+            }
+            inner.next_id += 1;
+            inner.tick += 1;
+            let id = inner.next_id;
+            let index = match new.partition {
+                Some(p) => {
+                    let part = match inner.partitions.get_mut(&p) {
+                        Some(part) => Some(part),
+                        None => PartitionIndex::new().map(|index| {
+                            inner.partitions.entry(p).or_insert(Partition {
+                                index: Arc::new(index),
+                                live: 0,
+                            })
+                        }),
+                    };
+                    part.map(|part| {
+                        part.live += 1;
+                        part.index.clone()
+                    })
+                }
+                None => None,
+            };
+            inner.exact.insert(new.exact, id);
+            inner.lru.insert(inner.tick, id);
+            inner.bytes += bytes;
+            inner.entries.insert(
+                id,
+                Entry {
+                    exact: new.exact,
+                    partition: if index.is_some() { new.partition } else { None },
+                    tenant: new.tenant,
+                    route: new.route,
+                    features,
+                    response: new.response,
+                    model: new.model,
+                    expires: new.expires,
+                    tick: inner.tick,
+                    bytes,
+                },
+            );
+            while inner.entries.len() > max_entries || inner.bytes > max_bytes {
+                let Some((_, &oldest)) = inner.lru.iter().next() else {
+                    break;
+                };
+                if oldest == id {
+                    break;
+                }
+                remove(inner, oldest, &mut removals);
+                evicted.push(Eviction::Lru);
+            }
+            (id, index)
+        };
+        finish_removals(removals);
+        (result.0, result.1, evicted)
+    }
+
+    /// Removes expired entries; returns how many.
+    pub fn sweep(&self, now: Instant) -> usize {
+        self.remove_where(|e| e.expires <= now)
+    }
+
+    /// Removes entries of a tenant and/or route (all when both are `None`).
+    pub fn purge(&self, tenant: Option<&str>, route: Option<&str>) -> usize {
+        self.remove_where(|e| tenant.is_none_or(|t| *e.tenant == *t) && route.is_none_or(|r| *e.route == *r))
+    }
+
+    fn remove_where(&self, pred: impl Fn(&Entry) -> bool) -> usize {
+        let mut removals = Removals::new();
+        let n = {
+            let mut g = self.lock();
+            let inner = &mut *g;
+            let ids: Vec<u64> = inner
+                .entries
+                .iter()
+                .filter(|(_, e)| pred(e))
+                .map(|(id, _)| *id)
+                .collect();
+            for id in &ids {
+                remove(inner, *id, &mut removals);
+            }
+            ids.len()
+        };
+        finish_removals(removals);
+        n
+    }
+}
+
+fn touch(inner: &mut Inner, id: u64) -> Option<Cached> {
+    inner.tick += 1;
+    let tick = inner.tick;
+    let e = inner.entries.get_mut(&id)?;
+    inner.lru.remove(&e.tick);
+    e.tick = tick;
+    inner.lru.insert(tick, id);
+    Some(Cached {
+        response: e.response.clone(),
+        model: e.model.clone(),
+        features: e.features.clone(),
+    })
+}
+
+fn remove(inner: &mut Inner, id: u64, removals: &mut Removals) {
+    let Some(e) = inner.entries.remove(&id) else { return };
+    inner.lru.remove(&e.tick);
+    if inner.exact.get(&e.exact) == Some(&id) {
+        inner.exact.remove(&e.exact);
+    }
+    inner.bytes = inner.bytes.saturating_sub(e.bytes);
+    if let Some(p) = e.partition
+        && let Some(part) = inner.partitions.get_mut(&p)
+    {
+        part.live -= 1;
+        if part.live == 0 {
+            // Dropping the index frees all of its memory at once.
+            inner.partitions.remove(&p);
+        } else {
+            removals.push((part.index.clone(), id));
+        }
+    }
+}
+
+fn finish_removals(removals: Removals) {
+    for (index, id) in removals {
+        index.remove(id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn entry(exact: u8, partition: Option<u8>, tenant: &str) -> NewEntry {
+        NewEntry {
+            exact: [exact; 32],
+            partition: partition.map(|p| [p; 32]),
+            tenant: tenant.into(),
+            route: "r".into(),
+            query: Some(format!("query {exact}")),
+            response: Bytes::from(vec![b'x'; 100]),
+            model: "m".into(),
+            expires: Instant::now() + Duration::from_secs(60),
+        }
+    }
+
+    fn unit(i: usize) -> Vec<f32> {
+        let mut v = vec![0.01f32; DIMENSIONS];
+        v[i % DIMENSIONS] = 1.0;
+        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.iter().map(|x| x / n).collect()
+    }
+
+    #[test]
+    fn exact_hits_expire_and_lru_bounds_hold() {
+        let s = Store::default();
+        let now = Instant::now();
+        s.insert(entry(1, None, "a"), 2, usize::MAX);
+        s.insert(entry(2, None, "a"), 2, usize::MAX);
+        assert!(s.get_exact(&[1; 32], now).unwrap().is_some()); // 1 is now most recent
+        let (_, _, ev) = s.insert(entry(3, None, "a"), 2, usize::MAX);
+        assert_eq!(ev, vec![Eviction::Lru]);
+        assert!(
+            s.get_exact(&[2; 32], now).unwrap().is_none(),
+            "2 was least recently used"
+        );
+        assert!(s.get_exact(&[1; 32], now).unwrap().is_some());
+        let later = now + Duration::from_secs(120);
+        assert_eq!(s.get_exact(&[1; 32], later).err(), Some(vec![Eviction::Expired]));
+        assert_eq!(s.sweep(later), 1);
+        assert!(s.is_empty());
+        assert_eq!(s.bytes(), 0);
+    }
+
+    #[test]
+    fn byte_bound_evicts() {
+        let s = Store::default();
+        for i in 0..10 {
+            s.insert(entry(i, None, "a"), 100, 3 * (100 + 7 + ENTRY_OVERHEAD));
+        }
+        assert_eq!(s.len(), 3);
+    }
+
+    #[test]
+    fn semantic_search_stays_in_its_partition_and_purge_by_tenant() {
+        let s = Store::default();
+        let now = Instant::now();
+        let (a, ia, _) = s.insert(entry(1, Some(7), "a"), 100, usize::MAX);
+        let (_b, ib, _) = s.insert(entry(2, Some(8), "b"), 100, usize::MAX);
+        ia.as_ref().unwrap().add(a, &unit(3));
+        ib.as_ref().unwrap().add(_b, &unit(3));
+        let found = s.partition(&[7; 32]).unwrap().search(&unit(3), SEARCH_CANDIDATES);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].0, a);
+        assert!(found[0].1 > 0.99);
+        assert!(s.candidate(a, &[7; 32], now).is_some());
+        assert!(s.candidate(a, &[8; 32], now).is_none(), "never across partitions");
+        assert_eq!(s.purge(Some("a"), None), 1);
+        assert!(s.partition(&[7; 32]).is_none(), "an empty partition drops its index");
+        assert!(s.partition(&[8; 32]).is_some());
+    }
+
+    #[test]
+    fn evicted_vectors_do_not_grow_index_memory() {
+        let s = Store::default();
+        let cap = 500;
+        let mut peak = 0;
+        for round in 0..4 {
+            for i in 0..cap {
+                let n = (round * cap + i) as u8;
+                let mut e = entry(n, Some(9), "a");
+                e.exact = {
+                    let mut k = [0u8; 32];
+                    k[..8].copy_from_slice(&((round * cap + i) as u64).to_le_bytes());
+                    k
+                };
+                let (id, index, _) = s.insert(e, cap, usize::MAX);
+                index.unwrap().add(id, &unit(round * cap + i));
+            }
+            let mem = s.index_memory();
+            if round == 1 {
+                peak = mem;
+            }
+            if round > 1 {
+                assert!(mem <= peak + peak / 4, "round {round}: {mem} vs {peak}");
+            }
+        }
+        assert_eq!(s.len(), cap);
+        assert_eq!(s.partition(&[9; 32]).unwrap().len(), cap);
+    }
+}

@@ -1,0 +1,335 @@
+//! The cache end to end, with the real embedding model: exact and semantic hits, the guard,
+//! what is never cached, tenant isolation, JSON/SSE in either direction, purge and version.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use llm_sidecar::mock::{Fault, MockUpstream};
+use serde_json::{Value, json};
+
+async fn cached_harness(extra: &str) -> Harness {
+    cached_harness_with("", extra).await
+}
+
+/// `top`: extra top-level config; `extra`: extra keys under `cache:`.
+async fn cached_harness_with(top: &str, extra: &str) -> Harness {
+    let mock = MockUpstream::start().await.unwrap();
+    let text = config(&mock.base_url(), &format!("{top}\n{}", cache_section(extra)));
+    Harness::with_text(mock, text).await
+}
+
+async fn chat_with(h: &Harness, body: Value, headers: &[(&str, &str)]) -> reqwest::Response {
+    let mut req = h.client.post(h.url("/v1/chat/completions")).json(&body);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req.send().await.unwrap()
+}
+
+fn cache_header(r: &reqwest::Response) -> String {
+    r.headers()
+        .get("x-llm-sidecar-cache")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+/// Inserts go into the index off the request path; give them a moment.
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(150)).await;
+}
+
+#[tokio::test]
+async fn an_identical_request_is_an_exact_hit() {
+    let h = cached_harness("").await;
+    let first = h.chat(chat_body("hello cache")).await;
+    assert_eq!(cache_header(&first), "miss");
+    let first: Value = first.json().await.unwrap();
+    let second = h.chat(chat_body("hello cache")).await;
+    assert_eq!(cache_header(&second), "hit-exact");
+    assert_eq!(second.headers()["x-llm-sidecar-model"], "chat-model");
+    let second: Value = second.json().await.unwrap();
+    assert_eq!(first, second);
+    assert_eq!(h.mock.requests().len(), 1);
+    let m = h.metrics().await;
+    assert_eq!(
+        metric(&m, r#"llm_sidecar_cache_lookups_total{result="hit_exact"}"#),
+        1.0
+    );
+    assert_eq!(metric(&m, r#"llm_sidecar_cache_lookups_total{result="miss"}"#), 1.0);
+}
+
+#[tokio::test]
+async fn a_paraphrase_is_a_verified_semantic_hit() {
+    let h = cached_harness("").await;
+    let r = h.chat(chat_body("How do I reset my password?")).await;
+    assert_eq!(cache_header(&r), "miss");
+    settle().await;
+    let r = h.chat(chat_body("how can I reset my password")).await;
+    assert_eq!(cache_header(&r), "hit-semantic");
+    let sim: f32 = r.headers()["x-llm-sidecar-cache-similarity"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(sim > 0.95, "{sim}");
+    let body: Value = r.json().await.unwrap();
+    // The cached answer is the one given to the first wording.
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "Mock answer to: How do I reset my password?"
+    );
+    assert_eq!(h.mock.requests().len(), 1);
+
+    // A different question in the same partition is a miss.
+    let r = h
+        .chat(chat_body("What is the boiling point of water at sea level?"))
+        .await;
+    assert_eq!(cache_header(&r), "miss");
+    assert_eq!(h.mock.requests().len(), 2);
+}
+
+#[tokio::test]
+async fn the_guard_rejects_close_but_different_questions() {
+    let h = cached_harness("").await;
+    for q in [
+        "Why do Poles dislike Russians?",
+        "convert 30 celsius to fahrenheit",
+        "is coffee good for you",
+    ] {
+        assert_eq!(cache_header(&h.chat(chat_body(q)).await), "miss");
+    }
+    settle().await;
+    // Each is above the threshold by cosine (0.97, 0.97, 0.94) and must still miss.
+    for q in [
+        "Why do Russians dislike Poles?",
+        "convert 30 fahrenheit to celsius",
+        "is coffee not good for you",
+    ] {
+        let r = h.chat(chat_body(q)).await;
+        assert_eq!(cache_header(&r), "miss", "{q}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["choices"][0]["message"]["content"], format!("Mock answer to: {q}"));
+    }
+    let m = h.metrics().await;
+    for reason in ["entity_order", "word_order", "negation"] {
+        let n = metric(
+            &m,
+            &format!(r#"llm_sidecar_cache_guard_rejections_total{{reason="{reason}"}}"#),
+        );
+        assert!(n >= 1.0, "{reason}: {n}\n{m}");
+    }
+}
+
+#[tokio::test]
+async fn answers_never_cross_tenants() {
+    let h = cached_harness_with(
+        "tenants:\n  header: x-tenant\n  list:\n    a: {}\n    b: {}\n    c: {}",
+        "",
+    )
+    .await;
+    let q = chat_body("How do I reset my password?");
+    assert_eq!(
+        cache_header(&chat_with(&h, q.clone(), &[("x-tenant", "a")]).await),
+        "miss"
+    );
+    settle().await;
+    assert_eq!(
+        cache_header(&chat_with(&h, q.clone(), &[("x-tenant", "a")]).await),
+        "hit-exact"
+    );
+    // Other tenant: a paraphrase that would be a semantic hit for `a` misses...
+    assert_eq!(
+        cache_header(&chat_with(&h, chat_body("how can I reset my password"), &[("x-tenant", "b")]).await),
+        "miss"
+    );
+    // ...and so do the very same words, from a third tenant.
+    assert_eq!(cache_header(&chat_with(&h, q, &[("x-tenant", "c")]).await), "miss");
+    assert_eq!(h.mock.requests().len(), 3);
+}
+
+#[tokio::test]
+async fn streams_are_stored_and_served_in_either_shape() {
+    let h = cached_harness("").await;
+    let events = sse_events(h.chat(stream_body("tell me a story")).await).await;
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    // Stored from the stream, served as JSON...
+    let r = h.chat(chat_body("tell me a story")).await;
+    assert_eq!(cache_header(&r), "hit-exact");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["object"], "chat.completion");
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "Mock answer to: tell me a story"
+    );
+    // ...and replayed as a well-formed stream (with usage when asked for).
+    let mut req = stream_body("tell me a story");
+    req["stream_options"] = json!({"include_usage": true});
+    let r = h.chat(req).await;
+    assert_eq!(cache_header(&r), "hit-exact");
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    let events = sse_events(r).await;
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, "Mock answer to: tell me a story");
+    assert_eq!(chunks.last().unwrap()["usage"]["completion_tokens"], 7);
+    assert_eq!(h.mock.requests().len(), 1);
+
+    // A JSON answer replays as a stream too.
+    let _ = h.chat(chat_body("json first")).await;
+    let events = sse_events(h.chat(stream_body("json first")).await).await;
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    assert_eq!(h.mock.requests().len(), 2);
+}
+
+#[tokio::test]
+async fn what_is_never_cached() {
+    let h = cached_harness("").await;
+    let again = |q: &'static str| chat_body(q);
+
+    // Non-200 answers.
+    h.mock.push_fault(Fault::Status {
+        status: 500,
+        retry_after: None,
+    });
+    assert_eq!(h.chat(again("error first")).await.status(), 500);
+    assert_eq!(cache_header(&h.chat(again("error first")).await), "miss");
+
+    // Incomplete streams.
+    h.mock.push_fault(Fault::CutAfterChunks(2));
+    let _ = sse_events(h.chat(stream_body("cut stream")).await).await;
+    assert_eq!(cache_header(&h.chat(again("cut stream")).await), "miss");
+
+    // no-store (sidecar header and Cache-Control): not stored.
+    let _ = chat_with(&h, again("secret plan"), &[("x-llm-sidecar-cache", "no-store")]).await;
+    assert_eq!(cache_header(&h.chat(again("secret plan")).await), "miss");
+    let _ = chat_with(&h, again("other plan"), &[("cache-control", "no-store")]).await;
+    assert_eq!(cache_header(&h.chat(again("other plan")).await), "miss");
+
+    // no-cache: not looked up, but stored.
+    let r = chat_with(&h, again("fresh please"), &[("x-llm-sidecar-cache", "no-cache")]).await;
+    assert_eq!(cache_header(&r), "bypass");
+    let r = chat_with(&h, again("fresh please"), &[("x-llm-sidecar-cache", "no-cache")]).await;
+    assert_eq!(cache_header(&r), "bypass");
+    assert_eq!(cache_header(&h.chat(again("fresh please")).await), "hit-exact");
+
+    // Private data: bypassed, never stored.
+    for _ in 0..2 {
+        let r = h
+            .chat(again("my email is jane.doe@example.com, summarise my account"))
+            .await;
+        assert_eq!(cache_header(&r), "bypass");
+    }
+    let mut hot = chat_body("be creative");
+    hot["temperature"] = json!(1.5);
+    for _ in 0..2 {
+        assert_eq!(cache_header(&h.chat(hot.clone()).await), "bypass");
+    }
+    let m = h.metrics().await;
+    for reason in ["privacy", "temperature", "no_store", "no_cache"] {
+        assert!(
+            metric(&m, &format!(r#"llm_sidecar_cache_skips_total{{reason="{reason}"}}"#)) >= 1.0,
+            "{reason}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn purge_empties_by_tenant() {
+    let h = cached_harness("").await;
+    let _ = h.chat(chat_body("purge me")).await;
+    assert_eq!(cache_header(&h.chat(chat_body("purge me")).await), "hit-exact");
+    let r: Value = h
+        .client
+        .post(h.admin("/admin/cache/purge?tenant=someone-else"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["removed"], 0);
+    let r: Value = h
+        .client
+        .post(h.admin("/admin/cache/purge?tenant=default"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["removed"], 1);
+    assert_eq!(cache_header(&h.chat(chat_body("purge me")).await), "miss");
+}
+
+#[tokio::test]
+async fn a_new_cache_version_invalidates_everything_on_reload() {
+    let mock = MockUpstream::start().await.unwrap();
+    let base = config(&mock.base_url(), &cache_section("  version: 1\n"));
+    let h = Harness::with_mounted(mock, base.clone()).await;
+    let _ = h.chat(chat_body("versioned")).await;
+    assert_eq!(cache_header(&h.chat(chat_body("versioned")).await), "hit-exact");
+    kubelet_write(
+        h.dir.as_ref().unwrap().path(),
+        "config.yaml",
+        &base.replace("version: 1", "version: 2"),
+    );
+    for _ in 0..200 {
+        if metric(
+            &h.metrics().await,
+            r#"llm_sidecar_config_reloads_total{outcome="applied"}"#,
+        ) >= 1.0
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(cache_header(&h.chat(chat_body("versioned")).await), "miss");
+    assert_eq!(
+        metric(
+            &h.metrics().await,
+            r#"llm_sidecar_cache_evictions_total{reason="purge"}"#
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn without_assets_the_exact_cache_still_works() {
+    let mock = MockUpstream::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let text = config(
+        &mock.base_url(),
+        &format!("cache:\n  semantic:\n    assets_dir: {}\n", dir.path().display()),
+    );
+    let h = Harness::with_text(mock, text).await;
+    assert_eq!(h.client.get(h.admin("/readyz")).send().await.unwrap().status(), 200);
+    let _ = h.chat(chat_body("How do I reset my password?")).await;
+    assert_eq!(
+        cache_header(&h.chat(chat_body("How do I reset my password?")).await),
+        "hit-exact"
+    );
+    assert_eq!(
+        cache_header(&h.chat(chat_body("how can I reset my password")).await),
+        "miss"
+    );
+    let m = h.metrics().await;
+    assert!(m.contains("llm_sidecar_embedder_available 0"), "{m}");
+}
+
+#[tokio::test]
+async fn without_a_cache_section_nothing_is_cached() {
+    let h = Harness::start().await;
+    let _ = h.chat(chat_body("x")).await;
+    let r = h.chat(chat_body("x")).await;
+    assert_eq!(cache_header(&r), "bypass");
+    assert_eq!(h.mock.requests().len(), 2);
+}
