@@ -58,6 +58,15 @@ enum Command {
         #[arg(long)]
         print_config: bool,
     },
+    /// Report precision, recall and false-hit rate of the semantic cache per threshold, with the
+    /// guard on and off, from labelled pairs (JSON lines {"a","b","label"}; label 1 = same answer).
+    Calibrate {
+        #[arg(long)]
+        pairs: PathBuf,
+        /// Folder with libonnxruntime.so, model(-q8).onnx and tokenizer.json.
+        #[arg(long, env = "LLM_SIDECAR_ASSETS", default_value = "assets")]
+        assets: PathBuf,
+    },
     /// Run only the mock OpenAI-compatible upstream (for load tests and experiments).
     MockUpstream {
         #[arg(long, default_value = "127.0.0.1:9000")]
@@ -157,6 +166,7 @@ async fn run(command: Command) -> ExitCode {
             drop(mock);
             code
         }
+        Command::Calibrate { pairs, assets } => calibrate(&pairs, &assets),
         Command::MockUpstream { listen } => {
             let _log = init_logging(&default_logging());
             match MockUpstream::start_on(listen).await {
@@ -170,6 +180,41 @@ async fn run(command: Command) -> ExitCode {
                     ExitCode::from(71)
                 }
             }
+        }
+    }
+}
+
+fn calibrate(pairs: &std::path::Path, assets: &std::path::Path) -> ExitCode {
+    use llm_sidecar::cache::calibrate;
+    let text = match std::fs::read_to_string(pairs) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{}: cannot read: {e}", pairs.display());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let pairs = match calibrate::parse_pairs(&text) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{}: {e}", pairs.display());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let mut model = match llm_sidecar::embed::Model::load(assets, 1) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("calibrate: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match calibrate::run(&pairs, &mut model) {
+        Ok(report) => {
+            print!("{}", report.render());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("calibrate: {e}");
+            ExitCode::from(1)
         }
     }
 }

@@ -92,7 +92,8 @@ async fn a_paraphrase_is_a_verified_semantic_hit() {
 
 #[tokio::test]
 async fn the_guard_rejects_close_but_different_questions() {
-    let h = cached_harness("").await;
+    // Below the default threshold, so that every pair reaches the guard.
+    let h = cached_harness("    threshold: 0.90\n").await;
     for q in [
         "Why do Poles dislike Russians?",
         "convert 30 celsius to fahrenheit",

@@ -17,6 +17,7 @@ pub enum Reason {
     EntityOrder,
     Term,
     WordOrder,
+    Antonym,
     Length,
 }
 
@@ -30,11 +31,13 @@ impl Reason {
             Reason::EntityOrder => "entity_order",
             Reason::Term => "term",
             Reason::WordOrder => "word_order",
+            Reason::Antonym => "antonym",
             Reason::Length => "length",
         }
     }
 
-    pub const ALL: [Reason; 8] = [
+    pub const ALL: [Reason; 9] = [
+        Reason::Antonym,
         Reason::Number,
         Reason::Negation,
         Reason::Quoted,
@@ -190,6 +193,129 @@ const TERMS: &[&str] = &[
     "decrease",
     "buy",
     "sell",
+    // Time units, common animals and vehicles: "days in a leap year" is not "weeks in a leap
+    // year", "can cats eat chocolate" is not "can dogs eat chocolate".
+    "second",
+    "seconds",
+    "minute",
+    "minutes",
+    "hour",
+    "hours",
+    "day",
+    "days",
+    "week",
+    "weeks",
+    "month",
+    "months",
+    "year",
+    "years",
+    "decade",
+    "decades",
+    "century",
+    "centuries",
+    "cat",
+    "cats",
+    "dog",
+    "dogs",
+    "horse",
+    "horses",
+    "cow",
+    "cows",
+    "pig",
+    "pigs",
+    "bird",
+    "birds",
+    "fish",
+    "chicken",
+    "chickens",
+    "rabbit",
+    "rabbits",
+    "car",
+    "cars",
+    "bike",
+    "bikes",
+    "bicycle",
+    "motorcycle",
+    "bus",
+    "train",
+    "plane",
+    "truck",
+    "boat",
+    "vertically",
+    "horizontally",
+    "vertical",
+    "horizontal",
+    "male",
+    "female",
+    "men",
+    "women",
+    "man",
+    "woman",
+    "child",
+    "children",
+    "adult",
+    "adults",
+];
+
+/// Opposites: a query with one side and a candidate with the other ask different things.
+const ANTONYMS: &[(&str, &str)] = &[
+    ("start", "end"),
+    ("begin", "end"),
+    ("started", "ended"),
+    ("enable", "disable"),
+    ("enabled", "disabled"),
+    ("bigger", "smaller"),
+    ("larger", "smaller"),
+    ("largest", "smallest"),
+    ("biggest", "smallest"),
+    ("higher", "lower"),
+    ("highest", "lowest"),
+    ("faster", "slower"),
+    ("fastest", "slowest"),
+    ("more", "less"),
+    ("increase", "decrease"),
+    ("buy", "sell"),
+    ("open", "close"),
+    ("on", "off"),
+    ("add", "remove"),
+    ("create", "delete"),
+    ("install", "uninstall"),
+    ("upgrade", "downgrade"),
+    ("gain", "lose"),
+    ("win", "lose"),
+    ("before", "after"),
+    ("min", "max"),
+    ("minimum", "maximum"),
+    ("first", "last"),
+    ("true", "false"),
+    ("accept", "reject"),
+    ("allow", "deny"),
+    ("import", "export"),
+    ("upload", "download"),
+    ("encrypt", "decrypt"),
+    ("push", "pull"),
+    ("inside", "outside"),
+    ("hot", "cold"),
+    ("cheap", "expensive"),
+    ("early", "late"),
+    ("young", "old"),
+    ("best", "worst"),
+    ("high", "low"),
+    ("long", "short"),
+    ("benefits", "risks"),
+    ("advantages", "disadvantages"),
+    ("pros", "cons"),
+    ("freezing", "boiling"),
+    ("rise", "fall"),
+    ("join", "leave"),
+    ("subscribe", "unsubscribe"),
+    ("lock", "unlock"),
+    ("connect", "disconnect"),
+    ("mute", "unmute"),
+    ("follow", "unfollow"),
+    ("renew", "cancel"),
+    ("send", "receive"),
+    ("input", "output"),
 ];
 
 const NUMBER_WORDS: &[&str] = &[
@@ -365,6 +491,9 @@ pub fn check(query: &Features, candidate: &Features) -> Result<(), Reason> {
     if query.terms != candidate.terms {
         return Err(Reason::Term);
     }
+    if opposite(&query.all, &candidate.all) {
+        return Err(Reason::Antonym);
+    }
     // Two content words swapped across a relation ("celsius to fahrenheit" / "fahrenheit to
     // celsius") is a different question; other reorderings are usually paraphrases.
     if query.content != candidate.content
@@ -378,6 +507,14 @@ pub fn check(query: &Features, candidate: &Features) -> Result<(), Reason> {
         return Err(Reason::Length);
     }
     Ok(())
+}
+
+/// One side of an antonym pair in one text and the other side (alone) in the other.
+fn opposite(a: &[String], b: &[String]) -> bool {
+    let has = |words: &[String], w: &str| words.iter().any(|x| x == w);
+    ANTONYMS.iter().any(|(x, y)| {
+        (has(a, x) && !has(a, y) && has(b, y) && !has(b, x)) || (has(a, y) && !has(a, x) && has(b, x) && !has(b, y))
+    })
 }
 
 fn swapped_across_relation(a: &Features, b: &Features) -> bool {

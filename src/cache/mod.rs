@@ -9,6 +9,7 @@
 //! - `store` — entries, TTL, LRU, byte bounds, per-partition usearch indexes.
 //! - `replay` — JSON ↔ SSE, so an answer is served in whichever shape is asked for.
 
+pub mod calibrate;
 pub mod guard;
 pub mod key;
 pub mod replay;

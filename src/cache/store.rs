@@ -57,7 +57,9 @@ impl PartitionIndex {
         }
         // Growing is not safe alongside other operations: take the write lock.
         let Ok(index) = self.index.write() else { return false };
-        let capacity = (index.capacity() * 2).max(64);
+        // Grow by a quarter (at least 64): doubling would leave up to half of a large index's
+        // memory reserved and unused. Growth runs off the event loop, so its cost is hidden.
+        let capacity = index.capacity() + (index.capacity() / 4).max(64);
         index.reserve(capacity).is_ok() && index.add(id, vector).is_ok()
     }
 
@@ -109,7 +111,9 @@ struct Entry {
     partition: Option<Key>,
     tenant: Arc<str>,
     route: Arc<str>,
-    features: Option<Arc<Features>>,
+    /// The embedded query, for the guard. Its features are computed when it is a candidate
+    /// (a few per lookup), not stored: that would cost ~2 KB per entry.
+    query: Option<Box<str>>,
     response: Bytes,
     model: Arc<str>,
     expires: Instant,
@@ -118,11 +122,11 @@ struct Entry {
 }
 
 /// A cached answer, as handed to the server.
-#[derive(Clone)]
 pub struct Cached {
     pub response: Bytes,
     pub model: Arc<str>,
-    pub features: Option<Arc<Features>>,
+    /// Guard features of the cached query (semantic candidates only).
+    pub features: Option<Features>,
 }
 
 struct Partition {
@@ -207,7 +211,7 @@ impl Store {
                         evicted.push(Eviction::Expired);
                         None
                     } else {
-                        touch(inner, id)
+                        touch(inner, id).map(|(c, _)| c)
                     }
                 }
             }
@@ -223,12 +227,17 @@ impl Store {
 
     /// A semantic candidate, if it is still live and in `partition`.
     pub fn candidate(&self, id: u64, partition: &Key, now: Instant) -> Option<Cached> {
-        let mut g = self.lock();
-        let e = g.entries.get(&id)?;
-        if e.partition.as_ref() != Some(partition) || e.expires <= now {
-            return None;
-        }
-        touch(&mut g, id)
+        let (mut cached, query) = {
+            let mut g = self.lock();
+            let e = g.entries.get(&id)?;
+            if e.partition.as_ref() != Some(partition) || e.expires <= now {
+                return None;
+            }
+            touch(&mut g, id)?
+        };
+        // Outside the lock: feature extraction is string work.
+        cached.features = query.as_deref().map(Features::of);
+        Some(cached)
     }
 
     /// Adds an entry, evicting the least recently used beyond the bounds. Returns the new id
@@ -239,7 +248,6 @@ impl Store {
         max_entries: usize,
         max_bytes: usize,
     ) -> (u64, Option<Arc<PartitionIndex>>, Vec<Eviction>) {
-        let features = new.query.as_deref().map(|q| Arc::new(Features::of(q)));
         let bytes = new.response.len() + new.query.as_ref().map_or(0, String::len) + ENTRY_OVERHEAD;
         let mut removals = Removals::new();
         let mut evicted = Vec::new();
@@ -281,7 +289,7 @@ impl Store {
                     partition: if index.is_some() { new.partition } else { None },
                     tenant: new.tenant,
                     route: new.route,
-                    features,
+                    query: new.query.map(String::into_boxed_str),
                     response: new.response,
                     model: new.model,
                     expires: new.expires,
@@ -336,18 +344,19 @@ impl Store {
     }
 }
 
-fn touch(inner: &mut Inner, id: u64) -> Option<Cached> {
+fn touch(inner: &mut Inner, id: u64) -> Option<(Cached, Option<Box<str>>)> {
     inner.tick += 1;
     let tick = inner.tick;
     let e = inner.entries.get_mut(&id)?;
     inner.lru.remove(&e.tick);
     e.tick = tick;
     inner.lru.insert(tick, id);
-    Some(Cached {
+    let cached = Cached {
         response: e.response.clone(),
         model: e.model.clone(),
-        features: e.features.clone(),
-    })
+        features: None,
+    };
+    Some((cached, e.query.clone()))
 }
 
 fn remove(inner: &mut Inner, id: u64, removals: &mut Removals) {
