@@ -3,6 +3,7 @@
 #   1. directly to the mock upstream,
 #   2. through nginx proxy_pass (Debian's nginx, keep-alive to the upstream),
 #   3. through llm-sidecar (release build, JSON request logging on, to /dev/null),
+#   4. llm-sidecar answering from its cache (every request an exact hit),
 # at concurrency 1, 16 and 64. Reports requests/s, latency p50/p99, the latency each proxy
 # adds over direct at p50, and CPU time per request of each proxy process.
 # Everything started here is stopped by PID on exit.
@@ -25,7 +26,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 wait_http() { for _ in $(seq 1 100); do curl -s -o /dev/null "$1" && return 0; sleep 0.05; done; echo "not up: $1" >&2; exit 1; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
-UP=$(free_port); NGX=$(free_port); SC=$(free_port); ADM=$(free_port)
+UP=$(free_port); NGX=$(free_port); SC=$(free_port); ADM=$(free_port); SC2=$(free_port); ADM2=$(free_port)
 
 "$BIN" mock-upstream --listen "127.0.0.1:$UP" >/dev/null 2>&1 & PIDS+=($!); MOCK_PID=$!
 
@@ -65,6 +66,11 @@ models:
 YAML
 "$BIN" serve --config "$WORK/sidecar.yaml" >/dev/null 2>&1 & PIDS+=($!); SC_PID=$!
 
+mkdir -p "$WORK/cached"
+sed -e "s/127.0.0.1:$SC/127.0.0.1:$SC2/; s/127.0.0.1:$ADM/127.0.0.1:$ADM2/" "$WORK/sidecar.yaml" > "$WORK/cached/sidecar.yaml"
+printf 'cache:\n  semantic:\n    assets_dir: %s\n' "$PWD/assets" >> "$WORK/cached/sidecar.yaml"
+"$BIN" serve --config "$WORK/cached/sidecar.yaml" >/dev/null 2>&1 & PIDS+=($!); SC2_PID=$!
+
 BODY='{"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are terse."},{"role":"user","content":"Say hello to the load test"}],"temperature":0}'
 cat > "$WORK/post.lua" <<LUA
 wrk.method = "POST"
@@ -72,6 +78,7 @@ wrk.body = '$BODY'
 wrk.headers["Content-Type"] = "application/json"
 LUA
 wait_http "http://127.0.0.1:$UP/v1/models"; wait_http "http://127.0.0.1:$NGX/v1/models"; wait_http "http://127.0.0.1:$ADM/readyz"
+wait_http "http://127.0.0.1:$ADM2/readyz"
 
 # nginx's CPU: its worker processes (children of the master).
 nginx_ticks() { local t=0; for p in $(pgrep -P "$NGINX_PID") "$NGINX_PID"; do t=$((t + $(cpu_ticks "$p"))); done; echo $t; }
@@ -111,6 +118,7 @@ for c in ${CONCURRENCY:-1 16 64}; do
   RESULTS+=("$(run direct "http://127.0.0.1:$UP/v1/chat/completions" $c none)")
   RESULTS+=("$(run nginx "http://127.0.0.1:$NGX/v1/chat/completions" $c nginx_ticks)")
   RESULTS+=("$(run llm-sidecar "http://127.0.0.1:$SC/v1/chat/completions" $c "cpu_ticks $SC_PID")")
+  RESULTS+=("$(run sidecar-cache-hit "http://127.0.0.1:$SC2/v1/chat/completions" $c "cpu_ticks $SC2_PID")")
 done
 
 SC_RSS=$(awk '/VmRSS/ {print $2/1024 " MiB"}' "/proc/$SC_PID/status")
