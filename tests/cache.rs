@@ -334,3 +334,72 @@ async fn without_a_cache_section_nothing_is_cached() {
     assert_eq!(cache_header(&r), "bypass");
     assert_eq!(h.mock.requests().len(), 2);
 }
+
+#[tokio::test]
+async fn online_verification_learns_from_a_wrong_semantic_hit() {
+    // Guard off and a low threshold, so that a wrong pairing is served once; every semantic
+    // hit is verified.
+    let h = cached_harness("    threshold: 0.90\n    guard: false\n    verify_sample: 1.0\n").await;
+    h.mock.set_answer("sun rise", "In Paris today the sun rises at 07:42.");
+    h.mock.set_answer("sun set", "In Paris today the sun sets at 17:10.");
+    h.mock.set_answer(
+        "reset my password",
+        "Open Settings, then Security, then choose Reset password.",
+    );
+    let rise = chat_body("What time does the sun rise in Paris?");
+    let set = chat_body("What time does the sun set in Paris?");
+    assert_eq!(cache_header(&h.chat(rise).await), "miss");
+    settle().await;
+    // Cosine 0.955: served (wrongly) from the cache, then checked in the background.
+    let r = h.chat(set.clone()).await;
+    assert_eq!(cache_header(&r), "hit-semantic");
+    let mut verdict = 0.0;
+    for _ in 0..200 {
+        verdict = metric(
+            &h.metrics().await,
+            r#"llm_sidecar_cache_verifications_total{result="disagree"}"#,
+        );
+        if verdict > 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(verdict, 1.0);
+    // The pairing learned its lesson: the same question now goes upstream.
+    let r = h.chat(set).await;
+    assert_eq!(cache_header(&r), "miss");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "In Paris today the sun sets at 17:10."
+    );
+    assert!(
+        metric(
+            &h.metrics().await,
+            r#"llm_sidecar_cache_guard_rejections_total{reason="learned_threshold"}"#
+        ) >= 1.0
+    );
+
+    // A true paraphrase verifies as agreeing.
+    assert_eq!(
+        cache_header(&h.chat(chat_body("How do I reset my password?")).await),
+        "miss"
+    );
+    settle().await;
+    assert_eq!(
+        cache_header(&h.chat(chat_body("how can I reset my password")).await),
+        "hit-semantic"
+    );
+    let mut agree = 0.0;
+    for _ in 0..200 {
+        agree = metric(
+            &h.metrics().await,
+            r#"llm_sidecar_cache_verifications_total{result="agree"}"#,
+        );
+        if agree > 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(agree, 1.0);
+}

@@ -465,6 +465,11 @@ impl Features {
     }
 }
 
+/// The numbers a text states (digits and number words), for comparing two answers.
+pub fn numbers_of(text: &str) -> BTreeMap<String, u32> {
+    Features::of(text).numbers
+}
+
 /// Whether `candidate` (a cached query) may answer `query`.
 pub fn check(query: &Features, candidate: &Features) -> Result<(), Reason> {
     if query.numbers != candidate.numbers {

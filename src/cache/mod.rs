@@ -29,7 +29,7 @@ use crate::config::CacheConfig;
 use crate::embed::{EmbedError, EmbedObserver, Embedder, EmbedderSettings, SubmitError};
 use crate::openai::RequestHead;
 use crate::router::Route;
-use crate::telemetry::{Metrics, ReasonLabels};
+use crate::telemetry::{Metrics, ReasonLabels, ResultLabels};
 
 /// How often expired entries are swept (they are also dropped when met on lookup).
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
@@ -60,12 +60,31 @@ pub struct Hit {
     pub kind: HitKind,
     pub response: Bytes,
     pub model: Arc<str>,
+    /// The entry that answered (for online verification).
+    pub entry: u64,
 }
 
 pub struct Cache {
     store: Store,
     embedder: Option<Embedder>,
     metrics: Arc<Metrics>,
+    /// Bounds background verifications in flight.
+    verify_permits: Arc<tokio::sync::Semaphore>,
+}
+
+/// Background verifications in flight at most: they cost upstream calls, and must never pile up.
+const MAX_VERIFICATIONS: usize = 4;
+
+/// The text of the first choice of a chat or completions JSON response.
+fn answer_text(json: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(json).ok()?;
+    let c = v.get("choices")?.get(0)?;
+    let text = c
+        .get("message")
+        .and_then(|m| m.get("content"))
+        .or_else(|| c.get("text"))?
+        .as_str()?;
+    Some(text.to_owned())
 }
 
 struct Observer(Arc<Metrics>);
@@ -114,6 +133,7 @@ impl Cache {
             store: Store::default(),
             embedder,
             metrics,
+            verify_permits: Arc::new(tokio::sync::Semaphore::new(MAX_VERIFICATIONS)),
         }
     }
 
@@ -189,6 +209,7 @@ impl Cache {
                     kind: HitKind::Exact,
                     response: c.response,
                     model: c.model,
+                    entry: c.id,
                 });
             }
             Ok(None) => {}
@@ -256,6 +277,15 @@ impl Cache {
             let Some(c) = self.store.candidate(id, &partition, now) else {
                 continue;
             };
+            if similarity < c.min_similarity {
+                self.metrics
+                    .cache_guard_rejections
+                    .get_or_create(&ReasonLabels {
+                        reason: "learned_threshold",
+                    })
+                    .inc();
+                continue;
+            }
             if plan.guard
                 && let Some(f) = &c.features
                 && let Err(reason) = guard::check(&query_features, f)
@@ -271,6 +301,7 @@ impl Cache {
                 kind: HitKind::Semantic { similarity },
                 response: c.response,
                 model: c.model,
+                entry: c.id,
             });
         }
         None
@@ -324,6 +355,69 @@ impl Cache {
             }
             (None, None) => {}
         }
+    }
+
+    /// Whether this semantic hit should be re-asked upstream in the background; the permit
+    /// bounds verifications in flight and must live as long as the verification.
+    pub fn should_verify(&self, config: &CacheConfig) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let p = config.semantic.verify_sample;
+        if p <= 0.0 || self.embedder.is_none() || fastrand::f32() >= p {
+            return None;
+        }
+        self.verify_permits.clone().try_acquire_owned().ok()
+    }
+
+    /// Judges a served semantic hit against a fresh upstream answer to the same request: the
+    /// answers must embed close together (`verify_agreement`) and state the same numbers.
+    /// A disagreement raises the entry's learned threshold so that pair never hits again.
+    pub async fn judge(&self, entry: u64, similarity: f32, cached: &[u8], fresh: &[u8], config: &CacheConfig) {
+        let (Some(a), Some(b)) = (answer_text(cached), answer_text(fresh)) else {
+            self.verification("failed");
+            return;
+        };
+        let (va, vb) = match (self.embed_now(&a, config).await, self.embed_now(&b, config).await) {
+            (Some(va), Some(vb)) => (va, vb),
+            _ => {
+                self.verification("failed");
+                return;
+            }
+        };
+        let agreement = crate::embed::cosine(&va, &vb);
+        let same_numbers = guard::numbers_of(&a) == guard::numbers_of(&b);
+        if agreement >= config.semantic.verify_agreement && same_numbers {
+            self.verification("agree");
+        } else {
+            self.verification("disagree");
+            let learned = self.store.tighten(entry, similarity);
+            tracing::warn!(
+                entry,
+                similarity,
+                agreement,
+                same_numbers,
+                learned = learned.unwrap_or(f32::NAN),
+                "cache verification: a semantic hit served a different answer; its threshold was raised"
+            );
+        }
+    }
+
+    pub fn verification(&self, result: &'static str) {
+        self.metrics
+            .cache_verifications
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    async fn embed_now(&self, text: &str, config: &CacheConfig) -> Option<Vec<f32>> {
+        let embedder = self.embedder.as_ref()?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let deadline = Instant::now() + config.semantic.timeout.max(Duration::from_secs(1));
+        let then = Box::new(move |v: Option<&[f32]>| {
+            let _ = tx.send(v.map(<[f32]>::to_vec));
+        });
+        embedder
+            .submit(text.chars().take(2000).collect(), deadline.into_std(), then)
+            .ok()?;
+        tokio::time::timeout_at(deadline, rx).await.ok()?.ok()?
     }
 
     pub fn sweep(&self) {

@@ -119,12 +119,18 @@ struct Entry {
     expires: Instant,
     tick: u64,
     bytes: usize,
+    /// Learned by online verification: a semantic hit on this entry needs at least this
+    /// similarity (0 until a verification found it served a wrong answer).
+    min_similarity: f32,
 }
 
 /// A cached answer, as handed to the server.
 pub struct Cached {
+    pub id: u64,
     pub response: Bytes,
     pub model: Arc<str>,
+    /// The entry's learned threshold (see `tighten`).
+    pub min_similarity: f32,
     /// Guard features of the cached query (semantic candidates only).
     pub features: Option<Features>,
 }
@@ -170,6 +176,9 @@ type Removals = Vec<(Arc<PartitionIndex>, u64)>;
 pub struct Store {
     inner: Mutex<Inner>,
 }
+
+/// How far above a wrongly served similarity an entry's learned threshold is set.
+pub const LEARNED_MARGIN: f32 = 0.005;
 
 /// Per-entry overhead beyond the response bytes: maps, LRU node, vector slot (i8 + graph).
 const ENTRY_OVERHEAD: usize = 1024;
@@ -295,6 +304,7 @@ impl Store {
                     expires: new.expires,
                     tick: inner.tick,
                     bytes,
+                    min_similarity: 0.0,
                 },
             );
             while inner.entries.len() > max_entries || inner.bytes > max_bytes {
@@ -311,6 +321,15 @@ impl Store {
         };
         finish_removals(removals);
         (result.0, result.1, evicted)
+    }
+
+    /// Raises an entry's learned threshold above `similarity`: verification found that a hit
+    /// at that similarity served a wrong answer. Returns the new threshold.
+    pub fn tighten(&self, id: u64, similarity: f32) -> Option<f32> {
+        let mut g = self.lock();
+        let e = g.entries.get_mut(&id)?;
+        e.min_similarity = e.min_similarity.max((similarity + LEARNED_MARGIN).min(1.0));
+        Some(e.min_similarity)
     }
 
     /// Removes expired entries; returns how many.
@@ -352,8 +371,10 @@ fn touch(inner: &mut Inner, id: u64) -> Option<(Cached, Option<Box<str>>)> {
     e.tick = tick;
     inner.lru.insert(tick, id);
     let cached = Cached {
+        id,
         response: e.response.clone(),
         model: e.model.clone(),
+        min_similarity: e.min_similarity,
         features: None,
     };
     Some((cached, e.query.clone()))

@@ -63,6 +63,12 @@ pub const DEFAULT_SEMANTIC_THRESHOLD: f32 = 0.95;
 /// A semantic lookup (embed + search) that takes longer than this is a miss: it must never
 /// cost the app more than a few percent of an LLM call.
 pub const DEFAULT_SEMANTIC_TIMEOUT: Duration = Duration::from_millis(50);
+/// Share of semantic hits verified against the provider in the background: 5 % costs 5 % of
+/// what the semantic cache saves, and finds a systematically wrong pairing within tens of hits.
+pub const DEFAULT_VERIFY_SAMPLE: f32 = 0.05;
+/// Two answers to the same question by the same model embed at ≥ 0.85 in practice; answers to
+/// different questions that share a topic fall below.
+pub const DEFAULT_VERIFY_AGREEMENT: f32 = 0.85;
 /// Lookups waiting for the embedder; beyond this the queue is full and lookups miss at once.
 pub const DEFAULT_EMBED_QUEUE: u64 = 256;
 /// Texts that are never cached (and never embedded): e-mail addresses, payment card numbers,
@@ -215,6 +221,10 @@ pub struct SemanticConfig {
     pub queue: usize,
     pub max_batch: Option<usize>,
     pub threads: usize,
+    /// Share of semantic hits re-asked upstream in the background to check them.
+    pub verify_sample: f32,
+    /// Cosine between the cached and the fresh answer at or above which they agree.
+    pub verify_agreement: f32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -53,6 +53,8 @@ pub struct RawSemantic {
     pub queue: Option<u64>,
     pub max_batch: Option<u64>,
     pub threads: Option<u64>,
+    pub verify_sample: Option<f32>,
+    pub verify_agreement: Option<f32>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]

@@ -534,7 +534,16 @@ impl Validator<'_> {
             queue: s.queue.unwrap_or(DEFAULT_EMBED_QUEUE).max(1) as usize,
             max_batch: s.max_batch.map(|b| b.max(1) as usize),
             threads: s.threads.unwrap_or(1).clamp(1, 16) as usize,
+            verify_sample: s.verify_sample.unwrap_or(DEFAULT_VERIFY_SAMPLE),
+            verify_agreement: s.verify_agreement.unwrap_or(DEFAULT_VERIFY_AGREEMENT),
         };
+        if !(0.0..=1.0).contains(&semantic.verify_sample) {
+            self.issue(
+                "cache.semantic.verify_sample",
+                "must be a share between 0 (off) and 1 (every semantic hit)",
+            );
+        }
+        self.threshold("cache.semantic.verify_agreement", semantic.verify_agreement);
         CacheConfig {
             enabled: present && raw.enabled.unwrap_or(true),
             version,

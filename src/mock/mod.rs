@@ -60,11 +60,17 @@ pub struct MockControl {
     faults: Mutex<VecDeque<Fault>>,
     recorded: Mutex<VecDeque<Recorded>>,
     chunk_delay: Mutex<Duration>,
+    /// (lower-case substring of the last user turn, answer): fixed answers per question.
+    answers: Mutex<Vec<(String, String)>>,
 }
 
 impl MockControl {
     fn next_fault(&self) -> Option<Fault> {
         self.faults.lock().ok()?.pop_front()
+    }
+
+    fn canned(&self) -> Vec<(String, String)> {
+        self.answers.lock().map(|a| a.clone()).unwrap_or_default()
     }
 
     fn chunk_delay(&self) -> Duration {
@@ -161,6 +167,14 @@ impl MockUpstream {
         }
     }
 
+    /// Answers `answer` to chat requests whose last user turn contains `key` (case-insensitive)
+    /// instead of echoing the question.
+    pub fn set_answer(&self, key: &str, answer: &str) {
+        if let Ok(mut a) = self.control.answers.lock() {
+            a.push((key.to_lowercase(), answer.to_owned()));
+        }
+    }
+
     /// Pause between stream chunks (default none).
     pub fn set_chunk_delay(&self, d: Duration) {
         if let Ok(mut c) = self.control.chunk_delay.lock() {
@@ -225,7 +239,7 @@ async fn handle(control: Arc<MockControl>, req: Request<Incoming>) -> MockResult
     let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let path = parts.uri.path();
     let answer = match (parts.method, path) {
-        (Method::POST, "/v1/chat/completions") if req.is_object() => Completion::chat(&req),
+        (Method::POST, "/v1/chat/completions") if req.is_object() => Completion::chat(&req, &control.canned()),
         (Method::POST, "/v1/completions") if req.is_object() => Completion::text(&req),
         (Method::POST, "/v1/embeddings") if req.is_object() => {
             return Ok(json_response(StatusCode::OK, &embeddings(&req)));
@@ -276,7 +290,7 @@ struct Completion {
 }
 
 impl Completion {
-    fn chat(req: &Value) -> Self {
+    fn chat(req: &Value, canned: &[(String, String)]) -> Self {
         let messages = req["messages"].as_array().cloned().unwrap_or_default();
         let mut prompt_tokens = 0;
         let mut last_user = String::new();
@@ -287,7 +301,13 @@ impl Completion {
                 last_user = text;
             }
         }
-        Self::new(true, req, format!("Mock answer to: {last_user}"), prompt_tokens)
+        let lower = last_user.to_lowercase();
+        let answer = canned
+            .iter()
+            .find(|(key, _)| lower.contains(key.as_str()))
+            .map(|(_, a)| a.clone())
+            .unwrap_or_else(|| format!("Mock answer to: {last_user}"));
+        Self::new(true, req, answer, prompt_tokens)
     }
 
     fn text(req: &Value) -> Self {

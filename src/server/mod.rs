@@ -9,6 +9,7 @@ pub mod error;
 pub mod proxy;
 pub mod record;
 pub mod relay;
+pub mod verify;
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -17,6 +17,7 @@ use super::body::Body;
 use super::error::ApiError;
 use super::record::RequestRecord;
 use super::relay::{Mode, OnComplete, RelayBody, RelayParams};
+use super::verify::{self, Verification};
 use crate::cache::{Cache, Hit, HitKind, Plan, replay};
 use crate::config::Config;
 use crate::config::ModelConfig;
@@ -184,6 +185,19 @@ pub async fn openai(
         if let Some(p) = plan.as_mut().filter(|p| p.lookup)
             && let Some(hit) = shared.cache.lookup(p, &rt.config.cache).await
         {
+            if let HitKind::Semantic { similarity } = hit.kind
+                && let Some(permit) = shared.cache.should_verify(&rt.config.cache)
+            {
+                let v = Verification {
+                    tenant: tenant.clone(),
+                    route: route.clone(),
+                    body: body.clone(),
+                    entry: hit.entry,
+                    similarity,
+                    served: hit.response.clone(),
+                };
+                verify::spawn(shared.clone(), rt.clone(), v, permit);
+            }
             return Ok(Reply::Cached {
                 hit,
                 stream: rec.stream,

@@ -107,6 +107,7 @@ pub struct Metrics {
     pub cache_guard_rejections: Family<ReasonLabels, Counter>,
     pub cache_evictions: Family<ReasonLabels, Counter>,
     pub cache_inserts: Counter,
+    pub cache_verifications: Family<ResultLabels, Counter>,
     pub cache_entries: Gauge,
     pub cache_bytes: Gauge,
     pub cache_similarity: Histogram,
@@ -212,6 +213,12 @@ impl Metrics {
             "Entries removed, by reason (lru, expired, purge)",
             cache_evictions.clone(),
         );
+        let cache_verifications = Family::default();
+        registry.register(
+            "llm_sidecar_cache_verifications",
+            "Semantic hits re-asked upstream in the background (cache.semantic.verify_sample), by result: agree, disagree, failed",
+            cache_verifications.clone(),
+        );
         let cache_inserts = Counter::default();
         registry.register(
             "llm_sidecar_cache_inserts",
@@ -264,6 +271,7 @@ impl Metrics {
             embedder_available.clone(),
         );
         Self {
+            cache_verifications,
             cache_lookups,
             cache_skips,
             cache_guard_rejections,
