@@ -353,17 +353,9 @@ async fn online_verification_learns_from_a_wrong_semantic_hit() {
     // Cosine 0.955: served (wrongly) from the cache, then checked in the background.
     let r = h.chat(set.clone()).await;
     assert_eq!(cache_header(&r), "hit-semantic");
-    let mut verdict = 0.0;
-    for _ in 0..200 {
-        verdict = metric(
-            &h.metrics().await,
-            r#"llm_sidecar_cache_verifications_total{result="disagree"}"#,
-        );
-        if verdict > 0.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let verdict = h
+        .wait_for_metric(r#"llm_sidecar_cache_verifications_total{result="disagree"}"#)
+        .await;
     assert_eq!(verdict, 1.0);
     // The pairing learned its lesson: the same question now goes upstream.
     let r = h.chat(set).await;
@@ -390,16 +382,8 @@ async fn online_verification_learns_from_a_wrong_semantic_hit() {
         cache_header(&h.chat(chat_body("how can I reset my password")).await),
         "hit-semantic"
     );
-    let mut agree = 0.0;
-    for _ in 0..200 {
-        agree = metric(
-            &h.metrics().await,
-            r#"llm_sidecar_cache_verifications_total{result="agree"}"#,
-        );
-        if agree > 0.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let agree = h
+        .wait_for_metric(r#"llm_sidecar_cache_verifications_total{result="agree"}"#)
+        .await;
     assert_eq!(agree, 1.0);
 }

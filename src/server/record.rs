@@ -167,7 +167,13 @@ impl RequestRecord {
                 )
             };
         }
-        if self.status >= 500 || outcome != "ok" && outcome != "rejected" && outcome != "upstream_status" {
+        // Warn when we or the provider failed the app; a cache hit, a rejected request or an
+        // app that hung up is routine.
+        let failed = matches!(
+            outcome,
+            "upstream_error" | "reset" | "timeout_idle" | "timeout_total" | "incomplete" | "upstream_stream_error"
+        );
+        if self.status >= 500 || failed {
             line!(tracing::Level::WARN);
         } else {
             line!(tracing::Level::INFO);

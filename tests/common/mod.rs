@@ -208,3 +208,17 @@ pub fn metric(metrics: &str, series: &str) -> f64 {
         .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse::<f64>().ok()))
         .unwrap_or(0.0)
 }
+
+impl Harness {
+    /// Polls `/metrics` until `series` is non-zero (or 4 s pass); returns its value.
+    pub async fn wait_for_metric(&self, series: &str) -> f64 {
+        for _ in 0..200 {
+            let v = metric(&self.metrics().await, series);
+            if v > 0.0 {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        0.0
+    }
+}
