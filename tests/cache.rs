@@ -20,14 +20,6 @@ async fn cached_harness_with(top: &str, extra: &str) -> Harness {
     Harness::with_text(mock, text).await
 }
 
-async fn chat_with(h: &Harness, body: Value, headers: &[(&str, &str)]) -> reqwest::Response {
-    let mut req = h.client.post(h.url("/v1/chat/completions")).json(&body);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    req.send().await.unwrap()
-}
-
 fn cache_header(r: &reqwest::Response) -> String {
     r.headers()
         .get("x-llm-sidecar-cache")
@@ -132,21 +124,24 @@ async fn answers_never_cross_tenants() {
     .await;
     let q = chat_body("How do I reset my password?");
     assert_eq!(
-        cache_header(&chat_with(&h, q.clone(), &[("x-tenant", "a")]).await),
+        cache_header(&h.chat_with(q.clone(), &[("x-tenant", "a")]).await),
         "miss"
     );
     settle().await;
     assert_eq!(
-        cache_header(&chat_with(&h, q.clone(), &[("x-tenant", "a")]).await),
+        cache_header(&h.chat_with(q.clone(), &[("x-tenant", "a")]).await),
         "hit-exact"
     );
     // Other tenant: a paraphrase that would be a semantic hit for `a` misses...
     assert_eq!(
-        cache_header(&chat_with(&h, chat_body("how can I reset my password"), &[("x-tenant", "b")]).await),
+        cache_header(
+            &h.chat_with(chat_body("how can I reset my password"), &[("x-tenant", "b")])
+                .await
+        ),
         "miss"
     );
     // ...and so do the very same words, from a third tenant.
-    assert_eq!(cache_header(&chat_with(&h, q, &[("x-tenant", "c")]).await), "miss");
+    assert_eq!(cache_header(&h.chat_with(q, &[("x-tenant", "c")]).await), "miss");
     assert_eq!(h.mock.requests().len(), 3);
 }
 
@@ -210,15 +205,21 @@ async fn what_is_never_cached() {
     assert_eq!(cache_header(&h.chat(again("cut stream")).await), "miss");
 
     // no-store (sidecar header and Cache-Control): not stored.
-    let _ = chat_with(&h, again("secret plan"), &[("x-llm-sidecar-cache", "no-store")]).await;
+    let _ = h
+        .chat_with(again("secret plan"), &[("x-llm-sidecar-cache", "no-store")])
+        .await;
     assert_eq!(cache_header(&h.chat(again("secret plan")).await), "miss");
-    let _ = chat_with(&h, again("other plan"), &[("cache-control", "no-store")]).await;
+    let _ = h.chat_with(again("other plan"), &[("cache-control", "no-store")]).await;
     assert_eq!(cache_header(&h.chat(again("other plan")).await), "miss");
 
     // no-cache: not looked up, but stored.
-    let r = chat_with(&h, again("fresh please"), &[("x-llm-sidecar-cache", "no-cache")]).await;
+    let r = h
+        .chat_with(again("fresh please"), &[("x-llm-sidecar-cache", "no-cache")])
+        .await;
     assert_eq!(cache_header(&r), "bypass");
-    let r = chat_with(&h, again("fresh please"), &[("x-llm-sidecar-cache", "no-cache")]).await;
+    let r = h
+        .chat_with(again("fresh please"), &[("x-llm-sidecar-cache", "no-cache")])
+        .await;
     assert_eq!(cache_header(&r), "bypass");
     assert_eq!(cache_header(&h.chat(again("fresh please")).await), "hit-exact");
 
@@ -248,26 +249,11 @@ async fn purge_empties_by_tenant() {
     let h = cached_harness("").await;
     let _ = h.chat(chat_body("purge me")).await;
     assert_eq!(cache_header(&h.chat(chat_body("purge me")).await), "hit-exact");
-    let r: Value = h
-        .client
-        .post(h.admin("/admin/cache/purge?tenant=someone-else"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(r["removed"], 0);
-    let r: Value = h
-        .client
-        .post(h.admin("/admin/cache/purge?tenant=default"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(r["removed"], 1);
+    assert_eq!(
+        h.admin_post("/admin/cache/purge?tenant=someone-else").await["removed"],
+        0
+    );
+    assert_eq!(h.admin_post("/admin/cache/purge?tenant=default").await["removed"], 1);
     assert_eq!(cache_header(&h.chat(chat_body("purge me")).await), "miss");
 }
 

@@ -380,24 +380,12 @@ async fn tenants_are_identified_by_key_hash_and_unknown_keys_rejected() {
         format!("tenants:\n  on_unknown: reject\n  list:\n    team-a: {{ api_key_sha256: [\"{real_hash}\"] }}\n");
     let text = config(&mock.base_url(), &extra);
     let h = Harness::with_text(mock, text).await;
-    let r = h
-        .client
-        .post(h.url("/v1/chat/completions"))
-        .bearer_auth("wrong")
-        .json(&chat_body("x"))
-        .send()
-        .await
-        .unwrap();
+    let r = h.chat_with(chat_body("x"), &[("authorization", "Bearer wrong")]).await;
     assert_eq!(r.status(), 401);
     assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "invalid_api_key");
     let r = h
-        .client
-        .post(h.url("/v1/chat/completions"))
-        .bearer_auth("team-a-key")
-        .json(&chat_body("x"))
-        .send()
-        .await
-        .unwrap();
+        .chat_with(chat_body("x"), &[("authorization", "Bearer team-a-key")])
+        .await;
     assert_eq!(r.status(), 200);
     let m = h.metrics().await;
     assert!(

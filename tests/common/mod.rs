@@ -210,6 +210,27 @@ pub fn metric(metrics: &str, series: &str) -> f64 {
 }
 
 impl Harness {
+    /// POSTs to the admin port and returns the JSON answer.
+    pub async fn admin_post(&self, path: &str) -> serde_json::Value {
+        self.client
+            .post(self.admin(path))
+            .send()
+            .await
+            .expect("admin")
+            .json()
+            .await
+            .expect("json")
+    }
+
+    /// A chat request with extra headers.
+    pub async fn chat_with(&self, body: serde_json::Value, headers: &[(&str, &str)]) -> reqwest::Response {
+        let mut req = self.client.post(self.url("/v1/chat/completions")).json(&body);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.send().await.expect("request sent")
+    }
+
     /// Polls `/metrics` until `series` is non-zero (or 4 s pass); returns its value.
     pub async fn wait_for_metric(&self, series: &str) -> f64 {
         for _ in 0..200 {
