@@ -1,9 +1,10 @@
 //! Where cached answers live: entries with TTL and LRU eviction, bounded by count and bytes;
-//! an exact-key map; and per-partition usearch indexes (cosine, i8 scalars) holding the
-//! vectors of the embedded queries. One index per partition means a search can only ever see
-//! candidates of the same partition, with no filtering pass. A partition's index is dropped
-//! when its last entry goes, and usearch reuses the slots of removed vectors for new ones, so
-//! evictions do not leak index memory.
+//! an exact-key map; and per-partition vector sets of the embedded queries. One set per
+//! partition means a search can only ever see candidates of the same partition, with no
+//! filtering pass. A small partition is a flat list searched by brute force; past
+//! [`FLAT_MAX`] vectors it becomes a usearch index (cosine, i8 scalars). A partition is
+//! dropped when its last entry goes, and usearch reuses the slots of removed vectors for new
+//! ones, so evictions do not leak index memory.
 //!
 //! The store's lock is only held for map updates; usearch searches and inserts run outside it
 //! on the embedder thread (or the blocking pool), never on the event loop.
@@ -26,66 +27,124 @@ pub const SEARCH_CANDIDATES: usize = 4;
 /// partition sizes seen here (measured: 100k vectors, recall@1 unchanged at 12).
 const CONNECTIVITY: usize = 12;
 
+/// Partitions up to this many vectors are searched by brute force over a flat list; a usearch
+/// index costs ~58 KB of RSS even when nearly empty, and requests with unique context (a
+/// timestamp in the system prompt) would each create one. Scanning 256 vectors takes ~0.1 ms.
+pub const FLAT_MAX: usize = 256;
+
+enum Vectors {
+    Flat(Vec<(u64, Box<[f32]>)>),
+    Hnsw(Index),
+}
+
 /// The vectors of one partition.
 pub struct PartitionIndex {
-    index: RwLock<Index>,
+    vectors: RwLock<Vectors>,
+}
+
+fn new_index(capacity: usize) -> Option<Index> {
+    let options = IndexOptions {
+        dimensions: DIMENSIONS,
+        metric: MetricKind::Cos,
+        quantization: ScalarKind::I8,
+        connectivity: CONNECTIVITY,
+        ..Default::default()
+    };
+    let index = Index::new(&options).ok()?;
+    index.reserve(capacity).ok()?;
+    Some(index)
 }
 
 impl PartitionIndex {
     fn new() -> Option<Self> {
-        let options = IndexOptions {
-            dimensions: DIMENSIONS,
-            metric: MetricKind::Cos,
-            quantization: ScalarKind::I8,
-            connectivity: CONNECTIVITY,
-            ..Default::default()
-        };
-        let index = Index::new(&options).ok()?;
-        index.reserve(64).ok()?;
         Some(PartitionIndex {
-            index: RwLock::new(index),
+            vectors: RwLock::new(Vectors::Flat(Vec::new())),
         })
     }
 
     /// Adds a vector (blocking: call off the event loop).
     pub fn add(&self, id: u64, vector: &[f32]) -> bool {
+        if vector.len() != DIMENSIONS {
+            return false;
+        }
         {
-            let Ok(index) = self.index.read() else { return false };
-            if index.size() < index.capacity() {
+            let Ok(v) = self.vectors.read() else { return false };
+            if let Vectors::Hnsw(index) = &*v
+                && index.size() < index.capacity()
+            {
                 return index.add(id, vector).is_ok();
             }
         }
-        // Growing is not safe alongside other operations: take the write lock.
-        let Ok(index) = self.index.write() else { return false };
-        // Grow by a quarter (at least 64): doubling would leave up to half of a large index's
-        // memory reserved and unused. Growth runs off the event loop, so its cost is hidden.
-        let capacity = index.capacity() + (index.capacity() / 4).max(64);
-        index.reserve(capacity).is_ok() && index.add(id, vector).is_ok()
+        // Growing (or leaving the flat list) is not safe alongside other operations.
+        let Ok(mut v) = self.vectors.write() else { return false };
+        match &mut *v {
+            Vectors::Flat(list) if list.len() < FLAT_MAX => {
+                list.push((id, vector.into()));
+                true
+            }
+            Vectors::Flat(list) => {
+                let Some(index) = new_index(FLAT_MAX * 2) else {
+                    return false;
+                };
+                for (k, x) in list.iter() {
+                    let _ = index.add(*k, x);
+                }
+                let ok = index.add(id, vector).is_ok();
+                *v = Vectors::Hnsw(index);
+                ok
+            }
+            Vectors::Hnsw(index) => {
+                // Grow by a quarter: doubling would leave up to half of a large index unused.
+                let capacity = index.capacity() + (index.capacity() / 4).max(64);
+                index.reserve(capacity).is_ok() && index.add(id, vector).is_ok()
+            }
+        }
     }
 
     /// The nearest entries: (id, cosine similarity), best first (blocking).
     pub fn search(&self, vector: &[f32], count: usize) -> Vec<(u64, f32)> {
-        let Ok(index) = self.index.read() else {
-            return Vec::new();
-        };
-        match index.search(vector, count) {
-            Ok(m) => m.keys.into_iter().zip(m.distances).map(|(k, d)| (k, 1.0 - d)).collect(),
-            Err(_) => Vec::new(),
+        let Ok(v) = self.vectors.read() else { return Vec::new() };
+        match &*v {
+            Vectors::Flat(list) => {
+                let mut scored: Vec<(u64, f32)> = list
+                    .iter()
+                    .map(|(id, x)| (*id, crate::embed::cosine(vector, x)))
+                    .collect();
+                scored.sort_by(|a, b| b.1.total_cmp(&a.1));
+                scored.truncate(count);
+                scored
+            }
+            Vectors::Hnsw(index) => match index.search(vector, count) {
+                Ok(m) => m.keys.into_iter().zip(m.distances).map(|(k, d)| (k, 1.0 - d)).collect(),
+                Err(_) => Vec::new(),
+            },
         }
     }
 
     fn remove(&self, id: u64) {
-        if let Ok(index) = self.index.read() {
-            let _ = index.remove(id);
+        let Ok(mut v) = self.vectors.write() else { return };
+        match &mut *v {
+            Vectors::Flat(list) => list.retain(|(k, _)| *k != id),
+            Vectors::Hnsw(index) => {
+                let _ = index.remove(id);
+            }
         }
     }
 
     pub fn memory_usage(&self) -> usize {
-        self.index.read().map(|i| i.memory_usage()).unwrap_or(0)
+        match self.vectors.read().as_deref() {
+            Ok(Vectors::Flat(list)) => list.capacity() * 24 + list.len() * DIMENSIONS * 4,
+            Ok(Vectors::Hnsw(index)) => index.memory_usage(),
+            Err(_) => 0,
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.index.read().map(|i| i.size()).unwrap_or(0)
+        match self.vectors.read().as_deref() {
+            Ok(Vectors::Flat(list)) => list.len(),
+            Ok(Vectors::Hnsw(index)) => index.size(),
+            Err(_) => 0,
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -507,5 +566,57 @@ mod tests {
         }
         assert_eq!(s.len(), cap);
         assert_eq!(s.partition(&[9; 32]).unwrap().len(), cap);
+    }
+}
+
+#[cfg(test)]
+mod partition_tests {
+    use super::*;
+
+    /// Distinct random unit vectors.
+    fn unit(i: usize) -> Vec<f32> {
+        let mut rng = fastrand::Rng::with_seed(i as u64 + 1);
+        let v: Vec<f32> = (0..DIMENSIONS).map(|_| rng.f32() - 0.5).collect();
+        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.iter().map(|x| x / n).collect()
+    }
+
+    #[test]
+    fn small_partitions_are_flat_and_grow_into_an_index_with_the_same_answers() {
+        let p = PartitionIndex::new().unwrap();
+        for i in 0..FLAT_MAX + 50 {
+            assert!(p.add(i as u64, &unit(i)));
+            if i == FLAT_MAX - 1 {
+                assert!(matches!(*p.vectors.read().unwrap(), Vectors::Flat(_)));
+                assert_eq!(p.search(&unit(5), 1)[0].0, 5);
+            }
+        }
+        assert!(matches!(*p.vectors.read().unwrap(), Vectors::Hnsw(_)));
+        assert_eq!(p.len(), FLAT_MAX + 50);
+        assert_eq!(p.search(&unit(5), 1)[0].0, 5);
+        assert_eq!(p.search(&unit(FLAT_MAX + 10), 1)[0].0, (FLAT_MAX + 10) as u64);
+    }
+
+    #[test]
+    fn many_tiny_partitions_stay_cheap() {
+        let s = Store::default();
+        for i in 0..2000u64 {
+            let mut k = [0u8; 32];
+            k[..8].copy_from_slice(&i.to_le_bytes());
+            let new = NewEntry {
+                exact: k,
+                partition: Some(k),
+                tenant: "t".into(),
+                route: "r".into(),
+                query: Some("q".into()),
+                response: Bytes::from_static(b"{}"),
+                model: "m".into(),
+                expires: Instant::now() + std::time::Duration::from_secs(60),
+            };
+            let (id, index, _) = s.insert(new, usize::MAX, usize::MAX);
+            index.unwrap().add(id, &unit(i as usize));
+        }
+        // ~1.6 KB per single-vector partition, not a usearch index (~58 KB RSS) each.
+        assert!(s.index_memory() < 2000 * 2048, "{}", s.index_memory());
     }
 }
