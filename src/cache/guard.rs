@@ -35,18 +35,6 @@ impl Reason {
             Reason::Length => "length",
         }
     }
-
-    pub const ALL: [Reason; 9] = [
-        Reason::Antonym,
-        Reason::Number,
-        Reason::Negation,
-        Reason::Quoted,
-        Reason::Entity,
-        Reason::EntityOrder,
-        Reason::Term,
-        Reason::WordOrder,
-        Reason::Length,
-    ];
 }
 
 /// One word count may be this many times the other's before the pair is too different in
@@ -363,7 +351,6 @@ fn words(text: &str) -> Vec<Word<'_>> {
     let mut out = Vec::new();
     let mut sentence_start = true;
     let mut start = None;
-    let bytes = text.as_bytes();
     for (i, c) in text.char_indices() {
         // Letters, digits and in-word joiners (don't, 3.5, c++, c#) make words.
         let joiner = matches!(c, '\'' | '’' | '.' | ',' | '+' | '#' | '-')
@@ -396,7 +383,6 @@ fn words(text: &str) -> Vec<Word<'_>> {
             sentence_start,
         });
     }
-    let _ = bytes;
     out
 }
 

@@ -205,7 +205,6 @@ pub async fn openai(
                 route: route_header(&route.name),
             });
         }
-        let mut headers = HeaderMap::with_capacity(parts.headers.len() + 4);
         let mut failures: Vec<(Arc<ModelConfig>, UpstreamError)> = Vec::new();
         for (i, model) in route.targets.iter().enumerate() {
             let last = i + 1 == route.targets.len();
@@ -220,7 +219,7 @@ pub async fn openai(
             } else {
                 body.clone()
             };
-            headers.clear();
+            let mut headers = HeaderMap::with_capacity(parts.headers.len() + 4);
             provider.forward_headers(&parts.headers, &mut headers, false);
             // The tee reads the body; compression would hide usage from it.
             headers.remove(header::ACCEPT_ENCODING);
@@ -229,7 +228,7 @@ pub async fn openai(
             let uri = provider.uri(endpoint.path(), None).map_err(internal)?;
             let deadline = Instant::now() + provider.config.timeouts.total;
             match provider
-                .send(Method::POST, uri, headers.clone(), full(send_body), deadline)
+                .send(Method::POST, uri, headers, full(send_body), deadline)
                 .await
             {
                 Ok(up) => {

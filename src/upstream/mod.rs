@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName};
 use http::{Method, Request, Response, Uri};
 use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
@@ -340,9 +340,4 @@ fn tls_config(config: &ProviderConfig) -> Result<rustls::ClientConfig, ConfigIss
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(tls)
-}
-
-/// A `HeaderValue` for an id we generated or validated ourselves.
-pub fn header_value(s: &str) -> HeaderValue {
-    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
