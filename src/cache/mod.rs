@@ -278,22 +278,14 @@ impl Cache {
                 continue;
             };
             if similarity < c.min_similarity {
-                self.metrics
-                    .cache_guard_rejections
-                    .get_or_create(&ReasonLabels {
-                        reason: "learned_threshold",
-                    })
-                    .inc();
+                self.rejected("learned_threshold");
                 continue;
             }
             if plan.guard
                 && let Some(f) = &c.features
                 && let Err(reason) = guard::check(&query_features, f)
             {
-                self.metrics
-                    .cache_guard_rejections
-                    .get_or_create(&ReasonLabels { reason: reason.label() })
-                    .inc();
+                self.rejected(reason.label());
                 continue;
             }
             self.metrics.cache_similarity.observe(f64::from(similarity));
@@ -423,10 +415,7 @@ impl Cache {
     pub fn sweep(&self) {
         let n = self.store.sweep(std::time::Instant::now());
         if n > 0 {
-            self.metrics
-                .cache_evictions
-                .get_or_create(&ReasonLabels { reason: "expired" })
-                .inc_by(n as u64);
+            self.evictions("expired", n);
             self.update_gauges();
         }
     }
@@ -434,10 +423,7 @@ impl Cache {
     /// Removes entries of a tenant and/or route (all when both are `None`); returns how many.
     pub fn purge(&self, tenant: Option<&str>, route: Option<&str>) -> usize {
         let n = self.store.purge(tenant, route);
-        self.metrics
-            .cache_evictions
-            .get_or_create(&ReasonLabels { reason: "purge" })
-            .inc_by(n as u64);
+        self.evictions("purge", n);
         self.update_gauges();
         n
     }
@@ -452,11 +438,22 @@ impl Cache {
 
     fn evicted(&self, evicted: &[store::Eviction]) {
         for e in evicted {
-            self.metrics
-                .cache_evictions
-                .get_or_create(&ReasonLabels { reason: e.label() })
-                .inc();
+            self.evictions(e.label(), 1);
         }
+    }
+
+    fn evictions(&self, reason: &'static str, n: usize) {
+        self.metrics
+            .cache_evictions
+            .get_or_create(&ReasonLabels { reason })
+            .inc_by(n as u64);
+    }
+
+    fn rejected(&self, reason: &'static str) {
+        self.metrics
+            .cache_guard_rejections
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     fn update_gauges(&self) {
