@@ -74,12 +74,91 @@ fn sse(c: &mut Criterion) {
     });
 }
 
+/// Eight routes in front of the one each strategy is measured on, so matching is part of it.
+fn routing_config() -> Config {
+    let mut text = String::from(
+        r#"
+providers: { p: { base_url: "http://127.0.0.1:9/v1" } }
+models:
+  mini: { provider: p, pricing: { input: 0.15, output: 0.6 }, context_window: 128000 }
+  big: { provider: p, pricing: { input: 2.5, output: 10 }, context_window: 128000 }
+  other: { provider: p, pricing: { input: 1, output: 4 }, capabilities: [json] }
+routes:
+"#,
+    );
+    for i in 0..6 {
+        text.push_str(&format!(
+            "  - {{ name: r{i}, models: [\"m{i}\", \"fam{i}-*\"], match: {{ tenants: [t{i}] }}, targets: [{{ model: mini }}] }}\n"
+        ));
+    }
+    text.push_str(
+        "  - { name: kw, models: [auto], match: { keywords: [translate, summarise] }, targets: [{ model: mini }] }\n",
+    );
+    text.push_str(
+        "  - { name: rx, models: [auto], match: { regex: \"(?i)\\\\bsql\\\\b\" }, targets: [{ model: big }] }\n",
+    );
+    for (name, extra) in [
+        (
+            "ordered",
+            "targets: [{ model: mini }, { model: big }, { model: other }]",
+        ),
+        (
+            "weighted",
+            "strategy: weighted, sticky: tenant, targets: [{ model: mini, weight: 90 }, { model: big, weight: 10 }]",
+        ),
+        (
+            "canary",
+            "strategy: canary, canary: { model: other, percent: 5 }, targets: [{ model: mini }, { model: big }]",
+        ),
+        (
+            "cheapest",
+            "strategy: cheapest, targets: [{ model: big }, { model: other }, { model: mini }]",
+        ),
+        (
+            "fastest",
+            "strategy: fastest, latency_budget: 2s, targets: [{ model: big }, { model: other }, { model: mini }]",
+        ),
+        (
+            "complexity",
+            "strategy: complexity, targets: [{ model: mini, tier: light }, { model: big, tier: strong }]",
+        ),
+    ] {
+        text.push_str(&format!("  - {{ name: {name}, models: [{name}], {extra} }}\n"));
+    }
+    Config::load(&text, &|_: &str| None).unwrap()
+}
+
 fn decisions(c: &mut Criterion) {
-    let config = config();
-    let router = Router::new(&config);
-    c.bench_function("router/decide", |b| {
-        b.iter(|| router.decide(black_box("auto")).unwrap().targets.len())
+    use llm_sidecar::resilience::HealthRegistry;
+    use llm_sidecar::router::{Request, Signals, Step};
+    let routing = routing_config();
+    let health = HealthRegistry::carry(routing.models.values(), None, |_| true);
+    for (i, h) in health.iter().enumerate() {
+        h.observe_latency(std::time::Duration::from_millis(100 + 50 * i as u64));
+    }
+    let router = Router::new(&routing, &health, None);
+    let headers = HeaderMap::new();
+    let body = chat_body(2);
+    let head = RequestHead::parse(&body).unwrap();
+    c.bench_function("router/signals_read_1KiB", |b| {
+        b.iter(|| Signals::read(black_box(&head), body.len(), true).prompt_tokens)
     });
+    let signals = Signals::read(&head, body.len(), router.needs_text());
+    for strategy in ["ordered", "weighted", "canary", "cheapest", "fastest", "complexity"] {
+        let req = Request {
+            model: strategy,
+            tenant: "team-a",
+            headers: &headers,
+            signals: &signals,
+        };
+        c.bench_function(&format!("router/decide_{strategy}"), |b| {
+            b.iter(|| match router.decide(black_box(&req), 0).unwrap() {
+                Step::Decided(d) => d.candidates.len(),
+                Step::NeedsEmbedding(_) => 0,
+            })
+        });
+    }
+    let config = config();
     let tenants = Tenants::new(&config.tenants);
     let mut headers = HeaderMap::new();
     headers.insert("authorization", HeaderValue::from_static("Bearer password"));

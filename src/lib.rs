@@ -8,8 +8,11 @@
 //!   [`config::Config`] with precise key paths, and the watched file source.
 //! - [`openai`] — the slices of the OpenAI wire format we read: request head, usage, SSE.
 //! - [`telemetry`] — the Prometheus registry and metric families; log setup.
-//! - [`upstream`] — provider clients over rustls, timeouts, concurrency limits.
-//! - [`router`] — requested model → route → ordered candidate models.
+//! - [`scheduler`] — per-provider concurrency slots and the priority queue in front of them.
+//! - [`upstream`] — provider clients over rustls, timeouts; the Anthropic translation.
+//! - [`resilience`] — backoff with jitter, the retry budget, circuit breakers, latency EWMAs,
+//!   active health checks.
+//! - [`router`] — route matching and strategies → ordered candidate models, with a reason.
 //! - [`limits`] — tenant identification (rate limits and budgets arrive here).
 //! - [`state`] — the live [`state::Runtime`] snapshot behind one `ArcSwap`, and reload.
 //! - [`server`] — HTTP: the OpenAI endpoints, passthrough, the relay/tee, errors, admin port.
@@ -17,7 +20,8 @@
 //! - [`app`] — start-up, signals and graceful shutdown of one sidecar.
 //!
 //! The request path, in files: `server/mod.rs` (routing of URLs) → `server/proxy.rs`
-//! (tenant, body, route, failover) → `upstream/mod.rs` (send) → `server/relay.rs` (stream
+//! (tenant, body, cache, route, retries and failover) → `router/mod.rs` (decision) →
+//! `server/attempt.rs` (breaker, queue, one attempt) → `upstream/mod.rs` (send) → `server/relay.rs` (stream
 //! back, account) → `server/record.rs` (log line and metrics).
 
 #![forbid(unsafe_code)]
@@ -29,7 +33,9 @@ pub mod embed;
 pub mod limits;
 pub mod mock;
 pub mod openai;
+pub mod resilience;
 pub mod router;
+pub mod scheduler;
 pub mod server;
 pub mod state;
 pub mod telemetry;

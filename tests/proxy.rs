@@ -220,8 +220,10 @@ async fn bad_requests_get_openai_shaped_errors() {
 }
 
 #[tokio::test]
-async fn upstream_errors_pass_through_with_status_and_body() {
+async fn upstream_errors_keep_their_status_and_message() {
     let h = Harness::start().await;
+    // A 429 whose retry-after is longer than resilience.retries.max_retry_after (5 s) is not
+    // waited for: with no other candidate, the app gets the 429, the wait and the message.
     h.mock.push_fault(Fault::Status {
         status: 429,
         retry_after: Some(7),
@@ -230,12 +232,68 @@ async fn upstream_errors_pass_through_with_status_and_body() {
     assert_eq!(r.status(), 429);
     assert_eq!(r.headers()["retry-after"], "7");
     let e: Value = r.json().await.unwrap();
-    assert_eq!(e["error"]["message"], "mock upstream failure 429");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("mock upstream failure 429"),
+        "{e}"
+    );
+    assert_eq!(e["error"]["code"], "upstream_rate_limited");
+    // A client error is the request's problem: relayed as the provider sent it, never retried.
+    h.mock.push_fault(Fault::Status {
+        status: 400,
+        retry_after: None,
+    });
+    let before = h.mock.requests().len();
+    let r = h.chat(chat_body("hi")).await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.headers()["x-llm-sidecar-attempts"], "1");
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["message"], "mock upstream failure 400");
+    assert_eq!(h.mock.requests().len(), before + 1);
     let m = h.metrics().await;
     assert_eq!(
         metric(
             &m,
             r#"llm_sidecar_upstream_errors_total{provider="mock",kind="status_429"}"#
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn transient_failures_are_retried_on_the_same_candidate() {
+    let h = Harness::start().await;
+    for fault in [
+        Fault::Reset,
+        Fault::CutAfterChunks(1),
+        Fault::Status {
+            status: 503,
+            retry_after: None,
+        },
+        Fault::Status {
+            status: 429,
+            retry_after: Some(1),
+        },
+    ] {
+        h.mock.push_fault(fault.clone());
+        let started = std::time::Instant::now();
+        let r = h.chat(chat_body("hi")).await;
+        assert_eq!(r.status(), 200, "{fault:?}");
+        assert_eq!(r.headers()["x-llm-sidecar-attempts"], "2", "{fault:?}");
+        if let Fault::Status {
+            retry_after: Some(s), ..
+        } = fault
+        {
+            assert!(started.elapsed() >= Duration::from_secs(s), "retry-after honoured");
+        }
+    }
+    let m = h.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"llm_sidecar_retries_total{provider="mock",model="chat-model",reason="status_429"}"#
         ),
         1.0
     );
@@ -298,7 +356,10 @@ async fn a_stream_cut_mid_way_ends_with_an_error_event_not_a_hang() {
 
 #[tokio::test]
 async fn a_json_body_broken_mid_way_is_never_delivered_as_complete() {
-    let h = Harness::start().await;
+    // No retries, so each fault reaches the app.
+    let mock = MockUpstream::start().await.unwrap();
+    let text = config(&mock.base_url(), "resilience: { retries: { max_attempts: 1 } }");
+    let h = Harness::with_text(mock, text).await;
     // Reset before any response.
     h.mock.push_fault(Fault::Reset);
     let r = h.chat(chat_body("hi")).await;
@@ -334,16 +395,20 @@ routes:
         primary.base_url(),
         backup.base_url()
     );
-    primary.push_fault(Fault::Status {
-        status: 503,
-        retry_after: None,
-    });
+    // The primary fails its attempt and its one retry; the backup answers.
+    for _ in 0..2 {
+        primary.push_fault(Fault::Status {
+            status: 503,
+            retry_after: None,
+        });
+    }
     let h = Harness::with_text(primary, text).await;
     let r = h.chat(chat_body("hi")).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-llm-sidecar-model"], "b");
-    assert_eq!(r.headers()["x-llm-sidecar-attempts"], "2");
+    assert_eq!(r.headers()["x-llm-sidecar-attempts"], "3");
     assert_eq!(backup.requests().len(), 1);
+    assert_eq!(h.mock.requests().len(), 2);
 }
 
 #[tokio::test]

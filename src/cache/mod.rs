@@ -105,9 +105,11 @@ impl EmbedObserver for Observer {
 impl Cache {
     /// Builds the cache; loads the embedder when the semantic cache is on. Missing or broken
     /// assets turn the semantic cache off (one log line, a metric), never the sidecar.
-    pub fn new(config: &CacheConfig, metrics: Arc<Metrics>) -> Cache {
+    /// `for_routing`: some route uses the `semantic` strategy, so the embedder is loaded even
+    /// when the semantic cache is off.
+    pub fn new(config: &CacheConfig, for_routing: bool, metrics: Arc<Metrics>) -> Cache {
         let mut embedder = None;
-        if config.enabled && config.semantic.enabled {
+        if (config.enabled && config.semantic.enabled) || for_routing {
             let s = &config.semantic;
             let settings = EmbedderSettings {
                 queue: s.queue,
@@ -139,6 +141,19 @@ impl Cache {
 
     pub fn semantic_available(&self) -> bool {
         self.embedder.is_some()
+    }
+
+    /// Embeds a text within `budget` on the embedder's threads (for semantic routing).
+    /// `None` when there is no embedder, its queue is full, or the budget runs out.
+    pub async fn embed(&self, text: &str, budget: Duration) -> Option<Vec<f32>> {
+        let embedder = self.embedder.as_ref()?;
+        let deadline = Instant::now() + budget;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let then = Box::new(move |v: Option<&[f32]>| {
+            let _ = tx.send(v.map(<[f32]>::to_vec));
+        });
+        embedder.submit(text.to_owned(), deadline.into_std(), then).ok()?;
+        tokio::time::timeout_at(deadline, rx).await.ok()?.ok()?
     }
 
     /// Decides whether and how the cache applies to a request; counts why when it does not.

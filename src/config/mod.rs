@@ -45,6 +45,37 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_TOTAL_TIMEOUT: Duration = Duration::from_secs(600);
 /// Concurrent upstream requests per provider: enough for one pod's traffic; bounds sockets.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 256;
+/// One retry per candidate: most transient failures (a dropped connection, a 503 during a
+/// deploy) clear within one backoff; more retries mostly add latency before failover.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 2;
+pub const DEFAULT_RETRY_BASE_DELAY: Duration = Duration::from_millis(100);
+pub const DEFAULT_RETRY_MAX_DELAY: Duration = Duration::from_secs(2);
+/// Providers send `retry-after: 20` on rate limits; the app is better served by the next
+/// candidate than by a 20 s wait.
+pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(5);
+/// Retries may add at most 20 % load (the figure gRPC and Finagle use), plus a floor.
+pub const DEFAULT_RETRY_RATIO: f64 = 0.2;
+pub const DEFAULT_RETRY_MIN_PER_SECOND: f64 = 1.0;
+pub const DEFAULT_RETRY_WINDOW: Duration = Duration::from_secs(10);
+pub const DEFAULT_BREAKER_CONSECUTIVE: u32 = 5;
+pub const DEFAULT_BREAKER_RATIO: f64 = 0.5;
+pub const DEFAULT_BREAKER_MIN_REQUESTS: u32 = 20;
+pub const DEFAULT_BREAKER_WINDOW: Duration = Duration::from_secs(30);
+pub const DEFAULT_BREAKER_OPEN_FOR: Duration = Duration::from_secs(30);
+/// A request waiting for a provider slot longer than this gets 503 with `retry-after`.
+pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_MAX_QUEUED: u64 = 1024;
+/// Priority classes when the config names none: weights 8:4:1, so batch work still gets a
+/// slot in every 13 under contention.
+pub const DEFAULT_CLASSES: &[(&str, u32)] = &[("realtime", 8), ("interactive", 4), ("batch", 1)];
+pub const DEFAULT_CLASS: &str = "interactive";
+/// Cosine needed between the last user turn and a destination's examples (MiniLM puts
+/// on-topic paraphrases above ~0.5 and unrelated text below ~0.3).
+pub const DEFAULT_SEMANTIC_ROUTE_THRESHOLD: f32 = 0.5;
+pub const DEFAULT_COMPLEXITY_THRESHOLD: f64 = 0.5;
+pub const DEFAULT_CANARY_WINDOW: Duration = Duration::from_secs(60);
+pub const DEFAULT_CANARY_MIN_REQUESTS: u32 = 20;
+pub const DEFAULT_CANARY_MAX_ERROR_RATE: f64 = 0.1;
 
 /// Cached answers live this long unless `cache.ttl` says otherwise: long enough to matter for
 /// repeated questions, short enough that stale facts age out within the working day.
@@ -94,6 +125,9 @@ pub struct Config {
     pub default_route: Option<String>,
     pub tenants: TenantsConfig,
     pub cache: CacheConfig,
+    pub routing: RoutingSettings,
+    pub resilience: ResilienceConfig,
+    pub scheduling: SchedulingConfig,
     /// SHA-256 of the source text, so a reload of identical bytes is recognised and skipped.
     pub digest: String,
 }
@@ -132,6 +166,26 @@ pub struct ProviderConfig {
     pub timeouts: Timeouts,
     pub max_connections: usize,
     pub inject_stream_usage: bool,
+    pub kind: ProviderKind,
+    pub health_check: Option<HealthCheck>,
+}
+
+/// The wire protocol a provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderKind {
+    /// OpenAI's API and everything compatible with it (Azure OpenAI, vLLM, Ollama, …).
+    OpenAi,
+    /// Anthropic's Messages API, translated to and from OpenAI chat completions.
+    Anthropic,
+}
+
+/// An optional active probe: a `GET` on `path` every `interval`; failures open the circuit of
+/// every model on the provider before an app request finds out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheck {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -160,6 +214,41 @@ pub struct ModelConfig {
     pub provider: Arc<str>,
     pub upstream_model: Arc<str>,
     pub pricing: Pricing,
+    /// Prompt + completion tokens the model accepts; `None` when not declared.
+    pub context_window: Option<u64>,
+    pub capabilities: Capabilities,
+}
+
+/// What a model can do, as declared in the catalogue. A model that declares nothing is
+/// assumed to do everything, so adding the key is what narrows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities(u8);
+
+impl Capabilities {
+    pub const NONE: Capabilities = Capabilities(0);
+    pub const TOOLS: Capabilities = Capabilities(1);
+    pub const VISION: Capabilities = Capabilities(2);
+    pub const JSON: Capabilities = Capabilities(4);
+    pub const ALL: Capabilities = Capabilities(7);
+    pub const NAMES: [(&'static str, Capabilities); 3] =
+        [("tools", Self::TOOLS), ("vision", Self::VISION), ("json", Self::JSON)];
+
+    pub fn contains(self, other: Capabilities) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    pub fn union(self, other: Capabilities) -> Capabilities {
+        Capabilities(self.0 | other.0)
+    }
+
+    /// Names of the capabilities in `self`, for error messages.
+    pub fn names(self) -> Vec<&'static str> {
+        Self::NAMES
+            .iter()
+            .filter(|(_, c)| self.contains(*c))
+            .map(|(n, _)| *n)
+            .collect()
+    }
 }
 
 /// USD per million tokens.
@@ -184,14 +273,109 @@ impl Pricing {
 pub enum Strategy {
     /// Targets in the order written: the first is primary, the rest are fallbacks.
     Ordered,
+    /// A/B split by `weight`, optionally sticky per tenant or `user`.
+    Weighted,
+    /// `canary.percent` of requests to `canary.model` first, reverted automatically when it
+    /// misbehaves.
+    Canary,
+    /// Lowest estimated price first among targets that fit the request.
+    Cheapest,
+    /// Lowest observed latency first (power of two choices over an EWMA).
+    Fastest,
+    /// The target whose example utterances are nearest to the last user turn.
+    Semantic,
+    /// The `light` or `strong` tier, by a score of the prompt's complexity.
+    Complexity,
+}
+
+impl Strategy {
+    pub const NAMES: [(&'static str, Strategy); 7] = [
+        ("ordered", Strategy::Ordered),
+        ("weighted", Strategy::Weighted),
+        ("canary", Strategy::Canary),
+        ("cheapest", Strategy::Cheapest),
+        ("fastest", Strategy::Fastest),
+        ("semantic", Strategy::Semantic),
+        ("complexity", Strategy::Complexity),
+    ];
+
+    pub fn label(self) -> &'static str {
+        Self::NAMES
+            .iter()
+            .find(|(_, s)| *s == self)
+            .map_or("ordered", |(n, _)| n)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    Light,
+    Strong,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sticky {
+    /// A fresh draw per request.
+    None,
+    Tenant,
+    /// The request's `user` field (falls back to the tenant when absent).
+    User,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TargetConfig {
+    pub model: Arc<str>,
+    pub weight: u32,
+    pub tier: Option<Tier>,
+    pub examples: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CanaryConfig {
+    pub model: Arc<str>,
+    /// 0–100.
+    pub percent: f64,
+    pub window: Duration,
+    pub min_requests: u32,
+    pub max_error_rate: f64,
+    pub max_latency: Option<Duration>,
+}
+
+/// Conditions besides the requested model; all that are given must hold.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct MatchConfig {
+    pub tenants: Vec<Arc<str>>,
+    pub header: Option<(HeaderName, Vec<String>)>,
+    /// Lower-cased; any one found in the last user turn matches.
+    pub keywords: Vec<String>,
+    /// Checked to compile at validation; compiled again by the router.
+    pub regex: Option<String>,
+}
+
+impl MatchConfig {
+    pub fn is_empty(&self) -> bool {
+        self.tenants.is_empty() && self.header.is_none() && self.keywords.is_empty() && self.regex.is_none()
+    }
+
+    pub fn needs_text(&self) -> bool {
+        !self.keywords.is_empty() || self.regex.is_some()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct RouteConfig {
     pub name: Arc<str>,
+    /// Requested model names that select this route: exact names or globs (`gpt-4*`); empty
+    /// means any model (then `when` must say something).
     pub models: Vec<String>,
+    pub when: MatchConfig,
     pub strategy: Strategy,
-    pub targets: Vec<Arc<str>>,
+    pub targets: Vec<TargetConfig>,
+    pub sticky: Sticky,
+    pub canary: Option<CanaryConfig>,
+    pub latency_budget: Option<Duration>,
+    pub semantic_threshold: f32,
+    pub complexity_threshold: f64,
     /// `routes[].cache.enabled`: `Some(false)` turns caching off for this route.
     pub cache_enabled: Option<bool>,
     /// `routes[].cache.threshold`: overrides `cache.semantic.threshold`.
@@ -246,6 +430,65 @@ pub struct TenantsConfig {
     /// Lower-case hex SHA-256 of an API key → tenant name.
     pub key_hashes: BTreeMap<String, Arc<str>>,
     pub names: Vec<Arc<str>>,
+    /// Tenant → index into `scheduling.classes`.
+    pub priorities: BTreeMap<Arc<str>, usize>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoutingSettings {
+    pub allow_route_header: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResilienceConfig {
+    pub retries: RetryPolicy,
+    pub retry_budget: RetryBudgetConfig,
+    pub breaker: BreakerConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryPolicy {
+    /// Attempts per candidate, the first included (1 = no retries).
+    pub max_attempts: u32,
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+    /// A `retry-after` longer than this is not waited for: the next candidate is tried.
+    pub max_retry_after: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryBudgetConfig {
+    /// Retries allowed as a share of first attempts over `window`.
+    pub ratio: f64,
+    /// Retries always allowed per second, so a quiet pod can still retry.
+    pub min_per_second: f64,
+    pub window: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BreakerConfig {
+    pub enabled: bool,
+    pub consecutive_failures: u32,
+    pub failure_ratio: f64,
+    pub min_requests: u32,
+    pub window: Duration,
+    pub open_for: Duration,
+    pub half_open_probes: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SchedulingConfig {
+    /// (name, weight), in the order written; a higher weight is served more often.
+    pub classes: Vec<(Arc<str>, u32)>,
+    pub default_class: usize,
+    pub queue_timeout: Duration,
+    pub max_queued: usize,
+}
+
+impl SchedulingConfig {
+    pub fn class(&self, name: &str) -> Option<usize> {
+        self.classes.iter().position(|(n, _)| &**n == name)
+    }
 }
 
 /// One problem in a config: where it is and what to change.

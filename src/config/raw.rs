@@ -26,6 +26,78 @@ pub struct RawConfig {
     pub default_route: Option<String>,
     pub tenants: Option<RawTenants>,
     pub cache: Option<RawCache>,
+    pub routing: Option<RawRouting>,
+    pub resilience: Option<RawResilience>,
+    pub scheduling: Option<RawScheduling>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouting {
+    /// Whether `x-llm-sidecar-route: NAME` may force a route.
+    pub allow_route_header: Option<bool>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawResilience {
+    pub retries: Option<RawRetries>,
+    pub retry_budget: Option<RawRetryBudget>,
+    pub breaker: Option<RawBreaker>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetries {
+    pub max_attempts: Option<u32>,
+    pub base_delay: Option<String>,
+    pub max_delay: Option<String>,
+    pub max_retry_after: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetryBudget {
+    pub ratio: Option<f64>,
+    pub min_per_second: Option<f64>,
+    pub window: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawBreaker {
+    pub enabled: Option<bool>,
+    pub consecutive_failures: Option<u32>,
+    pub failure_ratio: Option<f64>,
+    pub min_requests: Option<u32>,
+    pub window: Option<String>,
+    pub open_for: Option<String>,
+    pub half_open_probes: Option<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawScheduling {
+    #[serde(default)]
+    pub classes: Vec<RawPriorityClass>,
+    pub default_class: Option<String>,
+    pub queue_timeout: Option<String>,
+    pub max_queued: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPriorityClass {
+    pub name: String,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    pub path: Option<String>,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -92,6 +164,9 @@ pub struct RawProvider {
     pub timeouts: Option<RawTimeouts>,
     pub max_connections: Option<u32>,
     pub inject_stream_usage: Option<bool>,
+    /// `openai` (any OpenAI-compatible API: OpenAI, Azure, vLLM, Ollama) or `anthropic`.
+    pub kind: Option<String>,
+    pub health_check: Option<RawHealthCheck>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -119,6 +194,8 @@ pub struct RawModel {
     pub provider: String,
     pub upstream_model: Option<String>,
     pub pricing: Option<RawPricing>,
+    pub context_window: Option<u64>,
+    pub capabilities: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -135,16 +212,53 @@ pub struct RawRoute {
     pub name: String,
     #[serde(default)]
     pub models: Vec<String>,
+    #[serde(rename = "match")]
+    pub when: Option<RawMatch>,
     pub strategy: Option<String>,
     #[serde(default)]
     pub targets: Vec<RawTarget>,
     pub cache: Option<RawRouteCache>,
+    pub sticky: Option<String>,
+    pub canary: Option<RawCanary>,
+    pub latency_budget: Option<String>,
+    pub semantic_threshold: Option<f32>,
+    pub complexity_threshold: Option<f64>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawMatch {
+    pub tenants: Option<Vec<String>>,
+    pub header: Option<RawHeaderMatch>,
+    pub keywords: Option<Vec<String>>,
+    pub regex: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeaderMatch {
+    pub name: String,
+    pub values: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCanary {
+    pub model: String,
+    pub percent: f64,
+    pub window: Option<String>,
+    pub min_requests: Option<u32>,
+    pub max_error_rate: Option<f64>,
+    pub max_latency: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTarget {
     pub model: String,
+    pub weight: Option<u32>,
+    pub tier: Option<String>,
+    pub examples: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -163,4 +277,6 @@ pub struct RawTenants {
 pub struct RawTenant {
     #[serde(default)]
     pub api_key_sha256: Vec<String>,
+    /// The priority class of this tenant's requests unless `x-llm-sidecar-priority` says otherwise.
+    pub priority: Option<String>,
 }

@@ -124,6 +124,25 @@ impl Validator<'_> {
                     "must not be empty: omit it to use the model's own name",
                 );
             }
+            if m.context_window == Some(0) {
+                self.issue(format!("{path}.context_window"), "must be a positive number of tokens");
+            }
+            let capabilities = match &m.capabilities {
+                None => Capabilities::ALL,
+                Some(list) => {
+                    let mut caps = Capabilities::NONE;
+                    for (j, c) in list.iter().enumerate() {
+                        match Capabilities::NAMES.iter().find(|(n, _)| n == c) {
+                            Some((_, cap)) => caps = caps.union(*cap),
+                            None => self.issue(
+                                format!("{path}.capabilities[{j}]"),
+                                format!("{c:?} is not a capability: use tools, vision or json"),
+                            ),
+                        }
+                    }
+                    caps
+                }
+            };
             models.insert(
                 name.clone(),
                 Arc::new(ModelConfig {
@@ -135,6 +154,8 @@ impl Validator<'_> {
                         output,
                         cached_input,
                     },
+                    context_window: m.context_window,
+                    capabilities,
                 }),
             );
         }
@@ -151,8 +172,13 @@ impl Validator<'_> {
                 ),
             );
         }
-        let tenants = self.tenants(raw.tenants.unwrap_or_default());
+        let scheduling = self.scheduling(raw.scheduling.unwrap_or_default());
+        let tenants = self.tenants(raw.tenants.unwrap_or_default(), &scheduling);
         let cache = self.cache(raw.cache);
+        let routing = RoutingSettings {
+            allow_route_header: raw.routing.unwrap_or_default().allow_route_header.unwrap_or(false),
+        };
+        let resilience = self.resilience(raw.resilience.unwrap_or_default());
 
         Config {
             version: raw.version,
@@ -166,6 +192,9 @@ impl Validator<'_> {
             default_route: raw.default_route,
             tenants,
             cache,
+            routing,
+            resilience,
+            scheduling,
             digest: hex::encode(Sha256::digest(text.as_bytes())),
         }
     }
@@ -308,6 +337,38 @@ impl Validator<'_> {
         if max_connections == 0 {
             self.issue(format!("{path}.max_connections"), "must be at least 1");
         }
+        let kind = match raw.kind.as_deref() {
+            None | Some("openai") => ProviderKind::OpenAi,
+            Some("anthropic") => ProviderKind::Anthropic,
+            Some(other) => {
+                self.issue(
+                    format!("{path}.kind"),
+                    format!("{other:?} is not a provider kind: use openai (also for Azure, vLLM, Ollama) or anthropic"),
+                );
+                ProviderKind::OpenAi
+            }
+        };
+        let health_check = raw.health_check.map(|h| {
+            let hp = format!("{path}.health_check");
+            let path_ = h.path.unwrap_or_else(|| "/models".to_owned());
+            if !path_.starts_with('/') {
+                self.issue(format!("{hp}.path"), "must start with / (it is appended to base_url)");
+            }
+            let interval = self.duration(
+                &format!("{hp}.interval"),
+                h.interval.as_deref(),
+                Duration::from_secs(15),
+            );
+            let timeout = self.duration(&format!("{hp}.timeout"), h.timeout.as_deref(), Duration::from_secs(5));
+            if interval < Duration::from_millis(100) {
+                self.issue(format!("{hp}.interval"), "must be at least 100ms");
+            }
+            HealthCheck {
+                path: path_,
+                interval,
+                timeout: timeout.max(Duration::from_millis(10)),
+            }
+        });
         if self.issues.len() > start {
             return None;
         }
@@ -321,6 +382,8 @@ impl Validator<'_> {
             timeouts,
             max_connections: max_connections as usize,
             inject_stream_usage: raw.inject_stream_usage.unwrap_or(true),
+            kind,
+            health_check,
         })
     }
 
@@ -403,7 +466,9 @@ impl Validator<'_> {
 
     fn routes(&mut self, raw: Vec<RawRoute>, models: &BTreeMap<String, Arc<ModelConfig>>) -> Vec<RouteConfig> {
         let mut seen_names = BTreeSet::new();
-        let mut seen_aliases: BTreeMap<String, String> = BTreeMap::new();
+        // Exact aliases taken by a route without conditions: a later route naming one again
+        // could never be selected.
+        let mut taken: BTreeMap<String, String> = BTreeMap::new();
         let mut routes = Vec::new();
         for (i, r) in raw.into_iter().enumerate() {
             let path = format!("routes[{i}]");
@@ -416,23 +481,40 @@ impl Validator<'_> {
                 );
             }
             let strategy = match r.strategy.as_deref() {
-                None | Some("ordered") => Strategy::Ordered,
-                Some(other) => {
-                    self.issue(
-                        format!("{path}.strategy"),
-                        format!("{other:?} is not a strategy: use ordered"),
-                    );
-                    Strategy::Ordered
-                }
+                None => Strategy::Ordered,
+                Some(name) => match Strategy::NAMES.iter().find(|(n, _)| *n == name) {
+                    Some((_, s)) => *s,
+                    None => {
+                        self.issue(
+                            format!("{path}.strategy"),
+                            format!(
+                                "{name:?} is not a strategy: use one of {}",
+                                names(Strategy::NAMES.iter().map(|(n, _)| *n))
+                            ),
+                        );
+                        Strategy::Ordered
+                    }
+                },
             };
+            let when = self.route_match(&path, r.when.unwrap_or_default());
             for (j, alias) in r.models.iter().enumerate() {
-                if let Some(prev) = seen_aliases.insert(alias.clone(), r.name.clone()) {
+                if alias.is_empty() {
+                    self.issue(format!("{path}.models[{j}]"), "must not be empty");
+                    continue;
+                }
+                if let Some(prev) = taken.get(alias) {
                     self.issue(
                         format!("{path}.models[{j}]"),
                         format!(
-                            "{alias:?} already selects route {prev:?}: a requested model may select one route only"
+                            "route {prev:?} (earlier, without a `match`) already takes every request for {alias:?}: this route would never be selected for it"
                         ),
                     );
+                }
+            }
+            // A semantic route falls through when nothing is close, so it takes nothing for good.
+            if when.is_empty() && strategy != Strategy::Semantic {
+                for alias in r.models.iter().filter(|a| !a.contains(['*', '?'])) {
+                    taken.entry(alias.clone()).or_insert_with(|| r.name.clone());
                 }
             }
             if r.targets.is_empty() {
@@ -440,17 +522,131 @@ impl Validator<'_> {
             }
             let mut targets = Vec::new();
             for (j, t) in r.targets.iter().enumerate() {
-                match models.get(&t.model) {
-                    Some(m) => targets.push(m.name.clone()),
-                    None => self.issue(
-                        format!("{path}.targets[{j}].model"),
+                let tp = format!("{path}.targets[{j}]");
+                let Some(m) = models.get(&t.model) else {
+                    self.issue(
+                        format!("{tp}.model"),
                         format!(
                             "unknown model {:?}: add it under `models` or use one of {}",
                             t.model,
                             names(models.keys())
                         ),
-                    ),
+                    );
+                    continue;
+                };
+                if t.weight.is_some() && !matches!(strategy, Strategy::Weighted) {
+                    self.issue(format!("{tp}.weight"), "is only used by strategy: weighted");
                 }
+                let tier = match (t.tier.as_deref(), strategy) {
+                    (None, Strategy::Complexity) => {
+                        self.issue(
+                            format!("{tp}.tier"),
+                            "is required by strategy complexity: light or strong",
+                        );
+                        None
+                    }
+                    (None, _) => None,
+                    (Some(_), s) if s != Strategy::Complexity => {
+                        self.issue(format!("{tp}.tier"), "is only used by strategy: complexity");
+                        None
+                    }
+                    (Some("light"), _) => Some(Tier::Light),
+                    (Some("strong"), _) => Some(Tier::Strong),
+                    (Some(other), _) => {
+                        self.issue(
+                            format!("{tp}.tier"),
+                            format!("{other:?} is not a tier: use light or strong"),
+                        );
+                        None
+                    }
+                };
+                let examples = t.examples.clone().unwrap_or_default();
+                match strategy {
+                    Strategy::Semantic if examples.iter().all(|e| e.trim().is_empty()) => self.issue(
+                        format!("{tp}.examples"),
+                        "strategy semantic needs example utterances for each target (a few typical requests)",
+                    ),
+                    Strategy::Semantic => {}
+                    _ if t.examples.is_some() => {
+                        self.issue(format!("{tp}.examples"), "is only used by strategy: semantic");
+                    }
+                    _ => {}
+                }
+                targets.push(TargetConfig {
+                    model: m.name.clone(),
+                    weight: t.weight.unwrap_or(1),
+                    tier,
+                    examples,
+                });
+            }
+            if strategy == Strategy::Weighted && !targets.is_empty() && targets.iter().all(|t| t.weight == 0) {
+                self.issue(
+                    format!("{path}.targets"),
+                    "every weight is 0: give at least one target a weight",
+                );
+            }
+            if strategy == Strategy::Complexity
+                && !(targets.iter().any(|t| t.tier == Some(Tier::Light))
+                    && targets.iter().any(|t| t.tier == Some(Tier::Strong)))
+                && targets.len() == r.targets.len()
+            {
+                self.issue(
+                    format!("{path}.targets"),
+                    "strategy complexity needs at least one `tier: light` and one `tier: strong` target",
+                );
+            }
+            let sticky = match (r.sticky.as_deref(), strategy) {
+                (None, _) => Sticky::None,
+                (Some(_), s) if !matches!(s, Strategy::Weighted | Strategy::Canary) => {
+                    self.issue(
+                        format!("{path}.sticky"),
+                        "is only used by strategies weighted and canary",
+                    );
+                    Sticky::None
+                }
+                (Some("tenant"), _) => Sticky::Tenant,
+                (Some("user"), _) => Sticky::User,
+                (Some("none"), _) => Sticky::None,
+                (Some(other), _) => {
+                    self.issue(
+                        format!("{path}.sticky"),
+                        format!("{other:?} is not allowed: use tenant, user or none"),
+                    );
+                    Sticky::None
+                }
+            };
+            let canary = match (r.canary, strategy) {
+                (None, Strategy::Canary) => {
+                    self.issue(
+                        format!("{path}.canary"),
+                        "strategy canary needs `canary: {model: NEW_MODEL, percent: 5}`",
+                    );
+                    None
+                }
+                (None, _) => None,
+                (Some(_), s) if s != Strategy::Canary => {
+                    self.issue(format!("{path}.canary"), "is only used by strategy: canary");
+                    None
+                }
+                (Some(c), _) => self.canary(&format!("{path}.canary"), c, models),
+            };
+            let latency_budget = r
+                .latency_budget
+                .as_deref()
+                .map(|d| self.duration(&format!("{path}.latency_budget"), Some(d), Duration::ZERO));
+            if latency_budget.is_some() && strategy != Strategy::Fastest {
+                self.issue(format!("{path}.latency_budget"), "is only used by strategy: fastest");
+            }
+            let semantic_threshold = r.semantic_threshold.unwrap_or(DEFAULT_SEMANTIC_ROUTE_THRESHOLD);
+            if r.semantic_threshold.is_some() {
+                self.threshold(&format!("{path}.semantic_threshold"), semantic_threshold);
+            }
+            let complexity_threshold = r.complexity_threshold.unwrap_or(DEFAULT_COMPLEXITY_THRESHOLD);
+            if !(0.0..=1.0).contains(&complexity_threshold) {
+                self.issue(
+                    format!("{path}.complexity_threshold"),
+                    "must be between 0 and 1 (scores at or above it go to the strong tier)",
+                );
             }
             let rc = r.cache.unwrap_or_default();
             if let Some(t) = rc.threshold {
@@ -459,13 +655,235 @@ impl Validator<'_> {
             routes.push(RouteConfig {
                 name: r.name.as_str().into(),
                 models: r.models,
+                when,
                 strategy,
                 targets,
+                sticky,
+                canary,
+                latency_budget,
+                semantic_threshold,
+                complexity_threshold,
                 cache_enabled: rc.enabled,
                 cache_threshold: rc.threshold,
             });
         }
         routes
+    }
+
+    fn route_match(&mut self, path: &str, raw: RawMatch) -> MatchConfig {
+        let mp = format!("{path}.match");
+        let header = raw.header.and_then(|h| match HeaderName::try_from(h.name.as_str()) {
+            Ok(name) => Some((name, h.values.unwrap_or_default())),
+            Err(_) => {
+                self.issue(
+                    format!("{mp}.header.name"),
+                    format!("{:?} is not a valid HTTP header name", h.name),
+                );
+                None
+            }
+        });
+        let keywords: Vec<String> = raw
+            .keywords
+            .unwrap_or_default()
+            .iter()
+            .map(|k| k.to_lowercase())
+            .collect();
+        if keywords.iter().any(|k| k.trim().is_empty()) {
+            self.issue(
+                format!("{mp}.keywords"),
+                "must not contain empty keywords (they would match everything)",
+            );
+        }
+        if let Some(re) = &raw.regex
+            && let Err(e) = regex::RegexBuilder::new(re).size_limit(1 << 20).build()
+        {
+            self.issue(format!("{mp}.regex"), format!("does not compile: {e}"));
+        }
+        MatchConfig {
+            tenants: raw
+                .tenants
+                .unwrap_or_default()
+                .iter()
+                .map(|t| Arc::from(t.as_str()))
+                .collect(),
+            header,
+            keywords,
+            regex: raw.regex,
+        }
+    }
+
+    fn canary(
+        &mut self,
+        path: &str,
+        c: RawCanary,
+        models: &BTreeMap<String, Arc<ModelConfig>>,
+    ) -> Option<CanaryConfig> {
+        let start = self.issues.len();
+        let model = match models.get(&c.model) {
+            Some(m) => m.name.clone(),
+            None => {
+                self.issue(
+                    format!("{path}.model"),
+                    format!("unknown model {:?}: add it under `models`", c.model),
+                );
+                return None;
+            }
+        };
+        if !(c.percent.is_finite() && (0.0..=100.0).contains(&c.percent)) {
+            self.issue(format!("{path}.percent"), "must be between 0 and 100");
+        }
+        let max_error_rate = c.max_error_rate.unwrap_or(DEFAULT_CANARY_MAX_ERROR_RATE);
+        if !(0.0..=1.0).contains(&max_error_rate) {
+            self.issue(
+                format!("{path}.max_error_rate"),
+                "must be a share between 0 and 1 (e.g. 0.05)",
+            );
+        }
+        let window = self.duration(&format!("{path}.window"), c.window.as_deref(), DEFAULT_CANARY_WINDOW);
+        let max_latency = c
+            .max_latency
+            .as_deref()
+            .map(|d| self.duration(&format!("{path}.max_latency"), Some(d), Duration::ZERO));
+        (self.issues.len() == start).then(|| CanaryConfig {
+            model,
+            percent: c.percent,
+            window,
+            min_requests: c.min_requests.unwrap_or(DEFAULT_CANARY_MIN_REQUESTS).max(1),
+            max_error_rate,
+            max_latency,
+        })
+    }
+
+    fn resilience(&mut self, raw: RawResilience) -> ResilienceConfig {
+        let r = raw.retries.unwrap_or_default();
+        let max_attempts = r.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS);
+        if max_attempts == 0 {
+            self.issue(
+                "resilience.retries.max_attempts",
+                "must be at least 1 (1 means no retries)",
+            );
+        }
+        let retries = RetryPolicy {
+            max_attempts: max_attempts.max(1),
+            base_delay: self.duration(
+                "resilience.retries.base_delay",
+                r.base_delay.as_deref(),
+                DEFAULT_RETRY_BASE_DELAY,
+            ),
+            max_delay: self.duration(
+                "resilience.retries.max_delay",
+                r.max_delay.as_deref(),
+                DEFAULT_RETRY_MAX_DELAY,
+            ),
+            max_retry_after: self.duration(
+                "resilience.retries.max_retry_after",
+                r.max_retry_after.as_deref(),
+                DEFAULT_MAX_RETRY_AFTER,
+            ),
+        };
+        let b = raw.retry_budget.unwrap_or_default();
+        let ratio = b.ratio.unwrap_or(DEFAULT_RETRY_RATIO);
+        if !(ratio.is_finite() && ratio >= 0.0) {
+            self.issue(
+                "resilience.retry_budget.ratio",
+                "must be a non-negative share (0.2 = 20 % extra load)",
+            );
+        }
+        let min_per_second = b.min_per_second.unwrap_or(DEFAULT_RETRY_MIN_PER_SECOND);
+        if !(min_per_second.is_finite() && min_per_second >= 0.0) {
+            self.issue(
+                "resilience.retry_budget.min_per_second",
+                "must be a non-negative number",
+            );
+        }
+        let window = self.duration(
+            "resilience.retry_budget.window",
+            b.window.as_deref(),
+            DEFAULT_RETRY_WINDOW,
+        );
+        if window < Duration::from_secs(1) {
+            self.issue("resilience.retry_budget.window", "must be at least 1s");
+        }
+        let k = raw.breaker.unwrap_or_default();
+        let failure_ratio = k.failure_ratio.unwrap_or(DEFAULT_BREAKER_RATIO);
+        if !(failure_ratio > 0.0 && failure_ratio <= 1.0) {
+            self.issue(
+                "resilience.breaker.failure_ratio",
+                "must be a share above 0 and at most 1 (e.g. 0.5)",
+            );
+        }
+        let consecutive_failures = k.consecutive_failures.unwrap_or(DEFAULT_BREAKER_CONSECUTIVE);
+        if consecutive_failures == 0 {
+            self.issue("resilience.breaker.consecutive_failures", "must be at least 1");
+        }
+        let breaker = BreakerConfig {
+            enabled: k.enabled.unwrap_or(true),
+            consecutive_failures: consecutive_failures.max(1),
+            failure_ratio,
+            min_requests: k.min_requests.unwrap_or(DEFAULT_BREAKER_MIN_REQUESTS).max(1),
+            window: self.duration("resilience.breaker.window", k.window.as_deref(), DEFAULT_BREAKER_WINDOW),
+            open_for: self.duration(
+                "resilience.breaker.open_for",
+                k.open_for.as_deref(),
+                DEFAULT_BREAKER_OPEN_FOR,
+            ),
+            half_open_probes: k.half_open_probes.unwrap_or(1).max(1),
+        };
+        ResilienceConfig {
+            retries,
+            retry_budget: RetryBudgetConfig {
+                ratio,
+                min_per_second,
+                window,
+            },
+            breaker,
+        }
+    }
+
+    fn scheduling(&mut self, raw: RawScheduling) -> SchedulingConfig {
+        let mut classes: Vec<(Arc<str>, u32)> = Vec::new();
+        for (i, c) in raw.classes.iter().enumerate() {
+            let path = format!("scheduling.classes[{i}]");
+            if c.weight == 0 {
+                self.issue(
+                    format!("{path}.weight"),
+                    "must be at least 1 (a class with weight 0 would starve)",
+                );
+            }
+            if classes.iter().any(|(n, _)| **n == *c.name) {
+                self.issue(format!("{path}.name"), format!("class {:?} is defined twice", c.name));
+            }
+            classes.push((c.name.as_str().into(), c.weight.max(1)));
+        }
+        if classes.is_empty() {
+            classes = DEFAULT_CLASSES.iter().map(|(n, w)| (Arc::from(*n), *w)).collect();
+        }
+        let default_name = raw.default_class.as_deref().unwrap_or(DEFAULT_CLASS);
+        let default_class = match classes.iter().position(|(n, _)| &**n == default_name) {
+            Some(i) => i,
+            None if raw.default_class.is_none() => 0,
+            None => {
+                self.issue(
+                    "scheduling.default_class",
+                    format!(
+                        "unknown class {default_name:?}: use one of {}",
+                        names(classes.iter().map(|(n, _)| &**n))
+                    ),
+                );
+                0
+            }
+        };
+        let max_queued = raw.max_queued.unwrap_or(DEFAULT_MAX_QUEUED) as usize;
+        SchedulingConfig {
+            classes,
+            default_class,
+            queue_timeout: self.duration(
+                "scheduling.queue_timeout",
+                raw.queue_timeout.as_deref(),
+                DEFAULT_QUEUE_TIMEOUT,
+            ),
+            max_queued,
+        }
     }
 
     fn threshold(&mut self, path: &str, t: f32) {
@@ -557,7 +975,7 @@ impl Validator<'_> {
         }
     }
 
-    fn tenants(&mut self, raw: RawTenants) -> TenantsConfig {
+    fn tenants(&mut self, raw: RawTenants, scheduling: &SchedulingConfig) -> TenantsConfig {
         let header = raw.header.as_deref().and_then(|h| match HeaderName::try_from(h) {
             Ok(h) => Some(h),
             Err(_) => {
@@ -579,10 +997,25 @@ impl Validator<'_> {
         let default_tenant: Arc<str> = raw.default_tenant.as_deref().unwrap_or("default").into();
         let mut key_hashes = BTreeMap::new();
         let mut names_ = vec![default_tenant.clone()];
+        let mut priorities = BTreeMap::new();
         for (name, t) in &raw.list {
             let tenant: Arc<str> = name.as_str().into();
             if *tenant != *default_tenant {
                 names_.push(tenant.clone());
+            }
+            if let Some(p) = &t.priority {
+                match scheduling.class(p) {
+                    Some(c) => {
+                        priorities.insert(tenant.clone(), c);
+                    }
+                    None => self.issue(
+                        format!("tenants.list.{name}.priority"),
+                        format!(
+                            "unknown priority class {p:?}: use one of {}",
+                            names(scheduling.classes.iter().map(|(n, _)| &**n))
+                        ),
+                    ),
+                }
             }
             for (i, h) in t.api_key_sha256.iter().enumerate() {
                 let path = format!("tenants.list.{name}.api_key_sha256[{i}]");
@@ -605,6 +1038,7 @@ impl Validator<'_> {
             default_tenant,
             key_hashes,
             names: names_,
+            priorities,
         }
     }
 }

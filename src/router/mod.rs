@@ -1,73 +1,396 @@
-//! Which models may answer a request. A route is selected by the model name the app asked for
-//! (a route alias such as `auto`, or a catalogue model name, which is its own one-target
-//! route), and yields an ordered list of candidate models. Route aliases win over catalogue
-//! names, so the platform team can give `gpt-4o` fallbacks without the app changing anything.
-//! The routing issue adds strategies on top of this shape.
+//! Which models may answer a request, in which order, and why. Routes are tried in the order
+//! written; the first whose conditions hold (requested model or glob, tenant, a header,
+//! keywords or a regex on the last user turn) decides with its strategy: `ordered`,
+//! `weighted`, `canary`, `cheapest`, `fastest`, `semantic` or `complexity`. A requested name
+//! that no route takes but that is in the catalogue is its own one-model route. Targets that
+//! cannot serve the request (a missing capability, a context window too small) are dropped
+//! before the strategy runs.
+//!
+//! Every decision carries a [`Reason`] for the request log and headers. Decisions are pure
+//! functions of the request, the snapshot and two pieces of shared state: latency EWMAs
+//! (`resilience`) and canary windows, which outlive config reloads.
+
+pub mod complexity;
+pub mod signals;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
-use crate::config::{Config, ModelConfig};
+use http::HeaderMap;
+use tokio::time::Instant;
 
-#[derive(Debug)]
+use crate::config::{CanaryConfig, Capabilities, Config, ModelConfig, RouteConfig, Sticky, Strategy, Tier};
+use crate::resilience::{HealthRegistry, ModelHealth};
+pub use signals::Signals;
+
+/// The header an app may send to force a route (when `routing.allow_route_header` is on).
+pub const ROUTE_HEADER: &str = "x-llm-sidecar-route";
+
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub model: Arc<ModelConfig>,
+    pub health: Arc<ModelHealth>,
+    pub weight: u32,
+    pub tier: Option<Tier>,
+}
+
+/// One route, ready to decide.
 pub struct Route {
     pub name: Arc<str>,
-    /// Candidates in order of preference.
-    pub targets: Vec<Arc<ModelConfig>>,
+    pub strategy: Strategy,
+    pub targets: Vec<Target>,
     /// `routes[].cache.enabled` (`None` for a catalogue model's own route).
     pub cache_enabled: Option<bool>,
     /// `routes[].cache.threshold`.
     pub cache_threshold: Option<f32>,
+    index: usize,
+    matcher: Matcher,
+    sticky: Sticky,
+    canary: Option<Canary>,
+    latency_budget: Option<Duration>,
+    complexity_threshold: f32,
+    /// `semantic` strategy: cosine needed to pick a destination.
+    pub semantic_threshold: f32,
+    /// `semantic` strategy: (target index, example utterance).
+    pub examples: Vec<(usize, String)>,
+    /// The examples' embeddings, computed once on first use by whoever holds an embedder.
+    pub example_vectors: OnceLock<Vec<(usize, Vec<f32>)>>,
+}
+
+impl fmt::Debug for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Route")
+            .field("name", &self.name)
+            .field("strategy", &self.strategy)
+            .field(
+                "targets",
+                &self.targets.iter().map(|t| &*t.model.name).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+#[derive(Debug, Default)]
+struct Matcher {
+    exact: Vec<Box<str>>,
+    globs: Vec<Box<str>>,
+    tenants: Vec<Arc<str>>,
+    header: Option<(http::HeaderName, Vec<String>)>,
+    keywords: Vec<String>,
+    regex: Option<regex::Regex>,
+}
+
+impl Matcher {
+    fn matches(&self, model: &str, tenant: &str, headers: &HeaderMap, text: Option<&str>) -> bool {
+        let model_ok = (self.exact.is_empty() && self.globs.is_empty())
+            || self.exact.iter().any(|e| **e == *model)
+            || self.globs.iter().any(|g| glob(g, model));
+        if !model_ok {
+            return false;
+        }
+        if !self.tenants.is_empty() && !self.tenants.iter().any(|t| **t == *tenant) {
+            return false;
+        }
+        if let Some((name, values)) = &self.header {
+            match headers.get(name) {
+                None => return false,
+                Some(v) if !values.is_empty() && !values.iter().any(|x| x.as_bytes() == v.as_bytes()) => {
+                    return false;
+                }
+                Some(_) => {}
+            }
+        }
+        if !self.keywords.is_empty() || self.regex.is_some() {
+            let Some(text) = text else { return false };
+            if !self.keywords.is_empty() {
+                let lower = text.to_lowercase();
+                if !self.keywords.iter().any(|k| lower.contains(k.as_str())) {
+                    return false;
+                }
+            }
+            if let Some(re) = &self.regex
+                && !re.is_match(text)
+            {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// `*` (any run) and `?` (one character) globbing, for model names.
+fn glob(pattern: &str, name: &str) -> bool {
+    let (p, n) = (pattern.as_bytes(), name.as_bytes());
+    let (mut pi, mut ni) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while ni < n.len() {
+        if pi < p.len() && (p[pi] == b'?' || p[pi] == n[ni]) {
+            pi += 1;
+            ni += 1;
+        } else if pi < p.len() && p[pi] == b'*' {
+            star = Some(pi);
+            mark = ni;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ni = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
+}
+
+/// A canary's observed behaviour over the current window, and whether it was reverted.
+#[derive(Debug)]
+pub struct CanaryState {
+    reverted: AtomicBool,
+    window: Mutex<CanaryWindow>,
+}
+
+#[derive(Debug)]
+struct CanaryWindow {
+    started: Instant,
+    requests: u32,
+    errors: u32,
+    latency_sum: Duration,
+}
+
+struct Canary {
+    config: CanaryConfig,
+    target: Target,
+    state: Arc<CanaryState>,
+}
+
+/// Why the canary was reverted, for the log line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reverted {
+    pub model: Arc<str>,
+    pub requests: u32,
+    pub error_rate: f64,
+    pub mean_latency: Duration,
+}
+
+impl Route {
+    /// Feeds the canary's window with one request's outcome; `Some` when this reverts it.
+    pub fn canary_report(&self, model: &str, success: bool, latency: Duration) -> Option<Reverted> {
+        let c = self.canary.as_ref()?;
+        if *c.config.model != *model || c.state.reverted.load(Ordering::Relaxed) {
+            return None;
+        }
+        let now = Instant::now();
+        let mut w = c.state.window.lock().ok()?;
+        if now.saturating_duration_since(w.started) >= c.config.window {
+            *w = CanaryWindow {
+                started: now,
+                requests: 0,
+                errors: 0,
+                latency_sum: Duration::ZERO,
+            };
+        }
+        w.requests += 1;
+        w.errors += u32::from(!success);
+        w.latency_sum += latency;
+        if w.requests < c.config.min_requests {
+            return None;
+        }
+        let error_rate = f64::from(w.errors) / f64::from(w.requests);
+        let mean_latency = w.latency_sum / w.requests;
+        let too_slow = c.config.max_latency.is_some_and(|m| mean_latency > m);
+        if error_rate > c.config.max_error_rate || too_slow {
+            c.state.reverted.store(true, Ordering::Relaxed);
+            return Some(Reverted {
+                model: c.config.model.clone(),
+                requests: w.requests,
+                error_rate,
+                mean_latency,
+            });
+        }
+        None
+    }
+
+    /// `(canary model, reverted)` for routes with a canary.
+    pub fn canary_status(&self) -> Option<(Arc<str>, bool)> {
+        self.canary
+            .as_ref()
+            .map(|c| (c.config.model.clone(), c.state.reverted.load(Ordering::Relaxed)))
+    }
+}
+
+/// Why the candidates are in this order.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Reason {
+    /// The requested name is a catalogue model with no route of its own.
+    Catalogue,
+    Ordered,
+    Weighted {
+        sticky: bool,
+    },
+    Canary {
+        to_canary: bool,
+        reverted: bool,
+    },
+    Cheapest {
+        usd: f64,
+    },
+    Fastest {
+        latency: Option<Duration>,
+    },
+    Semantic {
+        similarity: f32,
+    },
+    Complexity {
+        score: f32,
+        tier: Tier,
+    },
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Reason::Catalogue => f.write_str("catalogue model"),
+            Reason::Ordered => f.write_str("ordered"),
+            Reason::Weighted { sticky } => write!(f, "weighted{}", if sticky { " (sticky)" } else { "" }),
+            Reason::Canary { reverted: true, .. } => f.write_str("canary reverted: stable targets only"),
+            Reason::Canary { to_canary, .. } => {
+                write!(f, "canary: {}", if to_canary { "to the canary" } else { "to stable" })
+            }
+            Reason::Cheapest { usd } => write!(f, "cheapest (estimated ${usd:.6})"),
+            Reason::Fastest { latency: Some(l) } => write!(f, "fastest (ewma {:.1} ms)", l.as_secs_f64() * 1e3),
+            Reason::Fastest { latency: None } => f.write_str("fastest (no latency sample yet: exploring)"),
+            Reason::Semantic { similarity } => write!(f, "semantic (similarity {similarity:.3})"),
+            Reason::Complexity { score, tier } => write!(
+                f,
+                "complexity (score {score:.2} → {})",
+                if tier == Tier::Strong { "strong" } else { "light" }
+            ),
+        }
+    }
+}
+
+/// A routing decision: the route, candidates in order, and why.
+#[derive(Debug)]
+pub struct Decision {
+    pub route: Arc<Route>,
+    pub candidates: Vec<Target>,
+    pub reason: Reason,
+    /// Targets dropped because they cannot serve this request.
+    pub filtered: usize,
+    /// `true` when the app forced the route with [`ROUTE_HEADER`].
+    pub forced: bool,
+}
+
+/// A decision, or a `semantic` route that needs the last user turn's embedding to decide.
+#[derive(Debug)]
+pub enum Step {
+    Decided(Decision),
+    NeedsEmbedding(Arc<Route>),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum RouteError {
     #[error("The model `{requested}` does not exist or you do not have access to it. Models served here: {available}.")]
     UnknownModel { requested: String, available: Arc<str> },
+    #[error("The route `{requested}` named in x-llm-sidecar-route does not exist. Routes: {available}.")]
+    UnknownRoute { requested: String, available: Arc<str> },
+    #[error(
+        "No model of route `{route}` can serve this request: it needs {needs} and about {tokens} tokens of context, and the catalogue declares {detail}."
+    )]
+    NoEligibleTarget {
+        route: Arc<str>,
+        needs: String,
+        tokens: u64,
+        detail: String,
+    },
+}
+
+/// What the router needs to know about one request.
+pub struct Request<'a> {
+    pub model: &'a str,
+    pub tenant: &'a str,
+    pub headers: &'a HeaderMap,
+    pub signals: &'a Signals<'a>,
 }
 
 #[derive(Debug, Default)]
 pub struct Router {
+    routes: Vec<Arc<Route>>,
     by_name: HashMap<Box<str>, Arc<Route>>,
+    catalogue: HashMap<Box<str>, Arc<Route>>,
     default: Option<Arc<Route>>,
     available: Arc<str>,
-    /// Names listed by `GET /v1/models`: catalogue models then route aliases, sorted.
+    route_names: Arc<str>,
+    needs_text: bool,
+    allow_route_header: bool,
+    /// Names listed by `GET /v1/models`: catalogue models then exact route aliases, sorted.
     pub model_ids: Vec<Arc<str>>,
 }
 
+fn target(model: &Arc<ModelConfig>, health: &HealthRegistry) -> Target {
+    let h = health
+        .get(&model.name)
+        .cloned()
+        .unwrap_or_else(|| Arc::new(ModelHealth::new(model.provider.clone(), model.name.clone())));
+    Target {
+        model: model.clone(),
+        health: h,
+        weight: 1,
+        tier: None,
+    }
+}
+
 impl Router {
-    pub fn new(config: &Config) -> Self {
-        let mut by_name: HashMap<Box<str>, Arc<Route>> = HashMap::new();
+    /// Builds the router for a config. Canary windows (and reverts) carry over from `previous`
+    /// for routes whose canary settings did not change.
+    pub fn new(config: &Config, health: &HealthRegistry, previous: Option<&Router>) -> Self {
+        let mut catalogue: HashMap<Box<str>, Arc<Route>> = HashMap::new();
         for (name, model) in &config.models {
             let route = Route {
                 name: model.name.clone(),
-                targets: vec![model.clone()],
+                strategy: Strategy::Ordered,
+                targets: vec![target(model, health)],
                 cache_enabled: None,
                 cache_threshold: None,
+                index: usize::MAX,
+                matcher: Matcher::default(),
+                sticky: Sticky::None,
+                canary: None,
+                latency_budget: None,
+                complexity_threshold: 1.0,
+                semantic_threshold: 1.0,
+                examples: Vec::new(),
+                example_vectors: OnceLock::new(),
             };
-            by_name.insert(name.as_str().into(), Arc::new(route));
+            catalogue.insert(name.as_str().into(), Arc::new(route));
         }
+        let mut routes = Vec::new();
+        let mut by_name: HashMap<Box<str>, Arc<Route>> = HashMap::new();
         let mut default = None;
-        for r in &config.routes {
-            let targets = r
-                .targets
-                .iter()
-                .filter_map(|t| config.models.get(&**t).cloned())
-                .collect();
-            let route = Arc::new(Route {
-                name: r.name.clone(),
-                targets,
-                cache_enabled: r.cache_enabled,
-                cache_threshold: r.cache_threshold,
-            });
-            for alias in &r.models {
-                by_name.insert(alias.as_str().into(), route.clone());
-            }
+        let mut needs_text = false;
+        for (index, r) in config.routes.iter().enumerate() {
+            let route = Arc::new(Self::route(index, r, config, health, previous));
+            needs_text |= route.matcher.regex.is_some()
+                || !route.matcher.keywords.is_empty()
+                || matches!(r.strategy, Strategy::Semantic | Strategy::Complexity);
             if config.default_route.as_deref() == Some(&*r.name) {
-                default = Some(route);
+                default = Some(route.clone());
+            }
+            by_name.insert(r.name.as_ref().into(), route.clone());
+            routes.push(route);
+        }
+        let mut model_ids: Vec<Arc<str>> = catalogue.keys().map(|k| Arc::from(&**k)).collect();
+        for r in &routes {
+            for e in &r.matcher.exact {
+                if !model_ids.iter().any(|m| **m == **e) {
+                    model_ids.push(Arc::from(&**e));
+                }
             }
         }
-        let mut model_ids: Vec<Arc<str>> = by_name.keys().map(|k| Arc::from(&**k)).collect();
         model_ids.sort();
         let available = if model_ids.is_empty() {
             "none (the config has no models)".to_owned()
@@ -75,19 +398,314 @@ impl Router {
             model_ids.iter().take(20).map(|s| &**s).collect::<Vec<_>>().join(", ")
                 + if model_ids.len() > 20 { ", …" } else { "" }
         };
+        let route_names = routes.iter().map(|r| &*r.name).collect::<Vec<_>>().join(", ");
         Router {
+            routes,
             by_name,
+            catalogue,
             default,
             available: available.into(),
+            route_names: route_names.into(),
+            needs_text,
+            allow_route_header: config.routing.allow_route_header,
             model_ids,
         }
     }
 
-    pub fn decide(&self, requested: &str) -> Result<&Arc<Route>, RouteError> {
-        self.by_name.get(requested).ok_or_else(|| RouteError::UnknownModel {
-            requested: requested.chars().take(256).collect(),
-            available: self.available.clone(),
-        })
+    fn route(
+        index: usize,
+        r: &RouteConfig,
+        config: &Config,
+        health: &HealthRegistry,
+        previous: Option<&Router>,
+    ) -> Route {
+        let mut targets = Vec::new();
+        let mut examples = Vec::new();
+        for t in &r.targets {
+            let Some(m) = config.models.get(&*t.model) else {
+                continue;
+            };
+            for e in t.examples.iter().filter(|e| !e.trim().is_empty()) {
+                examples.push((targets.len(), e.clone()));
+            }
+            targets.push(Target {
+                weight: t.weight,
+                tier: t.tier,
+                ..target(m, health)
+            });
+        }
+        let canary = r.canary.as_ref().and_then(|c| {
+            let model = config.models.get(&*c.model)?;
+            let state = previous
+                .and_then(|p| p.by_name.get(&*r.name))
+                .and_then(|old| old.canary.as_ref())
+                .filter(|old| old.config == *c)
+                .map(|old| old.state.clone())
+                .unwrap_or_else(|| {
+                    Arc::new(CanaryState {
+                        reverted: AtomicBool::new(false),
+                        window: Mutex::new(CanaryWindow {
+                            started: Instant::now(),
+                            requests: 0,
+                            errors: 0,
+                            latency_sum: Duration::ZERO,
+                        }),
+                    })
+                });
+            Some(Canary {
+                config: c.clone(),
+                target: target(model, health),
+                state,
+            })
+        });
+        let (globs, exact): (Vec<_>, Vec<_>) = r.models.iter().partition(|m| m.contains(['*', '?']));
+        let matcher = Matcher {
+            exact: exact.into_iter().map(|s| s.as_str().into()).collect(),
+            globs: globs.into_iter().map(|s| s.as_str().into()).collect(),
+            tenants: r.when.tenants.clone(),
+            header: r.when.header.clone(),
+            keywords: r.when.keywords.clone(),
+            // Validated already; a failure here would mean the validator and router disagree.
+            regex: r
+                .when
+                .regex
+                .as_deref()
+                .and_then(|re| regex::RegexBuilder::new(re).size_limit(1 << 20).build().ok()),
+        };
+        Route {
+            name: r.name.clone(),
+            strategy: r.strategy,
+            targets,
+            cache_enabled: r.cache_enabled,
+            cache_threshold: r.cache_threshold,
+            index,
+            matcher,
+            sticky: r.sticky,
+            canary,
+            latency_budget: r.latency_budget,
+            complexity_threshold: r.complexity_threshold as f32,
+            semantic_threshold: r.semantic_threshold,
+            examples,
+            example_vectors: OnceLock::new(),
+        }
+    }
+
+    /// Whether any route reads the last user turn (so the caller extracts it).
+    pub fn needs_text(&self) -> bool {
+        self.needs_text
+    }
+
+    pub fn routes(&self) -> &[Arc<Route>] {
+        &self.routes
+    }
+
+    /// Decides for a request, trying routes from `from` on (0 at first; after a `semantic`
+    /// route found nothing close, the index after it).
+    pub fn decide(&self, req: &Request<'_>, from: usize) -> Result<Step, RouteError> {
+        if from == 0
+            && self.allow_route_header
+            && let Some(forced) = req.headers.get(ROUTE_HEADER)
+        {
+            let name = String::from_utf8_lossy(forced.as_bytes());
+            let route = self.by_name.get(&*name).ok_or_else(|| RouteError::UnknownRoute {
+                requested: name.chars().take(128).collect(),
+                available: self.route_names.clone(),
+            })?;
+            return self.apply(route, req, true);
+        }
+        let text = req.signals.text.as_deref();
+        for route in self.routes.iter().skip(from) {
+            if route.matcher.matches(req.model, req.tenant, req.headers, text) {
+                if route.strategy == Strategy::Semantic {
+                    if text.is_some() && !route.examples.is_empty() {
+                        return Ok(Step::NeedsEmbedding(route.clone()));
+                    }
+                    continue;
+                }
+                return self.apply(route, req, false);
+            }
+        }
+        match self.catalogue.get(req.model) {
+            Some(route) => self.apply(route, req, false),
+            None => Err(RouteError::UnknownModel {
+                requested: req.model.chars().take(256).collect(),
+                available: self.available.clone(),
+            }),
+        }
+    }
+
+    /// Finishes a `semantic` route's decision with the embedding of the last user turn
+    /// (`None` when it could not be computed: the route is skipped).
+    pub fn decide_semantic(
+        &self,
+        route: &Arc<Route>,
+        req: &Request<'_>,
+        query: Option<&[f32]>,
+    ) -> Result<Step, RouteError> {
+        let best = query.and_then(|q| {
+            route
+                .example_vectors
+                .get()?
+                .iter()
+                .fold(None, |best: Option<(usize, f32)>, (t, v)| {
+                    let s = crate::embed::cosine(q, v);
+                    match best {
+                        Some((_, b)) if b >= s => best,
+                        _ => Some((*t, s)),
+                    }
+                })
+        });
+        match best {
+            Some((t, similarity)) if similarity >= route.semantic_threshold => {
+                let (eligible, filtered) = eligible(route, req.signals);
+                let Some(first) = eligible
+                    .iter()
+                    .position(|c| Arc::ptr_eq(&c.model, &route.targets[t].model))
+                else {
+                    return self.decide(req, route.index + 1);
+                };
+                let mut candidates = eligible;
+                let chosen = candidates.remove(first);
+                candidates.insert(0, chosen);
+                Ok(Step::Decided(Decision {
+                    route: route.clone(),
+                    candidates,
+                    reason: Reason::Semantic { similarity },
+                    filtered,
+                    forced: false,
+                }))
+            }
+            _ => self.decide(req, route.index + 1),
+        }
+    }
+
+    fn apply(&self, route: &Arc<Route>, req: &Request<'_>, forced: bool) -> Result<Step, RouteError> {
+        let canary_on = route
+            .canary
+            .as_ref()
+            .filter(|c| !c.state.reverted.load(Ordering::Relaxed));
+        let (mut candidates, filtered) = eligible(route, req.signals);
+        if candidates.is_empty() {
+            return Err(no_eligible(route, req.signals));
+        }
+        let s = req.signals;
+        let reason = match route.strategy {
+            Strategy::Ordered if route.index == usize::MAX => Reason::Catalogue,
+            Strategy::Ordered | Strategy::Semantic => Reason::Ordered,
+            Strategy::Weighted => {
+                let total: u64 = candidates.iter().map(|c| u64::from(c.weight)).sum();
+                let (draw, sticky) = match sticky_key(route.sticky, req) {
+                    Some(h) => (h % total.max(1), true),
+                    None => (fastrand::u64(..total.max(1)), false),
+                };
+                let mut acc = 0u64;
+                let pick = candidates
+                    .iter()
+                    .position(|c| {
+                        acc += u64::from(c.weight);
+                        draw < acc
+                    })
+                    .unwrap_or(0);
+                let chosen = candidates.remove(pick);
+                candidates.insert(0, chosen);
+                Reason::Weighted { sticky }
+            }
+            Strategy::Canary => {
+                let reverted = route.canary.is_some() && canary_on.is_none();
+                let to_canary = canary_on.is_some_and(|c| {
+                    let draw = match sticky_key(route.sticky, req) {
+                        Some(h) => (h % 10_000) as f64 / 100.0,
+                        None => fastrand::f64() * 100.0,
+                    };
+                    draw < c.config.percent
+                        && (c
+                            .target
+                            .model
+                            .context_window
+                            .is_none_or(|w| w >= s.prompt_tokens + s.completion_estimate()))
+                        && c.target.model.capabilities.contains(s.needs)
+                });
+                if let Some(c) = route.canary.as_ref() {
+                    candidates.retain(|t| !Arc::ptr_eq(&t.model, &c.target.model));
+                    if to_canary {
+                        candidates.insert(0, c.target.clone());
+                    }
+                }
+                if candidates.is_empty() {
+                    return Err(no_eligible(route, s));
+                }
+                Reason::Canary { to_canary, reverted }
+            }
+            Strategy::Cheapest => {
+                let out = s.completion_estimate();
+                let cost = |t: &Target| t.model.pricing.cost(s.prompt_tokens, 0, out);
+                candidates.sort_by(|a, b| cost(a).total_cmp(&cost(b)));
+                Reason::Cheapest {
+                    usd: cost(&candidates[0]),
+                }
+            }
+            Strategy::Fastest => {
+                let lat = |t: &Target| t.health.latency().unwrap_or(Duration::ZERO);
+                let over = |t: &Target| route.latency_budget.is_some_and(|b| lat(t) > b);
+                // Power of two choices: two random candidates, the faster first. Unlike a
+                // plain minimum, this spreads load so the fastest model is not stampeded.
+                if candidates.len() >= 2 {
+                    let a = fastrand::usize(..candidates.len());
+                    let mut b = fastrand::usize(..candidates.len() - 1);
+                    if b >= a {
+                        b += 1;
+                    }
+                    let pick =
+                        if (over(&candidates[a]), lat(&candidates[a])) <= (over(&candidates[b]), lat(&candidates[b])) {
+                            a
+                        } else {
+                            b
+                        };
+                    let chosen = candidates.remove(pick);
+                    candidates[..].sort_by_key(|t| (over(t), lat(t)));
+                    candidates.insert(0, chosen);
+                }
+                Reason::Fastest {
+                    latency: candidates[0].health.latency(),
+                }
+            }
+            Strategy::Complexity => {
+                let score = complexity::score(s.text.as_deref().unwrap_or("")).total;
+                let tier = if score >= route.complexity_threshold {
+                    Tier::Strong
+                } else {
+                    Tier::Light
+                };
+                // Stable: the chosen tier first, in the order written; the other tier after.
+                candidates.sort_by_key(|t| t.tier != Some(tier));
+                Reason::Complexity { score, tier }
+            }
+        };
+        Ok(Step::Decided(Decision {
+            route: route.clone(),
+            candidates,
+            reason,
+            filtered,
+            forced,
+        }))
+    }
+
+    /// `Ok` when `GET /v1/models/{name}` should list `name`: a catalogue model or a name some
+    /// route takes (by exact alias or glob).
+    pub fn knows(&self, name: &str) -> Result<(), RouteError> {
+        let taken = self.catalogue.contains_key(name)
+            || self
+                .routes
+                .iter()
+                .any(|r| r.matcher.exact.iter().any(|e| **e == *name) || r.matcher.globs.iter().any(|g| glob(g, name)));
+        if taken {
+            Ok(())
+        } else {
+            Err(RouteError::UnknownModel {
+                requested: name.chars().take(256).collect(),
+                available: self.available.clone(),
+            })
+        }
     }
 
     pub fn default_route(&self) -> Option<&Arc<Route>> {
@@ -95,37 +713,66 @@ impl Router {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn config() -> Config {
-        let text = r#"
-providers: { p: { base_url: "http://127.0.0.1:1/v1" } }
-models:
-  a: { provider: p }
-  b: { provider: p }
-routes:
-  - { name: chat, models: [auto, a], targets: [{ model: b }, { model: a }] }
-default_route: chat
-"#;
-        Config::load(text, &|_: &str| None).unwrap()
+/// The route's targets that can serve the request: they have the capabilities it needs and a
+/// context window that holds its estimated prompt and completion.
+fn eligible(route: &Route, s: &Signals<'_>) -> (Vec<Target>, usize) {
+    let tokens = s.prompt_tokens + s.completion_estimate();
+    let mut out = Vec::with_capacity(route.targets.len() + 1);
+    let mut filtered = 0;
+    for t in &route.targets {
+        if t.model.capabilities.contains(s.needs) && t.model.context_window.is_none_or(|w| w >= tokens) {
+            out.push(t.clone());
+        } else {
+            filtered += 1;
+        }
     }
+    (out, filtered)
+}
 
-    #[test]
-    fn aliases_win_over_catalogue_names() {
-        let r = Router::new(&config());
-        let route = r.decide("a").unwrap();
-        assert_eq!(&*route.name, "chat");
-        assert_eq!(route.targets.iter().map(|m| &*m.name).collect::<Vec<_>>(), ["b", "a"]);
-        assert_eq!(&*r.decide("b").unwrap().name, "b");
-        assert_eq!(&*r.default_route().unwrap().name, "chat");
-        assert_eq!(r.model_ids.iter().map(|s| &**s).collect::<Vec<_>>(), ["a", "auto", "b"]);
-    }
-
-    #[test]
-    fn unknown_models_list_what_exists() {
-        let e = Router::new(&config()).decide("gpt-5").unwrap_err();
-        assert!(e.to_string().contains("Models served here: a, auto, b"), "{e}");
+fn no_eligible(route: &Route, s: &Signals<'_>) -> RouteError {
+    let needs = s.needs.names();
+    RouteError::NoEligibleTarget {
+        route: route.name.clone(),
+        needs: if needs.is_empty() {
+            "no special capability".into()
+        } else {
+            needs.join(" + ")
+        },
+        tokens: s.prompt_tokens + s.completion_estimate(),
+        detail: route
+            .targets
+            .iter()
+            .map(|t| {
+                format!(
+                    "{}: {}{}",
+                    t.model.name,
+                    if t.model.capabilities == Capabilities::ALL {
+                        "all capabilities".to_owned()
+                    } else {
+                        t.model.capabilities.names().join("+")
+                    },
+                    t.model
+                        .context_window
+                        .map(|w| format!(", {w} tokens"))
+                        .unwrap_or_default()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
     }
 }
+
+fn sticky_key(sticky: Sticky, req: &Request<'_>) -> Option<u64> {
+    let key: &str = match sticky {
+        Sticky::None => return None,
+        Sticky::Tenant => req.tenant,
+        Sticky::User => req.signals.user.as_deref().unwrap_or(req.tenant),
+    };
+    // Fixed keys (not RandomState) so every pod puts a tenant in the same arm.
+    let mut h = std::hash::DefaultHasher::new();
+    key.hash(&mut h);
+    Some(h.finish())
+}
+
+#[cfg(test)]
+mod tests;

@@ -51,7 +51,7 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Bod
                     "pricing_usd_per_million": {"input": m.pricing.input, "output": m.pricing.output, "cached_input": m.pricing.cached_input},
                 })).collect::<Vec<_>>(),
                 "routes": c.routes.iter().map(|r| serde_json::json!({
-                    "name": &*r.name, "models": r.models, "targets": r.targets.iter().map(|t| &**t).collect::<Vec<_>>(),
+                    "name": &*r.name, "models": r.models, "strategy": r.strategy.label(), "targets": r.targets.iter().map(|t| &*t.model).collect::<Vec<_>>(),
                 })).collect::<Vec<_>>(),
                 "default_route": c.default_route,
                 "tenants": c.tenants.names.iter().map(|t| &**t).collect::<Vec<_>>(),

@@ -116,6 +116,20 @@ impl From<UpstreamError> for ApiError {
             }
             UpstreamError::FirstByteTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", None),
             UpstreamError::Busy { .. } => (StatusCode::SERVICE_UNAVAILABLE, "upstream_busy", Some(1)),
+            UpstreamError::CircuitOpen { retry_in, .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "circuit_open",
+                Some(retry_in.as_secs().max(1)),
+            ),
+            UpstreamError::Status {
+                status, retry_after, ..
+            } if status.as_u16() == 429 => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "upstream_rate_limited",
+                Some(retry_after.map_or(1, |d| d.as_secs().max(1))),
+            ),
+            UpstreamError::Status { .. } => (StatusCode::BAD_GATEWAY, "upstream_status", None),
+            UpstreamError::Unsupported { .. } => (StatusCode::BAD_REQUEST, "unsupported_by_provider", None),
             UpstreamError::Body {
                 failure: BodyFailure::Reset(_),
                 ..

@@ -4,6 +4,7 @@
 //! the grace period ends.
 
 pub mod admin;
+mod attempt;
 pub mod body;
 pub mod error;
 pub mod proxy;
@@ -61,8 +62,8 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Bod
         (&Method::GET, None) if path.starts_with("/v1/models/") => {
             let rt = shared.runtime.load();
             let id = &path["/v1/models/".len()..];
-            match rt.router.decide(id) {
-                Ok(_) => {
+            match rt.router.knows(id) {
+                Ok(()) => {
                     let body =
                         serde_json::json!({"id": id, "object": "model", "created": 0, "owned_by": "llm-sidecar"});
                     json(serde_json::to_vec(&body).unwrap_or_default().into(), &request_id)

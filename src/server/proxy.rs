@@ -8,27 +8,35 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
-use http::{Method, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
+use super::attempt::Attempt;
 use super::body::Body;
 use super::error::ApiError;
 use super::record::RequestRecord;
 use super::relay::{Mode, OnComplete, RelayBody, RelayParams};
 use super::verify::{self, Verification};
 use crate::cache::{Cache, Hit, HitKind, Plan, replay};
-use crate::config::Config;
 use crate::config::ModelConfig;
+use crate::config::{Config, ProviderKind};
 use crate::openai::usage::parse_usage;
 use crate::openai::{RequestHead, SseScanner};
+use crate::router::{self, Decision, Route, Signals, Step};
+use crate::scheduler::Permit;
 use crate::state::{Runtime, Shared};
+use crate::telemetry::DecisionLabels;
+use crate::upstream::anthropic::StreamTranslator;
 use crate::upstream::{BodyFailure, BodyRead, BoxError, ClientBody, Provider, UpstreamError, is_hop_header, read_body};
 
 /// A client that takes longer than this to send its request body is stalled (or hostile);
 /// real bodies, even multi-megabyte image prompts, arrive in well under a second on loopback.
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The header an app sends to pick its priority class.
+pub const PRIORITY_HEADER: &str = "x-llm-sidecar-priority";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
@@ -38,7 +46,7 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    fn path(self) -> &'static str {
+    pub(super) fn path(self) -> &'static str {
         match self {
             Endpoint::Chat => "/chat/completions",
             Endpoint::Completions => "/completions",
@@ -69,7 +77,7 @@ pub const MAX_HELD_BODY: usize = 8 << 20;
 struct Answer {
     parts: http::response::Parts,
     body: Received,
-    permit: tokio::sync::OwnedSemaphorePermit,
+    permit: Permit,
     route: HeaderValue,
     model: Arc<ModelConfig>,
     strip_usage: bool,
@@ -77,6 +85,7 @@ struct Answer {
     deadline: Instant,
     /// Where a complete, successful answer is stored, when the cache applies.
     cache: Option<CacheStore>,
+    translate: Option<Box<StreamTranslator>>,
 }
 
 struct CacheStore {
@@ -103,7 +112,7 @@ enum Reply {
     },
 }
 
-enum Received {
+pub(super) enum Received {
     /// The whole body.
     Complete(Bytes),
     /// To relay as it arrives: SSE, or a body larger than [`MAX_HELD_BODY`] (its start in `prefix`).
@@ -116,7 +125,7 @@ enum Received {
 
 /// Turns response headers into an [`Answer`]'s body: SSE streams; anything else is read whole
 /// (up to [`MAX_HELD_BODY`]).
-async fn receive(
+pub(super) async fn receive(
     response: http::Response<Incoming>,
     idle: Duration,
     deadline: Instant,
@@ -158,17 +167,30 @@ pub async fn openai(
     let rt = shared.runtime.load_full();
     let mut rec = RequestRecord::new(shared.metrics.clone(), request_id, endpoint.label());
     let result = async {
-        rec.tenant = Some(rt.tenants.identify(req.headers())?);
+        let tenant = rt.tenants.identify(req.headers())?;
+        rec.tenant = Some(tenant.clone());
         let (parts, body) = req.into_parts();
         let body = read_request_body(body, &parts.headers, rt.config.server.max_body_bytes).await?;
         let head = RequestHead::parse(&body)?;
         rec.stream = head.stream && endpoint.streams();
-        let route = rt.router.decide(&head.model)?;
-        rec.route = Some(route.name.clone());
-        let tenant = rec
-            .tenant
-            .clone()
-            .unwrap_or_else(|| rt.config.tenants.default_tenant.clone());
+        let class = priority_class(&rt, &parts.headers, &tenant)?;
+        rec.priority = rt.config.scheduling.classes.get(class).map(|(n, _)| n.clone());
+        let signals = Signals::read(&head, body.len(), rt.router.needs_text());
+        let decision = decide(&shared, &rt, &head, &signals, &tenant, &parts.headers).await?;
+        rec.route = Some(decision.route.name.clone());
+        rec.reason = Some(decision.reason);
+        if let Some(first) = decision.candidates.first() {
+            shared
+                .metrics
+                .route_decisions
+                .get_or_create(&DecisionLabels {
+                    route: decision.route.name.clone(),
+                    strategy: decision.route.strategy.label(),
+                    model: first.model.name.clone(),
+                })
+                .inc();
+        }
+        let route = &decision.route;
         let mut plan = shared.cache.plan(
             &rt.config.cache,
             route,
@@ -205,86 +227,33 @@ pub async fn openai(
                 route: route_header(&route.name),
             });
         }
-        let mut failures: Vec<(Arc<ModelConfig>, UpstreamError)> = Vec::new();
-        for (i, model) in route.targets.iter().enumerate() {
-            let last = i + 1 == route.targets.len();
-            let Some(provider) = rt.providers.get(&model.provider) else {
-                continue;
-            };
-            rec.attempts += 1;
-            rec.model = Some(model.clone());
-            let strip_usage = rec.stream && !head.include_usage && provider.config.inject_stream_usage;
-            let send_body = if head.needs_rewrite(&model.upstream_model, strip_usage) {
-                Bytes::from(head.rewrite(&model.upstream_model, strip_usage))
-            } else {
-                body.clone()
-            };
-            let mut headers = HeaderMap::with_capacity(parts.headers.len() + 4);
-            provider.forward_headers(&parts.headers, &mut headers, false);
-            // The tee reads the body; compression would hide usage from it.
-            headers.remove(header::ACCEPT_ENCODING);
-            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            headers.insert("x-request-id", rec.request_id.clone());
-            let uri = provider.uri(endpoint.path(), None).map_err(internal)?;
-            let deadline = Instant::now() + provider.config.timeouts.total;
-            match provider
-                .send(Method::POST, uri, headers, full(send_body), deadline)
-                .await
-            {
-                Ok(up) => {
-                    let status = up.response.status();
-                    if !status.is_success() {
-                        shared.metrics.upstream_error(provider.name(), status_kind(status));
-                        if !last && (status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS) {
-                            tracing::debug!(
-                                status = status.as_u16(),
-                                model = &*model.name,
-                                "failing over to the next candidate"
-                            );
-                            continue;
-                        }
-                    }
-                    rec.first_byte();
-                    let idle = provider.config.timeouts.idle;
-                    match receive(up.response, idle, deadline).await {
-                        Ok((parts, body)) => {
-                            let cache = plan.take().map(|plan| CacheStore {
-                                cache: shared.cache.clone(),
-                                plan,
-                                config: rt.config.clone(),
-                            });
-                            return Ok(Reply::Upstream(Answer {
-                                parts,
-                                body,
-                                permit: up.permit,
-                                route: route_header(&route.name),
-                                model: model.clone(),
-                                strip_usage,
-                                idle,
-                                deadline,
-                                cache,
-                            }));
-                        }
-                        // Nothing has reached the app yet: this candidate failed, try the next.
-                        Err(failure) => {
-                            shared.metrics.upstream_error(provider.name(), failure.kind());
-                            failures.push((
-                                model.clone(),
-                                UpstreamError::Body {
-                                    provider: provider.name().clone(),
-                                    failure,
-                                },
-                            ));
-                        }
-                    }
-                }
-                Err(e) => {
-                    shared.metrics.upstream_error(provider.name(), e.kind());
-                    failures.push((model.clone(), e));
-                }
-            }
-        }
-        Err(all_failed(failures))
+        let attempt = Attempt {
+            shared: &shared,
+            rt: &rt,
+            endpoint,
+            head: &head,
+            body: &body,
+            app_headers: &parts.headers,
+            class,
+        };
+        let s = attempt.run(&mut rec, &decision).await?;
+        let cache = plan.take().map(|plan| CacheStore {
+            cache: shared.cache.clone(),
+            plan,
+            config: rt.config.clone(),
+        });
+        Ok(Reply::Upstream(Answer {
+            parts: s.parts,
+            body: s.body,
+            permit: s.permit,
+            route: route_header(&route.name),
+            model: s.target.model,
+            strip_usage: s.strip_usage,
+            idle: s.idle,
+            deadline: s.deadline,
+            cache,
+            translate: s.translate,
+        }))
     }
     .await;
     match result {
@@ -297,6 +266,84 @@ pub async fn openai(
         }) => serve_cached(rec, &rt, hit, stream, include_usage, route),
         Err(e) => fail(rec, e),
     }
+}
+
+/// Time for embedding one `semantic` route example on first use (the model is warm; this only
+/// bounds a stalled embedder).
+const EXAMPLE_EMBED_BUDGET: Duration = Duration::from_secs(2);
+
+/// Runs the router, embedding the last user turn when a `semantic` route asks for it.
+async fn decide(
+    shared: &Shared,
+    rt: &Runtime,
+    head: &RequestHead<'_>,
+    signals: &Signals<'_>,
+    tenant: &str,
+    headers: &HeaderMap,
+) -> Result<Decision, ApiError> {
+    let req = router::Request {
+        model: &head.model,
+        tenant,
+        headers,
+        signals,
+    };
+    let mut step = rt.router.decide(&req, 0)?;
+    loop {
+        match step {
+            Step::Decided(d) => return Ok(d),
+            Step::NeedsEmbedding(route) => {
+                let query = match signals.text.as_deref() {
+                    Some(text) if prepare_examples(shared, &route).await => {
+                        shared.cache.embed(text, rt.config.cache.semantic.timeout).await
+                    }
+                    _ => None,
+                };
+                step = rt.router.decide_semantic(&route, &req, query.as_deref())?;
+            }
+        }
+    }
+}
+
+/// Embeds a `semantic` route's examples once. Concurrent first requests may both compute;
+/// the first to finish is kept.
+pub async fn prepare_examples(shared: &Shared, route: &Route) -> bool {
+    if route.example_vectors.get().is_some() {
+        return true;
+    }
+    let mut vectors = Vec::with_capacity(route.examples.len());
+    for (target, text) in &route.examples {
+        match shared.cache.embed(text, EXAMPLE_EMBED_BUDGET).await {
+            Some(v) => vectors.push((*target, v)),
+            None => return false,
+        }
+    }
+    let _ = route.example_vectors.set(vectors);
+    true
+}
+
+/// The priority class: `x-llm-sidecar-priority`, else the tenant's, else the default.
+fn priority_class(rt: &Runtime, headers: &HeaderMap, tenant: &str) -> Result<usize, ApiError> {
+    let s = &rt.config.scheduling;
+    if let Some(v) = headers.get(PRIORITY_HEADER) {
+        let name = String::from_utf8_lossy(v.as_bytes());
+        return s.class(&name).ok_or_else(|| {
+            ApiError::invalid(
+                None,
+                format!(
+                    "x-llm-sidecar-priority: unknown priority class {:?}; use one of {}",
+                    name.chars().take(64).collect::<String>(),
+                    s.classes.iter().map(|(n, _)| &**n).collect::<Vec<_>>().join(", ")
+                ),
+            )
+        });
+    }
+    Ok(rt
+        .config
+        .tenants
+        .priorities
+        .get(tenant)
+        .copied()
+        .unwrap_or(s.default_class))
 }
 
 /// Answers from the cache, as JSON or as a replayed SSE stream.
@@ -361,11 +408,30 @@ pub async fn passthrough(shared: Arc<Shared>, req: Request<Incoming>, request_id
             ))
         })?;
         rec.route = Some(route.name.clone());
+        // Passthrough paths are OpenAI's: only an OpenAI-compatible provider can take them.
         let (model, provider): (&Arc<ModelConfig>, &Arc<Provider>) = route
             .targets
             .iter()
-            .find_map(|m| rt.providers.get(&m.provider).map(|p| (m, p)))
-            .ok_or_else(|| internal("the default route has no usable target"))?;
+            .find_map(|t| {
+                rt.providers
+                    .get(&t.model.provider)
+                    .filter(|p| p.kind() == ProviderKind::OpenAi)
+                    .map(|p| (&t.model, p))
+            })
+            .ok_or_else(|| internal("the default route has no OpenAI-compatible target"))?;
+        let class = priority_class(&rt, req.headers(), rec.tenant.as_deref().unwrap_or(""))?;
+        let sched = &rt.config.scheduling;
+        let permit = provider
+            .scheduler
+            .acquire(class, sched.queue_timeout, sched.max_queued)
+            .await
+            .map_err(|reason| {
+                ApiError::from(UpstreamError::Busy {
+                    provider: provider.name().clone(),
+                    limit: provider.scheduler.limit(),
+                    reason,
+                })
+            })?;
         rec.model = Some(model.clone());
         rec.attempts = 1;
         let (parts, body) = req.into_parts();
@@ -376,7 +442,7 @@ pub async fn passthrough(shared: Arc<Shared>, req: Request<Incoming>, request_id
         headers.insert("x-request-id", rec.request_id.clone());
         let body: ClientBody = body.map_err(|e| Box::new(e) as BoxError).boxed();
         let deadline = Instant::now() + provider.config.timeouts.total;
-        let up = provider.send(parts.method, uri, headers, body, deadline).await.map_err(|e| {
+        let up = provider.send(parts.method, uri, headers, body, deadline, permit).await.map_err(|e| {
             shared.metrics.upstream_error(provider.name(), e.kind());
             ApiError::from(e)
         })?;
@@ -400,6 +466,7 @@ pub async fn passthrough(shared: Arc<Shared>, req: Request<Incoming>, request_id
             idle,
             deadline,
             cache: None,
+            translate: None,
         })
     }
     .await;
@@ -420,6 +487,7 @@ fn relay(mut rec: RequestRecord, answer: Answer) -> Response<Body> {
         idle,
         deadline,
         cache,
+        translate,
     } = answer;
     let mut resp = Response::new(Body::empty());
     *resp.status_mut() = parts.status;
@@ -475,6 +543,7 @@ fn relay(mut rec: RequestRecord, answer: Answer) -> Response<Body> {
                 prefix,
                 outcome,
                 on_complete,
+                translate,
             };
             *resp.body_mut() = Body::Relay(Box::pin(RelayBody::new(incoming, params, rec, permit)));
         }
@@ -499,29 +568,6 @@ fn fail(mut rec: RequestRecord, e: ApiError) -> Response<Body> {
     resp
 }
 
-/// One error for the app when every candidate failed, naming each attempt and why.
-fn all_failed(mut failures: Vec<(Arc<ModelConfig>, UpstreamError)>) -> ApiError {
-    match failures.len() {
-        0 => internal("the route has no target with a configured provider"),
-        1 => failures
-            .pop()
-            .map(|(_, e)| ApiError::from(e))
-            .unwrap_or_else(|| internal("unreachable")),
-        n => {
-            let detail = failures
-                .iter()
-                .map(|(m, e)| format!("{} ({})", m.name, e))
-                .collect::<Vec<_>>()
-                .join("; ");
-            let last = failures
-                .pop()
-                .map(|(_, e)| ApiError::from(e))
-                .unwrap_or_else(|| internal("unreachable"));
-            last.with_message(format!("All {n} candidate models failed: {detail}"))
-        }
-    }
-}
-
 async fn read_request_body(body: Incoming, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -543,7 +589,7 @@ async fn read_request_body(body: Incoming, headers: &HeaderMap, limit: usize) ->
     }
 }
 
-fn full(b: Bytes) -> ClientBody {
+pub(super) fn full(b: Bytes) -> ClientBody {
     Full::new(b).map_err(|never| match never {}).boxed()
 }
 
@@ -559,7 +605,7 @@ fn status_kind(status: StatusCode) -> &'static str {
     }
 }
 
-fn internal(e: impl std::fmt::Display) -> ApiError {
+pub(super) fn internal(e: impl std::fmt::Display) -> ApiError {
     tracing::error!(error = %e, "internal error");
     ApiError::new(
         StatusCode::INTERNAL_SERVER_ERROR,

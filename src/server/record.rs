@@ -11,6 +11,7 @@ use tokio::time::Instant;
 
 use crate::config::ModelConfig;
 use crate::openai::Usage;
+use crate::router::Reason;
 use crate::telemetry::{CostLabels, Metrics, OperationLabels, RequestLabels, TokenLabels};
 
 /// Label for requests that never reached a route (bad JSON, unknown model).
@@ -32,6 +33,12 @@ pub struct RequestRecord {
     pub usage: Option<Usage>,
     /// `x-llm-sidecar-cache` as answered: hit-exact, hit-semantic, miss, bypass.
     pub cache: &'static str,
+    /// Why the route put the candidates in their order (the routing decision's reason).
+    pub reason: Option<Reason>,
+    /// The priority class the request queued in.
+    pub priority: Option<Arc<str>>,
+    /// Retries of a candidate (attempts beyond the first per candidate).
+    pub retries: u32,
     finished: bool,
 }
 
@@ -52,6 +59,9 @@ impl RequestRecord {
             status: 0,
             usage: None,
             cache: "bypass",
+            reason: None,
+            priority: None,
+            retries: 0,
             finished: false,
         }
     }
@@ -157,6 +167,9 @@ impl RequestRecord {
                     cache = self.cache,
                     stream = self.stream,
                     attempts = self.attempts,
+                    retries = self.retries,
+                    reason = self.reason.map(tracing::field::display),
+                    priority = self.priority.as_deref(),
                     duration_ms = elapsed.as_secs_f64() * 1e3,
                     ttft_ms = self.ttft.map(|t| t.as_secs_f64() * 1e3),
                     prompt_tokens = usage.prompt_tokens,

@@ -16,11 +16,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
 
 use super::record::RequestRecord;
 use crate::openai::{SseScanner, error_body};
+use crate::scheduler::Permit;
+use crate::upstream::anthropic::StreamTranslator;
 use crate::upstream::{BodyFailure, BoxError, error_chain};
 
 /// Called with the raw SSE bytes of a stream that ended complete and error-free.
@@ -56,8 +57,9 @@ pin_project_lite::pin_project! {
         record: RequestRecord,
         outcome: &'static str,
         state: State,
-        permit: Option<OwnedSemaphorePermit>,
+        permit: Option<Permit>,
         capture: Option<(Vec<u8>, OnComplete)>,
+        translate: Option<Box<StreamTranslator>>,
     }
 }
 
@@ -69,10 +71,12 @@ pub struct RelayParams {
     pub prefix: Option<Bytes>,
     pub outcome: &'static str,
     pub on_complete: Option<OnComplete>,
+    /// Rewrites another provider's event stream into OpenAI's before anything else sees it.
+    pub translate: Option<Box<StreamTranslator>>,
 }
 
 impl RelayBody {
-    pub fn new(inner: Incoming, p: RelayParams, record: RequestRecord, permit: OwnedSemaphorePermit) -> Self {
+    pub fn new(inner: Incoming, p: RelayParams, record: RequestRecord, permit: Permit) -> Self {
         let first = (Instant::now() + p.idle).min(p.deadline);
         RelayBody {
             inner,
@@ -86,6 +90,7 @@ impl RelayBody {
             state: State::Streaming,
             permit: Some(permit),
             capture: p.on_complete.map(|f| (Vec::new(), f)),
+            translate: p.translate,
         }
     }
 }
@@ -117,6 +122,13 @@ impl HttpBody for RelayBody {
                     this.record.first_byte();
                     let next = (Instant::now() + *this.idle).min(*this.deadline);
                     this.timer.as_mut().reset(next);
+                    let data = match this.translate.as_mut() {
+                        Some(t) => t.feed(&data),
+                        None => data,
+                    };
+                    if data.is_empty() {
+                        continue;
+                    }
                     if let Some((buf, _)) = this.capture.as_mut() {
                         if buf.len() + data.len() <= MAX_CAPTURE {
                             buf.extend_from_slice(&data);

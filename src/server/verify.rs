@@ -6,6 +6,7 @@
 //! has its answer.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -48,8 +49,13 @@ pub fn spawn(shared: Arc<Shared>, rt: Arc<Runtime>, v: Verification, permit: Own
 
 /// The same request, non-streaming, to the route's first target.
 async fn ask(shared: &Shared, rt: &Runtime, v: &Verification) -> Option<Bytes> {
-    let model = v.route.targets.first()?;
+    let model = &v.route.targets.first()?.model;
     let provider = rt.providers.get(&model.provider)?;
+    // Anthropic answers would need translating before comparing; verification keeps to
+    // OpenAI-compatible providers.
+    if provider.kind() != crate::config::ProviderKind::OpenAi {
+        return None;
+    }
     let mut body: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&v.body).ok()?;
     body.insert(
         "model".into(),
@@ -69,7 +75,22 @@ async fn ask(shared: &Shared, rt: &Runtime, v: &Verification) -> Option<Bytes> {
     let uri = provider.uri(path, None).ok()?;
     let deadline = Instant::now() + provider.config.timeouts.total;
     let body = Full::new(bytes).map_err(|never| match never {}).boxed();
-    let up = provider.send(Method::POST, uri, headers, body, deadline).await.ok()?;
+    // Background work takes the lowest priority class and never waits long.
+    let sched = &rt.config.scheduling;
+    let lowest = sched.classes.len().saturating_sub(1);
+    let permit = provider
+        .scheduler
+        .acquire(
+            lowest,
+            sched.queue_timeout.min(Duration::from_secs(5)),
+            sched.max_queued,
+        )
+        .await
+        .ok()?;
+    let up = provider
+        .send(Method::POST, uri, headers, body, deadline, permit)
+        .await
+        .ok()?;
     if up.response.status() != StatusCode::OK {
         return None;
     }

@@ -16,6 +16,7 @@ use bytes::Bytes;
 use crate::cache::Cache;
 use crate::config::{Config, ConfigErrors};
 use crate::limits::Tenants;
+use crate::resilience::{HealthRegistry, RetryBudget};
 use crate::router::Router;
 use crate::telemetry::Metrics;
 use crate::upstream::Provider;
@@ -27,6 +28,8 @@ pub struct Runtime {
     pub generation: u64,
     pub loaded_at: SystemTime,
     pub providers: HashMap<Arc<str>, Arc<Provider>>,
+    /// Circuit breakers and latency per model; carried over across reloads.
+    pub health: HealthRegistry,
     pub router: Router,
     pub tenants: Tenants,
     /// The `GET /v1/models` body, rendered once per snapshot.
@@ -40,6 +43,7 @@ impl Runtime {
     pub fn build(config: Config, previous: Option<&Runtime>, generation: u64) -> Result<Runtime, ConfigErrors> {
         let mut providers = HashMap::new();
         let mut issues = Vec::new();
+        let weights: Vec<u32> = config.scheduling.classes.iter().map(|(_, w)| *w).collect();
         for (name, pc) in &config.providers {
             let reused = previous
                 .and_then(|p| p.providers.get(name.as_str()))
@@ -47,7 +51,7 @@ impl Runtime {
                 .cloned();
             let provider = match reused {
                 Some(p) => p,
-                None => match Provider::new(pc.clone()) {
+                None => match Provider::new(pc.clone(), &weights) {
                     Ok(p) => Arc::new(p),
                     Err(issue) => {
                         issues.push(issue);
@@ -60,7 +64,12 @@ impl Runtime {
         if !issues.is_empty() {
             return Err(ConfigErrors(issues));
         }
-        let router = Router::new(&config);
+        let health = HealthRegistry::carry(config.models.values(), previous.map(|p| &p.health), |m| {
+            previous
+                .and_then(|p| p.config.models.get(&*m.name))
+                .is_some_and(|old| old.upstream_model == m.upstream_model)
+        });
+        let router = Router::new(&config, &health, previous.map(|p| &p.router));
         let tenants = Tenants::new(&config.tenants);
         let models_json = models_json(&router);
         Ok(Runtime {
@@ -68,10 +77,32 @@ impl Runtime {
             generation,
             loaded_at: SystemTime::now(),
             providers,
+            health,
             router,
             tenants,
             models_json,
         })
+    }
+}
+
+impl Runtime {
+    /// Points each provider's scheduler at this snapshot's priority classes and their
+    /// queue-depth gauges.
+    pub fn attach(&self, metrics: &Metrics) {
+        let weights: Vec<u32> = self.config.scheduling.classes.iter().map(|(_, w)| *w).collect();
+        for p in self.providers.values() {
+            let gauges = self
+                .config
+                .scheduling
+                .classes
+                .iter()
+                .map(|(class, _)| metrics.queue_depth(p.name(), class))
+                .collect();
+            p.scheduler.configure(&weights, gauges);
+        }
+        for h in self.health.iter() {
+            metrics.circuit(&h.provider, &h.model, h.state().gauge());
+        }
     }
 }
 
@@ -108,17 +139,26 @@ pub struct Shared {
     /// The response cache outlives config snapshots; each request reads its settings from
     /// the snapshot it started with.
     pub cache: Arc<Cache>,
+    /// Retries the whole pod may spend, across reloads.
+    pub retry_budget: RetryBudget,
 }
 
 impl Shared {
     pub fn new(runtime: Runtime, metrics: Arc<Metrics>) -> Arc<Self> {
         metrics.config_generation.set(runtime.generation as i64);
-        let cache = Arc::new(Cache::new(&runtime.config.cache, metrics.clone()));
+        runtime.attach(&metrics);
+        let semantic_routes = runtime
+            .config
+            .routes
+            .iter()
+            .any(|r| r.strategy == crate::config::Strategy::Semantic);
+        let cache = Arc::new(Cache::new(&runtime.config.cache, semantic_routes, metrics.clone()));
         Arc::new(Shared {
             runtime: ArcSwap::from_pointee(runtime),
             metrics,
             health: Health::default(),
             cache,
+            retry_budget: RetryBudget::default(),
         })
     }
 }

@@ -79,6 +79,7 @@ impl Reloader {
                         "the semantic cache is enabled but the embedder was not loaded at start; restart to load it"
                     );
                 }
+                next.attach(&self.shared.metrics);
                 self.shared.runtime.store(Arc::new(next));
                 if purge {
                     let n = self.shared.cache.purge(None, None);

@@ -83,6 +83,62 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    pub route: Arc<str>,
+    pub strategy: &'static str,
+    pub model: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabels {
+    pub provider: Arc<str>,
+    pub model: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransitionLabels {
+    pub provider: Arc<str>,
+    pub model: Arc<str>,
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RetryLabels {
+    pub provider: Arc<str>,
+    pub model: Arc<str>,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabels {
+    pub provider: Arc<str>,
+    pub priority: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueRejectLabels {
+    pub provider: Arc<str>,
+    pub priority: Arc<str>,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PriorityLabels {
+    pub priority: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CanaryLabels {
+    pub route: Arc<str>,
+    pub model: Arc<str>,
+}
+
+/// Queue waits (seconds): 1 ms to 33 s, doubling.
+const QUEUE_BUCKETS: [f64; 16] = [
+    0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024, 2.048, 4.096, 8.192, 16.384, 32.768,
+];
+
 /// Embedding and search latency (seconds): 0.1 ms to 0.4 s, doubling.
 const EMBED_BUCKETS: [f64; 13] = [
     0.0001, 0.0002, 0.0004, 0.0008, 0.0016, 0.0032, 0.0064, 0.0128, 0.0256, 0.0512, 0.1024, 0.2048, 0.4096,
@@ -115,6 +171,16 @@ pub struct Metrics {
     pub embed_batch: Histogram,
     pub search_duration: Histogram,
     pub embedder_available: Gauge,
+    pub route_decisions: Family<DecisionLabels, Counter>,
+    pub circuit_state: Family<ModelLabels, Gauge>,
+    pub circuit_transitions: Family<TransitionLabels, Counter>,
+    pub retries: Family<RetryLabels, Counter>,
+    pub retry_budget_exhausted: Counter,
+    pub queue_depth: Family<QueueLabels, Gauge>,
+    pub queue_wait: HistogramFamily<PriorityLabels>,
+    pub queue_rejections: Family<QueueRejectLabels, Counter>,
+    pub canary_reverted: Family<CanaryLabels, Gauge>,
+    pub health_checks: Family<UpstreamErrorLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -270,7 +336,79 @@ impl Metrics {
             "1 when the embedding model is loaded (semantic cache possible)",
             embedder_available.clone(),
         );
+        let route_decisions = Family::default();
+        registry.register(
+            "llm_sidecar_route_decisions",
+            "Routing decisions by route, strategy and first-choice model",
+            route_decisions.clone(),
+        );
+        let circuit_state = Family::default();
+        registry.register(
+            "llm_sidecar_circuit_state",
+            "Circuit breaker state per provider and model: 0 closed, 1 open, 2 half-open",
+            circuit_state.clone(),
+        );
+        let circuit_transitions = Family::default();
+        registry.register(
+            "llm_sidecar_circuit_transitions",
+            "Circuit breaker state changes, by the state entered",
+            circuit_transitions.clone(),
+        );
+        let retries = Family::default();
+        registry.register(
+            "llm_sidecar_retries",
+            "Retries of the same candidate, by provider, model and reason",
+            retries.clone(),
+        );
+        let retry_budget_exhausted = Counter::default();
+        registry.register(
+            "llm_sidecar_retry_budget_exhausted",
+            "Retries not made because the retry budget was spent (the request failed over instead)",
+            retry_budget_exhausted.clone(),
+        );
+        let queue_depth = Family::default();
+        registry.register(
+            "llm_sidecar_queue_depth",
+            "Requests waiting for a provider slot, by provider and priority class",
+            queue_depth.clone(),
+        );
+        let queue_wait: HistogramFamily<PriorityLabels> =
+            Family::new_with_constructor(|| Histogram::new(QUEUE_BUCKETS));
+        registry.register_with_unit(
+            "llm_sidecar_queue_wait",
+            "Time spent waiting for a provider slot, by priority class",
+            Unit::Seconds,
+            queue_wait.clone(),
+        );
+        let queue_rejections = Family::default();
+        registry.register(
+            "llm_sidecar_queue_rejections",
+            "Requests refused by a provider queue, by reason (full, timeout)",
+            queue_rejections.clone(),
+        );
+        let canary_reverted = Family::default();
+        registry.register(
+            "llm_sidecar_canary_reverted",
+            "1 when a route's canary was automatically reverted",
+            canary_reverted.clone(),
+        );
+        let health_checks = Family::default();
+        registry.register(
+            "llm_sidecar_health_checks",
+            "Active provider health checks by provider and result (ok, failed)",
+            health_checks.clone(),
+        );
         Self {
+            route_decisions,
+            circuit_state,
+            circuit_transitions,
+            retries,
+            retry_budget_exhausted,
+            queue_depth,
+            queue_wait,
+            queue_rejections,
+            canary_reverted,
+            health_checks,
             cache_verifications,
             cache_lookups,
             cache_skips,
@@ -321,6 +459,46 @@ impl Metrics {
 
     pub fn cache_skip(&self, reason: &'static str) {
         self.cache_skips.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    pub fn queue_depth(&self, provider: &Arc<str>, priority: &Arc<str>) -> Gauge {
+        self.queue_depth
+            .get_or_create(&QueueLabels {
+                provider: provider.clone(),
+                priority: priority.clone(),
+            })
+            .clone()
+    }
+
+    /// Sets the circuit gauge (0 closed, 1 open, 2 half-open).
+    pub fn circuit(&self, provider: &Arc<str>, model: &Arc<str>, gauge: i64) {
+        self.circuit_state
+            .get_or_create(&ModelLabels {
+                provider: provider.clone(),
+                model: model.clone(),
+            })
+            .set(gauge);
+    }
+
+    pub fn circuit_transition(&self, provider: &Arc<str>, model: &Arc<str>, gauge: i64, state: &'static str) {
+        self.circuit(provider, model, gauge);
+        self.circuit_transitions
+            .get_or_create(&TransitionLabels {
+                provider: provider.clone(),
+                model: model.clone(),
+                state,
+            })
+            .inc();
+    }
+
+    pub fn retry(&self, provider: &Arc<str>, model: &Arc<str>, reason: &'static str) {
+        self.retries
+            .get_or_create(&RetryLabels {
+                provider: provider.clone(),
+                model: model.clone(),
+                reason,
+            })
+            .inc();
     }
 
     pub fn reload(&self, outcome: &'static str) {

@@ -3,6 +3,8 @@
 //! limit. This module sends one request and classifies what went wrong; deciding what to try
 //! next belongs to the caller.
 
+pub mod anthropic;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,10 +17,10 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use crate::config::{ConfigIssue, ProviderConfig};
+use crate::config::{ConfigIssue, ProviderConfig, ProviderKind};
+use crate::scheduler::{Permit, Scheduler};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Request bodies sent upstream: a rewritten JSON body or the app's own streamed body.
@@ -51,10 +53,32 @@ pub enum UpstreamError {
     Connect { provider: Arc<str>, detail: String },
     #[error("provider {provider} sent no response within {after:?}")]
     FirstByteTimeout { provider: Arc<str>, after: Duration },
-    #[error("provider {provider} is at its limit of {limit} concurrent requests and none finished in time")]
-    Busy { provider: Arc<str>, limit: usize },
+    #[error("provider {provider} is at its limit of {limit} concurrent requests: {reason}")]
+    Busy {
+        provider: Arc<str>,
+        limit: usize,
+        reason: crate::scheduler::QueueError,
+    },
+    #[error(
+        "the circuit for {model} on provider {provider} is open (it failed repeatedly); next probe in {retry_in:?}"
+    )]
+    CircuitOpen {
+        provider: Arc<str>,
+        model: Arc<str>,
+        retry_in: Duration,
+    },
+    #[error("provider {provider} answered HTTP {}{detail}", status.as_u16())]
+    Status {
+        provider: Arc<str>,
+        status: http::StatusCode,
+        retry_after: Option<Duration>,
+        /// `: ` and the provider's own error message, or empty.
+        detail: String,
+    },
     #[error("the connection to provider {provider} failed: {detail}")]
     Protocol { provider: Arc<str>, detail: String },
+    #[error("provider {provider} cannot take this request: {detail}")]
+    Unsupported { provider: Arc<str>, detail: String },
     #[error("provider {provider} failed mid-response: {failure}")]
     Body { provider: Arc<str>, failure: BodyFailure },
 }
@@ -142,6 +166,13 @@ impl UpstreamError {
             UpstreamError::Connect { .. } => "connect",
             UpstreamError::FirstByteTimeout { .. } => "timeout_first_byte",
             UpstreamError::Busy { .. } => "busy",
+            UpstreamError::Unsupported { .. } => "unsupported",
+            UpstreamError::CircuitOpen { .. } => "circuit_open",
+            UpstreamError::Status { status, .. } => match status.as_u16() {
+                429 => "status_429",
+                500.. => "status_5xx",
+                _ => "status_4xx",
+            },
             UpstreamError::Protocol { .. } => "reset",
             UpstreamError::Body { failure, .. } => failure.kind(),
         }
@@ -152,7 +183,7 @@ impl UpstreamError {
 pub struct Provider {
     pub config: Arc<ProviderConfig>,
     client: Client<HttpsConnector<HttpConnector>, ClientBody>,
-    permits: Arc<Semaphore>,
+    pub scheduler: Arc<Scheduler>,
     /// Base URL path without a trailing slash, e.g. `/v1`.
     base_path: String,
 }
@@ -169,11 +200,12 @@ impl std::fmt::Debug for Provider {
 /// A response whose headers have arrived, holding its concurrency permit until the body ends.
 pub struct Upstream {
     pub response: Response<Incoming>,
-    pub permit: OwnedSemaphorePermit,
+    pub permit: Permit,
 }
 
 impl Provider {
-    pub fn new(config: Arc<ProviderConfig>) -> Result<Self, ConfigIssue> {
+    /// `weights`: the priority classes' weights (see [`Scheduler`]).
+    pub fn new(config: Arc<ProviderConfig>, weights: &[u32]) -> Result<Self, ConfigIssue> {
         let tls = tls_config(&config)?;
         let mut http = HttpConnector::new();
         http.enforce_http(false);
@@ -194,7 +226,7 @@ impl Provider {
             .build(https);
         let base_path = config.base_url.path().trim_end_matches('/').to_owned();
         Ok(Self {
-            permits: Arc::new(Semaphore::new(config.max_connections)),
+            scheduler: Scheduler::new(config.max_connections, weights),
             client,
             base_path,
             config,
@@ -203,6 +235,18 @@ impl Provider {
 
     pub fn name(&self) -> &Arc<str> {
         &self.config.name
+    }
+
+    pub fn kind(&self) -> ProviderKind {
+        self.config.kind
+    }
+
+    /// Where chat completions go on this provider.
+    pub fn chat_path(&self) -> &'static str {
+        match self.config.kind {
+            ProviderKind::OpenAi => "/chat/completions",
+            ProviderKind::Anthropic => "/messages",
+        }
     }
 
     /// The upstream URI for an API path relative to the base URL (`/chat/completions`), with the
@@ -242,7 +286,7 @@ impl Provider {
     }
 
     /// Sends one request and waits for the response headers (bounded by the first-byte timeout
-    /// and the request's overall `deadline`).
+    /// and the request's overall `deadline`). `permit` is a slot from [`Self::scheduler`].
     pub async fn send(
         &self,
         method: Method,
@@ -250,21 +294,19 @@ impl Provider {
         mut headers: HeaderMap,
         body: ClientBody,
         deadline: Instant,
+        permit: Permit,
     ) -> Result<Upstream, UpstreamError> {
-        let permit = match tokio::time::timeout_at(deadline, self.permits.clone().acquire_owned()).await {
-            Ok(Ok(p)) => p,
-            _ => {
-                return Err(UpstreamError::Busy {
-                    provider: self.name().clone(),
-                    limit: self.config.max_connections,
-                });
-            }
-        };
         if let Some((name, secret)) = &self.config.auth {
             headers.insert(name.clone(), secret.0.clone());
         }
         for (k, v) in &self.config.headers {
             headers.insert(k.clone(), v.clone());
+        }
+        if self.config.kind == ProviderKind::Anthropic && !headers.contains_key("anthropic-version") {
+            headers.insert(
+                "anthropic-version",
+                http::HeaderValue::from_static(anthropic::API_VERSION),
+            );
         }
         let mut req = Request::new(body);
         *req.method_mut() = method;
@@ -287,6 +329,16 @@ impl Provider {
                 after: limit.saturating_duration_since(now),
             }),
         }
+    }
+}
+
+/// `: message` from an error body in OpenAI's or Anthropic's shape (at most 300 characters),
+/// or an empty string.
+pub fn error_detail(body: &[u8]) -> String {
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap_or(serde_json::Value::Null);
+    match v["error"]["message"].as_str().or_else(|| v["message"].as_str()) {
+        Some(m) => format!(": {}", m.chars().take(300).collect::<String>()),
+        None => String::new(),
     }
 }
 

@@ -1,0 +1,153 @@
+//! What the router reads from a request besides its model name: the last user turn (only when
+//! some route looks at text), the capabilities the request needs (tools, vision, JSON mode),
+//! a token estimate and the `user` field. Read from the already-parsed [`RequestHead`]
+//! without building a JSON tree.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::config::Capabilities;
+use crate::openai::RequestHead;
+
+/// Bytes of request JSON per token, for estimates before the provider counts: English text
+/// runs ~4 characters per token with BPE tokenizers, and JSON framing adds a little, so this
+/// slightly over-estimates (the safe side for context windows and budgets).
+pub const BYTES_PER_TOKEN: usize = 4;
+/// Completion tokens assumed when the request sets no `max_tokens` (for price estimates).
+pub const DEFAULT_COMPLETION_ESTIMATE: u64 = 256;
+
+#[derive(Debug, Default)]
+pub struct Signals<'a> {
+    /// The last user turn's text (chat) or the prompt (completions); `None` unless asked for.
+    pub text: Option<Cow<'a, str>>,
+    pub needs: Capabilities,
+    pub prompt_tokens: u64,
+    pub max_tokens: Option<u64>,
+    pub user: Option<Cow<'a, str>>,
+}
+
+impl Default for Capabilities {
+    fn default() -> Self {
+        Capabilities::NONE
+    }
+}
+
+#[derive(Deserialize)]
+struct Message<'a> {
+    #[serde(borrow)]
+    role: Cow<'a, str>,
+    #[serde(borrow, default)]
+    content: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Part<'a> {
+    #[serde(borrow, default)]
+    text: Option<Cow<'a, str>>,
+}
+
+impl<'a> Signals<'a> {
+    pub fn read(head: &RequestHead<'a>, body_len: usize, want_text: bool) -> Self {
+        let mut needs = Capabilities::NONE;
+        let non_empty = |v: Option<&RawValue>| v.is_some_and(|v| !matches!(v.get().trim(), "null" | "[]"));
+        if non_empty(head.raw("tools")) || non_empty(head.raw("functions")) {
+            needs = needs.union(Capabilities::TOOLS);
+        }
+        if head
+            .raw("response_format")
+            .is_some_and(|v| v.get().contains("\"json_object\"") || v.get().contains("\"json_schema\""))
+        {
+            needs = needs.union(Capabilities::JSON);
+        }
+        let messages = head.raw("messages");
+        if messages.is_some_and(|m| {
+            memchr::memmem::find(m.get().as_bytes(), b"\"image_url\"").is_some()
+                || memchr::memmem::find(m.get().as_bytes(), b"\"input_image\"").is_some()
+        }) {
+            needs = needs.union(Capabilities::VISION);
+        }
+        let max_tokens = head
+            .raw("max_completion_tokens")
+            .or_else(|| head.raw("max_tokens"))
+            .and_then(|v| serde_json::from_str::<u64>(v.get()).ok());
+        let user = head
+            .raw("user")
+            .and_then(|v| serde_json::from_str::<Cow<'a, str>>(v.get()).ok());
+        let text = if want_text {
+            match messages {
+                Some(m) => last_user_text(m),
+                None => head
+                    .raw("prompt")
+                    .and_then(|p| serde_json::from_str::<Cow<'a, str>>(p.get()).ok()),
+            }
+        } else {
+            None
+        };
+        Signals {
+            text,
+            needs,
+            prompt_tokens: (body_len / BYTES_PER_TOKEN) as u64,
+            max_tokens,
+            user,
+        }
+    }
+
+    pub fn completion_estimate(&self) -> u64 {
+        self.max_tokens.unwrap_or(DEFAULT_COMPLETION_ESTIMATE)
+    }
+}
+
+fn last_user_text<'a>(messages: &'a RawValue) -> Option<Cow<'a, str>> {
+    let list: Vec<Message<'a>> = serde_json::from_str(messages.get()).ok()?;
+    let m = list.into_iter().rev().find(|m| m.role == "user")?;
+    let content = m.content?;
+    if let Ok(s) = serde_json::from_str::<Cow<'a, str>>(content.get()) {
+        return Some(s);
+    }
+    let parts: Vec<Part<'a>> = serde_json::from_str(content.get()).ok()?;
+    let mut texts = parts.into_iter().filter_map(|p| p.text);
+    let first = texts.next()?;
+    match texts.next() {
+        None => Some(first),
+        Some(second) => {
+            let mut all = first.into_owned();
+            for t in std::iter::once(second).chain(texts) {
+                all.push('\n');
+                all.push_str(&t);
+            }
+            Some(Cow::Owned(all))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_needs_text_and_estimates() {
+        let body = br#"{"model":"m","messages":[{"role":"system","content":"be brief"},{"role":"user","content":"first"},{"role":"assistant","content":"ok"},{"role":"user","content":[{"type":"text","text":"what is"},{"type":"image_url","image_url":{"url":"data:x"}},{"type":"text","text":"this?"}]}],"tools":[{"type":"function"}],"response_format":{"type":"json_object"},"max_tokens":99,"user":"u-1"}"#;
+        let head = RequestHead::parse(body).unwrap();
+        let s = Signals::read(&head, body.len(), true);
+        assert_eq!(s.text.as_deref(), Some("what is\nthis?"));
+        assert!(
+            s.needs.contains(
+                Capabilities::TOOLS
+                    .union(Capabilities::VISION)
+                    .union(Capabilities::JSON)
+            )
+        );
+        assert_eq!(s.max_tokens, Some(99));
+        assert_eq!(s.user.as_deref(), Some("u-1"));
+        assert_eq!(s.prompt_tokens, (body.len() / 4) as u64);
+
+        let plain = br#"{"model":"m","messages":[{"role":"user","content":"hi \"there\""}],"tools":[]}"#;
+        let head = RequestHead::parse(plain).unwrap();
+        let s = Signals::read(&head, plain.len(), true);
+        assert_eq!(s.text.as_deref(), Some("hi \"there\""));
+        assert_eq!(s.needs, Capabilities::NONE);
+        assert!(Signals::read(&head, plain.len(), false).text.is_none());
+    }
+}
