@@ -78,6 +78,7 @@ pub struct Sidecar {
     admin_task: JoinHandle<()>,
     watch_task: Option<JoinHandle<()>>,
     sweep_task: JoinHandle<()>,
+    upkeep_task: JoinHandle<()>,
 }
 
 impl Sidecar {
@@ -152,6 +153,7 @@ impl Sidecar {
                 cache.sweep();
             }
         });
+        let upkeep_task = tokio::spawn(upkeep(shared.clone()));
         shared.health.set_ready(true);
         let rt = shared.runtime.load();
         tracing::info!(
@@ -171,6 +173,7 @@ impl Sidecar {
             admin_task,
             watch_task,
             sweep_task,
+            upkeep_task,
         })
     }
 
@@ -202,12 +205,84 @@ impl Sidecar {
             t.abort();
         }
         self.sweep_task.abort();
+        self.upkeep_task.abort();
         tokio::time::sleep(server.drain_delay).await;
         let _ = self.stop_app.send(Some(server.shutdown_grace));
         let _ = self.app_task.await;
         let _ = self.stop_admin.send(Some(Duration::from_secs(1)));
         let _ = self.admin_task.await;
         tracing::info!("shutdown complete");
+    }
+}
+
+/// How often the upkeep task looks for due health checks and new snapshots.
+const UPKEEP_TICK: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Background upkeep that follows the live snapshot: active provider health checks (each at
+/// its own interval, never two at once for one provider) and, after each new snapshot, the
+/// embeddings of `semantic` route examples, so the first routed request does not pay for them.
+async fn upkeep(shared: Arc<Shared>) {
+    use std::collections::HashMap;
+    let mut due: HashMap<Arc<str>, tokio::time::Instant> = HashMap::new();
+    let running: Arc<std::sync::Mutex<std::collections::HashSet<Arc<str>>>> = Arc::default();
+    let mut generation = 0;
+    let mut tick = tokio::time::interval(UPKEEP_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let rt = shared.runtime.load_full();
+        if rt.generation != generation {
+            generation = rt.generation;
+            let (s, r) = (shared.clone(), rt.clone());
+            tokio::spawn(async move {
+                for route in r.router.routes().iter().filter(|r| !r.examples.is_empty()) {
+                    if !server::proxy::prepare_examples(&s, route).await {
+                        tracing::warn!(
+                            route = &*route.name,
+                            "semantic route examples could not be embedded (no embedder?): the route falls through"
+                        );
+                    }
+                }
+            });
+        }
+        let now = tokio::time::Instant::now();
+        for (name, provider) in &rt.providers {
+            let Some(check) = provider.config.health_check.clone() else {
+                continue;
+            };
+            let next = due.entry(name.clone()).or_insert(now);
+            if *next > now || running.lock().map(|r| r.contains(name)).unwrap_or(true) {
+                continue;
+            }
+            *next = now + check.interval;
+            if let Ok(mut r) = running.lock() {
+                r.insert(name.clone());
+            }
+            let (s, r, p, running) = (shared.clone(), rt.clone(), provider.clone(), running.clone());
+            tokio::spawn(async move {
+                let result = crate::resilience::health::probe(&p, &check).await;
+                let label = if result.is_ok() { "ok" } else { "failed" };
+                s.metrics
+                    .health_checks
+                    .get_or_create(&crate::telemetry::UpstreamErrorLabels {
+                        provider: p.name().clone(),
+                        kind: label,
+                    })
+                    .inc();
+                if let Err(error) = result {
+                    for h in r.health.iter().filter(|h| h.provider == *p.name()) {
+                        if let Some(t) = h.force_open(&r.config.resilience.breaker) {
+                            s.metrics
+                                .circuit_transition(&h.provider, &h.model, t.to.gauge(), t.to.label());
+                            tracing::warn!(provider = &*h.provider, model = &*h.model, %error, "health check failed: circuit opened");
+                        }
+                    }
+                }
+                if let Ok(mut r) = running.lock() {
+                    r.remove(p.name());
+                }
+            });
+        }
     }
 }
 

@@ -1,4 +1,5 @@
-//! A deterministic OpenAI-compatible upstream that runs in-process: the demo's provider, the
+//! A deterministic OpenAI-compatible upstream (and an Anthropic Messages endpoint at
+//! `/v1/messages`) that runs in-process: the demo's provider, the
 //! load benchmark's "fast upstream", and the integration tests' provider that misbehaves on
 //! demand (status errors, slow first byte, connection reset, stream cut or stall mid-way).
 //! Answers are derived from the request, so tests can assert exactly what comes back.
@@ -241,6 +242,14 @@ async fn handle(control: Arc<MockControl>, req: Request<Incoming>) -> MockResult
     let answer = match (parts.method, path) {
         (Method::POST, "/v1/chat/completions") if req.is_object() => Completion::chat(&req, &control.canned()),
         (Method::POST, "/v1/completions") if req.is_object() => Completion::text(&req),
+        (Method::POST, "/v1/messages") if req.is_object() => {
+            let a = anthropic_answer(&req, &control.canned());
+            return Ok(if req["stream"].as_bool().unwrap_or(false) {
+                streamed(a.events(), control.chunk_delay(), cut, "text/event-stream")
+            } else {
+                json_response(StatusCode::OK, &a.json())
+            });
+        }
         (Method::POST, "/v1/embeddings") if req.is_object() => {
             return Ok(json_response(StatusCode::OK, &embeddings(&req)));
         }
@@ -445,6 +454,92 @@ fn streamed(
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     resp
+}
+
+/// What the mock's Anthropic Messages endpoint answers: the echo text, plus a call of the
+/// first tool when the request offers tools.
+struct AnthropicAnswer {
+    model: String,
+    text: String,
+    tool: Option<String>,
+    input_tokens: u64,
+}
+
+fn anthropic_answer(req: &Value, canned: &[(String, String)]) -> AnthropicAnswer {
+    let mut last_user = String::new();
+    let mut input_tokens = 0;
+    for m in req["messages"].as_array().into_iter().flatten() {
+        let text = content_text(&m["content"]);
+        input_tokens += 1 + text.split_whitespace().count() as u64;
+        if m["role"] == "user" && !text.is_empty() {
+            last_user = text;
+        }
+    }
+    let lower = last_user.to_lowercase();
+    let text = canned
+        .iter()
+        .find(|(key, _)| lower.contains(key.as_str()))
+        .map(|(_, a)| a.clone())
+        .unwrap_or_else(|| format!("Mock answer to: {last_user}"));
+    AnthropicAnswer {
+        model: req["model"].as_str().unwrap_or("claude-mock").to_owned(),
+        text,
+        tool: req["tools"][0]["name"].as_str().map(str::to_owned),
+        input_tokens,
+    }
+}
+
+impl AnthropicAnswer {
+    fn output_tokens(&self) -> u64 {
+        self.text.split_whitespace().count() as u64 + u64::from(self.tool.is_some())
+    }
+
+    fn json(&self) -> Value {
+        let mut content = vec![json!({"type": "text", "text": self.text})];
+        if let Some(t) = &self.tool {
+            content.push(json!({"type": "tool_use", "id": "toolu_mock", "name": t, "input": {"q": "mock"}}));
+        }
+        json!({
+            "id": "msg_mock", "type": "message", "role": "assistant", "model": self.model, "content": content,
+            "stop_reason": if self.tool.is_some() { "tool_use" } else { "end_turn" }, "stop_sequence": null,
+            "usage": {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens()},
+        })
+    }
+
+    fn events(&self) -> Vec<Bytes> {
+        let mut ev = vec![
+            (
+                "message_start",
+                json!({"type": "message_start", "message": {"id": "msg_mock", "type": "message", "role": "assistant", "content": [], "model": self.model, "stop_reason": null, "usage": {"input_tokens": self.input_tokens, "output_tokens": 1}}}),
+            ),
+            ("ping", json!({"type": "ping"})),
+            (
+                "content_block_start",
+                json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+            ),
+        ];
+        for (i, w) in self.text.split_whitespace().enumerate() {
+            let piece = if i == 0 { w.to_owned() } else { format!(" {w}") };
+            ev.push((
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}}),
+            ));
+        }
+        ev.push(("content_block_stop", json!({"type": "content_block_stop", "index": 0})));
+        if let Some(t) = &self.tool {
+            ev.push(("content_block_start", json!({"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "toolu_mock", "name": t, "input": {}}})));
+            for part in ["{\"q\": ", "\"mock\"}"] {
+                ev.push(("content_block_delta", json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": part}})));
+            }
+            ev.push(("content_block_stop", json!({"type": "content_block_stop", "index": 1})));
+        }
+        let stop = if self.tool.is_some() { "tool_use" } else { "end_turn" };
+        ev.push(("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": {"output_tokens": self.output_tokens()}})));
+        ev.push(("message_stop", json!({"type": "message_stop"})));
+        ev.into_iter()
+            .map(|(name, data)| Bytes::from(format!("event: {name}\ndata: {data}\n\n")))
+            .collect()
+    }
 }
 
 fn content_text(content: &Value) -> String {

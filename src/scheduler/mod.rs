@@ -1,8 +1,8 @@
 //! Per-provider concurrency with priorities. Each provider admits at most `max_connections`
 //! requests at once; the rest wait in one queue per priority class. A freed slot goes to the
-//! class with the lowest virtual time (stride scheduling: a class's virtual time advances by
-//! `1/weight` per request served), so under contention classes share slots in proportion to
-//! their weights, higher weights first, and no class with waiters ever starves.
+//! class whose head waiter has the earliest virtual finish time (weighted fair queueing: each
+//! request served advances its class by `1/weight`), so under contention classes share slots
+//! in proportion to their weights, higher weights first, and no class with waiters starves.
 //!
 //! A waiter that gives up (its timeout, or the client disconnected and its future was dropped)
 //! leaves the queue at once; a slot handed to a waiter that has just gone is passed on.
@@ -34,6 +34,7 @@ struct Waiter {
 
 struct Class {
     weight: u64,
+    /// Virtual finish time of the head waiter.
     pass: u64,
     waiting: VecDeque<Waiter>,
     depth: Option<Gauge>,
@@ -196,7 +197,9 @@ impl Scheduler {
             let vtime = inner.vtime;
             let c = &mut inner.classes[class];
             if c.waiting.is_empty() {
-                c.pass = c.pass.max(vtime);
+                // The head waiter's virtual finish time (weighted fair queueing): an idle class
+                // rejoins at the current virtual time, so it cannot bank credit while idle.
+                c.pass = c.pass.max(vtime) + STRIDE / c.weight;
             }
             c.waiting.push_back(Waiter { id, tx });
             if let Some(g) = &c.depth {
@@ -246,7 +249,9 @@ impl Scheduler {
             let c = &mut inner.classes[ci];
             let Some(w) = c.waiting.pop_front() else { continue };
             let served_at = c.pass;
-            c.pass += STRIDE / c.weight;
+            if !c.waiting.is_empty() {
+                c.pass += STRIDE / c.weight;
+            }
             if let Some(g) = &c.depth {
                 g.dec();
             }

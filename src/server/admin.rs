@@ -1,5 +1,5 @@
-//! The admin port: Prometheus metrics, liveness, readiness and a read-only view of the config
-//! in service (never its secrets). Kept off the app port so a NetworkPolicy can expose it to
+//! The admin port: Prometheus metrics, liveness, readiness, a read-only view of the config
+//! in service (never its secrets) and of routing state (circuits, latencies, canaries, queues). Kept off the app port so a NetworkPolicy can expose it to
 //! Prometheus and the kubelet without exposing the API.
 
 use std::sync::Arc;
@@ -81,10 +81,49 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Bod
             let body = serde_json::json!({"removed": removed, "tenant": tenant, "route": route});
             text(StatusCode::OK, "application/json", body.to_string())
         }
+        (&Method::GET, "/admin/routing") => {
+            let rt = shared.runtime.load();
+            let circuits: Vec<_> = {
+                let mut v: Vec<_> = rt.health.iter().collect();
+                v.sort_by(|a, b| (&a.provider, &a.model).cmp(&(&b.provider, &b.model)));
+                v.into_iter()
+                    .map(|h| {
+                        serde_json::json!({
+                            "provider": &*h.provider,
+                            "model": &*h.model,
+                            "state": h.state().label(),
+                            "latency_ewma_ms": h.latency().map(|l| l.as_secs_f64() * 1e3),
+                        })
+                    })
+                    .collect()
+            };
+            let mut providers: Vec<_> = rt.providers.values().collect();
+            providers.sort_by(|a, b| a.name().cmp(b.name()));
+            let body = serde_json::json!({
+                "routes": rt.router.routes().iter().map(|r| serde_json::json!({
+                    "name": &*r.name,
+                    "strategy": r.strategy.label(),
+                    "targets": r.targets.iter().map(|t| &*t.model.name).collect::<Vec<_>>(),
+                    "canary": r.canary_status().map(|(m, reverted)| serde_json::json!({"model": &*m, "reverted": reverted})),
+                })).collect::<Vec<_>>(),
+                "circuits": circuits,
+                "providers": providers.iter().map(|p| {
+                    let (in_use, queued) = p.scheduler.load();
+                    serde_json::json!({"name": &**p.name(), "limit": p.scheduler.limit(), "in_use": in_use, "queued": queued})
+                }).collect::<Vec<_>>(),
+                "priority_classes": rt.config.scheduling.classes.iter().map(|(n, w)| serde_json::json!({"name": &**n, "weight": w})).collect::<Vec<_>>(),
+            });
+            text(
+                StatusCode::OK,
+                "application/json",
+                serde_json::to_string_pretty(&body).unwrap_or_default(),
+            )
+        }
         _ => text(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /metrics, /healthz, /readyz, /admin/config, POST /admin/cache/purge\n".into(),
+            "not found: try /metrics, /healthz, /readyz, /admin/config, /admin/routing, POST /admin/cache/purge\n"
+                .into(),
         ),
     }
 }

@@ -85,14 +85,14 @@ impl From<RequestError> for ApiError {
 
 impl From<RouteError> for ApiError {
     fn from(e: RouteError) -> Self {
+        let (status, code, param) = match &e {
+            RouteError::UnknownModel { .. } => (StatusCode::NOT_FOUND, "model_not_found", Some("model")),
+            RouteError::UnknownRoute { .. } => (StatusCode::BAD_REQUEST, "route_not_found", None),
+            RouteError::NoEligibleTarget { .. } => (StatusCode::BAD_REQUEST, "no_eligible_model", None),
+        };
         ApiError {
-            param: Some("model"),
-            ..ApiError::new(
-                StatusCode::NOT_FOUND,
-                "invalid_request_error",
-                Some("model_not_found"),
-                e.to_string(),
-            )
+            param,
+            ..ApiError::new(status, "invalid_request_error", Some(code), e.to_string())
         }
     }
 }
