@@ -68,21 +68,8 @@ async fn the_breaker_opens_skips_the_provider_then_half_opens_and_closes() {
     let r = h.chat(chat_body("hi")).await;
     assert_eq!((model(&r), attempts(&r)), ("b".into(), "1".into()));
     assert_eq!(h.mock.requests().len(), 2);
-    let routing: Value = h
-        .client
-        .get(h.admin("/admin/routing"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let a = routing["circuits"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["model"] == "a")
-        .unwrap();
+    let routing = h.admin_get("/admin/routing").await;
+    let a = Harness::find(&routing["circuits"], "model", "a");
     assert_eq!(a["state"], "open");
     // After open_for, one probe goes to the primary; it succeeds and the circuit closes.
     tokio::time::sleep(Duration::from_millis(550)).await;
@@ -325,15 +312,7 @@ resilience: {{ retries: {{ max_attempts: 1 }}, breaker: {{ enabled: false }} }}
         canary_attempts, 4.0,
         "reverted after min_requests failures, never tried again"
     );
-    let routing: Value = h
-        .client
-        .get(h.admin("/admin/routing"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let routing = h.admin_get("/admin/routing").await;
     assert_eq!(
         routing["routes"][0]["canary"],
         json!({"model": "new", "reverted": true})
@@ -543,4 +522,78 @@ cache:
     // Nothing close: the next route decides.
     let r = h.chat(chat_body("who won the football world cup in 1998?")).await;
     assert_eq!((route(&r), model(&r)), ("rest".into(), "general".into()));
+}
+
+#[tokio::test]
+async fn a_failing_health_check_opens_the_circuit_before_any_app_request() {
+    let primary = MockUpstream::start().await.unwrap();
+    let backup = MockUpstream::start().await.unwrap();
+    let text = two(&primary, &backup, "").replace(
+        "idle: 1s, total: 10s }",
+        "idle: 1s, total: 10s }, health_check: { path: /health, interval: 100ms, timeout: 200ms }",
+    );
+    // The probe's GET /v1/health gets a 503.
+    primary.push_fault(Fault::Status {
+        status: 503,
+        retry_after: None,
+    });
+    let h = Harness::with_text(primary, text).await;
+    let open = h
+        .wait_for_metric(r#"llm_sidecar_circuit_state{provider="primary",model="a"}"#)
+        .await;
+    assert_eq!(open, 1.0);
+    let probes = h.mock.requests();
+    assert!(
+        probes.iter().all(|r| r.path_and_query == "/v1/health"),
+        "only probes reached it"
+    );
+    let r = h.chat(chat_body("hi")).await;
+    assert_eq!((model(&r), attempts(&r)), ("b".into(), "1".into()));
+    let m = h.metrics().await;
+    assert!(
+        metric(
+            &m,
+            r#"llm_sidecar_health_checks_total{provider="primary",kind="failed"}"#
+        ) >= 1.0
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_mid_request_cancels_the_upstream_request() {
+    let (h, _backup) = pair("").await;
+    h.mock.push_fault(Fault::DelayFirstByte(Duration::from_secs(3)));
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(150))
+        .build()
+        .unwrap();
+    assert!(
+        impatient
+            .post(h.url("/v1/chat/completions"))
+            .json(&chat_body("slow"))
+            .send()
+            .await
+            .is_err()
+    );
+    // The provider slot is released at once (the upstream request was dropped), long before
+    // the provider would have answered.
+    let mut released = false;
+    for _ in 0..50 {
+        let routing = h.admin_get("/admin/routing").await;
+        let p = Harness::find(&routing["providers"], "name", "primary");
+        if p["in_use"] == 0 {
+            released = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(released, "the slot was released");
+    let m = h.metrics().await;
+    assert_eq!(metric(&m, "llm_sidecar_inflight_requests"), 0.0);
+    assert_eq!(
+        metric(
+            &m,
+            r#"llm_sidecar_requests_total{endpoint="chat",route="auto",model="a",status="499"}"#
+        ),
+        1.0
+    );
 }

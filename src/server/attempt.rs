@@ -18,14 +18,13 @@ use tokio::time::Instant;
 use super::error::ApiError;
 use super::proxy::{Endpoint, Received, full, internal, receive};
 use super::record::RequestRecord;
-use crate::config::ProviderKind;
 use crate::openai::RequestHead;
 use crate::resilience::{Transition, backoff, parse_retry_after};
 use crate::router::{Decision, Route, Target};
 use crate::scheduler::{Permit, QueueError};
 use crate::state::{Runtime, Shared};
 use crate::telemetry::{PriorityLabels, QueueRejectLabels};
-use crate::upstream::anthropic::{self, StreamTranslator};
+use crate::upstream::adapter::StreamTranslate;
 use crate::upstream::{BodyFailure, BodyRead, Provider, UpstreamError, error_detail, read_body};
 
 /// Error bodies of failed attempts are read for their message, up to this size and time.
@@ -41,7 +40,7 @@ pub(super) struct Success {
     pub strip_usage: bool,
     pub idle: Duration,
     pub deadline: Instant,
-    pub translate: Option<Box<StreamTranslator>>,
+    pub translate: Option<Box<dyn StreamTranslate>>,
 }
 
 enum Outcome {
@@ -165,28 +164,22 @@ impl Attempt<'_> {
         rec.attempts += 1;
         rec.model = Some(target.model.clone());
         let model = &target.model;
-        let anthropic = provider.kind() == ProviderKind::Anthropic;
-        let strip_usage = rec.stream && !self.head.include_usage && (anthropic || provider.config.inject_stream_usage);
-        let send_body = if anthropic {
-            if self.endpoint != Endpoint::Chat {
-                return Outcome::Next(UpstreamError::Unsupported {
-                    provider: provider.name().clone(),
-                    detail: format!("Anthropic serves chat completions only, not {}", self.endpoint.label()),
-                });
-            }
-            match anthropic::request(self.body, &model.upstream_model) {
-                Ok(b) => Bytes::from(b),
-                Err(e) => {
-                    return Outcome::Next(UpstreamError::Unsupported {
-                        provider: provider.name().clone(),
-                        detail: e.to_string(),
-                    });
-                }
-            }
-        } else if self.head.needs_rewrite(&model.upstream_model, strip_usage) {
-            Bytes::from(self.head.rewrite(&model.upstream_model, strip_usage))
-        } else {
-            self.body.clone()
+        let adapter = provider.adapter();
+        let strip_usage =
+            rec.stream && !self.head.include_usage && adapter.adds_usage_chunk(provider.config.inject_stream_usage);
+        let unsupported = |detail: String| {
+            Outcome::Next(UpstreamError::Unsupported {
+                provider: provider.name().clone(),
+                detail,
+            })
+        };
+        let path = match adapter.path(self.endpoint.path()) {
+            Ok(p) => p,
+            Err(detail) => return unsupported(detail),
+        };
+        let send_body = match adapter.request(self.head, self.body, &model.upstream_model, strip_usage) {
+            Ok(b) => b,
+            Err(detail) => return unsupported(detail),
         };
         let mut headers = HeaderMap::with_capacity(self.app_headers.len() + 4);
         provider.forward_headers(self.app_headers, &mut headers, false);
@@ -194,11 +187,6 @@ impl Attempt<'_> {
         headers.remove(header::ACCEPT_ENCODING);
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert("x-request-id", rec.request_id.clone());
-        let path = if anthropic {
-            provider.chat_path()
-        } else {
-            self.endpoint.path()
-        };
         let uri = match provider.uri(path, None) {
             Ok(u) => u,
             Err(e) => return Outcome::Fatal(internal(e)),
@@ -244,7 +232,7 @@ impl Attempt<'_> {
         }
         let ttft = started.elapsed();
         rec.first_byte();
-        let (mut parts, body) = match receive(up.response, idle, deadline).await {
+        let (parts, body) = match receive(up.response, idle, deadline).await {
             Ok(r) => r,
             Err(failure) => {
                 self.failed(route, target, provider, failure.kind(), started);
@@ -263,27 +251,17 @@ impl Attempt<'_> {
         self.canary(route, target, status.is_success(), ttft);
         let mut translate = None;
         let body = match body {
-            Received::Complete(bytes) if anthropic => {
-                parts.headers.remove(header::CONTENT_LENGTH);
-                parts
-                    .headers
-                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-                if status.is_success() {
-                    match anthropic::response(&bytes, &model.name) {
-                        Some(b) => Received::Complete(b),
-                        None => {
-                            return Outcome::Next(UpstreamError::Protocol {
-                                provider: provider.name().clone(),
-                                detail: "the Anthropic response could not be read".into(),
-                            });
-                        }
-                    }
-                } else {
-                    Received::Complete(anthropic::error(&bytes))
+            Received::Complete(bytes) => match adapter.response(status, bytes, &model.name) {
+                Some(b) => Received::Complete(b),
+                None => {
+                    return Outcome::Next(UpstreamError::Protocol {
+                        provider: provider.name().clone(),
+                        detail: "the provider's response could not be read".into(),
+                    });
                 }
-            }
-            Received::Stream { sse: true, .. } if anthropic => {
-                translate = Some(Box::new(StreamTranslator::new(&model.name, self.head.include_usage)));
+            },
+            Received::Stream { sse: true, .. } => {
+                translate = adapter.stream(&model.name, self.head.include_usage);
                 body
             }
             other => other,

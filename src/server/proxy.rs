@@ -28,7 +28,7 @@ use crate::router::{self, Decision, Route, Signals, Step};
 use crate::scheduler::Permit;
 use crate::state::{Runtime, Shared};
 use crate::telemetry::DecisionLabels;
-use crate::upstream::anthropic::StreamTranslator;
+use crate::upstream::adapter::StreamTranslate;
 use crate::upstream::{BodyFailure, BodyRead, BoxError, ClientBody, Provider, UpstreamError, is_hop_header, read_body};
 
 /// A client that takes longer than this to send its request body is stalled (or hostile);
@@ -85,7 +85,7 @@ struct Answer {
     deadline: Instant,
     /// Where a complete, successful answer is stored, when the cache applies.
     cache: Option<CacheStore>,
-    translate: Option<Box<StreamTranslator>>,
+    translate: Option<Box<dyn StreamTranslate>>,
 }
 
 struct CacheStore {

@@ -21,7 +21,7 @@ use tokio::time::{Instant, Sleep};
 use super::record::RequestRecord;
 use crate::openai::{SseScanner, error_body};
 use crate::scheduler::Permit;
-use crate::upstream::anthropic::StreamTranslator;
+use crate::upstream::adapter::StreamTranslate;
 use crate::upstream::{BodyFailure, BoxError, error_chain};
 
 /// Called with the raw SSE bytes of a stream that ended complete and error-free.
@@ -59,7 +59,7 @@ pin_project_lite::pin_project! {
         state: State,
         permit: Option<Permit>,
         capture: Option<(Vec<u8>, OnComplete)>,
-        translate: Option<Box<StreamTranslator>>,
+        translate: Option<Box<dyn StreamTranslate>>,
     }
 }
 
@@ -72,7 +72,7 @@ pub struct RelayParams {
     pub outcome: &'static str,
     pub on_complete: Option<OnComplete>,
     /// Rewrites another provider's event stream into OpenAI's before anything else sees it.
-    pub translate: Option<Box<StreamTranslator>>,
+    pub translate: Option<Box<dyn StreamTranslate>>,
 }
 
 impl RelayBody {

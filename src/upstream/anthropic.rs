@@ -8,9 +8,55 @@
 //! `frequency_penalty`, `seed` and `response_format` (Anthropic has no JSON mode; use tools).
 
 use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderValue, StatusCode};
 use serde_json::{Map, Value, json};
 
-use crate::openai::error_body;
+use super::adapter::{Adapter, StreamTranslate};
+use crate::openai::{RequestHead, error_body};
+
+/// The Messages API behind [`Adapter`].
+pub struct Anthropic;
+
+impl Adapter for Anthropic {
+    fn path(&self, endpoint: &'static str) -> Result<&'static str, String> {
+        match endpoint {
+            "/chat/completions" => Ok("/messages"),
+            other => Err(format!(
+                "Anthropic serves chat completions only, not {}",
+                other.trim_start_matches('/')
+            )),
+        }
+    }
+
+    fn request(&self, _head: &RequestHead<'_>, body: &Bytes, upstream_model: &str, _: bool) -> Result<Bytes, String> {
+        request(body, upstream_model)
+            .map(Bytes::from)
+            .map_err(|e| e.to_string())
+    }
+
+    fn adds_usage_chunk(&self, _inject_stream_usage: bool) -> bool {
+        // The translator always reports usage, so the sidecar can account tokens.
+        true
+    }
+
+    fn response(&self, status: StatusCode, body: Bytes, model: &str) -> Option<Bytes> {
+        if status.is_success() {
+            response(&body, model)
+        } else {
+            Some(error(&body))
+        }
+    }
+
+    fn stream(&self, model: &str, include_usage: bool) -> Option<Box<dyn StreamTranslate>> {
+        Some(Box::new(StreamTranslator::new(model, include_usage)))
+    }
+
+    fn default_headers(&self, headers: &mut HeaderMap) {
+        if !headers.contains_key("anthropic-version") {
+            headers.insert("anthropic-version", HeaderValue::from_static(API_VERSION));
+        }
+    }
+}
 
 /// Anthropic requires `max_tokens`; OpenAI defaults to "as many as fit". 4096 is what every
 /// current Claude model accepts.
@@ -326,7 +372,7 @@ impl StreamTranslator {
     }
 
     /// Feeds bytes from the provider; returns the OpenAI SSE bytes they complete.
-    pub fn feed(&mut self, data: &[u8]) -> Bytes {
+    pub fn feed_bytes(&mut self, data: &[u8]) -> Bytes {
         self.buf.extend_from_slice(data);
         let mut out = BytesMut::new();
         while let Some(end) = find_event_end(&self.buf) {
@@ -424,6 +470,12 @@ impl StreamTranslator {
     }
 }
 
+impl StreamTranslate for StreamTranslator {
+    fn feed(&mut self, data: &[u8]) -> Bytes {
+        self.feed_bytes(data)
+    }
+}
+
 fn emit(out: &mut BytesMut, v: &Value) {
     out.extend_from_slice(b"data: ");
     out.extend_from_slice(v.to_string().as_bytes());
@@ -491,7 +543,7 @@ mod tests {
         let mut t = StreamTranslator::new("smart", true);
         let mut out = Vec::new();
         for piece in raw.as_bytes().chunks(7) {
-            out.extend_from_slice(&t.feed(piece));
+            out.extend_from_slice(&t.feed_bytes(piece));
         }
         assert!(t.done());
         let text = String::from_utf8(out).unwrap();
@@ -537,7 +589,7 @@ mod tests {
         assert_eq!(e["error"]["message"], "Anthropic: Overloaded");
         assert_eq!(e["error"]["code"], "overloaded_error");
         let mut t = StreamTranslator::new("m", false);
-        let out = t.feed(b"event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n");
+        let out = t.feed_bytes(b"event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n");
         assert!(String::from_utf8_lossy(&out).contains("\"error\""));
         assert!(!t.done());
     }

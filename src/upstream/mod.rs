@@ -1,9 +1,12 @@
 //! Provider clients: one pooled hyper client per provider over rustls (webpki roots plus an
 //! optional extra CA bundle), the provider's credentials, its timeouts and its concurrency
 //! limit. This module sends one request and classifies what went wrong; deciding what to try
-//! next belongs to the caller.
+//! next belongs to the caller. Each provider protocol is an [`adapter::Adapter`]:
+//! `openai_compat` and `anthropic`.
 
+pub mod adapter;
 pub mod anthropic;
+pub mod openai_compat;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -241,11 +244,11 @@ impl Provider {
         self.config.kind
     }
 
-    /// Where chat completions go on this provider.
-    pub fn chat_path(&self) -> &'static str {
+    /// The wire protocol this provider speaks.
+    pub fn adapter(&self) -> &'static dyn adapter::Adapter {
         match self.config.kind {
-            ProviderKind::OpenAi => "/chat/completions",
-            ProviderKind::Anthropic => "/messages",
+            ProviderKind::OpenAi => &openai_compat::OpenAiCompat,
+            ProviderKind::Anthropic => &anthropic::Anthropic,
         }
     }
 
@@ -302,12 +305,7 @@ impl Provider {
         for (k, v) in &self.config.headers {
             headers.insert(k.clone(), v.clone());
         }
-        if self.config.kind == ProviderKind::Anthropic && !headers.contains_key("anthropic-version") {
-            headers.insert(
-                "anthropic-version",
-                http::HeaderValue::from_static(anthropic::API_VERSION),
-            );
-        }
+        self.adapter().default_headers(&mut headers);
         let mut req = Request::new(body);
         *req.method_mut() = method;
         *req.uri_mut() = uri;

@@ -238,6 +238,25 @@ impl Harness {
     }
 
     /// Polls `/metrics` until `series` is non-zero (or 4 s pass); returns its value.
+    /// `GET` on the admin port, as JSON.
+    pub async fn admin_get(&self, path: &str) -> serde_json::Value {
+        self.client
+            .get(self.admin(path))
+            .send()
+            .await
+            .expect("admin request sent")
+            .json()
+            .await
+            .expect("admin JSON")
+    }
+
+    /// The entry of a JSON array whose `key` equals `value`.
+    pub fn find<'a>(list: &'a serde_json::Value, key: &str, value: &str) -> &'a serde_json::Value {
+        list.as_array()
+            .and_then(|a| a.iter().find(|x| x[key] == value))
+            .unwrap_or_else(|| panic!("no {key}={value} in {list}"))
+    }
+
     pub async fn wait_for_metric(&self, series: &str) -> f64 {
         for _ in 0..200 {
             let v = metric(&self.metrics().await, series);
