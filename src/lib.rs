@@ -18,6 +18,7 @@
 //! - [`server`] — HTTP: the OpenAI endpoints, passthrough, the relay/tee, errors, admin port.
 //! - [`mock`] — an in-process OpenAI-compatible upstream for the demo, benches and tests.
 //! - [`app`] — start-up, signals and graceful shutdown of one sidecar.
+//! - [`inject`] — the mutating admission webhook (a separate process: `llm-sidecar inject`).
 //!
 //! The request path, in files: `server/mod.rs` (routing of URLs) → `server/proxy.rs`
 //! (tenant, body, cache, route, retries and failover) → `router/mod.rs` (decision) →
@@ -30,6 +31,7 @@ pub mod app;
 pub mod cache;
 pub mod config;
 pub mod embed;
+pub mod inject;
 pub mod limits;
 pub mod mock;
 pub mod openai;

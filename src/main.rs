@@ -67,11 +67,61 @@ enum Command {
         #[arg(long, env = "LLM_SIDECAR_ASSETS", default_value = "assets")]
         assets: PathBuf,
     },
+    /// Serve the mutating admission webhook that injects the sidecar into annotated pods
+    /// (HTTPS; the certificate files are re-read when they change).
+    Inject(Box<InjectArgs>),
     /// Run only the mock OpenAI-compatible upstream (for load tests and experiments).
     MockUpstream {
         #[arg(long, default_value = "127.0.0.1:9000")]
         listen: SocketAddr,
     },
+}
+
+#[derive(clap::Args)]
+struct InjectArgs {
+    #[arg(long, env = "LLM_SIDECAR_WEBHOOK_LISTEN", default_value = "0.0.0.0:8443")]
+    listen: SocketAddr,
+    /// `/metrics`, `/healthz`, `/readyz` of the webhook.
+    #[arg(long, env = "LLM_SIDECAR_WEBHOOK_ADMIN_LISTEN", default_value = "0.0.0.0:9902")]
+    admin_listen: SocketAddr,
+    #[arg(long, env = "LLM_SIDECAR_TLS_CERT", default_value = "/tls/tls.crt")]
+    tls_cert: PathBuf,
+    #[arg(long, env = "LLM_SIDECAR_TLS_KEY", default_value = "/tls/tls.key")]
+    tls_key: PathBuf,
+    /// The sidecar image injected into pods.
+    #[arg(long, env = "LLM_SIDECAR_IMAGE")]
+    image: String,
+    #[arg(long, env = "LLM_SIDECAR_IMAGE_PULL_POLICY", default_value = "IfNotPresent")]
+    image_pull_policy: String,
+    /// `kube`: the sidecar watches `--config-map` (NAMESPACE/NAME) through the API;
+    /// `mount`: the ConfigMap NAME of the pod's namespace is mounted.
+    #[arg(long, env = "LLM_SIDECAR_CONFIG_SOURCE", default_value = "kube")]
+    config_source: String,
+    #[arg(
+        long,
+        env = "LLM_SIDECAR_CONFIG_MAP",
+        default_value = "llm-sidecar/llm-sidecar-config"
+    )]
+    config_map: String,
+    #[arg(long, env = "LLM_SIDECAR_CONFIG_KEY", default_value = "config.yaml")]
+    config_key: String,
+    /// A Secret whose keys become the sidecar's environment (provider API keys); "" for none.
+    #[arg(long, env = "LLM_SIDECAR_SECRET", default_value = "llm-sidecar-keys")]
+    secret: String,
+    #[arg(long, env = "LLM_SIDECAR_LOG_LEVEL", default_value = "info")]
+    log_level: String,
+    #[arg(long, env = "LLM_SIDECAR_CPU_REQUEST", default_value = "50m")]
+    cpu_request: String,
+    #[arg(long, env = "LLM_SIDECAR_MEMORY_REQUEST", default_value = "160Mi")]
+    memory_request: String,
+    #[arg(long, env = "LLM_SIDECAR_CPU_LIMIT")]
+    cpu_limit: Option<String>,
+    #[arg(long, env = "LLM_SIDECAR_MEMORY_LIMIT", default_value = "512Mi")]
+    memory_limit: String,
+    /// `false` for clusters older than Kubernetes 1.29 (no native sidecars): the sidecar is
+    /// added as a plain container instead.
+    #[arg(long, env = "LLM_SIDECAR_NATIVE_SIDECAR", default_value_t = true, action = clap::ArgAction::Set)]
+    native_sidecar: bool,
 }
 
 /// sysexits.h EX_USAGE: the operator must fix the invocation or config.
@@ -167,6 +217,7 @@ async fn run(command: Command) -> ExitCode {
             code
         }
         Command::Calibrate { pairs, assets } => calibrate(&pairs, &assets),
+        Command::Inject(args) => inject(*args).await,
         Command::MockUpstream { listen } => {
             let _log = init_logging(&default_logging());
             match MockUpstream::start_on(listen).await {
@@ -182,6 +233,68 @@ async fn run(command: Command) -> ExitCode {
             }
         }
     }
+}
+
+async fn inject(a: InjectArgs) -> ExitCode {
+    use llm_sidecar::inject::{ConfigSource, Settings, server};
+    let _log = init_logging(&default_logging());
+    let config_source = match a.config_source.as_str() {
+        "kube" => ConfigSource::Kube,
+        "mount" => ConfigSource::Mount,
+        other => {
+            eprintln!("llm-sidecar inject: --config-source {other:?}: use kube or mount");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let settings = Arc::new(Settings {
+        image: a.image,
+        image_pull_policy: a.image_pull_policy,
+        config_source,
+        config_map: a.config_map,
+        config_key: a.config_key,
+        secret: Some(a.secret).filter(|s| !s.is_empty()),
+        log_level: a.log_level,
+        cpu_request: a.cpu_request,
+        memory_request: a.memory_request,
+        cpu_limit: a.cpu_limit.filter(|s| !s.is_empty()),
+        memory_limit: a.memory_limit,
+        native_sidecar: a.native_sidecar,
+    });
+    let tls = server::ReloadingCert::new(a.tls_cert, a.tls_key)
+        .map(Arc::new)
+        .and_then(server::tls_config);
+    let tls = match tls {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("llm-sidecar inject: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let (listener, admin) = match server::bind(a.listen, a.admin_listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("llm-sidecar inject: cannot listen: {e}");
+            return ExitCode::from(71);
+        }
+    };
+    let metrics = Arc::new(llm_sidecar::telemetry::Metrics::new());
+    tracing::info!(listen = %a.listen, admin = %a.admin_listen, image = &*settings.image, "injection webhook serving");
+    let webhook = tokio::spawn(server::serve(listener, tls, settings, metrics.clone()));
+    let admin = tokio::spawn(server::serve_admin(admin, metrics));
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("llm-sidecar inject: cannot handle SIGTERM: {e}");
+            return ExitCode::from(71);
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    webhook.abort();
+    admin.abort();
+    ExitCode::SUCCESS
 }
 
 fn calibrate(pairs: &std::path::Path, assets: &std::path::Path) -> ExitCode {

@@ -181,6 +181,7 @@ pub struct Metrics {
     pub queue_rejections: Family<QueueRejectLabels, Counter>,
     pub canary_reverted: Family<CanaryLabels, Gauge>,
     pub health_checks: Family<UpstreamErrorLabels, Counter>,
+    pub admissions: Family<ResultLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -398,7 +399,14 @@ impl Metrics {
             "Active provider health checks by provider and result (ok, failed)",
             health_checks.clone(),
         );
+        let admissions = Family::default();
+        registry.register(
+            "llm_sidecar_admissions",
+            "Admission reviews answered by the injection webhook, by result",
+            admissions.clone(),
+        );
         Self {
+            admissions,
             route_decisions,
             circuit_state,
             circuit_transitions,
