@@ -25,6 +25,8 @@ pub enum ConfigInput {
     File(PathBuf),
     /// Fixed text (the demo's embedded config); never reloaded.
     Text(String),
+    /// A ConfigMap key, read and watched through the Kubernetes API.
+    Kube(Box<crate::config::kube::KubeSource>),
 }
 
 pub struct Options {
@@ -55,13 +57,17 @@ pub enum StartError {
     Source(#[from] SourceError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("{0}")]
+    Kube(#[from] crate::config::kube::KubeSourceError),
 }
 
 impl StartError {
     /// Process exit code: 64 (EX_USAGE) for a config the operator must fix, 71 (EX_OSERR) otherwise.
     pub fn exit_code(&self) -> i32 {
         match self {
-            StartError::Config(_) | StartError::Source(SourceError::Read { .. }) => 64,
+            StartError::Config(_)
+            | StartError::Source(SourceError::Read { .. })
+            | StartError::Kube(crate::config::kube::KubeSourceError::NoKey { .. }) => 64,
             _ => 71,
         }
     }
@@ -83,12 +89,13 @@ pub struct Sidecar {
 
 impl Sidecar {
     pub async fn start(opts: Options) -> Result<Sidecar, StartError> {
-        let (text, source) = match opts.config {
+        let (text, source, kube) = match opts.config {
             ConfigInput::File(path) => {
                 let source = FileSource::new(path);
-                (source.read()?, Some(source))
+                (source.read()?, Some(source), None)
             }
-            ConfigInput::Text(t) => (t, None),
+            ConfigInput::Text(t) => (t, None, None),
+            ConfigInput::Kube(k) => (k.read().await?, None, Some(*k)),
         };
         let config = Config::load(&text, &*opts.vars)?;
         let runtime = Runtime::build(config, None, 1)?;
@@ -128,9 +135,9 @@ impl Sidecar {
         let mut reloader = None;
         let mut watch_task = None;
         if let Some(source) = source {
-            let r = Arc::new(Reloader::new(shared.clone(), source, opts.vars.clone()));
-            match r.source().watch() {
-                Ok(mut changes) => {
+            let r = Arc::new(Reloader::new(shared.clone(), Some(source), opts.vars.clone()));
+            match r.source().map(FileSource::watch) {
+                Some(Ok(mut changes)) => {
                     let r2 = r.clone();
                     watch_task = Some(tokio::spawn(async move {
                         while changes.next().await.is_some() {
@@ -141,8 +148,31 @@ impl Sidecar {
                     }));
                 }
                 // Still serve: SIGHUP reloads work without the watch.
-                Err(e) => tracing::error!(error = %e, "cannot watch the config for changes; reload with SIGHUP"),
+                Some(Err(e)) => tracing::error!(error = %e, "cannot watch the config for changes; reload with SIGHUP"),
+                None => {}
             }
+            reloader = Some(r);
+        }
+        if let Some(kube) = kube {
+            let r = Arc::new(Reloader::new(shared.clone(), None, opts.vars.clone()));
+            let r2 = r.clone();
+            let what = format!("{}/{}", kube.namespace, kube.name);
+            tracing::info!(configmap = %what, key = %kube.key, "watching the config through the Kubernetes API");
+            let mut changes = kube.watch();
+            watch_task = Some(tokio::spawn(async move {
+                while let Some(change) = changes.recv().await {
+                    match change {
+                        crate::config::kube::Change::Text(text) => {
+                            let r3 = r2.clone();
+                            let _ = tokio::task::spawn_blocking(move || r3.apply_text(text)).await;
+                        }
+                        crate::config::kube::Change::Gone(why) => {
+                            shared_metrics_reload(&r2, "source_gone");
+                            tracing::warn!(configmap = %what, %why, "config source gone; the last good config keeps serving");
+                        }
+                    }
+                }
+            }));
             reloader = Some(r);
         }
         let cache = shared.cache.clone();
@@ -213,6 +243,10 @@ impl Sidecar {
         let _ = self.admin_task.await;
         tracing::info!("shutdown complete");
     }
+}
+
+fn shared_metrics_reload(r: &Reloader, outcome: &'static str) {
+    r.metrics().reload(outcome);
 }
 
 /// How often the upkeep task looks for due health checks and new snapshots.

@@ -35,10 +35,24 @@ const DEFAULT_THREADS: usize = 1;
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve with a config file; it is watched and hot-reloaded (also on SIGHUP).
+    /// Serve with a config file (watched and hot-reloaded, also on SIGHUP) or a ConfigMap
+    /// watched through the Kubernetes API.
     Serve {
-        #[arg(long, short, env = "LLM_SIDECAR_CONFIG")]
-        config: PathBuf,
+        #[arg(
+            long,
+            short,
+            env = "LLM_SIDECAR_CONFIG",
+            required_unless_present = "kube_configmap",
+            conflicts_with = "kube_configmap"
+        )]
+        config: Option<PathBuf>,
+        /// `NAMESPACE/NAME` (or `NAME` in the pod's namespace) of a ConfigMap to read and watch
+        /// through the Kubernetes API (in-cluster credentials or kubeconfig).
+        #[arg(long, env = "LLM_SIDECAR_KUBE_CONFIGMAP")]
+        kube_configmap: Option<String>,
+        /// The ConfigMap key holding the config.
+        #[arg(long, env = "LLM_SIDECAR_KUBE_KEY", default_value = "config.yaml")]
+        kube_key: String,
         /// Override `listen`.
         #[arg(long)]
         listen: Option<SocketAddr>,
@@ -151,20 +165,38 @@ async fn run(command: Command) -> ExitCode {
         Command::CheckConfig { file } => check_config(&file),
         Command::Serve {
             config,
+            kube_configmap,
+            kube_key,
             listen,
             admin_listen,
         } => {
-            // Logging settings come from the config itself; read it once for them.
-            let logging = std::fs::read_to_string(&config)
-                .ok()
+            // Logging settings come from the config itself; read a file once for them (a
+            // ConfigMap is read by the sidecar itself: defaults and RUST_LOG apply).
+            let logging = config
+                .as_ref()
+                .and_then(|c| std::fs::read_to_string(c).ok())
                 .and_then(|t| Config::load(&t, &Env).ok())
                 .map(|c| c.logging)
                 .unwrap_or_else(default_logging);
             let _log = init_logging(&logging);
+            let input = match (config, kube_configmap) {
+                (Some(path), _) => ConfigInput::File(path),
+                (None, Some(spec)) => match llm_sidecar::config::kube::KubeSource::new(&spec, &kube_key, None).await {
+                    Ok(k) => ConfigInput::Kube(Box::new(k)),
+                    Err(e) => {
+                        eprintln!("llm-sidecar: {e}");
+                        return ExitCode::from(69);
+                    }
+                },
+                (None, None) => {
+                    eprintln!("llm-sidecar: give --config FILE or --kube-configmap NAMESPACE/NAME");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
             let opts = Options {
                 listen,
                 admin_listen,
-                ..Options::new(ConfigInput::File(config))
+                ..Options::new(input)
             };
             start_and_run(opts).await
         }

@@ -1,9 +1,11 @@
 //! Configuration: the YAML schema (`raw`), `${VAR}` interpolation, and validation into the typed,
 //! immutable [`Config`] that everything else reads. Loading is one pure function from text to
 //! `Result<Config, ConfigErrors>`; every problem found is reported at once, each with the exact
-//! key path and what to change. Watching the file for changes lives in `source`.
+//! key path and what to change. Watching the file for changes lives in `source`; reading and
+//! watching a ConfigMap through the Kubernetes API lives in `kube`.
 
 pub mod interpolate;
+pub mod kube;
 pub mod raw;
 pub mod source;
 mod validate;

@@ -20,24 +20,50 @@ pub enum ReloadOutcome {
 
 pub struct Reloader {
     shared: Arc<Shared>,
-    source: FileSource,
+    /// The watched file, or `None` when the text arrives from elsewhere (the Kubernetes API).
+    source: Option<FileSource>,
+    /// The last text given to [`Self::apply_text`], re-applied by a forced reload (SIGHUP).
+    last_text: std::sync::Mutex<Option<String>>,
     vars: Arc<dyn VarLookup + Send + Sync>,
     /// Serialises reloads (watcher and SIGHUP may fire together) so generations stay ordered.
     lock: std::sync::Mutex<()>,
 }
 
 impl Reloader {
-    pub fn new(shared: Arc<Shared>, source: FileSource, vars: Arc<dyn VarLookup + Send + Sync>) -> Self {
+    pub fn new(shared: Arc<Shared>, source: Option<FileSource>, vars: Arc<dyn VarLookup + Send + Sync>) -> Self {
         Self {
             shared,
             source,
+            last_text: std::sync::Mutex::new(None),
             vars,
             lock: std::sync::Mutex::new(()),
         }
     }
 
-    pub fn source(&self) -> &FileSource {
-        &self.source
+    /// Where the config comes from, for log lines.
+    fn describe(&self) -> String {
+        match &self.source {
+            Some(s) => s.path().display().to_string(),
+            None => "kubernetes-api".to_owned(),
+        }
+    }
+
+    pub fn metrics(&self) -> &crate::telemetry::Metrics {
+        &self.shared.metrics
+    }
+
+    pub fn source(&self) -> Option<&FileSource> {
+        self.source.as_ref()
+    }
+
+    /// Applies config text that arrived from outside (a ConfigMap through the API).
+    /// Blocking like [`Self::reload`].
+    pub fn apply_text(&self, text: String) -> ReloadOutcome {
+        if let Ok(mut last) = self.last_text.lock() {
+            *last = Some(text.clone());
+        }
+        let _guard = self.lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.apply(text, false)
     }
 
     /// Blocking: reads files. Call from a blocking thread. An identical config text is
@@ -45,7 +71,14 @@ impl Reloader {
     pub fn reload(&self, force: bool) -> ReloadOutcome {
         let _guard = self.lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let metrics = &self.shared.metrics;
-        let text = match self.source.read() {
+        let read = match &self.source {
+            Some(source) => source.read(),
+            None => match self.last_text.lock().ok().and_then(|t| t.clone()) {
+                Some(t) => Ok(t),
+                None => return ReloadOutcome::Unchanged,
+            },
+        };
+        let text = match read {
             Ok(t) => t,
             Err(e) => {
                 // Kubelet's swap can leave the path briefly dangling; the next event retries.
@@ -54,6 +87,11 @@ impl Reloader {
                 return ReloadOutcome::ReadFailed(e);
             }
         };
+        self.apply(text, force)
+    }
+
+    fn apply(&self, text: String, force: bool) -> ReloadOutcome {
+        let metrics = &self.shared.metrics;
         let current = self.shared.runtime.load_full();
         if !force && hex::encode(Sha256::digest(text.as_bytes())) == current.config.digest {
             metrics.reload("unchanged");
@@ -92,13 +130,13 @@ impl Reloader {
                 }
                 metrics.reload("applied");
                 metrics.config_generation.set(generation as i64);
-                tracing::info!(generation, version = %version, path = %self.source.path().display(), "config reloaded");
+                tracing::info!(generation, version = %version, source = %self.describe(), "config reloaded");
                 ReloadOutcome::Applied { generation }
             }
             Err(errors) => {
                 metrics.reload("rejected");
                 tracing::error!(
-                    path = %self.source.path().display(),
+                    source = %self.describe(),
                     problems = %errors,
                     "config reload rejected; the last good config (generation {}) keeps serving",
                     current.generation
