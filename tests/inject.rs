@@ -116,6 +116,8 @@ fn a_plain_annotated_pod_gets_a_native_sidecar() {
     assert_eq!(ann["llm-sidecar.io/status"], "injected");
     assert_eq!(ann["prometheus.io/scrape"], "true");
     assert_eq!(ann["prometheus.io/port"], "9901");
+    assert_eq!(pod["metadata"]["labels"]["llm-sidecar.io/injected"], "true");
+    assert_eq!(pod["metadata"]["labels"]["app"], "plain");
 }
 
 #[test]

@@ -246,7 +246,9 @@ async fn a_configmap_watched_through_the_api_survives_expiry_restarts_and_deleti
     let source = KubeSource::new(&format!("{NS}/{NAME}"), "config.yaml", Some(api.client()))
         .await
         .unwrap();
-    let sidecar = Sidecar::start(options(ConfigInput::Kube(Box::new(source)))).await.unwrap();
+    let sidecar = Sidecar::start(options(ConfigInput::Kube(Box::new(source))))
+        .await
+        .unwrap();
     let h = Harness {
         mock,
         sidecar: Some(sidecar),
@@ -326,7 +328,10 @@ async fn a_missing_configmap_or_key_fails_start_clearly() {
     let source = KubeSource::new(&format!("{NS}/{NAME}"), "other.yaml", Some(api.client()))
         .await
         .unwrap();
-    let err = Sidecar::start(options(ConfigInput::Kube(Box::new(source)))).await.err().unwrap();
+    let err = Sidecar::start(options(ConfigInput::Kube(Box::new(source))))
+        .await
+        .err()
+        .unwrap();
     assert!(err.to_string().contains("has no key \"other.yaml\""), "{err}");
     assert_eq!(err.exit_code(), 64);
 }

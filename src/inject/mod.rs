@@ -27,6 +27,8 @@ pub const ANNOTATION_MEMORY_REQUEST: &str = "llm-sidecar.io/memory-request";
 pub const ANNOTATION_CPU_LIMIT: &str = "llm-sidecar.io/cpu-limit";
 pub const ANNOTATION_MEMORY_LIMIT: &str = "llm-sidecar.io/memory-limit";
 pub const ANNOTATION_NATIVE: &str = "llm-sidecar.io/native-sidecar";
+/// Added to injected pods so monitors can select them.
+pub const LABEL_INJECTED: &str = "llm-sidecar.io/injected";
 pub const CONTAINER_NAME: &str = "llm-sidecar";
 pub const ADMIN_PORT: u16 = 9901;
 pub const APP_PORT: u16 = 8080;
@@ -246,6 +248,13 @@ pub fn plan(pod: &Value, s: &Settings, mode: Mode) -> Result<Vec<Value>, Outcome
         annotations.push(("prometheus.io/scrape", "true".into()));
         annotations.push(("prometheus.io/port", ADMIN_PORT.to_string()));
         annotations.push(("prometheus.io/path", "/metrics".into()));
+    }
+    // A label, unlike an annotation, can select injected pods (the chart's PodMonitor).
+    match pod["metadata"].get("labels").and_then(Value::as_object) {
+        None => ops.push(json!({"op": "add", "path": "/metadata/labels", "value": {LABEL_INJECTED: "true"}})),
+        Some(_) => ops.push(
+            json!({"op": "add", "path": format!("/metadata/labels/{}", pointer(LABEL_INJECTED)), "value": "true"}),
+        ),
     }
     if pod["metadata"].get("annotations").and_then(Value::as_object).is_none() {
         let map: serde_json::Map<String, Value> = annotations

