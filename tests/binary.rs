@@ -112,3 +112,34 @@ fn sighup_reloads_and_sigterm_drains_and_exits_zero() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+#[test]
+fn the_webhook_refuses_to_start_without_its_certificate_and_serve_needs_a_config() {
+    let out = Command::new(BIN)
+        .args([
+            "inject",
+            "--image",
+            "x",
+            "--tls-cert",
+            "/nonexistent/tls.crt",
+            "--tls-key",
+            "/nonexistent/tls.key",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/tls.crt"));
+    let out = Command::new(BIN)
+        .args(["inject", "--image", "x", "--config-source", "nfs"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("use kube or mount"));
+    // Neither --config nor --kube-configmap: a usage error from the parser.
+    let out = Command::new(BIN)
+        .env_remove("LLM_SIDECAR_CONFIG")
+        .arg("serve")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
