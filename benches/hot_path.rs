@@ -150,6 +150,7 @@ fn decisions(c: &mut Criterion) {
             tenant: "team-a",
             headers: &headers,
             signals: &signals,
+            budget_soft: false,
         };
         c.bench_function(&format!("router/decide_{strategy}"), |b| {
             b.iter(|| match router.decide(black_box(&req), 0).unwrap() {

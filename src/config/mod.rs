@@ -78,6 +78,15 @@ pub const DEFAULT_COMPLEXITY_THRESHOLD: f64 = 0.5;
 pub const DEFAULT_CANARY_WINDOW: Duration = Duration::from_secs(60);
 pub const DEFAULT_CANARY_MIN_REQUESTS: u32 = 20;
 pub const DEFAULT_CANARY_MAX_ERROR_RATE: f64 = 0.1;
+/// A soft budget limit at 80 %: time to react (a cheaper tier, an alert) before the hard stop.
+pub const DEFAULT_SOFT_RATIO: f64 = 0.8;
+/// A Redis call slower than this is treated as Redis being down for that call.
+pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(50);
+/// Counters go to Redis every 100 ms: fleet-wide limits overshoot by at most what the fleet
+/// serves in that time, and no request waits for Redis.
+pub const DEFAULT_REDIS_SYNC: Duration = Duration::from_millis(100);
+pub const DEFAULT_WARM_ENTRIES: u64 = 10_000;
+pub const DEFAULT_STREAM_MAX_LEN: u64 = 100_000;
 
 /// Cached answers live this long unless `cache.ttl` says otherwise: long enough to matter for
 /// repeated questions, short enough that stale facts age out within the working day.
@@ -130,6 +139,8 @@ pub struct Config {
     pub routing: RoutingSettings,
     pub resilience: ResilienceConfig,
     pub scheduling: SchedulingConfig,
+    /// Fleet mode: limits, budgets and the L2 cache shared through Redis.
+    pub redis: Option<RedisConfig>,
     /// SHA-256 of the source text, so a reload of identical bytes is recognised and skipped.
     pub digest: String,
 }
@@ -352,11 +363,17 @@ pub struct MatchConfig {
     pub keywords: Vec<String>,
     /// Checked to compile at validation; compiled again by the router.
     pub regex: Option<String>,
+    /// `Some(true)`: only tenants past their soft budget limit; `Some(false)`: only below it.
+    pub budget_soft: Option<bool>,
 }
 
 impl MatchConfig {
     pub fn is_empty(&self) -> bool {
-        self.tenants.is_empty() && self.header.is_none() && self.keywords.is_empty() && self.regex.is_none()
+        self.tenants.is_empty()
+            && self.header.is_none()
+            && self.keywords.is_empty()
+            && self.regex.is_none()
+            && self.budget_soft.is_none()
     }
 
     pub fn needs_text(&self) -> bool {
@@ -434,6 +451,70 @@ pub struct TenantsConfig {
     pub names: Vec<Arc<str>>,
     /// Tenant → index into `scheduling.classes`.
     pub priorities: BTreeMap<Arc<str>, usize>,
+    /// Tenant → its limits (tenants not listed use `default_limits`).
+    pub limits: BTreeMap<Arc<str>, Arc<Limits>>,
+    pub default_limits: Option<Arc<Limits>>,
+    pub budgets: BTreeMap<Arc<str>, Budget>,
+    pub default_budget: Option<Budget>,
+}
+
+impl TenantsConfig {
+    pub fn limits_of(&self, tenant: &str) -> Option<&Arc<Limits>> {
+        self.limits.get(tenant).or(self.default_limits.as_ref())
+    }
+
+    pub fn budget_of(&self, tenant: &str) -> Option<&Budget> {
+        self.budgets.get(tenant).or(self.default_budget.as_ref())
+    }
+}
+
+/// Requests and tokens per minute, for a tenant and optionally per requested model.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Limits {
+    pub requests_per_minute: Option<u64>,
+    pub tokens_per_minute: Option<u64>,
+    pub models: BTreeMap<Arc<str>, ModelLimits>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct ModelLimits {
+    pub requests_per_minute: Option<u64>,
+    pub tokens_per_minute: Option<u64>,
+}
+
+/// USD a tenant may spend per UTC day and month.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Budget {
+    pub daily_usd: Option<f64>,
+    pub monthly_usd: Option<f64>,
+    /// Share of a budget at which the soft limit applies (log, metric, routing input).
+    pub soft_ratio: f64,
+}
+
+/// A string whose `Debug` never shows it (passwords).
+#[derive(Clone, PartialEq)]
+pub struct SecretString(pub String);
+
+impl fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretString(***)")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedisConfig {
+    /// `redis://host:port/db` or `rediss://` (TLS); never carries the password.
+    pub url: String,
+    pub password: Option<SecretString>,
+    pub key_prefix: String,
+    /// Bound on every Redis call: past it, the sidecar goes on with local state.
+    pub timeout: Duration,
+    /// How often local counters are pushed to Redis and fleet totals read back.
+    pub sync_interval: Duration,
+    pub cache: bool,
+    /// Entries loaded from the stream at start (warm start).
+    pub warm_entries: usize,
+    pub stream_max_len: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]

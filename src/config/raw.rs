@@ -29,6 +29,58 @@ pub struct RawConfig {
     pub routing: Option<RawRouting>,
     pub resilience: Option<RawResilience>,
     pub scheduling: Option<RawScheduling>,
+    pub redis: Option<RawRedis>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedis {
+    pub url: String,
+    pub password_env: Option<String>,
+    pub password_file: Option<String>,
+    pub key_prefix: Option<String>,
+    pub timeout: Option<String>,
+    pub sync_interval: Option<String>,
+    pub cache: Option<RawRedisCache>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedisCache {
+    pub enabled: Option<bool>,
+    pub warm_entries: Option<u64>,
+    pub stream_max_len: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub requests_per_minute: Option<u64>,
+    pub tokens_per_minute: Option<u64>,
+    #[serde(default)]
+    pub models: BTreeMap<String, RawModelLimits>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawModelLimits {
+    pub requests_per_minute: Option<u64>,
+    pub tokens_per_minute: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawBudget {
+    pub daily_usd: Option<f64>,
+    pub monthly_usd: Option<f64>,
+    pub soft_ratio: Option<f64>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawTenantDefaults {
+    pub limits: Option<RawLimits>,
+    pub budget: Option<RawBudget>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -232,6 +284,8 @@ pub struct RawMatch {
     pub header: Option<RawHeaderMatch>,
     pub keywords: Option<Vec<String>>,
     pub regex: Option<String>,
+    /// `soft`: only tenants past their soft budget limit; `ok`: only those below it.
+    pub budget: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -270,6 +324,8 @@ pub struct RawTenants {
     pub default_tenant: Option<String>,
     #[serde(default)]
     pub list: BTreeMap<String, RawTenant>,
+    /// Limits and budget of tenants that set none (the default tenant included).
+    pub defaults: Option<RawTenantDefaults>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -279,4 +335,6 @@ pub struct RawTenant {
     pub api_key_sha256: Vec<String>,
     /// The priority class of this tenant's requests unless `x-llm-sidecar-priority` says otherwise.
     pub priority: Option<String>,
+    pub limits: Option<RawLimits>,
+    pub budget: Option<RawBudget>,
 }

@@ -1,6 +1,8 @@
-//! Tenants (and, with the limits issue, their rate limits and budgets). A tenant is identified
-//! by a trusted header or by the SHA-256 of the app's API key: the config stores only hashes, so
-//! a leaked ConfigMap leaks no key.
+//! Tenants, their rate limits and budgets. A tenant is identified by a trusted header or by the
+//! SHA-256 of the app's API key: the config stores only hashes, so a leaked ConfigMap leaks no
+//! key. `ledger` holds the counts (rates, spend, usage); `fleet` shares them through Redis.
+
+pub mod ledger;
 
 use std::collections::HashMap;
 use std::sync::Arc;

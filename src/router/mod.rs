@@ -82,10 +82,15 @@ struct Matcher {
     header: Option<(http::HeaderName, Vec<String>)>,
     keywords: Vec<String>,
     regex: Option<regex::Regex>,
+    budget_soft: Option<bool>,
 }
 
 impl Matcher {
-    fn matches(&self, model: &str, tenant: &str, headers: &HeaderMap, text: Option<&str>) -> bool {
+    fn matches(&self, req: &Request<'_>, text: Option<&str>) -> bool {
+        let (model, tenant, headers) = (req.model, req.tenant, req.headers);
+        if self.budget_soft.is_some_and(|want| want != req.budget_soft) {
+            return false;
+        }
         let model_ok = (self.exact.is_empty() && self.globs.is_empty())
             || self.exact.iter().any(|e| **e == *model)
             || self.globs.iter().any(|g| glob(g, model));
@@ -315,6 +320,8 @@ pub struct Request<'a> {
     pub tenant: &'a str,
     pub headers: &'a HeaderMap,
     pub signals: &'a Signals<'a>,
+    /// The tenant is past its soft budget limit (routes can send it to a cheaper tier).
+    pub budget_soft: bool,
 }
 
 #[derive(Debug, Default)]
@@ -465,6 +472,7 @@ impl Router {
             tenants: r.when.tenants.clone(),
             header: r.when.header.clone(),
             keywords: r.when.keywords.clone(),
+            budget_soft: r.when.budget_soft,
             // Validated already; a failure here would mean the validator and router disagree.
             regex: r
                 .when
@@ -515,7 +523,7 @@ impl Router {
         }
         let text = req.signals.text.as_deref();
         for route in self.routes.iter().skip(from) {
-            if route.matcher.matches(req.model, req.tenant, req.headers, text) {
+            if route.matcher.matches(req, text) {
                 if route.strategy == Strategy::Semantic {
                     if text.is_some() && !route.examples.is_empty() {
                         return Ok(Step::NeedsEmbedding(route.clone()));

@@ -39,6 +39,7 @@ impl Req {
             tenant: self.tenant,
             headers: &self.headers,
             signals: &signals,
+            budget_soft: false,
         };
         r.decide(&req, 0)
     }
@@ -242,6 +243,7 @@ fn semantic_routes_ask_for_an_embedding_and_fall_through() {
         tenant: "t",
         headers: &q.headers,
         signals: &signals,
+        budget_soft: false,
     };
     let Step::Decided(d) = r.decide_semantic(&route, &req, Some(&[0.9, 0.1])).unwrap() else {
         panic!()

@@ -11,6 +11,8 @@ use hyper::body::Incoming;
 use super::body::Body;
 use crate::state::Shared;
 
+const BUDGET_STATES: [&str; 3] = ["ok", "soft", "exhausted"];
+
 pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => text(
@@ -81,6 +83,62 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Bod
             let body = serde_json::json!({"removed": removed, "tenant": tenant, "route": route});
             text(StatusCode::OK, "application/json", body.to_string())
         }
+        (&Method::GET, "/admin/usage") => {
+            let rt = shared.runtime.load();
+            let now = crate::limits::ledger::now_ms();
+            let rows = shared.ledger.usage();
+            let mut tenants: Vec<Arc<str>> = rt.config.tenants.names.clone();
+            for (t, _, _) in &rows {
+                if !tenants.contains(t) {
+                    tenants.push(t.clone());
+                }
+            }
+            let body = serde_json::json!({
+                "since_unix": shared.started_unix,
+                "fleet": rt.config.redis.is_some(),
+                "tenants": tenants.iter().map(|t| {
+                    let (today, month) = shared.ledger.spent(t, now);
+                    let budget = rt.config.tenants.budget_of(t).map(|b| serde_json::json!({
+                        "daily_usd": b.daily_usd,
+                        "monthly_usd": b.monthly_usd,
+                        "soft_ratio": b.soft_ratio,
+                        "remaining_today_usd": b.daily_usd.map(|d| (d - today).max(0.0)),
+                        "remaining_month_usd": b.monthly_usd.map(|m| (m - month).max(0.0)),
+                        "state": BUDGET_STATES[crate::limits::ledger::budget_state(b, today, month) as usize],
+                    }));
+                    let limits = rt.config.tenants.limits_of(t).map(|l| serde_json::json!({
+                        "requests_per_minute": l.requests_per_minute,
+                        "tokens_per_minute": l.tokens_per_minute,
+                        "models": l.models.iter().map(|(m, ml)| (m.to_string(), serde_json::json!({
+                            "requests_per_minute": ml.requests_per_minute, "tokens_per_minute": ml.tokens_per_minute,
+                        }))).collect::<serde_json::Map<_, _>>(),
+                    }));
+                    let models: Vec<_> = rows.iter().filter(|(rt_, _, _)| rt_ == t).map(|(_, m, r)| serde_json::json!({
+                        "model": &**m,
+                        "requests": r.requests,
+                        "prompt_tokens": r.prompt_tokens,
+                        "completion_tokens": r.completion_tokens,
+                        "cached_tokens": r.cached_tokens,
+                        "cost_usd": r.cost_usd,
+                    })).collect();
+                    let total: f64 = rows.iter().filter(|(rt_, _, _)| rt_ == t).map(|(_, _, r)| r.cost_usd).sum();
+                    serde_json::json!({
+                        "tenant": &**t,
+                        "spent_today_usd": today,
+                        "spent_month_usd": month,
+                        "cost_since_start_usd": total,
+                        "budget": budget,
+                        "limits": limits,
+                        "models": models,
+                    })
+                }).collect::<Vec<_>>(),
+            });
+            text(
+                StatusCode::OK,
+                "application/json",
+                serde_json::to_string_pretty(&body).unwrap_or_default(),
+            )
+        }
         (&Method::GET, "/admin/routing") => {
             let rt = shared.runtime.load();
             let circuits: Vec<_> = {
@@ -122,7 +180,7 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Bod
         _ => text(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /metrics, /healthz, /readyz, /admin/config, /admin/routing, POST /admin/cache/purge\n"
+            "not found: try /metrics, /healthz, /readyz, /admin/config, /admin/routing, /admin/usage, POST /admin/cache/purge\n"
                 .into(),
         ),
     }

@@ -16,18 +16,19 @@ use tokio::time::Instant;
 use super::attempt::Attempt;
 use super::body::Body;
 use super::error::ApiError;
-use super::record::RequestRecord;
+use super::record::{Account, RequestRecord};
 use super::relay::{Mode, OnComplete, RelayBody, RelayParams};
 use super::verify::{self, Verification};
 use crate::cache::{Cache, Hit, HitKind, Plan, replay};
 use crate::config::ModelConfig;
 use crate::config::{Config, ProviderKind};
+use crate::limits::ledger::{self, now_ms};
 use crate::openai::usage::parse_usage;
 use crate::openai::{RequestHead, SseScanner};
 use crate::router::{self, Decision, Route, Signals, Step};
 use crate::scheduler::Permit;
 use crate::state::{Runtime, Shared};
-use crate::telemetry::DecisionLabels;
+use crate::telemetry::{DecisionLabels, LimitLabels};
 use crate::upstream::adapter::StreamTranslate;
 use crate::upstream::{BodyFailure, BodyRead, BoxError, ClientBody, Provider, UpstreamError, is_hop_header, read_body};
 
@@ -176,7 +177,22 @@ pub async fn openai(
         let class = priority_class(&rt, &parts.headers, &tenant)?;
         rec.priority = rt.config.scheduling.classes.get(class).map(|(n, _)| n.clone());
         let signals = Signals::read(&head, body.len(), rt.router.needs_text());
-        let decision = decide(&shared, &rt, &head, &signals, &tenant, &parts.headers).await?;
+        let estimate = signals.prompt_tokens + signals.completion_estimate();
+        let admission = match shared
+            .ledger
+            .admit(&rt.config.tenants, &tenant, &head.model, estimate, now_ms())
+        {
+            Ok(a) => a,
+            Err(limited) => return Err(limit_error(&shared, &mut rec, &tenant, limited)),
+        };
+        rec.ratelimit = admission.headers;
+        let budget_soft = admission.soft;
+        rec.account = Some(Account {
+            ledger: shared.ledger.clone(),
+            config: rt.config.clone(),
+            admission,
+        });
+        let decision = decide(&shared, &rt, &head, &signals, &tenant, &parts.headers, budget_soft).await?;
         rec.route = Some(decision.route.name.clone());
         rec.reason = Some(decision.reason);
         if let Some(first) = decision.candidates.first() {
@@ -280,12 +296,14 @@ async fn decide(
     signals: &Signals<'_>,
     tenant: &str,
     headers: &HeaderMap,
+    budget_soft: bool,
 ) -> Result<Decision, ApiError> {
     let req = router::Request {
         model: &head.model,
         tenant,
         headers,
         signals,
+        budget_soft,
     };
     let mut step = rt.router.decide(&req, 0)?;
     loop {
@@ -319,6 +337,74 @@ pub async fn prepare_examples(shared: &Shared, route: &Route) -> bool {
     }
     let _ = route.example_vectors.set(vectors);
     true
+}
+
+/// A refusal by the tenant's limits: 429 in OpenAI's shape, with `retry-after` and the
+/// `x-ratelimit-*` headers.
+fn limit_error(shared: &Shared, rec: &mut RequestRecord, tenant: &Arc<str>, limited: ledger::Limited) -> ApiError {
+    shared
+        .metrics
+        .limit_rejections
+        .get_or_create(&LimitLabels {
+            tenant: tenant.clone(),
+            reason: limited.reason(),
+        })
+        .inc();
+    match limited {
+        ledger::Limited::Rate {
+            reason,
+            limit,
+            reset,
+            headers,
+        } => {
+            rec.ratelimit = Some(headers);
+            let what = if reason.contains("tokens") {
+                "tokens"
+            } else {
+                "requests"
+            };
+            let scope = if reason.starts_with("model_") {
+                "for this model "
+            } else {
+                ""
+            };
+            ApiError {
+                retry_after: Some(reset.as_secs().max(1)),
+                outcome: "rate_limited",
+                ..ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "requests",
+                    Some("rate_limit_exceeded"),
+                    format!(
+                        "Rate limit reached for tenant {tenant} {scope}on {what} per minute: limit {limit}. Retry in {:.0} s.",
+                        reset.as_secs_f64().ceil()
+                    ),
+                )
+            }
+        }
+        ledger::Limited::Budget {
+            reason,
+            limit_usd,
+            spent_usd,
+            reset,
+        } => {
+            let period = if reason == "budget_daily" { "daily" } else { "monthly" };
+            ApiError {
+                retry_after: Some(reset.as_secs().max(1)),
+                outcome: "over_budget",
+                ..ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "insufficient_quota",
+                    Some("insufficient_quota"),
+                    format!(
+                        "Tenant {tenant} has used its {period} budget (${spent_usd:.2} of ${limit_usd:.2}); it renews in {} h {} min. Ask the platform team to raise tenants.list.{tenant}.budget.",
+                        reset.as_secs() / 3600,
+                        reset.as_secs() % 3600 / 60
+                    ),
+                )
+            }
+        }
+    }
 }
 
 /// The priority class: `x-llm-sidecar-priority`, else the tenant's, else the default.
@@ -387,6 +473,9 @@ fn serve_cached(
         }
     };
     h.insert("x-llm-sidecar-cache", HeaderValue::from_static(rec.cache));
+    // Served locally: the provider charged nothing for this answer.
+    h.insert("x-llm-sidecar-cost-usd", HeaderValue::from_static("0"));
+    rec.rate_headers(h);
     rec.model = rt.config.models.get(&*hit.model).cloned();
     rec.status = 200;
     rec.finish("cache_hit");
@@ -399,7 +488,28 @@ pub async fn passthrough(shared: Arc<Shared>, req: Request<Incoming>, request_id
     let rt: Arc<Runtime> = shared.runtime.load_full();
     let mut rec = RequestRecord::new(shared.metrics.clone(), request_id, "passthrough");
     let result = async {
-        rec.tenant = Some(rt.tenants.identify(req.headers())?);
+        let tenant = rt.tenants.identify(req.headers())?;
+        rec.tenant = Some(tenant.clone());
+        // Passthrough bodies are not read: the estimate comes from their declared length, and
+        // limits count them under the pseudo-model `passthrough`.
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        let estimate = declared / crate::router::signals::BYTES_PER_TOKEN as u64
+            + crate::router::signals::DEFAULT_COMPLETION_ESTIMATE;
+        let admission = match shared.ledger.admit(&rt.config.tenants, &tenant, "passthrough", estimate, now_ms()) {
+            Ok(a) => a,
+            Err(limited) => return Err(limit_error(&shared, &mut rec, &tenant, limited)),
+        };
+        rec.ratelimit = admission.headers;
+        rec.account = Some(Account {
+            ledger: shared.ledger.clone(),
+            config: rt.config.clone(),
+            admission,
+        });
         let route = rt.router.default_route().ok_or_else(|| {
             ApiError::unknown_url(req.method(), req.uri().path()).with_message(format!(
                 "Invalid URL ({} {}): this sidecar interprets chat/completions, completions, embeddings and models, and passes other /v1 paths to the default route, but no `default_route` is configured.",
@@ -506,6 +616,7 @@ fn relay(mut rec: RequestRecord, answer: Answer) -> Response<Body> {
     }
     h.insert("x-llm-sidecar-attempts", HeaderValue::from(rec.attempts));
     h.insert("x-llm-sidecar-cache", HeaderValue::from_static(rec.cache));
+    rec.rate_headers(h);
     rec.status = parts.status.as_u16();
     let success = parts.status.is_success();
     let outcome = if success { "ok" } else { "upstream_status" };
@@ -514,6 +625,14 @@ fn relay(mut rec: RequestRecord, answer: Answer) -> Response<Body> {
             drop(permit);
             if success {
                 rec.usage = parse_usage(&bytes).map(|r| r.usage);
+                if let Some(u) = rec.usage {
+                    let cost = model
+                        .pricing
+                        .cost(u.prompt_tokens, u.cached_tokens, u.completion_tokens);
+                    if let Ok(v) = HeaderValue::from_str(&format!("{cost:.8}")) {
+                        resp.headers_mut().insert("x-llm-sidecar-cost-usd", v);
+                    }
+                }
                 if let Some(c) = cache.filter(|_| parts.status == StatusCode::OK) {
                     c.store(bytes.clone(), model.name.clone());
                 }
@@ -565,6 +684,7 @@ fn fail(mut rec: RequestRecord, e: ApiError) -> Response<Body> {
         resp.headers_mut()
             .insert("x-llm-sidecar-attempts", HeaderValue::from(rec.attempts));
     }
+    rec.rate_headers(resp.headers_mut());
     resp
 }
 

@@ -9,10 +9,11 @@ use std::time::Duration;
 use http::HeaderValue;
 use tokio::time::Instant;
 
-use crate::config::ModelConfig;
+use crate::config::{Config, ModelConfig};
+use crate::limits::ledger::{Admission, Ledger, RateHeaders, now_ms};
 use crate::openai::Usage;
 use crate::router::Reason;
-use crate::telemetry::{CostLabels, Metrics, OperationLabels, RequestLabels, TokenLabels};
+use crate::telemetry::{BudgetLabels, CostLabels, Metrics, OperationLabels, RequestLabels, TokenLabels};
 
 /// Label for requests that never reached a route (bad JSON, unknown model).
 const NONE: &str = "none";
@@ -39,7 +40,18 @@ pub struct RequestRecord {
     pub priority: Option<Arc<str>>,
     /// Retries of a candidate (attempts beyond the first per candidate).
     pub retries: u32,
+    /// What to reconcile with the tenant's limits and budget when the request ends.
+    pub account: Option<Account>,
+    /// `x-ratelimit-*` values for the response.
+    pub ratelimit: Option<RateHeaders>,
     finished: bool,
+}
+
+/// An admitted request's reservation, settled once at the end.
+pub struct Account {
+    pub ledger: Arc<Ledger>,
+    pub config: Arc<Config>,
+    pub admission: Admission,
 }
 
 impl RequestRecord {
@@ -62,12 +74,35 @@ impl RequestRecord {
             reason: None,
             priority: None,
             retries: 0,
+            account: None,
+            ratelimit: None,
             finished: false,
         }
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// Adds the sidecar's `x-ratelimit-*` headers (they replace the provider's: the app's
+    /// limits here are the tenant's, not the shared provider key's).
+    pub fn rate_headers(&self, h: &mut http::HeaderMap) {
+        let Some(r) = &self.ratelimit else { return };
+        for name in [
+            "x-ratelimit-limit-requests",
+            "x-ratelimit-remaining-requests",
+            "x-ratelimit-reset-requests",
+            "x-ratelimit-limit-tokens",
+            "x-ratelimit-remaining-tokens",
+            "x-ratelimit-reset-tokens",
+        ] {
+            h.remove(name);
+        }
+        for (name, value) in r.pairs() {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                h.insert(name, v);
+            }
+        }
     }
 
     pub fn first_byte(&mut self) {
@@ -146,6 +181,34 @@ impl RequestRecord {
                             model: model_name.clone(),
                         })
                         .inc_by(cost);
+                }
+            }
+        }
+        if let Some(a) = self.account.take() {
+            let served = self.model.as_ref().filter(|_| !served_by_cache).map(|m| &m.name);
+            let usage = self.usage.filter(|_| !served_by_cache);
+            let now = now_ms();
+            if let Some(c) = a
+                .ledger
+                .settle(&a.config.tenants, &a.admission, served, usage, cost, now)
+            {
+                tracing::warn!(
+                    tenant = &*c.tenant,
+                    period = c.period,
+                    spent_usd = c.spent_usd,
+                    budget_usd = c.budget_usd,
+                    "tenant passed its soft budget limit; routes matching `budget: soft` now apply"
+                );
+            }
+            if cost > 0.0 && a.config.tenants.budget_of(&a.admission.tenant).is_some() {
+                let (today, month) = a.ledger.spent(&a.admission.tenant, now);
+                for (period, v) in [("daily", today), ("monthly", month)] {
+                    m.budget_spent
+                        .get_or_create(&BudgetLabels {
+                            tenant: a.admission.tenant.clone(),
+                            period,
+                        })
+                        .set(v);
                 }
             }
         }

@@ -141,6 +141,10 @@ pub struct Shared {
     pub cache: Arc<Cache>,
     /// Retries the whole pod may spend, across reloads.
     pub retry_budget: RetryBudget,
+    /// Rate-limit windows, spend and usage per tenant, across reloads.
+    pub ledger: Arc<crate::limits::ledger::Ledger>,
+    /// When this sidecar started (for `/admin/usage`).
+    pub started_unix: u64,
 }
 
 impl Shared {
@@ -159,6 +163,8 @@ impl Shared {
             health: Health::default(),
             cache,
             retry_budget: RetryBudget::default(),
+            ledger: Arc::default(),
+            started_unix: crate::limits::ledger::now_ms() / 1000,
         })
     }
 }

@@ -182,6 +182,23 @@ pub struct Metrics {
     pub canary_reverted: Family<CanaryLabels, Gauge>,
     pub health_checks: Family<UpstreamErrorLabels, Counter>,
     pub admissions: Family<ResultLabels, Counter>,
+    pub limit_rejections: Family<LimitLabels, Counter>,
+    pub budget_spent: Family<BudgetLabels, Gauge<f64, AtomicU64>>,
+    pub redis_up: Gauge,
+    pub redis_errors: Family<ReasonLabels, Counter>,
+    pub l2_entries: Family<ResultLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    pub tenant: Arc<str>,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BudgetLabels {
+    pub tenant: Arc<str>,
+    pub period: &'static str,
 }
 
 impl Default for Metrics {
@@ -405,7 +422,42 @@ impl Metrics {
             "Admission reviews answered by the injection webhook, by result",
             admissions.clone(),
         );
+        let limit_rejections = Family::default();
+        registry.register(
+            "llm_sidecar_limit_rejections",
+            "Requests refused by tenant limits, by reason (requests_per_minute, tokens_per_minute, model_requests_per_minute, model_tokens_per_minute, budget_daily, budget_monthly)",
+            limit_rejections.clone(),
+        );
+        let budget_spent = Family::<BudgetLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "llm_sidecar_budget_spent_usd",
+            "USD spent by a tenant in the current UTC day or month (fleet-wide in fleet mode)",
+            budget_spent.clone(),
+        );
+        let redis_up = Gauge::default();
+        registry.register(
+            "llm_sidecar_redis_up",
+            "1 while Redis answers (fleet mode); 0 while the sidecar runs on local state",
+            redis_up.clone(),
+        );
+        let redis_errors = Family::default();
+        registry.register(
+            "llm_sidecar_redis_errors",
+            "Failed Redis operations by reason (sync, publish, consume, warm, connect)",
+            redis_errors.clone(),
+        );
+        let l2_entries = Family::default();
+        registry.register(
+            "llm_sidecar_cache_l2_entries",
+            "Cache entries exchanged through Redis, by result (published, received, warmed, skipped)",
+            l2_entries.clone(),
+        );
         Self {
+            limit_rejections,
+            budget_spent,
+            redis_up,
+            redis_errors,
+            l2_entries,
             admissions,
             route_decisions,
             circuit_state,

@@ -1,0 +1,790 @@
+//! Rate limits, budgets and the usage ledger of this sidecar, in memory.
+//!
+//! - **Rates**: requests and tokens per minute per tenant (and per tenant × requested model),
+//!   as a sliding window over two fixed one-minute windows aligned to wall-clock minutes (so
+//!   every pod's windows line up for the fleet sum). Tokens are reserved at admission from an
+//!   estimate and reconciled with the provider's usage when the request ends; a failed request
+//!   returns its reservation.
+//! - **Budgets**: USD spent per UTC day and month per tenant, from catalogue prices and real
+//!   usage. Past `soft_ratio` the tenant is "soft" (logged once per period, metered, and a
+//!   routing input); past the budget, requests are refused.
+//! - **Ledger**: requests, tokens and cost per tenant and served model since start, for
+//!   `GET /admin/usage`.
+//!
+//! In fleet mode `fleet` adds the other sidecars' counts (read from Redis) to the local ones
+//! and drains the local deltas to push; without it everything here is exact for one pod. One
+//! short `std` mutex; no await while held.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::config::{Budget, TenantsConfig};
+use crate::openai::Usage;
+
+const MINUTE_MS: u64 = 60_000;
+const DAY_MS: u64 = 86_400_000;
+
+/// Milliseconds since the Unix epoch (wall clock: windows and budget periods are UTC).
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// (year, month 1–12) of a day number since 1970-01-01 (H. Hinnant's civil_from_days).
+pub fn civil_month(days: u64) -> (i64, u32) {
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m)
+}
+
+/// Milliseconds from `now` to the start of the next UTC month.
+fn to_next_month(now: u64) -> u64 {
+    let (y, m) = civil_month(now / DAY_MS);
+    let mut day = now / DAY_MS + 1;
+    // At most 31 steps; a loop is clearer than the inverse calendar formula.
+    while civil_month(day) == (y, m) {
+        day += 1;
+    }
+    day * DAY_MS - now
+}
+
+fn month_id(now: u64) -> u64 {
+    let (y, m) = civil_month(now / DAY_MS);
+    (y as u64) * 12 + u64::from(m)
+}
+
+/// Counts for one key, split into what this pod did and what the rest of the fleet did.
+#[derive(Debug, Default, Clone, Copy)]
+struct Window {
+    minute: u64,
+    /// [previous minute, current minute], this pod.
+    req: [u64; 2],
+    tok: [i64; 2],
+    /// The same from the other sidecars (fleet mode).
+    fleet_req: [u64; 2],
+    fleet_tok: [i64; 2],
+    /// Not yet pushed to the fleet: (minute, requests, tokens).
+    pending_req: u64,
+    pending_tok: i64,
+}
+
+impl Window {
+    fn roll(&mut self, minute: u64) {
+        if minute == self.minute {
+            return;
+        }
+        let adjacent = minute == self.minute + 1;
+        self.req = [if adjacent { self.req[1] } else { 0 }, 0];
+        self.tok = [if adjacent { self.tok[1] } else { 0 }, 0];
+        self.fleet_req = [if adjacent { self.fleet_req[1] } else { 0 }, 0];
+        self.fleet_tok = [if adjacent { self.fleet_tok[1] } else { 0 }, 0];
+        self.minute = minute;
+        // Deltas of a finished minute are pushed by the next sync under their own minute key;
+        // keeping them here would credit them to the new minute.
+        self.pending_req = 0;
+        self.pending_tok = 0;
+    }
+
+    /// Sliding-window estimate at `frac` (0–1) into the current minute.
+    fn used(&self, frac: f64) -> (f64, f64) {
+        let req = (self.req[0] + self.fleet_req[0]) as f64 * (1.0 - frac) + (self.req[1] + self.fleet_req[1]) as f64;
+        let tok = (self.tok[0] + self.fleet_tok[0]).max(0) as f64 * (1.0 - frac)
+            + (self.tok[1] + self.fleet_tok[1]).max(0) as f64;
+        (req, tok)
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Spend {
+    day: u64,
+    month: u64,
+    day_usd: f64,
+    month_usd: f64,
+    fleet_day_usd: f64,
+    fleet_month_usd: f64,
+    pending_usd: f64,
+    /// The day/month whose soft limit was already logged.
+    soft_logged: (u64, u64),
+}
+
+impl Spend {
+    fn roll(&mut self, now: u64) {
+        let (day, month) = (now / DAY_MS, month_id(now));
+        if day != self.day {
+            self.day = day;
+            self.day_usd = 0.0;
+            self.fleet_day_usd = 0.0;
+        }
+        if month != self.month {
+            self.month = month;
+            self.month_usd = 0.0;
+            self.fleet_month_usd = 0.0;
+        }
+    }
+
+    fn today(&self) -> f64 {
+        self.day_usd + self.fleet_day_usd
+    }
+
+    fn this_month(&self) -> f64 {
+        self.month_usd + self.fleet_month_usd
+    }
+}
+
+/// One row of `/admin/usage`.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct UsageRow {
+    pub requests: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cached_tokens: u64,
+    pub cost_usd: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct RateKey {
+    tenant: Arc<str>,
+    model: Option<Arc<str>>,
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Limited {
+    Rate {
+        /// `requests_per_minute`, `tokens_per_minute`, or the same prefixed `model_`.
+        reason: &'static str,
+        limit: u64,
+        reset: Duration,
+        headers: RateHeaders,
+    },
+    Budget {
+        /// `budget_daily` or `budget_monthly`.
+        reason: &'static str,
+        limit_usd: f64,
+        spent_usd: f64,
+        reset: Duration,
+    },
+}
+
+impl Limited {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Limited::Rate { reason, .. } | Limited::Budget { reason, .. } => reason,
+        }
+    }
+}
+
+/// OpenAI's `x-ratelimit-*` values for a response.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct RateHeaders {
+    pub limit_requests: Option<u64>,
+    pub remaining_requests: u64,
+    pub limit_tokens: Option<u64>,
+    pub remaining_tokens: u64,
+    pub reset: Duration,
+}
+
+/// An admitted request: what to reconcile when it ends.
+#[derive(Debug, Clone)]
+pub struct Admission {
+    pub tenant: Arc<str>,
+    pub model: Arc<str>,
+    pub estimate: u64,
+    pub headers: Option<RateHeaders>,
+    /// The tenant is past its soft budget limit.
+    pub soft: bool,
+    minute: u64,
+    keys: u8,
+}
+
+/// A state change worth a log line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SoftCrossed {
+    pub tenant: Arc<str>,
+    pub period: &'static str,
+    pub spent_usd: f64,
+    pub budget_usd: f64,
+}
+
+#[derive(Default)]
+struct Inner {
+    rates: HashMap<RateKey, Window>,
+    spend: HashMap<Arc<str>, Spend>,
+    usage: HashMap<(Arc<str>, Arc<str>), UsageRow>,
+}
+
+#[derive(Default)]
+pub struct Ledger {
+    inner: Mutex<Inner>,
+}
+
+/// Budget state of a tenant: 0 below the soft limit, 1 soft, 2 exhausted.
+pub fn budget_state(budget: &Budget, today: f64, month: f64) -> u8 {
+    let over = |b: Option<f64>, spent: f64, ratio: f64| b.is_some_and(|b| spent >= b * ratio);
+    if over(budget.daily_usd, today, 1.0) || over(budget.monthly_usd, month, 1.0) {
+        2
+    } else if over(budget.daily_usd, today, budget.soft_ratio) || over(budget.monthly_usd, month, budget.soft_ratio) {
+        1
+    } else {
+        0
+    }
+}
+
+fn format_reset(d: Duration) -> String {
+    if d >= Duration::from_secs(1) {
+        format!("{}s", d.as_secs_f64().ceil() as u64)
+    } else {
+        format!("{}ms", d.as_millis().max(1))
+    }
+}
+
+impl RateHeaders {
+    /// The header pairs, in OpenAI's names.
+    pub fn pairs(&self) -> Vec<(&'static str, String)> {
+        let mut v = Vec::with_capacity(6);
+        let reset = format_reset(self.reset);
+        if let Some(l) = self.limit_requests {
+            v.push(("x-ratelimit-limit-requests", l.to_string()));
+            v.push(("x-ratelimit-remaining-requests", self.remaining_requests.to_string()));
+            v.push(("x-ratelimit-reset-requests", reset.clone()));
+        }
+        if let Some(l) = self.limit_tokens {
+            v.push(("x-ratelimit-limit-tokens", l.to_string()));
+            v.push(("x-ratelimit-remaining-tokens", self.remaining_tokens.to_string()));
+            v.push(("x-ratelimit-reset-tokens", reset));
+        }
+        v
+    }
+}
+
+impl Ledger {
+    /// Admits a request of `tenant` for requested `model` with `estimate` tokens, or says why not.
+    pub fn admit(
+        &self,
+        cfg: &TenantsConfig,
+        tenant: &Arc<str>,
+        model: &str,
+        estimate: u64,
+        now: u64,
+    ) -> Result<Admission, Limited> {
+        let Ok(mut inner) = self.inner.lock() else {
+            // A poisoned lock must not take the sidecar down: admit, unaccounted.
+            return Ok(Admission {
+                tenant: tenant.clone(),
+                model: model.into(),
+                estimate,
+                headers: None,
+                soft: false,
+                minute: now / MINUTE_MS,
+                keys: 0,
+            });
+        };
+        let mut soft = false;
+        if let Some(b) = cfg.budget_of(tenant) {
+            let s = inner.spend.entry(tenant.clone()).or_default();
+            s.roll(now);
+            let (today, month) = (s.today(), s.this_month());
+            if let Some(limit) = b.daily_usd.filter(|l| today >= *l) {
+                return Err(Limited::Budget {
+                    reason: "budget_daily",
+                    limit_usd: limit,
+                    spent_usd: today,
+                    reset: Duration::from_millis(DAY_MS - now % DAY_MS),
+                });
+            }
+            if let Some(limit) = b.monthly_usd.filter(|l| month >= *l) {
+                return Err(Limited::Budget {
+                    reason: "budget_monthly",
+                    limit_usd: limit,
+                    spent_usd: month,
+                    reset: Duration::from_millis(to_next_month(now)),
+                });
+            }
+            soft = budget_state(b, today, month) >= 1;
+        }
+        let minute = now / MINUTE_MS;
+        let frac = (now % MINUTE_MS) as f64 / MINUTE_MS as f64;
+        let reset = Duration::from_millis(MINUTE_MS - now % MINUTE_MS);
+        let Some(limits) = cfg.limits_of(tenant) else {
+            return Ok(Admission {
+                tenant: tenant.clone(),
+                model: model.into(),
+                estimate,
+                headers: None,
+                soft,
+                minute,
+                keys: 0,
+            });
+        };
+        let model_limits = limits.models.get(model).copied();
+        let checks = [
+            (None, limits.requests_per_minute, limits.tokens_per_minute, ""),
+            (
+                model_limits.map(|_| Arc::<str>::from(model)),
+                model_limits.and_then(|m| m.requests_per_minute),
+                model_limits.and_then(|m| m.tokens_per_minute),
+                "model_",
+            ),
+        ];
+        let mut headers: Option<RateHeaders> = None;
+        let mut keys = 0u8;
+        for (i, (m, rpm, tpm, prefix)) in checks.iter().enumerate() {
+            if (rpm.is_none() && tpm.is_none()) || (i == 1 && m.is_none()) {
+                continue;
+            }
+            let key = RateKey {
+                tenant: tenant.clone(),
+                model: m.clone(),
+            };
+            let w = inner.rates.entry(key).or_default();
+            w.roll(minute);
+            let (used_req, used_tok) = w.used(frac);
+            let h = RateHeaders {
+                limit_requests: *rpm,
+                remaining_requests: rpm.map_or(0, |l| (l as f64 - used_req - 1.0).max(0.0) as u64),
+                limit_tokens: *tpm,
+                remaining_tokens: tpm.map_or(0, |l| (l as f64 - used_tok - estimate as f64).max(0.0) as u64),
+                reset,
+            };
+            if let Some(l) = rpm
+                && used_req + 1.0 > *l as f64
+            {
+                return Err(Limited::Rate {
+                    reason: if prefix.is_empty() {
+                        "requests_per_minute"
+                    } else {
+                        "model_requests_per_minute"
+                    },
+                    limit: *l,
+                    reset,
+                    headers: RateHeaders {
+                        remaining_requests: 0,
+                        ..h
+                    },
+                });
+            }
+            if let Some(l) = tpm
+                && used_tok + estimate as f64 > *l as f64
+            {
+                return Err(Limited::Rate {
+                    reason: if prefix.is_empty() {
+                        "tokens_per_minute"
+                    } else {
+                        "model_tokens_per_minute"
+                    },
+                    limit: *l,
+                    reset,
+                    headers: RateHeaders {
+                        remaining_tokens: 0,
+                        ..h
+                    },
+                });
+            }
+            // The tenant-wide numbers are the ones an app should pace itself by.
+            headers.get_or_insert(h);
+            keys |= 1 << i;
+        }
+        // Admitted: count it in every window that applied.
+        for (i, (m, ..)) in checks.iter().enumerate() {
+            if keys & (1 << i) == 0 {
+                continue;
+            }
+            let key = RateKey {
+                tenant: tenant.clone(),
+                model: m.clone(),
+            };
+            if let Some(w) = inner.rates.get_mut(&key) {
+                w.req[1] += 1;
+                w.tok[1] += estimate as i64;
+                w.pending_req += 1;
+                w.pending_tok += estimate as i64;
+            }
+        }
+        Ok(Admission {
+            tenant: tenant.clone(),
+            model: model.into(),
+            estimate,
+            headers,
+            soft,
+            minute,
+            keys,
+        })
+    }
+
+    /// Reconciles an admitted request: real tokens replace the estimate, the cost is spent and
+    /// the ledger updated. `usage` is `None` when the provider reported none (a failure, or a
+    /// cache hit). Returns a soft-limit crossing to log.
+    pub fn settle(
+        &self,
+        cfg: &TenantsConfig,
+        a: &Admission,
+        served: Option<&Arc<str>>,
+        usage: Option<Usage>,
+        cost: f64,
+        now: u64,
+    ) -> Option<SoftCrossed> {
+        let mut inner = self.inner.lock().ok()?;
+        let actual = usage.map_or(0, |u| u.prompt_tokens + u.completion_tokens) as i64;
+        let delta = actual - a.estimate as i64;
+        for i in 0..2u8 {
+            if a.keys & (1 << i) == 0 {
+                continue;
+            }
+            let key = RateKey {
+                tenant: a.tenant.clone(),
+                model: (i == 1).then(|| a.model.clone()),
+            };
+            if let Some(w) = inner.rates.get_mut(&key) {
+                if w.minute == a.minute {
+                    w.tok[1] += delta;
+                    w.pending_tok += delta;
+                } else if w.minute == a.minute + 1 {
+                    // The minute turned while the request ran: correct the previous window
+                    // (locally; the fleet copy of a finished minute keeps the estimate).
+                    w.tok[0] += delta;
+                }
+            }
+        }
+        let row = inner
+            .usage
+            .entry((a.tenant.clone(), served.cloned().unwrap_or_else(|| a.model.clone())))
+            .or_default();
+        row.requests += 1;
+        if let Some(u) = usage {
+            row.prompt_tokens += u.prompt_tokens;
+            row.completion_tokens += u.completion_tokens;
+            row.cached_tokens += u.cached_tokens;
+        }
+        row.cost_usd += cost;
+        if cost <= 0.0 {
+            return None;
+        }
+        let s = inner.spend.entry(a.tenant.clone()).or_default();
+        s.roll(now);
+        s.day_usd += cost;
+        s.month_usd += cost;
+        s.pending_usd += cost;
+        let b = cfg.budget_of(&a.tenant)?;
+        let (today, month) = (s.today(), s.this_month());
+        let crossed = |limit: Option<f64>, spent: f64| limit.filter(|l| spent >= l * b.soft_ratio);
+        if let Some(l) = crossed(b.daily_usd, today)
+            && s.soft_logged.0 != s.day
+        {
+            s.soft_logged.0 = s.day;
+            return Some(SoftCrossed {
+                tenant: a.tenant.clone(),
+                period: "daily",
+                spent_usd: today,
+                budget_usd: l,
+            });
+        }
+        if let Some(l) = crossed(b.monthly_usd, month)
+            && s.soft_logged.1 != s.month
+        {
+            s.soft_logged.1 = s.month;
+            return Some(SoftCrossed {
+                tenant: a.tenant.clone(),
+                period: "monthly",
+                spent_usd: month,
+                budget_usd: l,
+            });
+        }
+        None
+    }
+
+    /// (spent today, spent this month) of a tenant, fleet included.
+    pub fn spent(&self, tenant: &str, now: u64) -> (f64, f64) {
+        let Ok(mut inner) = self.inner.lock() else {
+            return (0.0, 0.0);
+        };
+        match inner.spend.get_mut(tenant) {
+            Some(s) => {
+                s.roll(now);
+                (s.today(), s.this_month())
+            }
+            None => (0.0, 0.0),
+        }
+    }
+
+    /// The ledger rows, sorted by tenant then model.
+    pub fn usage(&self) -> Vec<(Arc<str>, Arc<str>, UsageRow)> {
+        let Ok(inner) = self.inner.lock() else {
+            return Vec::new();
+        };
+        let mut rows: Vec<_> = inner
+            .usage
+            .iter()
+            .map(|((t, m), r)| (t.clone(), m.clone(), *r))
+            .collect();
+        rows.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        rows
+    }
+
+    /// Takes the counts not yet pushed to the fleet.
+    pub fn drain_pending(&self, now: u64) -> Pending {
+        let mut out = Pending::default();
+        let Ok(mut inner) = self.inner.lock() else { return out };
+        let minute = now / MINUTE_MS;
+        for (k, w) in inner.rates.iter_mut() {
+            w.roll(minute);
+            out.rates.push(PendingRate {
+                tenant: k.tenant.clone(),
+                model: k.model.clone(),
+                minute,
+                requests: std::mem::take(&mut w.pending_req),
+                tokens: std::mem::take(&mut w.pending_tok),
+            });
+        }
+        for (t, s) in inner.spend.iter_mut() {
+            s.roll(now);
+            out.spend
+                .push((t.clone(), s.day, s.month, std::mem::take(&mut s.pending_usd)));
+        }
+        out
+    }
+
+    /// Gives back counts that could not be pushed (Redis down), so they go with the next push.
+    pub fn restore_pending(&self, p: Pending) {
+        let Ok(mut inner) = self.inner.lock() else { return };
+        for r in p.rates {
+            if let Some(w) = inner.rates.get_mut(&RateKey {
+                tenant: r.tenant,
+                model: r.model,
+            }) && w.minute == r.minute
+            {
+                w.pending_req += r.requests;
+                w.pending_tok += r.tokens;
+            }
+        }
+        for (t, day, _, usd) in p.spend {
+            if let Some(s) = inner.spend.get_mut(&t)
+                && s.day == day
+            {
+                s.pending_usd += usd;
+            }
+        }
+    }
+
+    /// Sets what the rest of the fleet counted: fleet totals minus this pod's own share.
+    pub fn apply_fleet(&self, totals: &FleetTotals) {
+        let Ok(mut inner) = self.inner.lock() else { return };
+        for ((tenant, model), (minute, prev, cur)) in &totals.rates {
+            if let Some(w) = inner.rates.get_mut(&RateKey {
+                tenant: tenant.clone(),
+                model: model.clone(),
+            }) && w.minute == *minute
+            {
+                // Totals include our own pushed counts; subtract what this pod counted.
+                w.fleet_req = [
+                    prev.0.saturating_sub(w.req[0]),
+                    cur.0.saturating_sub(w.req[1] - w.pending_req.min(w.req[1])),
+                ];
+                w.fleet_tok = [(prev.1 - w.tok[0]).max(0), (cur.1 - (w.tok[1] - w.pending_tok)).max(0)];
+            }
+        }
+        for (tenant, (day, month, day_usd, month_usd)) in &totals.spend {
+            if let Some(s) = inner.spend.get_mut(tenant)
+                && s.day == *day
+                && s.month == *month
+            {
+                let own_pushed_day = s.day_usd - s.pending_usd;
+                let own_pushed_month = s.month_usd - s.pending_usd;
+                s.fleet_day_usd = (day_usd - own_pushed_day).max(0.0);
+                s.fleet_month_usd = (month_usd - own_pushed_month).max(0.0);
+            }
+        }
+    }
+}
+
+/// Local deltas to push to the fleet.
+#[derive(Debug, Default)]
+pub struct Pending {
+    pub rates: Vec<PendingRate>,
+    /// (tenant, day number, month id, USD).
+    pub spend: Vec<(Arc<str>, u64, u64, f64)>,
+}
+
+#[derive(Debug)]
+pub struct PendingRate {
+    pub tenant: Arc<str>,
+    pub model: Option<Arc<str>>,
+    pub minute: u64,
+    pub requests: u64,
+    pub tokens: i64,
+}
+
+/// A rate key as the fleet sees it: (tenant, requested model when per-model).
+pub type FleetKey = (Arc<str>, Option<Arc<str>>);
+/// (minute, previous minute's (requests, tokens), current minute's (requests, tokens)).
+pub type FleetWindow = (u64, (u64, i64), (u64, i64));
+
+/// Fleet-wide counts read back from Redis.
+#[derive(Debug, Default)]
+pub struct FleetTotals {
+    pub rates: HashMap<FleetKey, FleetWindow>,
+    /// tenant → (day, month, USD today, USD this month).
+    pub spend: HashMap<Arc<str>, (u64, u64, f64, f64)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn cfg() -> TenantsConfig {
+        let text = r#"
+tenants:
+  header: x-tenant
+  defaults: { limits: { requests_per_minute: 1000 } }
+  list:
+    a:
+      limits:
+        requests_per_minute: 3
+        tokens_per_minute: 1000
+        models: { gpt-4o: { requests_per_minute: 2 } }
+      budget: { daily_usd: 1.0, monthly_usd: 10.0, soft_ratio: 0.5 }
+"#;
+        Config::load(text, &|_: &str| None).unwrap().tenants
+    }
+
+    const T0: u64 = 1_763_800_000_000; // 2025-11-22, some minute
+
+    #[test]
+    fn civil_months_are_right() {
+        assert_eq!(civil_month(0), (1970, 1));
+        assert_eq!(civil_month(20_414), (2025, 11)); // 2025-11-22
+        assert_eq!(civil_month(19_782), (2024, 2)); // 2024-02-29
+        assert_eq!(civil_month(19_783), (2024, 3));
+        let to_dec = to_next_month(T0);
+        assert!(to_dec > 0 && to_dec <= 31 * DAY_MS);
+    }
+
+    #[test]
+    fn requests_and_model_limits_refuse_with_headers() {
+        let (l, c, t) = (Ledger::default(), cfg(), Arc::<str>::from("a"));
+        let base = T0 - T0 % MINUTE_MS + 1000;
+        let a1 = l.admit(&c, &t, "gpt-4o", 10, base).unwrap();
+        let h = a1.headers.unwrap();
+        assert_eq!((h.limit_requests, h.remaining_requests), (Some(3), 2));
+        assert_eq!((h.limit_tokens, h.remaining_tokens), (Some(1000), 990));
+        l.admit(&c, &t, "gpt-4o", 10, base).unwrap();
+        // The per-model limit (2) bites before the tenant's (3).
+        let e = l.admit(&c, &t, "gpt-4o", 10, base).unwrap_err();
+        assert_eq!(e.reason(), "model_requests_per_minute");
+        l.admit(&c, &t, "other", 10, base).unwrap();
+        let e = l.admit(&c, &t, "other", 10, base).unwrap_err();
+        let Limited::Rate {
+            reason,
+            limit,
+            reset,
+            headers,
+        } = e
+        else {
+            panic!()
+        };
+        assert_eq!((reason, limit), ("requests_per_minute", 3));
+        assert_eq!(reset, Duration::from_secs(59));
+        assert_eq!(headers.pairs()[2], ("x-ratelimit-reset-requests", "59s".to_owned()));
+        // The sliding window: half-way through the next minute half the old count still weighs.
+        assert!(
+            l.admit(&c, &t, "other", 10, base + MINUTE_MS).is_err(),
+            "3 × (1 − 1/60) ≥ 3 − 1"
+        );
+        assert!(l.admit(&c, &t, "other", 10, base + MINUTE_MS + 30_000).is_ok());
+        // Other tenants fall back to the defaults.
+        assert!(
+            l.admit(&c, &Arc::from("zed"), "x", 10, base)
+                .unwrap()
+                .headers
+                .unwrap()
+                .limit_requests
+                == Some(1000)
+        );
+    }
+
+    #[test]
+    fn token_estimates_are_reconciled_and_failures_refunded() {
+        let (l, c, t) = (Ledger::default(), cfg(), Arc::<str>::from("a"));
+        let base = T0 - T0 % MINUTE_MS;
+        let a = l.admit(&c, &t, "m", 900, base).unwrap();
+        assert_eq!(
+            l.admit(&c, &t, "m", 200, base).unwrap_err().reason(),
+            "tokens_per_minute"
+        );
+        // The real usage was small: the room comes back.
+        let usage = Usage {
+            prompt_tokens: 40,
+            completion_tokens: 10,
+            cached_tokens: 0,
+        };
+        l.settle(&c, &a, Some(&Arc::from("m")), Some(usage), 0.0, base);
+        let b = l.admit(&c, &t, "m", 200, base).unwrap();
+        // A failure returns its whole reservation.
+        l.settle(&c, &b, None, None, 0.0, base);
+        let rows = l.usage();
+        assert_eq!(rows.len(), 1);
+        assert_eq!((rows[0].2.requests, rows[0].2.prompt_tokens), (2, 40));
+    }
+
+    #[test]
+    fn budgets_go_soft_then_refuse_and_reset_with_the_day() {
+        let (l, c, t) = (Ledger::default(), cfg(), Arc::<str>::from("a"));
+        let day = T0 - T0 % DAY_MS + 3_600_000;
+        let a = l.admit(&c, &t, "m", 1, day).unwrap();
+        assert!(!a.soft);
+        let crossed = l
+            .settle(&c, &a, None, None, 0.6, day)
+            .expect("0.6 of 1.0 crosses the 0.5 soft limit");
+        assert_eq!((crossed.period, crossed.budget_usd), ("daily", 1.0));
+        let a = l.admit(&c, &t, "m", 1, day).unwrap();
+        assert!(a.soft);
+        assert_eq!(l.settle(&c, &a, None, None, 0.5, day), None, "logged once per period");
+        let e = l.admit(&c, &t, "m", 1, day).unwrap_err();
+        let Limited::Budget {
+            reason,
+            spent_usd,
+            reset,
+            ..
+        } = e
+        else {
+            panic!()
+        };
+        assert_eq!(reason, "budget_daily");
+        assert!((spent_usd - 1.1).abs() < 1e-9);
+        assert_eq!(reset, Duration::from_millis(DAY_MS - 3_600_000));
+        // Tomorrow the daily budget is fresh; the month keeps counting.
+        let a = l.admit(&c, &t, "m", 1, day + DAY_MS).unwrap();
+        assert!(!a.soft);
+        assert_eq!(l.spent("a", day + DAY_MS).0, 0.0);
+        assert!((l.spent("a", day + DAY_MS).1 - 1.1).abs() < 1e-9 || to_next_month(day) < DAY_MS);
+    }
+
+    #[test]
+    fn fleet_counts_add_to_local_ones() {
+        let (l, c, t) = (Ledger::default(), cfg(), Arc::<str>::from("a"));
+        let base = T0 - T0 % MINUTE_MS;
+        let a = l.admit(&c, &t, "m", 1, base).unwrap();
+        let p = l.drain_pending(base);
+        assert_eq!(p.rates.iter().map(|r| r.requests).sum::<u64>(), 1);
+        // Redis says the fleet made 3 this minute (ours included): the other pods' 2 count here.
+        let mut totals = FleetTotals::default();
+        totals
+            .rates
+            .insert((t.clone(), None), (base / MINUTE_MS, (0, 0), (3, 3)));
+        l.apply_fleet(&totals);
+        assert_eq!(
+            l.admit(&c, &t, "m", 1, base).unwrap_err().reason(),
+            "requests_per_minute"
+        );
+        let _ = a;
+    }
+}
