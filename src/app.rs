@@ -85,6 +85,8 @@ pub struct Sidecar {
     watch_task: Option<JoinHandle<()>>,
     sweep_task: JoinHandle<()>,
     upkeep_task: JoinHandle<()>,
+    /// Fleet mode: the limits sync and the L2 cache publisher and follower.
+    fleet_tasks: Vec<JoinHandle<()>>,
 }
 
 impl Sidecar {
@@ -184,6 +186,7 @@ impl Sidecar {
             }
         });
         let upkeep_task = tokio::spawn(upkeep(shared.clone()));
+        let fleet_tasks = start_fleet(&shared);
         shared.health.set_ready(true);
         let rt = shared.runtime.load();
         tracing::info!(
@@ -204,6 +207,7 @@ impl Sidecar {
             watch_task,
             sweep_task,
             upkeep_task,
+            fleet_tasks,
         })
     }
 
@@ -236,6 +240,9 @@ impl Sidecar {
         }
         self.sweep_task.abort();
         self.upkeep_task.abort();
+        for t in &self.fleet_tasks {
+            t.abort();
+        }
         tokio::time::sleep(server.drain_delay).await;
         let _ = self.stop_app.send(Some(server.shutdown_grace));
         let _ = self.app_task.await;
@@ -243,6 +250,32 @@ impl Sidecar {
         let _ = self.admin_task.await;
         tracing::info!("shutdown complete");
     }
+}
+
+/// Starts fleet mode when the config has a `redis` section (read at start; a reload that
+/// changes it applies at the next restart).
+fn start_fleet(shared: &Arc<Shared>) -> Vec<JoinHandle<()>> {
+    let rt = shared.runtime.load();
+    let Some(redis) = rt.config.redis.clone() else {
+        return Vec::new();
+    };
+    tracing::info!(url = %redis.url, prefix = %redis.key_prefix, cache = redis.cache, "fleet mode: limits, budgets and cache shared through Redis");
+    let s = shared.clone();
+    let tenants: crate::limits::fleet::TenantsSource = Arc::new(move || s.runtime.load().config.clone());
+    let mut tasks = vec![tokio::spawn(crate::limits::fleet::run(
+        shared.ledger.clone(),
+        redis.clone(),
+        tenants,
+        shared.metrics.clone(),
+    ))];
+    if redis.cache && rt.config.cache.enabled {
+        let s = shared.clone();
+        let settings = Arc::new(move || s.runtime.load().config.cache.clone());
+        let (p, f) = crate::cache::l2::spawn(shared.cache.clone(), redis, settings, shared.metrics.clone());
+        tasks.push(p);
+        tasks.push(f);
+    }
+    tasks
 }
 
 fn shared_metrics_reload(r: &Reloader, outcome: &'static str) {

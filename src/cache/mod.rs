@@ -12,6 +12,7 @@
 pub mod calibrate;
 pub mod guard;
 pub mod key;
+pub mod l2;
 pub mod replay;
 pub mod store;
 
@@ -70,6 +71,8 @@ pub struct Cache {
     metrics: Arc<Metrics>,
     /// Bounds background verifications in flight.
     verify_permits: Arc<tokio::sync::Semaphore>,
+    /// Fleet mode: new entries go to Redis through this (see `l2`).
+    l2: std::sync::OnceLock<tokio::sync::mpsc::Sender<l2::Outgoing>>,
 }
 
 /// Background verifications in flight at most: they cost upstream calls, and must never pile up.
@@ -136,6 +139,7 @@ impl Cache {
             embedder,
             metrics,
             verify_permits: Arc::new(tokio::sync::Semaphore::new(MAX_VERIFICATIONS)),
+            l2: std::sync::OnceLock::new(),
         }
     }
 
@@ -329,9 +333,26 @@ impl Cache {
             ..
         } = plan;
         let query = if semantic { keys.query } else { None };
+        let partition = if semantic { keys.partition } else { None };
+        let outgoing = self.l2.get().map(|tx| {
+            (
+                tx.clone(),
+                l2::Outgoing {
+                    exact: keys.exact,
+                    partition,
+                    tenant: tenant.clone(),
+                    route: route.clone(),
+                    query: query.clone(),
+                    response: response.clone(),
+                    model: model.clone(),
+                    ttl: config.ttl,
+                    vector: None,
+                },
+            )
+        });
         let new = NewEntry {
             exact: keys.exact,
-            partition: if semantic { keys.partition } else { None },
+            partition,
             tenant,
             route,
             query: query.clone(),
@@ -343,12 +364,70 @@ impl Cache {
         self.metrics.cache_inserts.inc();
         self.evicted(&evicted);
         self.update_gauges();
+        // Published once the vector is known, so other sidecars need not embed it again.
+        let publish = move |vector: Option<Vec<f32>>| {
+            if let Some((tx, mut out)) = outgoing {
+                out.vector = vector;
+                // A full channel (Redis slow) drops the publication, never blocks the request.
+                let _ = tx.try_send(out);
+            }
+        };
         let (Some(index), Some(query)) = (index, query) else {
+            publish(None);
             return;
         };
         match (vector, &self.embedder) {
             (Some(v), _) => {
-                tokio::task::spawn_blocking(move || index.add(id, &v));
+                tokio::task::spawn_blocking(move || {
+                    index.add(id, &v);
+                    publish(Some(v));
+                });
+            }
+            (None, Some(embedder)) => {
+                let deadline = std::time::Instant::now() + INSERT_EMBED_BUDGET;
+                let then = Box::new(move |v: Option<&[f32]>| {
+                    if let Some(v) = v {
+                        index.add(id, v);
+                    }
+                    publish(v.map(<[f32]>::to_vec));
+                });
+                // A full queue leaves this entry exact-only: lookups have priority.
+                let _ = embedder.submit(query, deadline, then);
+            }
+            (None, None) => publish(None),
+        }
+    }
+
+    /// Routes new entries to Redis (fleet mode); see `l2`.
+    pub fn attach_l2(&self, tx: tokio::sync::mpsc::Sender<l2::Outgoing>) {
+        let _ = self.l2.set(tx);
+    }
+
+    /// Inserts an entry another sidecar answered (fleet mode). Its vector is used as is;
+    /// without one, the entry is embedded here like a local insert.
+    pub fn insert_remote(&self, e: l2::Incoming, config: &CacheConfig) {
+        if !config.enabled {
+            return;
+        }
+        let new = NewEntry {
+            exact: e.exact,
+            partition: e.partition,
+            tenant: e.tenant,
+            route: e.route,
+            query: e.query.clone(),
+            response: e.response,
+            model: e.model,
+            expires: std::time::Instant::now() + e.ttl.min(config.ttl),
+        };
+        let (id, index, evicted) = self.store.insert(new, config.max_entries, config.max_bytes);
+        self.evicted(&evicted);
+        self.update_gauges();
+        let (Some(index), Some(query)) = (index, e.query) else {
+            return;
+        };
+        match (e.vector, &self.embedder) {
+            (Some(v), _) => {
+                index.add(id, &v);
             }
             (None, Some(embedder)) => {
                 let deadline = std::time::Instant::now() + INSERT_EMBED_BUDGET;
@@ -357,7 +436,6 @@ impl Cache {
                         index.add(id, v);
                     }
                 });
-                // A full queue leaves this entry exact-only: lookups have priority.
                 let _ = embedder.submit(query, deadline, then);
             }
             (None, None) => {}

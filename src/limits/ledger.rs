@@ -529,6 +529,36 @@ impl Ledger {
         rows
     }
 
+    /// Creates the windows and spend of every tenant the config limits, so the fleet sync
+    /// reads their totals before this pod serves them.
+    pub fn track(&self, cfg: &TenantsConfig, now: u64) {
+        let Ok(mut inner) = self.inner.lock() else { return };
+        let minute = now / MINUTE_MS;
+        for (tenant, limits) in &cfg.limits {
+            let mut keys = vec![None];
+            keys.extend(limits.models.keys().cloned().map(Some));
+            for model in keys {
+                inner
+                    .rates
+                    .entry(RateKey {
+                        tenant: tenant.clone(),
+                        model,
+                    })
+                    .or_insert_with(|| Window {
+                        minute,
+                        ..Window::default()
+                    });
+            }
+        }
+        for tenant in cfg.budgets.keys() {
+            inner.spend.entry(tenant.clone()).or_insert_with(|| {
+                let mut s = Spend::default();
+                s.roll(now);
+                s
+            });
+        }
+    }
+
     /// Takes the counts not yet pushed to the fleet.
     pub fn drain_pending(&self, now: u64) -> Pending {
         let mut out = Pending::default();

@@ -2,6 +2,7 @@
 //! SHA-256 of the app's API key: the config stores only hashes, so a leaked ConfigMap leaks no
 //! key. `ledger` holds the counts (rates, spend, usage); `fleet` shares them through Redis.
 
+pub mod fleet;
 pub mod ledger;
 
 use std::collections::HashMap;

@@ -108,6 +108,9 @@ impl Reloader {
                         "config reload: listen/admin_listen changed; addresses apply at the next restart, the rest applies now"
                     );
                 }
+                if next.config.redis != current.config.redis {
+                    tracing::warn!("config reload: the redis section changed; it applies at the next restart");
+                }
                 let version = next.config.version.clone().unwrap_or_default();
                 let (old_cache, new_cache) = (&current.config.cache, &next.config.cache);
                 // Entries of another cache version can never be hit again: free them now.

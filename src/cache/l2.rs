@@ -1,0 +1,374 @@
+//! The fleet's L2 cache in Redis. Each new entry (its exact key, partition, query, vector,
+//! answer, model) is written to Redis with the cache's TTL and announced on a Redis Stream;
+//! every sidecar follows the stream and inserts other sidecars' entries into its own L1, so
+//! a paraphrase answered in one pod is a hit in another without a Redis round trip on the
+//! request path. A new pod loads the stream's most recent entries (`warm_entries`) at start.
+//!
+//! Redis down or slow: publications are dropped (counted), the follower reconnects with
+//! backoff and resumes from where it was; requests never wait. Entries carry their cache
+//! version inside their keys (the key scope includes `cache.version`), so pods on different
+//! versions never serve each other's answers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::Bytes;
+use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use super::Cache;
+use super::key::Key;
+use crate::config::{CacheConfig, RedisConfig};
+use crate::limits::fleet::{Link, connect, prefix};
+use crate::limits::ledger::now_ms;
+use crate::telemetry::{Metrics, ResultLabels};
+
+/// Publications waiting for Redis; beyond this they are dropped (Redis is slow or down).
+pub const OUTBOX: usize = 1024;
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How long one stream read blocks in Redis before looping.
+const BLOCK_MS: usize = 1000;
+
+/// A new local entry to publish.
+#[derive(Debug)]
+pub struct Outgoing {
+    pub exact: Key,
+    pub partition: Option<Key>,
+    pub tenant: Arc<str>,
+    pub route: Arc<str>,
+    pub query: Option<String>,
+    pub response: Bytes,
+    pub model: Arc<str>,
+    pub ttl: Duration,
+    pub vector: Option<Vec<f32>>,
+}
+
+/// An entry from another sidecar.
+#[derive(Debug)]
+pub struct Incoming {
+    pub exact: Key,
+    pub partition: Option<Key>,
+    pub tenant: Arc<str>,
+    pub route: Arc<str>,
+    pub query: Option<String>,
+    pub response: Bytes,
+    pub model: Arc<str>,
+    /// Time left to live.
+    pub ttl: Duration,
+    pub vector: Option<Vec<f32>>,
+}
+
+/// What is stored in Redis (JSON).
+#[derive(Serialize, Deserialize)]
+struct Wire {
+    exact: String,
+    partition: Option<String>,
+    tenant: String,
+    route: String,
+    query: Option<String>,
+    /// Little-endian f32s, base64.
+    vector: Option<String>,
+    response: String,
+    model: String,
+    expires_ms: u64,
+}
+
+fn encode(o: &Outgoing) -> Option<String> {
+    let vector = o.vector.as_ref().map(|v| {
+        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    });
+    let w = Wire {
+        exact: hex::encode(o.exact),
+        partition: o.partition.map(hex::encode),
+        tenant: o.tenant.to_string(),
+        route: o.route.to_string(),
+        query: o.query.clone(),
+        vector,
+        response: String::from_utf8(o.response.to_vec()).ok()?,
+        model: o.model.to_string(),
+        expires_ms: now_ms() + o.ttl.as_millis() as u64,
+    };
+    serde_json::to_string(&w).ok()
+}
+
+fn key_of(hex_str: &str) -> Option<Key> {
+    let mut k = [0u8; 32];
+    hex::decode_to_slice(hex_str, &mut k).ok()?;
+    Some(k)
+}
+
+fn decode(payload: &str) -> Option<Incoming> {
+    let w: Wire = serde_json::from_str(payload).ok()?;
+    let now = now_ms();
+    if w.expires_ms <= now {
+        return None;
+    }
+    let vector = match w.vector {
+        Some(b) => {
+            let bytes = base64::engine::general_purpose::STANDARD.decode(b).ok()?;
+            if bytes.len() % 4 != 0 {
+                return None;
+            }
+            Some(
+                bytes
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+            )
+        }
+        None => None,
+    };
+    Some(Incoming {
+        exact: key_of(&w.exact)?,
+        partition: match w.partition {
+            Some(p) => Some(key_of(&p)?),
+            None => None,
+        },
+        tenant: w.tenant.into(),
+        route: w.route.into(),
+        query: w.query,
+        response: Bytes::from(w.response),
+        model: w.model.into(),
+        ttl: Duration::from_millis(w.expires_ms - now),
+        vector,
+    })
+}
+
+/// Starts publishing and following. `settings` reads the cache settings of the current
+/// config snapshot. Returns the two tasks.
+pub fn spawn(
+    cache: Arc<Cache>,
+    redis: RedisConfig,
+    settings: Arc<dyn Fn() -> CacheConfig + Send + Sync>,
+    metrics: Arc<Metrics>,
+) -> (tokio::task::JoinHandle<()>, tokio::task::JoinHandle<()>) {
+    let origin: Arc<str> = format!("{:016x}", fastrand::u64(..)).into();
+    let (tx, rx) = mpsc::channel(OUTBOX);
+    cache.attach_l2(tx);
+    let publisher = tokio::spawn(publish(rx, redis.clone(), origin.clone(), metrics.clone()));
+    let follower = tokio::spawn(follow(cache, redis, origin, settings, metrics));
+    (publisher, follower)
+}
+
+fn count(metrics: &Metrics, result: &'static str, n: u64) {
+    if n > 0 {
+        metrics.l2_entries.get_or_create(&ResultLabels { result }).inc_by(n);
+    }
+}
+
+async fn publish(mut rx: mpsc::Receiver<Outgoing>, cfg: RedisConfig, origin: Arc<str>, metrics: Arc<Metrics>) {
+    let p = prefix(&cfg);
+    let stream = format!("{p}:cache:stream");
+    let mut link = Link::new(metrics.clone(), "cache-publish");
+    let mut conn = None;
+    let mut backoff = BACKOFF_MIN;
+    while let Some(out) = rx.recv().await {
+        let Some(payload) = encode(&out) else { continue };
+        if conn.is_none() {
+            match connect(&cfg).await {
+                Ok(c) => {
+                    conn = Some(c);
+                    backoff = BACKOFF_MIN;
+                }
+                Err(e) => {
+                    link.failed("connect", &e);
+                    count(&metrics, "dropped", 1);
+                    // Don't retry per entry while Redis is down: drain what waits, then pause.
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    continue;
+                }
+            }
+        }
+        let Some(c) = conn.as_mut() else { continue };
+        let key = format!("{p}:cache:entry:{}", hex::encode(out.exact));
+        let ttl_ms = out.ttl.as_millis().max(1) as u64;
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(&key)
+            .arg(&payload)
+            .arg("PX")
+            .arg(ttl_ms)
+            .ignore()
+            .cmd("XADD")
+            .arg(&stream)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(cfg.stream_max_len)
+            .arg("*")
+            .arg("k")
+            .arg(&key)
+            .arg("o")
+            .arg(&*origin)
+            .ignore();
+        match tokio::time::timeout(cfg.timeout.max(Duration::from_millis(200)), pipe.query_async::<()>(c)).await {
+            Ok(Ok(())) => {
+                link.ok();
+                count(&metrics, "published", 1);
+            }
+            Ok(Err(e)) => {
+                link.failed("publish", &e.to_string());
+                count(&metrics, "dropped", 1);
+                conn = None;
+            }
+            Err(_) => {
+                link.failed("publish", "timed out");
+                count(&metrics, "dropped", 1);
+                conn = None;
+            }
+        }
+    }
+}
+
+/// One stream entry: its id and its fields.
+type StreamEntry = (String, Vec<(String, String)>);
+type StreamReply = Vec<(String, Vec<StreamEntry>)>;
+
+async fn follow(
+    cache: Arc<Cache>,
+    cfg: RedisConfig,
+    origin: Arc<str>,
+    settings: Arc<dyn Fn() -> CacheConfig + Send + Sync>,
+    metrics: Arc<Metrics>,
+) {
+    let p = prefix(&cfg);
+    let stream = format!("{p}:cache:stream");
+    let mut link = Link::new(metrics.clone(), "cache-follow");
+    let mut last_id: Option<String> = None;
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let mut conn = match connect(&cfg).await {
+            Ok(c) => c,
+            Err(e) => {
+                link.failed("connect", &e);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        backoff = BACKOFF_MIN;
+        link.ok();
+        if last_id.is_none() {
+            // Warm start: the most recent entries, oldest first. Also where a follower that
+            // never got going starts; after an outage it resumes from its last id instead.
+            let recent: Result<Vec<StreamEntry>, _> = redis::cmd("XREVRANGE")
+                .arg(&stream)
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(cfg.warm_entries)
+                .query_async(&mut conn)
+                .await;
+            match recent {
+                Ok(entries) => {
+                    last_id = Some(entries.first().map_or_else(|| "0-0".to_owned(), |(id, _)| id.clone()));
+                    let keys: Vec<StreamEntry> = entries.into_iter().rev().collect();
+                    let n = load(&cache, &mut conn, &keys, &origin, &settings, true).await;
+                    count(&metrics, "warmed", n);
+                    if n > 0 {
+                        tracing::info!(entries = n, "cache warmed from the fleet's recent entries");
+                    }
+                }
+                Err(e) => {
+                    link.failed("warm", &e.to_string());
+                    continue;
+                }
+            }
+        }
+        loop {
+            let from = last_id.clone().unwrap_or_else(|| "$".into());
+            let read: Result<Option<StreamReply>, _> = redis::cmd("XREAD")
+                .arg("COUNT")
+                .arg(256)
+                .arg("BLOCK")
+                .arg(BLOCK_MS)
+                .arg("STREAMS")
+                .arg(&stream)
+                .arg(&from)
+                .query_async(&mut conn)
+                .await;
+            let entries = match read {
+                Ok(Some(streams)) => streams.into_iter().flat_map(|(_, e)| e).collect::<Vec<_>>(),
+                Ok(None) => continue,
+                Err(e) => {
+                    link.failed("consume", &e.to_string());
+                    break;
+                }
+            };
+            link.ok();
+            if let Some((id, _)) = entries.last() {
+                last_id = Some(id.clone());
+            }
+            let n = load(&cache, &mut conn, &entries, &origin, &settings, false).await;
+            count(&metrics, "received", n);
+        }
+    }
+}
+
+/// Fetches and inserts the entries a stream batch points at (skipping this sidecar's own).
+async fn load(
+    cache: &Cache,
+    conn: &mut redis::aio::MultiplexedConnection,
+    entries: &[StreamEntry],
+    origin: &str,
+    settings: &Arc<dyn Fn() -> CacheConfig + Send + Sync>,
+    warming: bool,
+) -> u64 {
+    let field =
+        |fields: &[(String, String)], name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let keys: Vec<String> = entries
+        .iter()
+        .filter(|(_, f)| warming || field(f, "o").as_deref() != Some(origin))
+        .filter_map(|(_, f)| field(f, "k"))
+        .collect();
+    if keys.is_empty() {
+        return 0;
+    }
+    let payloads: Vec<Option<String>> = match conn.mget(&keys).await {
+        Ok(p) => p,
+        Err(_) => return 0,
+    };
+    let config = settings();
+    let mut n = 0;
+    for payload in payloads.into_iter().flatten() {
+        if let Some(e) = decode(&payload) {
+            cache.insert_remote(e, &config);
+            n += 1;
+        }
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_round_trip_through_the_wire_format() {
+        let o = Outgoing {
+            exact: [7; 32],
+            partition: Some([9; 32]),
+            tenant: "t".into(),
+            route: "r".into(),
+            query: Some("how do I reset my password".into()),
+            response: Bytes::from_static(br#"{"choices":[]}"#),
+            model: "m".into(),
+            ttl: Duration::from_secs(60),
+            vector: Some(vec![0.25, -1.5, 3.0]),
+        };
+        let e = decode(&encode(&o).unwrap()).unwrap();
+        assert_eq!((e.exact, e.partition), (o.exact, o.partition));
+        assert_eq!(e.vector, o.vector);
+        assert_eq!(e.response, o.response);
+        assert!(e.ttl <= Duration::from_secs(60) && e.ttl > Duration::from_secs(58));
+        // Expired or garbage payloads are skipped, not errors.
+        let mut w: serde_json::Value = serde_json::from_str(&encode(&o).unwrap()).unwrap();
+        w["expires_ms"] = 1.into();
+        assert!(decode(&w.to_string()).is_none());
+        assert!(decode("not json").is_none());
+    }
+}

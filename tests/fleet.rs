@@ -1,0 +1,218 @@
+//! Fleet mode against a real `redis-server`: two (and three) sidecars share rate limits,
+//! budgets and the cache; Redis is killed mid-test and restarted, and no request fails.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use llm_sidecar::app::{ConfigInput, Sidecar};
+use llm_sidecar::mock::MockUpstream;
+use serde_json::Value;
+
+fn sha(key: &str) -> String {
+    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(key.as_bytes()))
+}
+
+fn fleet_config(mock: &MockUpstream, redis: &RedisServer, tenant: &str) -> String {
+    let extra = format!(
+        r#"
+redis: {{ url: "{}", sync_interval: 50ms, timeout: 300ms }}
+tenants:
+  on_unknown: reject
+  list:
+    team-a:
+      api_key_sha256: ["{}"]
+{tenant}
+{}
+"#,
+        redis.url(),
+        sha("key-a"),
+        cache_section("")
+    );
+    config(&mock.base_url(), &extra)
+}
+
+async fn sidecar(mock: MockUpstream, text: String) -> Harness {
+    let sidecar = Sidecar::start(options(ConfigInput::Text(text))).await.unwrap();
+    Harness {
+        mock,
+        sidecar: Some(sidecar),
+        client: client(),
+        dir: None,
+    }
+}
+
+async fn call(h: &Harness, body: Value) -> reqwest::Response {
+    h.client
+        .post(h.url("/v1/chat/completions"))
+        .bearer_auth("key-a")
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn wait_until(what: &str, mut f: impl AsyncFnMut() -> bool) {
+    let start = Instant::now();
+    while !f().await {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn two_sidecars_share_rate_limits_and_budgets() {
+    let redis = RedisServer::start();
+    let (m1, m2) = (
+        MockUpstream::start().await.unwrap(),
+        MockUpstream::start().await.unwrap(),
+    );
+    let tenant = "      budget: { daily_usd: 0.00005 }";
+    // No cache here: every request must reach a provider to be counted and priced.
+    let text = |m: &MockUpstream| fleet_config(m, &redis, tenant).replace("\ncache:\n", "\ncache:\n  enabled: false\n");
+    let (ta, tb) = (text(&m1), text(&m2));
+    let (a, b) = (sidecar(m1, ta).await, sidecar(m2, tb).await);
+    // The budget (5e-5 USD) is 5 "hi" requests at 1e-5 each, fleet-wide.
+    for _ in 0..3 {
+        assert_eq!(call(&a, chat_body("hi")).await.status(), 200);
+    }
+    wait_until("A's spend to reach the fleet", async || {
+        metric(&b.metrics().await, "llm_sidecar_redis_up") == 1.0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut ok_b = 0;
+    for _ in 0..5 {
+        match call(&b, chat_body("hi")).await.status().as_u16() {
+            200 => ok_b += 1,
+            429 => break,
+            s => panic!("unexpected {s}"),
+        }
+    }
+    assert_eq!(ok_b, 2, "B sees A's 3e-5 USD and stops at the fleet budget of 5e-5");
+    let usage = b.admin_get("/admin/usage").await;
+    let t = Harness::find(&usage["tenants"], "tenant", "team-a");
+    assert!(t["spent_today_usd"].as_f64().unwrap() >= 5e-5 - 1e-12, "{t}");
+    assert_eq!(usage["fleet"], true);
+}
+
+#[tokio::test]
+async fn fleet_rate_limits_count_both_sidecars() {
+    let redis = RedisServer::start();
+    let tenant = "      limits: { requests_per_minute: 10 }";
+    let text = |m: &MockUpstream| fleet_config(m, &redis, tenant).replace("\ncache:\n", "\ncache:\n  enabled: false\n");
+    let (m1, m2) = (
+        MockUpstream::start().await.unwrap(),
+        MockUpstream::start().await.unwrap(),
+    );
+    let (ta, tb) = (text(&m1), text(&m2));
+    let (a, b) = (sidecar(m1, ta).await, sidecar(m2, tb).await);
+    for _ in 0..6 {
+        assert_eq!(call(&a, chat_body("hi")).await.status(), 200);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut ok = 0;
+    let mut refused = None;
+    for _ in 0..10 {
+        let r = call(&b, chat_body("hi")).await;
+        if r.status() == 429 {
+            refused = Some(r);
+            break;
+        }
+        ok += 1;
+    }
+    assert_eq!(ok, 4, "6 on A + 4 on B = the fleet's 10 per minute");
+    let r = refused.unwrap();
+    assert_eq!(r.headers()["x-ratelimit-limit-requests"], "10");
+    assert_eq!(r.headers()["x-ratelimit-remaining-requests"], "0");
+}
+
+#[tokio::test]
+async fn a_paraphrase_answered_in_one_pod_is_a_hit_in_another_and_new_pods_start_warm() {
+    let mut redis = RedisServer::start();
+    let (m1, m2) = (
+        MockUpstream::start().await.unwrap(),
+        MockUpstream::start().await.unwrap(),
+    );
+    let (ta, tb) = (fleet_config(&m1, &redis, ""), fleet_config(&m2, &redis, ""));
+    let (a, b) = (sidecar(m1, ta).await, sidecar(m2, tb).await);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let q = "How do I reset my online banking password?";
+    let r = call(&a, chat_body(q)).await;
+    assert_eq!(r.headers()["x-llm-sidecar-cache"], "miss");
+    wait_until("B to receive A's entry", async || {
+        metric(
+            &b.metrics().await,
+            r#"llm_sidecar_cache_l2_entries_total{result="received"}"#,
+        ) >= 1.0
+    })
+    .await;
+    let r = call(&b, chat_body(q)).await;
+    assert_eq!(r.headers()["x-llm-sidecar-cache"], "hit-exact");
+    let r = call(&b, chat_body("how do i reset my online banking password")).await;
+    assert_eq!(
+        r.headers()["x-llm-sidecar-cache"],
+        "hit-semantic",
+        "the vector came along"
+    );
+    assert!(b.mock.requests().is_empty(), "B never asked its provider");
+
+    // A third pod starts warm from the stream.
+    let m3 = MockUpstream::start().await.unwrap();
+    let tc = fleet_config(&m3, &redis, "");
+    let c = sidecar(m3, tc).await;
+    wait_until("C to warm up", async || {
+        metric(
+            &c.metrics().await,
+            r#"llm_sidecar_cache_l2_entries_total{result="warmed"}"#,
+        ) >= 1.0
+    })
+    .await;
+    assert_eq!(
+        call(&c, chat_body(q)).await.headers()["x-llm-sidecar-cache"],
+        "hit-exact"
+    );
+
+    // Redis dies: every request is still served (from local state), nothing fails.
+    redis.kill();
+    for i in 0..20 {
+        let r = call(&a, chat_body(&format!("question number {i} while redis is down"))).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(call(&b, chat_body(q)).await.status(), 200);
+    }
+    wait_until("redis_up to drop", async || {
+        metric(&a.metrics().await, "llm_sidecar_redis_up") == 0.0
+    })
+    .await;
+    // It comes back (empty): the sidecars reconnect by themselves and sharing resumes.
+    redis.restart();
+    wait_until("A to reconnect", async || {
+        metric(&a.metrics().await, "llm_sidecar_redis_up") == 1.0
+    })
+    .await;
+    wait_until("B to reconnect", async || {
+        metric(&b.metrics().await, "llm_sidecar_redis_up") == 1.0
+    })
+    .await;
+    let q2 = "What is the daily limit for card payments abroad?";
+    assert_eq!(call(&a, chat_body(q2)).await.status(), 200);
+    // Poll B with `no-store` (it looks up but never stores its own answer) until A's entry
+    // has arrived through the restarted Redis.
+    wait_until("A's new entry to reach B", async || {
+        let r = b
+            .client
+            .post(b.url("/v1/chat/completions"))
+            .bearer_auth("key-a")
+            .header("x-llm-sidecar-cache", "no-store")
+            .json(&chat_body(q2))
+            .send()
+            .await
+            .unwrap();
+        r.headers()["x-llm-sidecar-cache"] == "hit-exact"
+    })
+    .await;
+}
