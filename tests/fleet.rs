@@ -216,3 +216,25 @@ async fn a_paraphrase_answered_in_one_pod_is_a_hit_in_another_and_new_pods_start
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_password_protected_redis_is_used_with_the_password_from_a_file() {
+    let redis = RedisServer::start_with(&["--requirepass", "s3cr%t pass"]);
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("redis-password");
+    std::fs::write(&pw, "s3cr%t pass\n").unwrap();
+    let mock = MockUpstream::start().await.unwrap();
+    let text = fleet_config(&mock, &redis, "      limits: { requests_per_minute: 100 }").replace(
+        "sync_interval: 50ms",
+        &format!("sync_interval: 50ms, password_file: {}", pw.display()),
+    );
+    let h = sidecar(mock, text).await;
+    assert_eq!(call(&h, chat_body("hi")).await.status(), 200);
+    wait_until("the authenticated sync", async || {
+        metric(&h.metrics().await, "llm_sidecar_redis_up") == 1.0
+    })
+    .await;
+    // The password never shows on the admin port.
+    let cfg = h.client.get(h.admin("/admin/config")).send().await.unwrap().text().await.unwrap();
+    assert!(!cfg.contains("s3cr"), "{cfg}");
+}

@@ -75,7 +75,8 @@ pub fn url(cfg: &RedisConfig) -> String {
                         }
                     })
                     .collect();
-            cfg.url.replacen("://", &format!("://:{enc}@"), 1)
+            // Redis 6+ ACL user `default` is what a plain `requirepass` authenticates.
+            cfg.url.replacen("://", &format!("://default:{enc}@"), 1)
         }
     }
 }
