@@ -172,5 +172,43 @@ fn decisions(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, request_head, sse, decisions);
+fn limits(c: &mut Criterion) {
+    use llm_sidecar::limits::ledger::{Ledger, now_ms};
+    use std::sync::Arc;
+    let text = r#"
+tenants:
+  header: x-tenant
+  list:
+    team-a:
+      limits: { requests_per_minute: 1000000000, tokens_per_minute: 1000000000000, models: { gpt-4o: { requests_per_minute: 1000000000 } } }
+      budget: { daily_usd: 1000000000, monthly_usd: 1000000000 }
+"#;
+    let config = Config::load(text, &|_: &str| None).unwrap();
+    let ledger = Ledger::default();
+    let tenant: Arc<str> = "team-a".into();
+    let model: Arc<str> = "gpt-4o".into();
+    let usage = llm_sidecar::openai::Usage {
+        prompt_tokens: 120,
+        completion_tokens: 40,
+        cached_tokens: 0,
+    };
+    let now = now_ms();
+    c.bench_function("limits/admit_tenant_and_model_with_budget", |b| {
+        b.iter(|| {
+            ledger
+                .admit(&config.tenants, black_box(&tenant), "gpt-4o", 300, now)
+                .map(|a| a.estimate)
+                .unwrap_or(0)
+        })
+    });
+    c.bench_function("limits/admit_then_settle", |b| {
+        b.iter(|| {
+            if let Ok(a) = ledger.admit(&config.tenants, black_box(&tenant), "gpt-4o", 300, now) {
+                ledger.settle(&config.tenants, &a, Some(&model), Some(usage), 0.0001, now);
+            }
+        })
+    });
+}
+
+criterion_group!(benches, request_head, sse, decisions, limits);
 criterion_main!(benches);

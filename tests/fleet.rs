@@ -115,17 +115,20 @@ async fn fleet_rate_limits_count_both_sidecars() {
         assert_eq!(call(&a, chat_body("hi")).await.status(), 200);
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
+    // Between syncs each active pod may use its share of what is left, so B's part arrives
+    // over a few sync intervals; it never goes past the fleet's 10.
     let mut ok = 0;
     let mut refused = None;
-    for _ in 0..10 {
+    for _ in 0..40 {
         let r = call(&b, chat_body("hi")).await;
         if r.status() == 429 {
             refused = Some(r);
-            break;
+            tokio::time::sleep(Duration::from_millis(60)).await;
+        } else {
+            ok += 1;
         }
-        ok += 1;
     }
-    assert_eq!(ok, 4, "6 on A + 4 on B = the fleet's 10 per minute");
+    assert_eq!(ok, 4, "6 on A + 4 on B = the fleet's 10 per minute, never more");
     let r = refused.unwrap();
     assert_eq!(r.headers()["x-ratelimit-limit-requests"], "10");
     assert_eq!(r.headers()["x-ratelimit-remaining-requests"], "0");
@@ -235,6 +238,14 @@ async fn a_password_protected_redis_is_used_with_the_password_from_a_file() {
     })
     .await;
     // The password never shows on the admin port.
-    let cfg = h.client.get(h.admin("/admin/config")).send().await.unwrap().text().await.unwrap();
+    let cfg = h
+        .client
+        .get(h.admin("/admin/config"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(!cfg.contains("s3cr"), "{cfg}");
 }

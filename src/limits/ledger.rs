@@ -75,6 +75,15 @@ struct Window {
     /// Not yet pushed to the fleet: (minute, requests, tokens).
     pending_req: u64,
     pending_tok: i64,
+    /// Pods serving this key fleet-wide (0 or 1: no sharing needed) and the fleet's usage
+    /// estimate at the last sync: between syncs this pod admits at most its share of the rest.
+    pods: u64,
+    synced_req: f64,
+    synced_tok: f64,
+    /// Admitted here and not yet in `synced_*` (unlike `pending_*`, not reset when a push
+    /// starts, only when its result arrives).
+    unsynced_req: u64,
+    unsynced_tok: i64,
 }
 
 impl Window {
@@ -92,6 +101,22 @@ impl Window {
         // keeping them here would credit them to the new minute.
         self.pending_req = 0;
         self.pending_tok = 0;
+        self.unsynced_req = 0;
+        self.unsynced_tok = 0;
+        self.pods = 0;
+    }
+
+    /// Whether admitting (1 request, `estimate` tokens) keeps this pod within its share of
+    /// what the fleet had left at the last sync.
+    fn within_share(&self, rpm: Option<u64>, tpm: Option<u64>, estimate: u64) -> (bool, bool) {
+        if self.pods < 2 {
+            return (true, true);
+        }
+        let n = self.pods as f64;
+        let share = |limit: Option<u64>, synced: f64| limit.map(|l| ((l as f64 - synced).max(0.0) / n).ceil());
+        let req_ok = share(rpm, self.synced_req).is_none_or(|s| (self.unsynced_req + 1) as f64 <= s);
+        let tok_ok = share(tpm, self.synced_tok).is_none_or(|s| self.unsynced_tok.max(0) as f64 + estimate as f64 <= s);
+        (req_ok, tok_ok)
     }
 
     /// Sliding-window estimate at `frac` (0–1) into the current minute.
@@ -355,8 +380,9 @@ impl Ledger {
                 remaining_tokens: tpm.map_or(0, |l| (l as f64 - used_tok - estimate as f64).max(0.0) as u64),
                 reset,
             };
+            let (share_req, share_tok) = w.within_share(*rpm, *tpm, estimate);
             if let Some(l) = rpm
-                && used_req + 1.0 > *l as f64
+                && (used_req + 1.0 > *l as f64 || !share_req)
             {
                 return Err(Limited::Rate {
                     reason: if prefix.is_empty() {
@@ -373,7 +399,7 @@ impl Ledger {
                 });
             }
             if let Some(l) = tpm
-                && used_tok + estimate as f64 > *l as f64
+                && (used_tok + estimate as f64 > *l as f64 || !share_tok)
             {
                 return Err(Limited::Rate {
                     reason: if prefix.is_empty() {
@@ -407,6 +433,8 @@ impl Ledger {
                 w.tok[1] += estimate as i64;
                 w.pending_req += 1;
                 w.pending_tok += estimate as i64;
+                w.unsynced_req += 1;
+                w.unsynced_tok += estimate as i64;
             }
         }
         Ok(Admission {
@@ -447,6 +475,7 @@ impl Ledger {
                 if w.minute == a.minute {
                     w.tok[1] += delta;
                     w.pending_tok += delta;
+                    w.unsynced_tok += delta;
                 } else if w.minute == a.minute + 1 {
                     // The minute turned while the request ran: correct the previous window
                     // (locally; the fleet copy of a finished minute keeps the estimate).
@@ -619,6 +648,13 @@ impl Ledger {
                     cur.0.saturating_sub(w.req[1] - w.pending_req.min(w.req[1])),
                 ];
                 w.fleet_tok = [(prev.1 - w.tok[0]).max(0), (cur.1 - (w.tok[1] - w.pending_tok)).max(0)];
+                let frac = (now_ms() % MINUTE_MS) as f64 / MINUTE_MS as f64;
+                w.synced_req = prev.0 as f64 * (1.0 - frac) + cur.0 as f64;
+                w.synced_tok = prev.1.max(0) as f64 * (1.0 - frac) + cur.1.max(0) as f64;
+                w.pods = totals.pods.get(&(tenant.clone(), model.clone())).copied().unwrap_or(0);
+                // What was admitted while this sync was under way is not in the totals yet.
+                w.unsynced_req = w.pending_req;
+                w.unsynced_tok = w.pending_tok;
             }
         }
         for (tenant, (day, month, day_usd, month_usd)) in &totals.spend {
@@ -661,6 +697,8 @@ pub type FleetWindow = (u64, (u64, i64), (u64, i64));
 #[derive(Debug, Default)]
 pub struct FleetTotals {
     pub rates: HashMap<FleetKey, FleetWindow>,
+    /// Pods that served each key in the last seconds.
+    pub pods: HashMap<FleetKey, u64>,
     /// tenant → (day, month, USD today, USD this month).
     pub spend: HashMap<Arc<str>, (u64, u64, f64, f64)>,
 }
