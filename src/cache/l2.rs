@@ -32,23 +32,10 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How long one stream read blocks in Redis before looping.
 const BLOCK_MS: usize = 1000;
 
-/// A new local entry to publish.
+/// A cache entry as it travels between sidecars: published when this sidecar stores an
+/// answer, received when another did.
 #[derive(Debug)]
-pub struct Outgoing {
-    pub exact: Key,
-    pub partition: Option<Key>,
-    pub tenant: Arc<str>,
-    pub route: Arc<str>,
-    pub query: Option<String>,
-    pub response: Bytes,
-    pub model: Arc<str>,
-    pub ttl: Duration,
-    pub vector: Option<Vec<f32>>,
-}
-
-/// An entry from another sidecar.
-#[derive(Debug)]
-pub struct Incoming {
+pub struct Entry {
     pub exact: Key,
     pub partition: Option<Key>,
     pub tenant: Arc<str>,
@@ -60,6 +47,9 @@ pub struct Incoming {
     pub ttl: Duration,
     pub vector: Option<Vec<f32>>,
 }
+
+pub type Outgoing = Entry;
+pub type Incoming = Entry;
 
 /// What is stored in Redis (JSON).
 #[derive(Serialize, Deserialize)]
@@ -239,19 +229,8 @@ async fn follow(
     let stream = format!("{p}:cache:stream");
     let mut link = Link::new(metrics.clone(), "cache-follow");
     let mut last_id: Option<String> = None;
-    let mut backoff = BACKOFF_MIN;
     loop {
-        let mut conn = match connect(&cfg).await {
-            Ok(c) => c,
-            Err(e) => {
-                link.failed("connect", &e);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
-                continue;
-            }
-        };
-        backoff = BACKOFF_MIN;
-        link.ok();
+        let mut conn = link.connect(&cfg).await;
         if last_id.is_none() {
             // Warm start: the most recent entries, oldest first. Also where a follower that
             // never got going starts; after an outage it resumes from its last id instead.

@@ -140,6 +140,24 @@ impl Link {
         }
     }
 
+    /// Connects, retrying with exponential backoff (logged once per outage) until it works.
+    pub async fn connect(&mut self, cfg: &RedisConfig) -> MultiplexedConnection {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            match connect(cfg).await {
+                Ok(c) => {
+                    self.ok();
+                    return c;
+                }
+                Err(e) => {
+                    self.failed("connect", &e);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+    }
+
     pub fn ok(&mut self) {
         self.metrics.redis_up.set(1);
         if let Some(since) = self.down_since.take() {
@@ -161,18 +179,8 @@ pub async fn run(ledger: Arc<Ledger>, cfg: RedisConfig, tenants: TenantsSource, 
     let prefix = prefix(&cfg);
     let pod = format!("{:016x}", fastrand::u64(..));
     let mut link = Link::new(metrics, "limits");
-    let mut backoff = BACKOFF_MIN;
     loop {
-        let mut conn = match connect(&cfg).await {
-            Ok(c) => c,
-            Err(e) => {
-                link.failed("connect", &e);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
-                continue;
-            }
-        };
-        backoff = BACKOFF_MIN;
+        let mut conn = link.connect(&cfg).await;
         let mut tick = tokio::time::interval(cfg.sync_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
