@@ -536,3 +536,68 @@ async fn a_client_that_hangs_up_mid_stream_is_recorded_and_frees_the_upstream() 
     }
     assert_eq!(gone, 1.0);
 }
+
+/// Every metric the Grafana dashboard and the alert rules query is one this sidecar registers
+/// (a renamed metric would silently empty a panel or disarm an alert), and the main ones are
+/// really exported once there is traffic.
+#[tokio::test]
+async fn the_dashboard_and_alerts_only_use_exported_metrics() {
+    let crate_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let telemetry = std::fs::read_to_string(crate_dir.join("src/telemetry/mod.rs")).unwrap();
+    let literal = regex::Regex::new(r#""((?:llm_sidecar|gen_ai)_[a-z0-9_]+)""#).unwrap();
+    let registered: std::collections::BTreeSet<&str> = literal
+        .captures_iter(&telemetry)
+        .filter_map(|c| c.get(1))
+        .map(|m| m.as_str())
+        .collect();
+    let root = crate_dir.join("charts/llm-sidecar/files");
+    let mut used = std::collections::BTreeSet::new();
+    let name = regex::Regex::new(r"\b(?:llm_sidecar|gen_ai)_[a-z0-9_]+").unwrap();
+    for f in ["grafana-dashboard.json", "alerts.yaml"] {
+        let text = std::fs::read_to_string(root.join(f)).unwrap();
+        for m in name.find_iter(&text) {
+            let n = m.as_str();
+            // GenAI semantic-convention label names share the prefix.
+            if [
+                "gen_ai_token_type",
+                "gen_ai_operation_name",
+                "gen_ai_request_model",
+                "gen_ai_provider_name",
+            ]
+            .contains(&n)
+            {
+                continue;
+            }
+            let base = ["_bucket", "_count", "_sum", "_total"]
+                .iter()
+                .find_map(|s| n.strip_suffix(s))
+                .unwrap_or(n);
+            used.insert(base.to_owned());
+        }
+    }
+    assert!(used.len() > 10, "{used:?}");
+    for n in &used {
+        // Units are appended to the registered name (`_seconds`, `_bytes`).
+        let bare = n
+            .strip_suffix("_seconds")
+            .or_else(|| n.strip_suffix("_bytes"))
+            .unwrap_or(n);
+        assert!(
+            registered.contains(n.as_str()) || registered.contains(bare),
+            "{n} is queried by the dashboard or alerts but not registered"
+        );
+    }
+    let h = Harness::start().await;
+    assert_eq!(h.chat(chat_body("hi")).await.status(), 200);
+    let _ = sse_events(h.chat(stream_body("hi")).await).await;
+    let exported = h.metrics().await;
+    for n in [
+        "llm_sidecar_requests",
+        "gen_ai_client_operation_duration_seconds",
+        "gen_ai_server_time_to_first_token_seconds",
+        "llm_sidecar_cost_usd",
+        "llm_sidecar_tokens",
+    ] {
+        assert!(exported.contains(&format!("# TYPE {n} ")), "{n} not exported");
+    }
+}
