@@ -49,6 +49,8 @@ pub struct Plan {
     route: Arc<str>,
     /// The query's embedding, kept from the lookup so the insert need not embed again.
     vector: Option<Vec<f32>>,
+    /// On a semantic miss: the similarity of the best candidate found (for cost advice).
+    pub best_similarity: Option<f32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -215,6 +217,7 @@ impl Cache {
             tenant: tenant.clone(),
             route: route.name.clone(),
             vector: None,
+            best_similarity: None,
         })
     }
 
@@ -287,6 +290,7 @@ impl Cache {
             }
         };
         plan.vector = Some(vector);
+        plan.best_similarity = found.first().map(|(_, s)| *s);
         let query_features = Features::of(&query);
         let now = std::time::Instant::now();
         for (id, similarity) in found {

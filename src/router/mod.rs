@@ -219,6 +219,11 @@ impl Route {
         None
     }
 
+    /// Whether this route is one for tenants past their soft budget (`match: {budget: soft}`).
+    pub fn for_soft_budget(&self) -> bool {
+        self.matcher.budget_soft == Some(true)
+    }
+
     /// `(canary model, reverted)` for routes with a canary.
     pub fn canary_status(&self) -> Option<(Arc<str>, bool)> {
         self.canary

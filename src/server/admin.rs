@@ -139,6 +139,15 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Bod
                 serde_json::to_string_pretty(&body).unwrap_or_default(),
             )
         }
+        (&Method::GET, "/admin/advice") => {
+            let rt = shared.runtime.load();
+            let body = shared.advisor.report(&rt.config);
+            text(
+                StatusCode::OK,
+                "application/json",
+                serde_json::to_string_pretty(&body).unwrap_or_default(),
+            )
+        }
         (&Method::GET, "/admin/routing") => {
             let rt = shared.runtime.load();
             let circuits: Vec<_> = {
@@ -180,7 +189,7 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Bod
         _ => text(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /metrics, /healthz, /readyz, /admin/config, /admin/routing, /admin/usage, POST /admin/cache/purge\n"
+            "not found: try /metrics, /healthz, /readyz, /admin/config, /admin/routing, /admin/usage, /admin/advice, POST /admin/cache/purge\n"
                 .into(),
         ),
     }

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use super::attempt::Attempt;
 use super::body::Body;
 use super::error::ApiError;
-use super::record::{Account, RequestRecord};
+use super::record::{Account, AdviceInput, RequestRecord};
 use super::relay::{Mode, OnComplete, RelayBody, RelayParams};
 use super::verify::{self, Verification};
 use crate::cache::{Cache, Hit, HitKind, Plan, replay};
@@ -220,6 +220,20 @@ pub async fn openai(
             Some(p) if p.lookup => "miss",
             _ => "bypass",
         };
+        let light = shared.advisor.sample().then(|| {
+            let text = match &signals.text {
+                Some(t) => std::borrow::Cow::Borrowed(&**t),
+                None => Signals::read(&head, 0, true).text.unwrap_or_default(),
+            };
+            crate::router::complexity::score(&text).total < 0.5
+        });
+        rec.advice = Some(AdviceInput {
+            advisor: shared.advisor.clone(),
+            needs: signals.needs,
+            light,
+            best_miss: None,
+            soft_unrouted: budget_soft && !decision.route.for_soft_budget(),
+        });
         if let Some(p) = plan.as_mut().filter(|p| p.lookup)
             && let Some(hit) = shared.cache.lookup(p, &rt.config.cache).await
         {
@@ -242,6 +256,9 @@ pub async fn openai(
                 include_usage: head.include_usage,
                 route: route_header(&route.name),
             });
+        }
+        if let (Some(a), Some(p)) = (rec.advice.as_mut(), plan.as_ref()) {
+            a.best_miss = p.best_similarity;
         }
         let attempt = Attempt {
             shared: &shared,

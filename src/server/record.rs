@@ -9,10 +9,11 @@ use std::time::Duration;
 use http::HeaderValue;
 use tokio::time::Instant;
 
-use crate::config::{Config, ModelConfig};
+use crate::config::{Capabilities, Config, ModelConfig};
 use crate::limits::ledger::{Admission, Ledger, RateHeaders, now_ms};
 use crate::openai::Usage;
 use crate::router::Reason;
+use crate::telemetry::advice::{Advisor, Observation};
 use crate::telemetry::{BudgetLabels, CostLabels, Metrics, OperationLabels, RequestLabels, TokenLabels};
 
 /// Label for requests that never reached a route (bad JSON, unknown model).
@@ -44,7 +45,18 @@ pub struct RequestRecord {
     pub account: Option<Account>,
     /// `x-ratelimit-*` values for the response.
     pub ratelimit: Option<RateHeaders>,
+    /// For cost advice: what the request needed, its complexity (when sampled), the best
+    /// semantic near-miss, and whether a soft-budget tenant went unrouted.
+    pub advice: Option<AdviceInput>,
     finished: bool,
+}
+
+pub struct AdviceInput {
+    pub advisor: Arc<Advisor>,
+    pub needs: Capabilities,
+    pub light: Option<bool>,
+    pub best_miss: Option<f32>,
+    pub soft_unrouted: bool,
 }
 
 /// An admitted request's reservation, settled once at the end.
@@ -76,6 +88,7 @@ impl RequestRecord {
             retries: 0,
             account: None,
             ratelimit: None,
+            advice: None,
             finished: false,
         }
     }
@@ -183,6 +196,24 @@ impl RequestRecord {
                         .inc_by(cost);
                 }
             }
+        }
+        if let (Some(adv), Some(model), Some(route), Some(u)) =
+            (self.advice.take(), &self.model, &self.route, self.usage)
+            && !served_by_cache
+            && (200..300).contains(&self.status)
+        {
+            adv.advisor.record(Observation {
+                route,
+                model,
+                needs: adv.needs,
+                prompt_tokens: u.prompt_tokens,
+                completion_tokens: u.completion_tokens,
+                cached_tokens: u.cached_tokens,
+                cost,
+                light: adv.light,
+                best_miss: adv.best_miss,
+                soft_unrouted: adv.soft_unrouted.then(|| self.tenant.clone()).flatten(),
+            });
         }
         if let Some(a) = self.account.take() {
             let served = self.model.as_ref().filter(|_| !served_by_cache).map(|m| &m.name);

@@ -145,6 +145,8 @@ pub struct Shared {
     pub ledger: Arc<crate::limits::ledger::Ledger>,
     /// When this sidecar started (for `/admin/usage`).
     pub started_unix: u64,
+    /// What the traffic says could be saved (`/admin/advice`).
+    pub advisor: Arc<crate::telemetry::advice::Advisor>,
 }
 
 impl Shared {
@@ -165,6 +167,7 @@ impl Shared {
             retry_budget: RetryBudget::default(),
             ledger: Arc::default(),
             started_unix: crate::limits::ledger::now_ms() / 1000,
+            advisor: Arc::default(),
         })
     }
 }
