@@ -150,6 +150,11 @@ pub struct ServerSettings {
     pub max_body_bytes: usize,
     pub shutdown_grace: Duration,
     pub drain_delay: Duration,
+    /// When set, `/dashboard` and `/admin/*` need `Authorization: Bearer TOKEN` (or
+    /// `?token=TOKEN`, for the browser's event stream).
+    pub admin_token: Option<SecretString>,
+    /// Show the first words of prompts on the dashboard (off: metadata only).
+    pub dashboard_prompts: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -194,6 +194,8 @@ pub struct RawServer {
     pub max_body_bytes: Option<u64>,
     pub shutdown_grace: Option<String>,
     pub drain_delay: Option<String>,
+    pub admin_token: Option<String>,
+    pub dashboard_prompts: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]

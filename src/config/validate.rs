@@ -238,6 +238,17 @@ impl Validator<'_> {
                 DEFAULT_SHUTDOWN_GRACE,
             ),
             drain_delay: self.duration("server.drain_delay", raw.drain_delay.as_deref(), DEFAULT_DRAIN_DELAY),
+            admin_token: match raw.admin_token {
+                Some(t) if t.len() < 16 => {
+                    self.issue(
+                        "server.admin_token",
+                        "must be at least 16 characters (use ${ADMIN_TOKEN} from a Secret)",
+                    );
+                    None
+                }
+                t => t.map(SecretString),
+            },
+            dashboard_prompts: raw.dashboard_prompts.unwrap_or(false),
         }
     }
 

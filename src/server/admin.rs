@@ -13,8 +13,93 @@ use crate::state::Shared;
 
 const BUDGET_STATES: [&str; 3] = ["ok", "soft", "exhausted"];
 
+/// The live dashboard: one self-contained page (no CDN), fed by `/admin/events`.
+const DASHBOARD: &str = include_str!("dashboard.html");
+/// How often `/admin/events` sends a snapshot, and the window it summarises.
+const EVENTS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+const EVENTS_WINDOW_MS: u64 = 60_000;
+
+/// With `server.admin_token` set, everything but metrics and probes needs it, as a bearer
+/// token or a `token` query parameter (an EventSource cannot send headers).
+fn authorized(shared: &Shared, req: &Request<Incoming>) -> bool {
+    let rt = shared.runtime.load();
+    let Some(token) = &rt.config.server.admin_token else {
+        return true;
+    };
+    let want = token.0.as_bytes();
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+    let query = req
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("token="));
+    let given = bearer.or(query.map(str::as_bytes));
+    // Constant-time comparison: the token guards the tenants' usage and prompts.
+    given.is_some_and(|g| g.len() == want.len() && g.iter().zip(want).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0)
+}
+
+/// One dashboard snapshot: the live ring's figures plus circuits and queues.
+fn snapshot(shared: &Shared) -> serde_json::Value {
+    let rt = shared.runtime.load();
+    let mut s = shared.live.snapshot(crate::limits::ledger::now_ms(), EVENTS_WINDOW_MS);
+    let mut circuits: Vec<_> = rt.health.iter().collect();
+    circuits.sort_by(|a, b| (&a.provider, &a.model).cmp(&(&b.provider, &b.model)));
+    s["circuits"] = circuits
+        .iter()
+        .map(|h| serde_json::json!({"provider": &*h.provider, "model": &*h.model, "state": h.state().label(), "latency_ewma_ms": h.latency().map(|l| l.as_secs_f64() * 1e3)}))
+        .collect();
+    let mut providers: Vec<_> = rt.providers.values().collect();
+    providers.sort_by(|a, b| a.name().cmp(b.name()));
+    s["providers"] = providers
+        .iter()
+        .map(|p| {
+            let (in_use, queued) = p.scheduler.load();
+            serde_json::json!({"name": &**p.name(), "limit": p.scheduler.limit(), "in_use": in_use, "queued": queued})
+        })
+        .collect();
+    s["version"] = serde_json::json!(rt.config.version);
+    s
+}
+
 pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path();
+    if (path == "/dashboard" || path.starts_with("/admin/")) && !authorized(&shared, &req) {
+        let mut r = text(
+            StatusCode::UNAUTHORIZED,
+            "text/plain",
+            "admin token required (server.admin_token)\n".into(),
+        );
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return r;
+    }
     match (req.method(), req.uri().path()) {
+        (&Method::GET, "/dashboard") => text(StatusCode::OK, "text/html; charset=utf-8", DASHBOARD.into()),
+        (&Method::GET, "/admin/events") => {
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            let s = shared.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(EVENTS_EVERY);
+                loop {
+                    tick.tick().await;
+                    let event = format!("data: {}\n\n", snapshot(&s));
+                    // The browser went away: stop.
+                    if tx.send(bytes::Bytes::from(event)).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            let mut r = Response::new(Body::Channel(rx));
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+            r.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            r
+        }
         (&Method::GET, "/metrics") => text(
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -189,7 +274,7 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Bod
         _ => text(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /metrics, /healthz, /readyz, /admin/config, /admin/routing, /admin/usage, /admin/advice, POST /admin/cache/purge\n"
+            "not found: try /metrics, /healthz, /readyz, /admin/config, /dashboard, /admin/routing, /admin/usage, /admin/advice, /admin/events, POST /admin/cache/purge\n"
                 .into(),
         ),
     }

@@ -13,6 +13,8 @@ use crate::upstream::BoxError;
 pub enum Body {
     Full(Option<Bytes>),
     Relay(Pin<Box<RelayBody>>),
+    /// Chunks produced by a task (the admin port's event stream).
+    Channel(tokio::sync::mpsc::Receiver<Bytes>),
 }
 
 impl Body {
@@ -33,6 +35,7 @@ impl HttpBody for Body {
         match self.get_mut() {
             Body::Full(b) => Poll::Ready(b.take().filter(|b| !b.is_empty()).map(|b| Ok(Frame::data(b)))),
             Body::Relay(r) => r.as_mut().poll_frame(cx),
+            Body::Channel(rx) => rx.poll_recv(cx).map(|c| c.map(|b| Ok(Frame::data(b)))),
         }
     }
 
@@ -40,6 +43,7 @@ impl HttpBody for Body {
         match self {
             Body::Full(b) => b.as_ref().is_none_or(|b| b.is_empty()),
             Body::Relay(r) => r.is_end_stream(),
+            Body::Channel(_) => false,
         }
     }
 
@@ -47,6 +51,7 @@ impl HttpBody for Body {
         match self {
             Body::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Body::Relay(r) => r.size_hint(),
+            Body::Channel(_) => SizeHint::default(),
         }
     }
 }

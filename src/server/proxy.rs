@@ -167,6 +167,7 @@ pub async fn openai(
 ) -> Response<Body> {
     let rt = shared.runtime.load_full();
     let mut rec = RequestRecord::new(shared.metrics.clone(), request_id, endpoint.label());
+    rec.live = Some(shared.live.clone());
     let result = async {
         let tenant = rt.tenants.identify(req.headers())?;
         rec.tenant = Some(tenant.clone());
@@ -177,6 +178,13 @@ pub async fn openai(
         let class = priority_class(&rt, &parts.headers, &tenant)?;
         rec.priority = rt.config.scheduling.classes.get(class).map(|(n, _)| n.clone());
         let signals = Signals::read(&head, body.len(), rt.router.needs_text());
+        if rt.config.server.dashboard_prompts {
+            let text = match &signals.text {
+                Some(t) => t.to_string(),
+                None => Signals::read(&head, 0, true).text.unwrap_or_default().into_owned(),
+            };
+            rec.prompt = Some(text.chars().take(120).collect());
+        }
         let estimate = signals.prompt_tokens + signals.completion_estimate();
         let admission = match shared
             .ledger
@@ -504,6 +512,7 @@ fn serve_cached(
 pub async fn passthrough(shared: Arc<Shared>, req: Request<Incoming>, request_id: HeaderValue) -> Response<Body> {
     let rt: Arc<Runtime> = shared.runtime.load_full();
     let mut rec = RequestRecord::new(shared.metrics.clone(), request_id, "passthrough");
+    rec.live = Some(shared.live.clone());
     let result = async {
         let tenant = rt.tenants.identify(req.headers())?;
         rec.tenant = Some(tenant.clone());

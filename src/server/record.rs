@@ -14,6 +14,7 @@ use crate::limits::ledger::{Admission, Ledger, RateHeaders, now_ms};
 use crate::openai::Usage;
 use crate::router::Reason;
 use crate::telemetry::advice::{Advisor, Observation};
+use crate::telemetry::live::{Live, Recent};
 use crate::telemetry::{BudgetLabels, CostLabels, Metrics, OperationLabels, RequestLabels, TokenLabels};
 
 /// Label for requests that never reached a route (bad JSON, unknown model).
@@ -48,6 +49,10 @@ pub struct RequestRecord {
     /// For cost advice: what the request needed, its complexity (when sampled), the best
     /// semantic near-miss, and whether a soft-budget tenant went unrouted.
     pub advice: Option<AdviceInput>,
+    /// The live dashboard's ring of recent requests.
+    pub live: Option<Arc<Live>>,
+    /// The prompt's first words, only when `server.dashboard_prompts` is on.
+    pub prompt: Option<String>,
     finished: bool,
 }
 
@@ -89,6 +94,8 @@ impl RequestRecord {
             account: None,
             ratelimit: None,
             advice: None,
+            live: None,
+            prompt: None,
             finished: false,
         }
     }
@@ -242,6 +249,28 @@ impl RequestRecord {
                         .set(v);
                 }
             }
+        }
+        if let Some(live) = self.live.take() {
+            let u = self.usage.unwrap_or_default();
+            live.record(Recent {
+                at_ms: now_ms(),
+                request_id: self.request_id.to_str().unwrap_or("").to_owned(),
+                endpoint: self.endpoint,
+                tenant: self.tenant.clone().unwrap_or_else(|| none.clone()),
+                route: self.route.clone().unwrap_or_else(|| none.clone()),
+                model: model_name.clone(),
+                status: self.status,
+                outcome,
+                cache: self.cache,
+                stream: self.stream,
+                duration_ms: elapsed.as_secs_f64() * 1e3,
+                ttft_ms: self.ttft.map(|t| t.as_secs_f64() * 1e3),
+                cost_usd: cost,
+                prompt_tokens: u.prompt_tokens,
+                completion_tokens: u.completion_tokens,
+                reason: self.reason.map(|r| r.to_string()),
+                prompt: self.prompt.take(),
+            });
         }
         let usage = self.usage.unwrap_or_default();
         let request_id = self.request_id.to_str().unwrap_or("");

@@ -147,6 +147,8 @@ pub struct Shared {
     pub started_unix: u64,
     /// What the traffic says could be saved (`/admin/advice`).
     pub advisor: Arc<crate::telemetry::advice::Advisor>,
+    /// Recent requests for the live dashboard.
+    pub live: Arc<crate::telemetry::live::Live>,
 }
 
 impl Shared {
@@ -168,6 +170,7 @@ impl Shared {
             ledger: Arc::default(),
             started_unix: crate::limits::ledger::now_ms() / 1000,
             advisor: Arc::default(),
+            live: Arc::default(),
         })
     }
 }

@@ -17,6 +17,7 @@ use prometheus_client::registry::{Registry, Unit};
 use crate::config::{LogFormat, LoggingSettings};
 
 pub mod advice;
+pub mod live;
 pub mod logwriter;
 
 /// `gen_ai.client.operation.duration` advised buckets (seconds): 10 ms to 82 s, doubling.

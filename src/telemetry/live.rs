@@ -1,0 +1,158 @@
+//! What the sidecar is doing right now, for the live dashboard (`/dashboard`, fed by
+//! `/admin/events`): a bounded ring of the most recent requests (metadata only; the prompt's
+//! first words only when `server.dashboard_prompts` is on) and, from it, rates, latency and
+//! TTFT percentiles, cache results, the route/model mix, cost burn and refusals over the last
+//! minute. Recording is one push under a short lock; snapshots are computed on demand.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+
+/// Requests remembered for the snapshot (at 1k requests/s, the last couple of seconds; at
+/// typical LLM rates, minutes).
+pub const RING: usize = 4096;
+/// Requests shown in the dashboard's tail.
+pub const TAIL: usize = 25;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Recent {
+    pub at_ms: u64,
+    pub request_id: String,
+    pub endpoint: &'static str,
+    pub tenant: Arc<str>,
+    pub route: Arc<str>,
+    pub model: Arc<str>,
+    pub status: u16,
+    pub outcome: &'static str,
+    pub cache: &'static str,
+    pub stream: bool,
+    pub duration_ms: f64,
+    pub ttft_ms: Option<f64>,
+    pub cost_usd: f64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub reason: Option<String>,
+    /// Only with `server.dashboard_prompts: true`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+}
+
+#[derive(Default)]
+pub struct Live {
+    ring: Mutex<VecDeque<Recent>>,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted.get(i).copied()
+}
+
+impl Live {
+    pub fn record(&self, r: Recent) {
+        if let Ok(mut ring) = self.ring.lock() {
+            if ring.len() >= RING {
+                ring.pop_front();
+            }
+            ring.push_back(r);
+        }
+    }
+
+    /// Figures over the last `window_ms` before `now_ms`.
+    pub fn snapshot(&self, now_ms: u64, window_ms: u64) -> serde_json::Value {
+        let Ok(ring) = self.ring.lock() else {
+            return serde_json::json!({});
+        };
+        let since = now_ms.saturating_sub(window_ms);
+        let recent: Vec<&Recent> = ring.iter().filter(|r| r.at_ms >= since).collect();
+        let n = recent.len();
+        let secs = window_ms as f64 / 1000.0;
+        let mut durations: Vec<f64> = recent.iter().map(|r| r.duration_ms).collect();
+        durations.sort_by(f64::total_cmp);
+        let mut ttfts: Vec<f64> = recent.iter().filter_map(|r| r.ttft_ms).collect();
+        ttfts.sort_by(f64::total_cmp);
+        let mut cache: BTreeMap<&str, u64> = BTreeMap::new();
+        let mut mix: BTreeMap<String, u64> = BTreeMap::new();
+        let mut refused: BTreeMap<&str, u64> = BTreeMap::new();
+        let (mut errors, mut cost, mut tokens) = (0u64, 0.0f64, 0u64);
+        for r in &recent {
+            *cache.entry(r.cache).or_default() += 1;
+            *mix.entry(format!("{} → {}", r.route, r.model)).or_default() += 1;
+            if matches!(r.outcome, "rate_limited" | "over_budget" | "queue_timeout") {
+                *refused.entry(r.outcome).or_default() += 1;
+            }
+            errors += u64::from(r.status >= 500);
+            cost += r.cost_usd;
+            tokens += r.prompt_tokens + r.completion_tokens;
+        }
+        let hits = cache.get("hit-exact").copied().unwrap_or(0) + cache.get("hit-semantic").copied().unwrap_or(0);
+        let lookups = hits + cache.get("miss").copied().unwrap_or(0);
+        serde_json::json!({
+            "at_ms": now_ms,
+            "window_s": secs,
+            "requests": n,
+            "rps": n as f64 / secs,
+            "error_ratio": if n > 0 { errors as f64 / n as f64 } else { 0.0 },
+            "latency_ms": {"p50": percentile(&durations, 0.5), "p90": percentile(&durations, 0.9), "p99": percentile(&durations, 0.99)},
+            "ttft_ms": {"p50": percentile(&ttfts, 0.5), "p99": percentile(&ttfts, 0.99)},
+            "cache": {"by_result": cache, "hit_rate": if lookups > 0 { hits as f64 / lookups as f64 } else { 0.0 }},
+            "mix": mix,
+            "cost_usd_per_hour": cost / secs * 3600.0,
+            "tokens_per_s": tokens as f64 / secs,
+            "refused": refused,
+            "tail": ring.iter().rev().take(TAIL).collect::<Vec<_>>(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(at_ms: u64, ms: f64, cache: &'static str, status: u16) -> Recent {
+        Recent {
+            at_ms,
+            request_id: "r".into(),
+            endpoint: "chat",
+            tenant: "t".into(),
+            route: "auto".into(),
+            model: "m".into(),
+            status,
+            outcome: if status == 429 { "rate_limited" } else { "ok" },
+            cache,
+            stream: false,
+            duration_ms: ms,
+            ttft_ms: Some(ms / 2.0),
+            cost_usd: 0.001,
+            prompt_tokens: 10,
+            completion_tokens: 5,
+            reason: None,
+            prompt: None,
+        }
+    }
+
+    #[test]
+    fn snapshots_summarise_the_window_only() {
+        let live = Live::default();
+        live.record(req(1_000, 999.0, "miss", 200)); // outside the window
+        for i in 0..10 {
+            live.record(req(
+                100_000 + i,
+                10.0 * (i + 1) as f64,
+                if i < 4 { "hit-exact" } else { "miss" },
+                200,
+            ));
+        }
+        live.record(req(100_050, 1.0, "bypass", 429));
+        let s = live.snapshot(100_100, 60_000);
+        assert_eq!(s["requests"], 11);
+        assert_eq!(s["cache"]["hit_rate"], 0.4);
+        assert_eq!(s["latency_ms"]["p50"], 50.0);
+        assert_eq!(s["refused"]["rate_limited"], 1);
+        assert_eq!(s["tail"].as_array().unwrap().len(), 12);
+        assert_eq!(s["tail"][0]["status"], 429);
+    }
+}
