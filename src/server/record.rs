@@ -254,7 +254,7 @@ impl RequestRecord {
             let u = self.usage.unwrap_or_default();
             live.record(Recent {
                 at_ms: now_ms(),
-                request_id: self.request_id.to_str().unwrap_or("").to_owned(),
+                request_id: self.request_id.clone(),
                 endpoint: self.endpoint,
                 tenant: self.tenant.clone().unwrap_or_else(|| none.clone()),
                 route: self.route.clone().unwrap_or_else(|| none.clone()),
@@ -268,7 +268,7 @@ impl RequestRecord {
                 cost_usd: cost,
                 prompt_tokens: u.prompt_tokens,
                 completion_tokens: u.completion_tokens,
-                reason: self.reason.map(|r| r.to_string()),
+                reason: self.reason,
                 prompt: self.prompt.take(),
             });
         }

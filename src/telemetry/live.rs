@@ -15,10 +15,13 @@ pub const RING: usize = 4096;
 /// Requests shown in the dashboard's tail.
 pub const TAIL: usize = 25;
 
+/// Kept cheap to record (no formatting, no string copies on the request path): ids and
+/// reasons are turned into text only when a snapshot is taken.
 #[derive(Debug, Clone, Serialize)]
 pub struct Recent {
     pub at_ms: u64,
-    pub request_id: String,
+    #[serde(serialize_with = "header_str")]
+    pub request_id: http::HeaderValue,
     pub endpoint: &'static str,
     pub tenant: Arc<str>,
     pub route: Arc<str>,
@@ -32,10 +35,22 @@ pub struct Recent {
     pub cost_usd: f64,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
-    pub reason: Option<String>,
+    #[serde(serialize_with = "display")]
+    pub reason: Option<crate::router::Reason>,
     /// Only with `server.dashboard_prompts: true`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prompt: Option<String>,
+}
+
+fn header_str<S: serde::Serializer>(v: &http::HeaderValue, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(v.to_str().unwrap_or(""))
+}
+
+fn display<S: serde::Serializer>(v: &Option<crate::router::Reason>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(r) => s.collect_str(r),
+        None => s.serialize_none(),
+    }
 }
 
 #[derive(Default)]
@@ -115,7 +130,7 @@ mod tests {
     fn req(at_ms: u64, ms: f64, cache: &'static str, status: u16) -> Recent {
         Recent {
             at_ms,
-            request_id: "r".into(),
+            request_id: http::HeaderValue::from_static("r"),
             endpoint: "chat",
             tenant: "t".into(),
             route: "auto".into(),
