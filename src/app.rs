@@ -169,7 +169,7 @@ impl Sidecar {
                             let _ = tokio::task::spawn_blocking(move || r3.apply_text(text)).await;
                         }
                         crate::config::kube::Change::Gone(why) => {
-                            shared_metrics_reload(&r2, "source_gone");
+                            r2.metrics().reload("source_gone");
                             tracing::warn!(configmap = %what, %why, "config source gone; the last good config keeps serving");
                         }
                     }
@@ -276,10 +276,6 @@ fn start_fleet(shared: &Arc<Shared>) -> Vec<JoinHandle<()>> {
         tasks.push(f);
     }
     tasks
-}
-
-fn shared_metrics_reload(r: &Reloader, outcome: &'static str) {
-    r.metrics().reload(outcome);
 }
 
 /// How often the upkeep task looks for due health checks and new snapshots.

@@ -165,16 +165,7 @@ async fn streams_are_stored_and_served_in_either_shape() {
     let r = h.chat(req).await;
     assert_eq!(cache_header(&r), "hit-exact");
     assert_eq!(r.headers()["content-type"], "text/event-stream");
-    let events = sse_events(r).await;
-    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
-    let chunks: Vec<Value> = events[..events.len() - 1]
-        .iter()
-        .map(|e| serde_json::from_str(e).unwrap())
-        .collect();
-    let text: String = chunks
-        .iter()
-        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
-        .collect();
+    let (chunks, text) = stream_chunks(&sse_events(r).await);
     assert_eq!(text, "Mock answer to: tell me a story");
     assert_eq!(chunks.last().unwrap()["usage"]["completion_tokens"], 7);
     assert_eq!(h.mock.requests().len(), 1);

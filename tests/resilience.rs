@@ -444,16 +444,7 @@ async fn anthropic_providers_speak_openai_to_the_app() {
     body["stream_options"] = json!({"include_usage": true});
     let r = h.chat(body).await;
     assert_eq!(r.headers()["content-type"], "text/event-stream");
-    let events = sse_events(r).await;
-    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
-    let chunks: Vec<Value> = events[..events.len() - 1]
-        .iter()
-        .map(|e| serde_json::from_str(e).unwrap())
-        .collect();
-    let text: String = chunks
-        .iter()
-        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
-        .collect();
+    let (chunks, text) = stream_chunks(&sse_events(r).await);
     assert_eq!(text, "Mock answer to: tell me");
     assert_eq!(chunks.last().unwrap()["choices"], json!([]));
     assert!(chunks.last().unwrap()["usage"]["completion_tokens"].as_u64().unwrap() > 0);

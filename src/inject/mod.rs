@@ -12,6 +12,7 @@
 
 pub mod server;
 
+use base64::Engine;
 use serde_json::{Value, json};
 
 /// The pod annotation that asks for injection (`"true"`) or opts out (`"false"`).
@@ -158,7 +159,7 @@ pub fn review(body: &[u8], settings: &Settings, mode: Mode) -> Result<(Value, Ou
         let bytes = serde_json::to_vec(&Value::Array(ops)).unwrap_or_default();
         // The API server wants the patch base64-encoded (a byte array in the Go types).
         response["patchType"] = json!("JSONPatch");
-        response["patch"] = json!(base64(&bytes));
+        response["patch"] = json!(base64::engine::general_purpose::STANDARD.encode(&bytes));
     }
     if outcome == Outcome::Unreadable {
         response["warnings"] = json!(["llm-sidecar: the pod could not be read; admitted without the sidecar"]);
@@ -334,43 +335,9 @@ fn container(pod: &Value, s: &Settings, source: ConfigSource, config_map: &str, 
     c
 }
 
-/// Standard base64 (RFC 4648) with padding.
-pub fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let n = (u32::from(chunk[0]) << 16)
-            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*chunk.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base64_matches_rfc4648_vectors() {
-        for (plain, encoded) in [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-            ("fooba", "Zm9vYmE="),
-            ("foobar", "Zm9vYmFy"),
-        ] {
-            assert_eq!(base64(plain.as_bytes()), encoded);
-        }
-    }
 
     #[test]
     fn pointer_segments_are_escaped() {

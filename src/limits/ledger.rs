@@ -137,8 +137,8 @@ struct Spend {
     fleet_day_usd: f64,
     fleet_month_usd: f64,
     pending_usd: f64,
-    /// The day/month whose soft limit was already logged.
-    soft_logged: (u64, u64),
+    /// The [day, month] whose soft limit was already logged.
+    soft_logged: [u64; 2],
 }
 
 impl Spend {
@@ -503,29 +503,22 @@ impl Ledger {
         s.month_usd += cost;
         s.pending_usd += cost;
         let b = cfg.budget_of(&a.tenant)?;
-        let (today, month) = (s.today(), s.this_month());
-        let crossed = |limit: Option<f64>, spent: f64| limit.filter(|l| spent >= l * b.soft_ratio);
-        if let Some(l) = crossed(b.daily_usd, today)
-            && s.soft_logged.0 != s.day
-        {
-            s.soft_logged.0 = s.day;
-            return Some(SoftCrossed {
-                tenant: a.tenant.clone(),
-                period: "daily",
-                spent_usd: today,
-                budget_usd: l,
-            });
-        }
-        if let Some(l) = crossed(b.monthly_usd, month)
-            && s.soft_logged.1 != s.month
-        {
-            s.soft_logged.1 = s.month;
-            return Some(SoftCrossed {
-                tenant: a.tenant.clone(),
-                period: "monthly",
-                spent_usd: month,
-                budget_usd: l,
-            });
+        let periods = [
+            ("daily", b.daily_usd, s.today(), s.day),
+            ("monthly", b.monthly_usd, s.this_month(), s.month),
+        ];
+        for (i, (period, limit, spent, current)) in periods.into_iter().enumerate() {
+            if let Some(l) = limit.filter(|l| spent >= l * b.soft_ratio)
+                && s.soft_logged[i] != current
+            {
+                s.soft_logged[i] = current;
+                return Some(SoftCrossed {
+                    tenant: a.tenant.clone(),
+                    period,
+                    spent_usd: spent,
+                    budget_usd: l,
+                });
+            }
         }
         None
     }

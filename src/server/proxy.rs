@@ -177,13 +177,13 @@ pub async fn openai(
         rec.stream = head.stream && endpoint.streams();
         let class = priority_class(&rt, &parts.headers, &tenant)?;
         rec.priority = rt.config.scheduling.classes.get(class).map(|(n, _)| n.clone());
-        let signals = Signals::read(&head, body.len(), rt.router.needs_text());
+        // The last user turn is read once, when the router, the dashboard or a sampled
+        // complexity score (cost advice) needs it.
+        let sampled = shared.advisor.sample();
+        let want_text = rt.router.needs_text() || rt.config.server.dashboard_prompts || sampled;
+        let signals = Signals::read(&head, body.len(), want_text);
         if rt.config.server.dashboard_prompts {
-            let text = match &signals.text {
-                Some(t) => t.to_string(),
-                None => Signals::read(&head, 0, true).text.unwrap_or_default().into_owned(),
-            };
-            rec.prompt = Some(text.chars().take(120).collect());
+            rec.prompt = Some(signals.text.as_deref().unwrap_or("").chars().take(120).collect());
         }
         let estimate = signals.prompt_tokens + signals.completion_estimate();
         let admission = match shared
@@ -228,13 +228,8 @@ pub async fn openai(
             Some(p) if p.lookup => "miss",
             _ => "bypass",
         };
-        let light = shared.advisor.sample().then(|| {
-            let text = match &signals.text {
-                Some(t) => std::borrow::Cow::Borrowed(&**t),
-                None => Signals::read(&head, 0, true).text.unwrap_or_default(),
-            };
-            crate::router::complexity::score(&text).total < 0.5
-        });
+        let light =
+            sampled.then(|| crate::router::complexity::score(signals.text.as_deref().unwrap_or("")).total < 0.5);
         rec.advice = Some(AdviceInput {
             advisor: shared.advisor.clone(),
             needs: signals.needs,

@@ -208,6 +208,21 @@ pub async fn sse_events(resp: reqwest::Response) -> Vec<String> {
 }
 
 /// Value of a metric sample line (exact label match), or 0.
+/// The JSON chunks of an SSE stream (without `[DONE]`, which must end it) and the text of
+/// their content deltas.
+pub fn stream_chunks(events: &[String]) -> (Vec<serde_json::Value>, String) {
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<serde_json::Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).expect("a JSON chunk"))
+        .collect();
+    let text = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    (chunks, text)
+}
+
 pub fn metric(metrics: &str, series: &str) -> f64 {
     metrics
         .lines()
