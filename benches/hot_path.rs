@@ -210,5 +210,78 @@ tenants:
     });
 }
 
-criterion_group!(benches, request_head, sse, decisions, limits);
+/// Tracing: what a request pays when tracing is off (the claim: nothing measurable), when the
+/// app's context says not to sample, and the full cost of a sampled request's trace.
+fn traces(c: &mut Criterion) {
+    use std::sync::Arc;
+
+    use llm_sidecar::telemetry::Metrics;
+    use llm_sidecar::telemetry::trace::{Kind, Tracer, otlp};
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _guard = rt.enter();
+    let mut headers = HeaderMap::new();
+    headers.insert("content-type", HeaderValue::from_static("application/json"));
+    let off = Tracer::new(Arc::new(Metrics::new()));
+    c.bench_function("tracing/start_when_off", |b| {
+        b.iter(|| off.start(black_box(&headers), "chat").is_some())
+    });
+
+    let on = |yaml: &str| {
+        let config = Config::load(yaml, &|_: &str| None).unwrap();
+        let t = Tracer::new(Arc::new(Metrics::new()));
+        t.configure(config.tracing.clone());
+        (t, config)
+    };
+    let (unsampled, _) = on("tracing: {endpoint: 'http://127.0.0.1:9', sample_ratio: 0}");
+    let mut app = headers.clone();
+    app.insert(
+        "traceparent",
+        HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"),
+    );
+    c.bench_function("tracing/start_not_sampled", |b| {
+        b.iter(|| unsampled.start(black_box(&app), "chat").is_some())
+    });
+
+    let (sampled, config) = on("tracing: {endpoint: 'http://127.0.0.1:9'}");
+    let resource = &config.tracing.as_ref().unwrap().resource;
+    let model: Arc<str> = "gpt-4o-mini".into();
+    c.bench_function("tracing/sampled_request_6_spans_built_and_encoded", |b| {
+        b.iter(|| {
+            let mut t = sampled.start(black_box(&headers), "chat").unwrap();
+            for name in ["route", "cache lookup", "queue wait"] {
+                let mut s = t.open(name, Kind::Internal);
+                s.set("llm_sidecar.route", &model);
+                t.close(s);
+            }
+            let mut s = t.open(format!("chat {model}"), Kind::Client);
+            for k in [
+                "gen_ai.request.model",
+                "gen_ai.provider.name",
+                "server.address",
+                "llm_sidecar.model",
+            ] {
+                s.set(k, &model);
+            }
+            s.set("http.response.status_code", 200u16);
+            let _tp = t.traceparent(&s);
+            t.close(s);
+            let s = t.open("stream", Kind::Internal);
+            t.close(s);
+            for k in [
+                "gen_ai.request.model",
+                "gen_ai.response.model",
+                "llm_sidecar.route",
+                "llm_sidecar.tenant",
+            ] {
+                t.root.set(k, &model);
+            }
+            t.root.set("gen_ai.usage.input_tokens", 120u64);
+            t.root.set("gen_ai.usage.output_tokens", 40u64);
+            otlp::encode(resource, std::slice::from_ref(&*t)).len()
+        })
+    });
+}
+
+criterion_group!(benches, request_head, sse, decisions, limits, traces);
 criterion_main!(benches);

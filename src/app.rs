@@ -87,6 +87,9 @@ pub struct Sidecar {
     upkeep_task: JoinHandle<()>,
     /// Fleet mode: the limits sync and the L2 cache publisher and follower.
     fleet_tasks: Vec<JoinHandle<()>>,
+    /// The span exporter; flushed after the drain.
+    trace_task: JoinHandle<()>,
+    stop_trace: watch::Sender<bool>,
 }
 
 impl Sidecar {
@@ -187,6 +190,8 @@ impl Sidecar {
         });
         let upkeep_task = tokio::spawn(upkeep(shared.clone()));
         let fleet_tasks = start_fleet(&shared);
+        let (stop_trace, trace_rx) = watch::channel(false);
+        let trace_task = tokio::spawn(crate::telemetry::trace::export::run(shared.tracer.clone(), trace_rx));
         shared.health.set_ready(true);
         let rt = shared.runtime.load();
         tracing::info!(
@@ -208,6 +213,8 @@ impl Sidecar {
             sweep_task,
             upkeep_task,
             fleet_tasks,
+            trace_task,
+            stop_trace,
         })
     }
 
@@ -246,6 +253,12 @@ impl Sidecar {
         tokio::time::sleep(server.drain_delay).await;
         let _ = self.stop_app.send(Some(server.shutdown_grace));
         let _ = self.app_task.await;
+        // Every request has finished: its spans are queued; send them before the pod goes.
+        let _ = self.stop_trace.send(true);
+        let flush = crate::telemetry::trace::export::SHUTDOWN_FLUSH + Duration::from_secs(1);
+        if tokio::time::timeout(flush, self.trace_task).await.is_err() {
+            tracing::warn!("tracing: the last spans could not be exported in time");
+        }
         let _ = self.stop_admin.send(Some(Duration::from_secs(1)));
         let _ = self.admin_task.await;
         tracing::info!("shutdown complete");

@@ -51,6 +51,20 @@ pub struct Plan {
     vector: Option<Vec<f32>>,
     /// On a semantic miss: the similarity of the best candidate found (for cost advice).
     pub best_similarity: Option<f32>,
+    /// When the semantic lookup ran, for the request's trace.
+    pub timing: Option<SemanticTiming>,
+    /// Candidates over the threshold that the guard or a learned threshold turned down.
+    pub rejected: Vec<&'static str>,
+}
+
+/// The semantic lookup's steps: submitted to the embedder, embedded (after any queueing and
+/// batching), searched.
+#[derive(Debug, Clone, Copy)]
+pub struct SemanticTiming {
+    pub submitted: std::time::Instant,
+    pub embedded: std::time::Instant,
+    pub searched: std::time::Instant,
+    pub candidates: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -218,6 +232,8 @@ impl Cache {
             route: route.name.clone(),
             vector: None,
             best_similarity: None,
+            timing: None,
+            rejected: Vec::new(),
         })
     }
 
@@ -260,12 +276,14 @@ impl Cache {
         let deadline = Instant::now() + budget;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let metrics = self.metrics.clone();
+        let submitted = std::time::Instant::now();
         let then = Box::new(move |v: Option<&[f32]>| {
             let result = v.map(|v| {
                 let start = std::time::Instant::now();
                 let found = index.search(v, SEARCH_CANDIDATES);
-                metrics.search_duration.observe(start.elapsed().as_secs_f64());
-                (v.to_vec(), found)
+                let end = std::time::Instant::now();
+                metrics.search_duration.observe((end - start).as_secs_f64());
+                (v.to_vec(), found, start, end)
             });
             let _ = tx.send(result);
         });
@@ -280,7 +298,7 @@ impl Cache {
                 return None;
             }
         }
-        let (vector, found) = match tokio::time::timeout_at(deadline, rx).await {
+        let (vector, found, embedded, searched) = match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(Some(r))) => r,
             // Expired in the queue or failed: counted by the embedder's observer.
             Ok(_) => return None,
@@ -291,6 +309,12 @@ impl Cache {
         };
         plan.vector = Some(vector);
         plan.best_similarity = found.first().map(|(_, s)| *s);
+        plan.timing = Some(SemanticTiming {
+            submitted,
+            embedded,
+            searched,
+            candidates: found.len(),
+        });
         let query_features = Features::of(&query);
         let now = std::time::Instant::now();
         for (id, similarity) in found {
@@ -302,6 +326,7 @@ impl Cache {
             };
             if similarity < c.min_similarity {
                 self.rejected("learned_threshold");
+                plan.rejected.push("learned_threshold");
                 continue;
             }
             if plan.guard
@@ -309,6 +334,7 @@ impl Cache {
                 && let Err(reason) = guard::check(&query_features, f)
             {
                 self.rejected(reason.label());
+                plan.rejected.push(reason.label());
                 continue;
             }
             self.metrics.cache_similarity.observe(f64::from(similarity));

@@ -6,6 +6,7 @@
 
 pub mod interpolate;
 pub mod kube;
+pub mod otel;
 pub mod raw;
 pub mod source;
 mod validate;
@@ -20,6 +21,7 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue, Uri};
 
 pub use interpolate::{Env, VarLookup};
+pub use otel::{OtlpProtocol, SamplerConfig, TracingConfig};
 
 /// Default address the app talks to: loopback only, so nothing outside the pod can spend the
 /// pod's budget.
@@ -141,6 +143,8 @@ pub struct Config {
     pub scheduling: SchedulingConfig,
     /// Fleet mode: limits, budgets and the L2 cache shared through Redis.
     pub redis: Option<RedisConfig>,
+    /// OpenTelemetry trace export; `None` when tracing is off.
+    pub tracing: Option<Arc<TracingConfig>>,
     /// SHA-256 of the source text, so a reload of identical bytes is recognised and skipped.
     pub digest: String,
 }

@@ -30,6 +30,27 @@ pub struct RawConfig {
     pub resilience: Option<RawResilience>,
     pub scheduling: Option<RawScheduling>,
     pub redis: Option<RawRedis>,
+    pub tracing: Option<RawTracing>,
+}
+
+/// OpenTelemetry trace export. Every key falls back to the standard `OTEL_*` variable.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawTracing {
+    pub enabled: Option<bool>,
+    pub endpoint: Option<String>,
+    pub protocol: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    pub timeout: Option<String>,
+    pub sampler: Option<String>,
+    pub sample_ratio: Option<f64>,
+    pub service_name: Option<String>,
+    #[serde(default)]
+    pub resource_attributes: BTreeMap<String, String>,
+    pub max_queue: Option<u64>,
+    pub batch_size: Option<u64>,
+    pub interval: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

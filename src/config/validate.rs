@@ -50,13 +50,13 @@ pub(super) fn load(text: &str, vars: &dyn VarLookup) -> Result<Config, ConfigErr
     }
 }
 
-struct Validator<'a> {
-    issues: Vec<ConfigIssue>,
-    vars: &'a dyn VarLookup,
+pub(super) struct Validator<'a> {
+    pub(super) issues: Vec<ConfigIssue>,
+    pub(super) vars: &'a dyn VarLookup,
 }
 
 impl Validator<'_> {
-    fn issue(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn issue(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.issues.push(ConfigIssue::new(path, message));
     }
 
@@ -180,6 +180,7 @@ impl Validator<'_> {
         };
         let resilience = self.resilience(raw.resilience.unwrap_or_default());
         let redis = raw.redis.and_then(|r| self.redis(r));
+        let tracing = self.tracing(raw.tracing.unwrap_or_default());
 
         Config {
             version: raw.version,
@@ -197,6 +198,7 @@ impl Validator<'_> {
             resilience,
             scheduling,
             redis,
+            tracing,
             digest: hex::encode(Sha256::digest(text.as_bytes())),
         }
     }
@@ -211,7 +213,7 @@ impl Validator<'_> {
         })
     }
 
-    fn duration(&mut self, path: &str, s: Option<&str>, default: Duration) -> Duration {
+    pub(super) fn duration(&mut self, path: &str, s: Option<&str>, default: Duration) -> Duration {
         let Some(s) = s else { return default };
         match humantime::parse_duration(s) {
             Ok(d) => d,

@@ -22,6 +22,7 @@ static LF2_REV: LazyLock<FinderRev<'static>> = LazyLock::new(|| FinderRev::new(b
 static CRLF2_REV: LazyLock<FinderRev<'static>> = LazyLock::new(|| FinderRev::new(b"\r\n\r\n"));
 static USAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
 static ERROR: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"error\":{"));
+static FINISH: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"finish_reason\""));
 
 #[derive(Debug, Default)]
 pub struct SseScanner {
@@ -35,6 +36,10 @@ pub struct SseScanner {
     pub saw_error: bool,
     /// Number of data events seen.
     pub events: u64,
+    /// Look for `finish_reason` (a traced request reports it).
+    track_finish: bool,
+    /// The last non-null `finish_reason` seen, when tracked.
+    pub finish_reason: Option<String>,
 }
 
 impl SseScanner {
@@ -44,6 +49,11 @@ impl SseScanner {
             strip_usage_only,
             ..Default::default()
         }
+    }
+
+    /// Also record the stream's `finish_reason`.
+    pub fn track_finish_reason(&mut self) {
+        self.track_finish = true;
     }
 
     /// Feeds one upstream frame; returns what to forward now (possibly empty).
@@ -143,6 +153,11 @@ impl SseScanner {
             if data.starts_with(b"{\"error\"") || ERROR.find(data).is_some() {
                 self.saw_error = true;
             }
+            if self.track_finish
+                && let Some(reason) = finish_reason(data)
+            {
+                self.finish_reason = Some(reason);
+            }
         }
         strip
     }
@@ -155,6 +170,18 @@ fn usage_present(data: &[u8]) -> bool {
     let rest = data[at + 7..].trim_ascii_start();
     let rest = rest.strip_prefix(b":").unwrap_or(rest).trim_ascii_start();
     !rest.starts_with(b"null")
+}
+
+/// The first non-null `"finish_reason": "…"` in a chunk, without parsing it.
+fn finish_reason(data: &[u8]) -> Option<String> {
+    let at = FINISH.find(data)?;
+    let rest = data[at + 15..]
+        .trim_ascii_start()
+        .strip_prefix(b":")?
+        .trim_ascii_start();
+    let rest = rest.strip_prefix(b"\"")?;
+    let end = memchr::memchr(b'"', rest)?;
+    std::str::from_utf8(&rest[..end]).ok().map(str::to_owned)
 }
 
 /// End of the last complete event (just after its blank line).
@@ -219,6 +246,22 @@ mod tests {
         let frame = Bytes::from_static(b"data: {\"error\":{\"message\":\"x\"}}\r\n\r\n");
         assert_eq!(s.push(frame.clone()), frame);
         assert!(s.saw_error);
+    }
+
+    #[test]
+    fn finish_reason_only_when_tracked() {
+        let chunk = "data: {\"choices\":[{\"delta\":{},\"finish_reason\": \"length\"}]}\n\n";
+        let mut s = SseScanner::new(false);
+        s.push(Bytes::from(format!("{C1}{chunk}")));
+        assert_eq!(s.finish_reason, None);
+        let mut s = SseScanner::new(false);
+        s.track_finish_reason();
+        s.push(Bytes::from(format!("{C1}{chunk}{DONE}")));
+        assert_eq!(s.finish_reason.as_deref(), Some("length"));
+        s.push(Bytes::from_static(
+            b"data: {\"choices\":[{\"finish_reason\":null}]}\n\n",
+        ));
+        assert_eq!(s.finish_reason.as_deref(), Some("length"));
     }
 
     #[test]

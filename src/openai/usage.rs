@@ -62,6 +62,25 @@ pub fn parse_usage(json: &[u8]) -> Option<UsageReport> {
     })
 }
 
+#[derive(Deserialize)]
+struct WithChoices {
+    #[serde(default)]
+    choices: Vec<Choice>,
+}
+
+#[derive(Deserialize)]
+struct Choice {
+    #[serde(default)]
+    finish_reason: Option<String>,
+}
+
+/// `choices[].finish_reason` of a JSON answer, in order (for traces).
+pub fn finish_reasons(json: &[u8]) -> Vec<String> {
+    serde_json::from_slice::<WithChoices>(json)
+        .map(|w| w.choices.into_iter().filter_map(|c| c.finish_reason).collect())
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,6 +97,13 @@ mod tests {
             }
         );
         assert!(!r.usage_only);
+    }
+
+    #[test]
+    fn finish_reasons_in_order() {
+        let json = br#"{"choices":[{"finish_reason":"stop"},{"finish_reason":null},{"finish_reason":"tool_calls"}]}"#;
+        assert_eq!(finish_reasons(json), ["stop", "tool_calls"]);
+        assert!(finish_reasons(b"[]").is_empty());
     }
 
     #[test]

@@ -17,12 +17,14 @@ use tokio::time::Instant;
 
 use super::error::ApiError;
 use super::proxy::{Endpoint, Received, full, internal, receive};
-use super::record::RequestRecord;
+use super::record::{RequestRecord, operation_name};
+use super::traced;
 use crate::openai::RequestHead;
 use crate::resilience::{Transition, backoff, parse_retry_after};
 use crate::router::{Decision, Route, Target};
 use crate::scheduler::{Permit, QueueError};
 use crate::state::{Runtime, Shared};
+use crate::telemetry::trace::Kind;
 use crate::telemetry::{PriorityLabels, QueueRejectLabels};
 use crate::upstream::adapter::StreamTranslate;
 use crate::upstream::{BodyFailure, BodyRead, Provider, UpstreamError, error_detail, read_body};
@@ -86,7 +88,19 @@ impl Attempt<'_> {
                     let reason = failures.last().map_or("unknown", |(_, e)| e.kind());
                     metrics.retry(provider.name(), &target.model.name, reason);
                     rec.retries += 1;
-                    tokio::time::sleep(backoff(&res.retries, attempt, retry_after)).await;
+                    let delay = backoff(&res.retries, attempt, retry_after);
+                    if let Some(t) = rec.trace.as_deref_mut() {
+                        traced::event(
+                            t,
+                            "retry",
+                            vec![
+                                ("llm_sidecar.model", (&target.model.name).into()),
+                                ("llm_sidecar.retry.reason", reason.into()),
+                                ("llm_sidecar.retry.delay_s", delay.as_secs_f64().into()),
+                            ],
+                        );
+                    }
+                    tokio::time::sleep(delay).await;
                 }
                 match self.once(rec, &decision.route, target, provider).await {
                     Outcome::Done(s) => return Ok(*s),
@@ -115,6 +129,13 @@ impl Attempt<'_> {
         let breaker = &self.rt.config.resilience.breaker;
         match target.health.admit(breaker) {
             Err(retry_in) => {
+                if let Some(t) = rec.trace.as_deref_mut() {
+                    traced::event(
+                        t,
+                        "circuit open",
+                        vec![("llm_sidecar.model", (&target.model.name).into())],
+                    );
+                }
                 return Outcome::Next(UpstreamError::CircuitOpen {
                     provider: provider.name().clone(),
                     model: target.model.name.clone(),
@@ -125,11 +146,24 @@ impl Attempt<'_> {
         }
         let sched = &self.rt.config.scheduling;
         let waited = Instant::now();
-        let permit = match provider
+        let queue_span = rec.trace.as_deref().map(|t| t.open("queue wait", Kind::Internal));
+        let acquired = provider
             .scheduler
             .acquire(self.class, sched.queue_timeout, sched.max_queued)
-            .await
-        {
+            .await;
+        if let (Some(t), Some(mut span)) = (rec.trace.as_deref_mut(), queue_span) {
+            span.set("llm_sidecar.provider", provider.name());
+            span.set("llm_sidecar.priority", self.class_name());
+            if let Err(e) = &acquired {
+                let kind = match e {
+                    QueueError::Full { .. } => "queue_full",
+                    QueueError::Timeout(_) => "queue_timeout",
+                };
+                span.error(kind, Some(e.to_string()));
+            }
+            t.close(span);
+        }
+        let permit = match acquired {
             Ok(p) => p,
             Err(e) => {
                 let (reason, outcome) = match &e {
@@ -163,6 +197,35 @@ impl Attempt<'_> {
 
         rec.attempts += 1;
         rec.model = Some(target.model.clone());
+        let operation = operation_name(self.endpoint.label());
+        let span = rec
+            .trace
+            .as_deref()
+            .map(|t| traced::attempt(t, operation, provider, &target.model, rec.attempts));
+        let traceparent = rec.trace.as_deref().zip(span.as_ref()).map(|(t, s)| t.traceparent(s));
+        let outcome = self.send(rec, route, target, provider, permit, traceparent).await;
+        if let (Some(t), Some(mut span)) = (rec.trace.as_deref_mut(), span) {
+            match &outcome {
+                Outcome::Done(d) => span.set("http.response.status_code", d.parts.status.as_u16()),
+                Outcome::Retry(e) | Outcome::Next(e) => traced::attempt_failed(&mut span, e),
+                Outcome::Fatal(e) => span.error(e.outcome, Some(e.message.clone())),
+            }
+            t.close(span);
+        }
+        outcome
+    }
+
+    /// Sends the request to one candidate with a slot in hand and reads its answer.
+    async fn send(
+        &self,
+        rec: &mut RequestRecord,
+        route: &Route,
+        target: &Target,
+        provider: &Arc<Provider>,
+        permit: Permit,
+        traceparent: Option<HeaderValue>,
+    ) -> Outcome {
+        let breaker = &self.rt.config.resilience.breaker;
         let model = &target.model;
         let adapter = provider.adapter();
         let strip_usage =
@@ -187,6 +250,10 @@ impl Attempt<'_> {
         headers.remove(header::ACCEPT_ENCODING);
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert("x-request-id", rec.request_id.clone());
+        if let Some(tp) = traceparent {
+            // The app's own `traceparent` was copied above; upstream, the parent is this attempt.
+            headers.insert("traceparent", tp);
+        }
         let uri = match provider.uri(path, None) {
             Ok(u) => u,
             Err(e) => return Outcome::Fatal(internal(e)),

@@ -10,6 +10,7 @@ pub mod error;
 pub mod proxy;
 pub mod record;
 pub mod relay;
+mod traced;
 pub mod verify;
 
 use std::convert::Infallible;

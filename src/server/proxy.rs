@@ -16,18 +16,20 @@ use tokio::time::Instant;
 use super::attempt::Attempt;
 use super::body::Body;
 use super::error::ApiError;
-use super::record::{Account, AdviceInput, RequestRecord};
+use super::record::{Account, AdviceInput, RequestRecord, operation_name};
 use super::relay::{Mode, OnComplete, RelayBody, RelayParams};
+use super::traced;
 use super::verify::{self, Verification};
 use crate::cache::{Cache, Hit, HitKind, Plan, replay};
 use crate::config::ModelConfig;
 use crate::config::{Config, ProviderKind};
 use crate::limits::ledger::{self, now_ms};
-use crate::openai::usage::parse_usage;
+use crate::openai::usage::{finish_reasons, parse_usage};
 use crate::openai::{RequestHead, SseScanner};
 use crate::router::{self, Decision, Route, Signals, Step};
 use crate::scheduler::Permit;
 use crate::state::{Runtime, Shared};
+use crate::telemetry::trace::{Kind, RequestTrace, Span};
 use crate::telemetry::{DecisionLabels, LimitLabels};
 use crate::upstream::adapter::StreamTranslate;
 use crate::upstream::{BodyFailure, BodyRead, BoxError, ClientBody, Provider, UpstreamError, is_hop_header, read_body};
@@ -168,6 +170,11 @@ pub async fn openai(
     let rt = shared.runtime.load_full();
     let mut rec = RequestRecord::new(shared.metrics.clone(), request_id, endpoint.label());
     rec.live = Some(shared.live.clone());
+    let operation = operation_name(endpoint.label());
+    rec.trace = shared.tracer.start(req.headers(), operation);
+    if let Some(t) = rec.trace.as_deref_mut() {
+        traced::http(t, req.method(), req.uri().path());
+    }
     let result = async {
         let tenant = rt.tenants.identify(req.headers())?;
         rec.tenant = Some(tenant.clone());
@@ -175,6 +182,9 @@ pub async fn openai(
         let body = read_request_body(body, &parts.headers, rt.config.server.max_body_bytes).await?;
         let head = RequestHead::parse(&body)?;
         rec.stream = head.stream && endpoint.streams();
+        if let Some(t) = rec.trace.as_deref_mut() {
+            traced::request(t, operation, &head);
+        }
         let class = priority_class(&rt, &parts.headers, &tenant)?;
         rec.priority = rt.config.scheduling.classes.get(class).map(|(n, _)| n.clone());
         // The last user turn is read once, when the router, the dashboard or a sampled
@@ -200,7 +210,22 @@ pub async fn openai(
             config: rt.config.clone(),
             admission,
         });
-        let decision = decide(&shared, &rt, &head, &signals, &tenant, &parts.headers, budget_soft).await?;
+        let mut route_span = rec.trace.as_deref().map(|t| t.open("route", Kind::Internal));
+        let decided = decide(
+            &shared,
+            &rt,
+            &head,
+            &signals,
+            &tenant,
+            &parts.headers,
+            budget_soft,
+            rec.trace.as_deref_mut().zip(route_span.as_mut()),
+        )
+        .await;
+        if let (Some(t), Some(span)) = (rec.trace.as_deref_mut(), route_span) {
+            traced::route(t, span, &decided);
+        }
+        let decision = decided?;
         rec.route = Some(decision.route.name.clone());
         rec.reason = Some(decision.reason);
         if let Some(first) = decision.candidates.first() {
@@ -237,9 +262,15 @@ pub async fn openai(
             best_miss: None,
             soft_unrouted: budget_soft && !decision.route.for_soft_budget(),
         });
-        if let Some(p) = plan.as_mut().filter(|p| p.lookup)
-            && let Some(hit) = shared.cache.lookup(p, &rt.config.cache).await
-        {
+        let mut hit = None;
+        if let Some(p) = plan.as_mut().filter(|p| p.lookup) {
+            let span = rec.trace.as_deref().map(|t| t.open("cache lookup", Kind::Internal));
+            hit = shared.cache.lookup(p, &rt.config.cache).await;
+            if let (Some(t), Some(span)) = (rec.trace.as_deref_mut(), span) {
+                traced::cache(t, span, p, hit.as_ref());
+            }
+        }
+        if let Some(hit) = hit {
             if let HitKind::Semantic { similarity } = hit.kind
                 && let Some(permit) = shared.cache.should_verify(&rt.config.cache)
             {
@@ -309,6 +340,7 @@ pub async fn openai(
 const EXAMPLE_EMBED_BUDGET: Duration = Duration::from_secs(2);
 
 /// Runs the router, embedding the last user turn when a `semantic` route asks for it.
+#[allow(clippy::too_many_arguments)]
 async fn decide(
     shared: &Shared,
     rt: &Runtime,
@@ -317,6 +349,7 @@ async fn decide(
     tenant: &str,
     headers: &HeaderMap,
     budget_soft: bool,
+    mut trace: Option<(&mut RequestTrace, &mut Span)>,
 ) -> Result<Decision, ApiError> {
     let req = router::Request {
         model: &head.model,
@@ -330,12 +363,16 @@ async fn decide(
         match step {
             Step::Decided(d) => return Ok(d),
             Step::NeedsEmbedding(route) => {
+                let started = std::time::Instant::now();
                 let query = match signals.text.as_deref() {
                     Some(text) if prepare_examples(shared, &route).await => {
                         shared.cache.embed(text, rt.config.cache.semantic.timeout).await
                     }
                     _ => None,
                 };
+                if let Some((t, span)) = trace.as_mut() {
+                    traced::route_embedding(t, span, started, query.is_some());
+                }
                 step = rt.router.decide_semantic(&route, &req, query.as_deref())?;
             }
         }
@@ -493,6 +530,10 @@ fn serve_cached(
         }
     };
     h.insert("x-llm-sidecar-cache", HeaderValue::from_static(rec.cache));
+    rec.trace_header(h);
+    if let Some(t) = rec.trace.as_deref_mut() {
+        t.finish_reasons = finish_reasons(&hit.response);
+    }
     // Served locally: the provider charged nothing for this answer.
     h.insert("x-llm-sidecar-cost-usd", HeaderValue::from_static("0"));
     rec.rate_headers(h);
@@ -508,6 +549,10 @@ pub async fn passthrough(shared: Arc<Shared>, req: Request<Incoming>, request_id
     let rt: Arc<Runtime> = shared.runtime.load_full();
     let mut rec = RequestRecord::new(shared.metrics.clone(), request_id, "passthrough");
     rec.live = Some(shared.live.clone());
+    rec.trace = shared.tracer.start(req.headers(), "passthrough");
+    if let Some(t) = rec.trace.as_deref_mut() {
+        traced::passthrough(t, req.method(), req.uri().path());
+    }
     let result = async {
         let tenant = rt.tenants.identify(req.headers())?;
         rec.tenant = Some(tenant.clone());
@@ -571,9 +616,21 @@ pub async fn passthrough(shared: Arc<Shared>, req: Request<Incoming>, request_id
         let mut headers = HeaderMap::with_capacity(parts.headers.len() + 2);
         provider.forward_headers(&parts.headers, &mut headers, true);
         headers.insert("x-request-id", rec.request_id.clone());
+        let mut span = rec.trace.as_deref().map(|t| traced::passthrough_attempt(t, &parts.method, provider));
+        if let (Some(t), Some(span)) = (rec.trace.as_deref(), span.as_ref()) {
+            headers.insert("traceparent", t.traceparent(span));
+        }
         let body: ClientBody = body.map_err(|e| Box::new(e) as BoxError).boxed();
         let deadline = Instant::now() + provider.config.timeouts.total;
-        let up = provider.send(parts.method, uri, headers, body, deadline, permit).await.map_err(|e| {
+        let sent = provider.send(parts.method, uri, headers, body, deadline, permit).await;
+        if let (Some(t), Some(mut span)) = (rec.trace.as_deref_mut(), span.take()) {
+            match &sent {
+                Ok(up) => span.set("http.response.status_code", up.response.status().as_u16()),
+                Err(e) => traced::attempt_failed(&mut span, e),
+            }
+            t.close(span);
+        }
+        let up = sent.map_err(|e| {
             shared.metrics.upstream_error(provider.name(), e.kind());
             ApiError::from(e)
         })?;
@@ -638,6 +695,7 @@ fn relay(mut rec: RequestRecord, answer: Answer) -> Response<Body> {
     h.insert("x-llm-sidecar-attempts", HeaderValue::from(rec.attempts));
     h.insert("x-llm-sidecar-cache", HeaderValue::from_static(rec.cache));
     rec.rate_headers(h);
+    rec.trace_header(h);
     rec.status = parts.status.as_u16();
     let success = parts.status.is_success();
     let outcome = if success { "ok" } else { "upstream_status" };
@@ -646,6 +704,9 @@ fn relay(mut rec: RequestRecord, answer: Answer) -> Response<Body> {
             drop(permit);
             if success {
                 rec.usage = parse_usage(&bytes).map(|r| r.usage);
+                if let Some(t) = rec.trace.as_deref_mut() {
+                    t.finish_reasons = finish_reasons(&bytes);
+                }
                 if let Some(u) = rec.usage {
                     let cost = model
                         .pricing
@@ -663,10 +724,17 @@ fn relay(mut rec: RequestRecord, answer: Answer) -> Response<Body> {
         }
         Received::Stream { incoming, prefix, sse } => {
             let mode = if sse && success {
-                Mode::Sse(SseScanner::new(strip_usage))
+                let mut scanner = SseScanner::new(strip_usage);
+                if rec.trace.is_some() {
+                    scanner.track_finish_reason();
+                }
+                Mode::Sse(scanner)
             } else {
                 Mode::Raw
             };
+            if let Some(t) = rec.trace.as_deref_mut() {
+                t.stream_start = Some(std::time::Instant::now());
+            }
             // A stream is stored only if it ends complete and error-free (the relay decides).
             let on_complete: Option<OnComplete> = cache.filter(|_| sse && parts.status == StatusCode::OK).map(|c| {
                 let model = model.name.clone();
@@ -706,6 +774,7 @@ fn fail(mut rec: RequestRecord, e: ApiError) -> Response<Body> {
             .insert("x-llm-sidecar-attempts", HeaderValue::from(rec.attempts));
     }
     rec.rate_headers(resp.headers_mut());
+    rec.trace_header(resp.headers_mut());
     resp
 }
 

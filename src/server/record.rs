@@ -15,6 +15,7 @@ use crate::openai::Usage;
 use crate::router::Reason;
 use crate::telemetry::advice::{Advisor, Observation};
 use crate::telemetry::live::{Live, Recent};
+use crate::telemetry::trace::{Kind, RequestTrace};
 use crate::telemetry::{BudgetLabels, CostLabels, Metrics, OperationLabels, RequestLabels, TokenLabels};
 
 /// Label for requests that never reached a route (bad JSON, unknown model).
@@ -53,6 +54,8 @@ pub struct RequestRecord {
     pub live: Option<Arc<Live>>,
     /// The prompt's first words, only when `server.dashboard_prompts` is on.
     pub prompt: Option<String>,
+    /// The request's spans, when tracing is on and the request sampled.
+    pub trace: Option<Box<RequestTrace>>,
     finished: bool,
 }
 
@@ -96,6 +99,7 @@ impl RequestRecord {
             advice: None,
             live: None,
             prompt: None,
+            trace: None,
             finished: false,
         }
     }
@@ -122,6 +126,15 @@ impl RequestRecord {
             if let Ok(v) = HeaderValue::from_str(&value) {
                 h.insert(name, v);
             }
+        }
+    }
+
+    /// `x-llm-sidecar-trace-id` on a traced request's response, to find its trace.
+    pub fn trace_header(&self, h: &mut http::HeaderMap) {
+        if let Some(t) = &self.trace
+            && let Ok(v) = HeaderValue::try_from(t.trace_id_hex())
+        {
+            h.insert("x-llm-sidecar-trace-id", v);
         }
     }
 
@@ -272,6 +285,16 @@ impl RequestRecord {
                 prompt: self.prompt.take(),
             });
         }
+        // Warn when we or the provider failed the app; a cache hit, a rejected request or an
+        // app that hung up is routine.
+        let failed = self.status >= 500
+            || matches!(
+                outcome,
+                "upstream_error" | "reset" | "timeout_idle" | "timeout_total" | "incomplete" | "upstream_stream_error"
+            );
+        if let Some(trace) = self.trace.take() {
+            self.finish_trace(trace, outcome, failed, cost);
+        }
         let usage = self.usage.unwrap_or_default();
         let request_id = self.request_id.to_str().unwrap_or("");
         macro_rules! line {
@@ -303,17 +326,78 @@ impl RequestRecord {
                 )
             };
         }
-        // Warn when we or the provider failed the app; a cache hit, a rejected request or an
-        // app that hung up is routine.
-        let failed = matches!(
-            outcome,
-            "upstream_error" | "reset" | "timeout_idle" | "timeout_total" | "incomplete" | "upstream_stream_error"
-        );
-        if self.status >= 500 || failed {
+        if failed {
             line!(tracing::Level::WARN);
         } else {
             line!(tracing::Level::INFO);
         }
+    }
+}
+
+impl RequestRecord {
+    /// The root span's attributes (GenAI semantic conventions where they exist, `llm_sidecar.*`
+    /// otherwise), the stream span, and the hand-off to the exporter.
+    fn finish_trace(&self, mut t: Box<RequestTrace>, outcome: &'static str, failed: bool, cost: f64) {
+        let finish_reasons = std::mem::take(&mut t.finish_reasons);
+        if let Some(start) = t.stream_start {
+            let mut s = t.open("stream", Kind::Internal);
+            s.start = start;
+            s.set("llm_sidecar.outcome", outcome);
+            if !finish_reasons.is_empty() {
+                s.set("gen_ai.response.finish_reasons", finish_reasons.clone());
+            }
+            if failed {
+                s.error(outcome, None);
+            }
+            t.close(s);
+        }
+        let r = &mut t.root;
+        r.set("http.response.status_code", self.status);
+        r.set("llm_sidecar.outcome", outcome);
+        r.set("llm_sidecar.cache.result", self.cache);
+        r.set("gen_ai.request.stream", self.stream);
+        if let Some(v) = &self.tenant {
+            r.set("llm_sidecar.tenant", v);
+        }
+        if let Some(v) = &self.route {
+            r.set("llm_sidecar.route", v);
+        }
+        if let Some(v) = self.reason {
+            r.set("llm_sidecar.route.reason", v.to_string());
+        }
+        if let Some(v) = &self.priority {
+            r.set("llm_sidecar.priority", v);
+        }
+        if let Some(m) = &self.model {
+            r.set("gen_ai.response.model", &m.upstream_model);
+            r.set("llm_sidecar.model", &m.name);
+            r.set("llm_sidecar.provider", &m.provider);
+        }
+        r.set("llm_sidecar.attempts", self.attempts);
+        if self.retries > 0 {
+            r.set("llm_sidecar.retries", self.retries);
+        }
+        if let Some(u) = self.usage {
+            r.set("gen_ai.usage.input_tokens", u.prompt_tokens);
+            r.set("gen_ai.usage.output_tokens", u.completion_tokens);
+            if u.cached_tokens > 0 {
+                r.set("gen_ai.usage.cache_read.input_tokens", u.cached_tokens);
+            }
+        }
+        if cost > 0.0 {
+            r.set("llm_sidecar.cost_usd", cost);
+        }
+        if let Some(ttft) = self.ttft {
+            r.set("llm_sidecar.time_to_first_byte_s", ttft.as_secs_f64());
+        }
+        if !finish_reasons.is_empty() {
+            r.set("gen_ai.response.finish_reasons", finish_reasons);
+        }
+        // A 4xx is the app's request failing, not the server (HTTP semantic conventions).
+        if failed {
+            r.error(outcome, None);
+        }
+        t.finish();
     }
 }
 
@@ -329,7 +413,7 @@ impl Drop for RequestRecord {
     }
 }
 
-fn operation_name(endpoint: &'static str) -> &'static str {
+pub(super) fn operation_name(endpoint: &'static str) -> &'static str {
     match endpoint {
         "chat" => "chat",
         "completions" => "text_completion",

@@ -152,6 +152,10 @@ impl HttpBody for RelayBody {
                         Mode::Sse(scanner) => {
                             let tail = scanner.finish();
                             this.record.usage = scanner.usage;
+                            if let (Some(t), Some(r)) = (this.record.trace.as_deref_mut(), scanner.finish_reason.take())
+                            {
+                                t.finish_reasons = vec![r];
+                            }
                             let outcome = if scanner.saw_error {
                                 "upstream_stream_error"
                             } else if !scanner.done {

@@ -149,6 +149,8 @@ pub struct Shared {
     pub advisor: Arc<crate::telemetry::advice::Advisor>,
     /// Recent requests for the live dashboard.
     pub live: Arc<crate::telemetry::live::Live>,
+    /// OpenTelemetry: the sampler's settings and the queue to the exporter, across reloads.
+    pub tracer: Arc<crate::telemetry::trace::Tracer>,
 }
 
 impl Shared {
@@ -161,6 +163,8 @@ impl Shared {
             .iter()
             .any(|r| r.strategy == crate::config::Strategy::Semantic);
         let cache = Arc::new(Cache::new(&runtime.config.cache, semantic_routes, metrics.clone()));
+        let tracer = crate::telemetry::trace::Tracer::new(metrics.clone());
+        tracer.configure(runtime.config.tracing.clone());
         Arc::new(Shared {
             runtime: ArcSwap::from_pointee(runtime),
             metrics,
@@ -171,6 +175,7 @@ impl Shared {
             started_unix: crate::limits::ledger::now_ms() / 1000,
             advisor: Arc::default(),
             live: Arc::default(),
+            tracer,
         })
     }
 }

@@ -121,6 +121,7 @@ impl Reloader {
                     );
                 }
                 next.attach(&self.shared.metrics);
+                self.shared.tracer.configure(next.config.tracing.clone());
                 self.shared.runtime.store(Arc::new(next));
                 if purge {
                     let n = self.shared.cache.purge(None, None);

@@ -19,6 +19,7 @@ use crate::config::{LogFormat, LoggingSettings};
 pub mod advice;
 pub mod live;
 pub mod logwriter;
+pub mod trace;
 
 /// `gen_ai.client.operation.duration` advised buckets (seconds): 10 ms to 82 s, doubling.
 const DURATION_BUCKETS: [f64; 14] = [
@@ -158,6 +159,7 @@ pub struct Metrics {
     pub cost: Family<CostLabels, Counter<f64, AtomicU64>>,
     pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
     pub config_reloads: Family<OutcomeLabels, Counter>,
+    pub trace_spans: Family<ResultLabels, Counter>,
     pub config_generation: Gauge,
     pub inflight: Gauge,
     pub cache_lookups: Family<ResultLabels, Counter>,
@@ -262,6 +264,12 @@ impl Metrics {
             "llm_sidecar_config_reloads",
             "Config reloads by outcome (applied, rejected, unchanged)",
             config_reloads.clone(),
+        );
+        let trace_spans = Family::default();
+        registry.register(
+            "llm_sidecar_trace_spans",
+            "OpenTelemetry spans by fate: exported, rejected (by the collector), export_failed, dropped_queue_full, dropped_shutdown",
+            trace_spans.clone(),
         );
         let config_generation = Gauge::default();
         registry.register(
@@ -493,6 +501,7 @@ impl Metrics {
             cost,
             upstream_errors,
             config_reloads,
+            trace_spans,
             config_generation,
             inflight,
         }
@@ -561,6 +570,10 @@ impl Metrics {
                 reason,
             })
             .inc();
+    }
+
+    pub fn trace_spans(&self, result: &'static str, n: u64) {
+        self.trace_spans.get_or_create(&ResultLabels { result }).inc_by(n);
     }
 
     pub fn reload(&self, outcome: &'static str) {
