@@ -4,6 +4,8 @@
 #   2. through nginx proxy_pass (Debian's nginx, keep-alive to the upstream),
 #   3. through llm-sidecar (release build, JSON request logging on, to /dev/null),
 #   4. llm-sidecar answering from its cache (every request an exact hit),
+#   5. llm-sidecar tracing every request (OTLP/HTTP to nginx standing in for a collector),
+#   6. with BASE_BIN=path, that binary in the role of 3 (an A/B against an earlier build),
 # at concurrency 1, 16 and 64. Reports requests/s, latency p50/p99, the latency each proxy
 # adds over direct at p50, and CPU time per request of each proxy process.
 # Everything started here is stopped by PID on exit.
@@ -27,6 +29,7 @@ wait_http() { for _ in $(seq 1 100); do curl -s -o /dev/null "$1" && return 0; s
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 UP=$(free_port); NGX=$(free_port); SC=$(free_port); ADM=$(free_port); SC2=$(free_port); ADM2=$(free_port)
+SC3=$(free_port); ADM3=$(free_port); SC4=$(free_port); ADM4=$(free_port)
 
 "$BIN" mock-upstream --listen "127.0.0.1:$UP" >/dev/null 2>&1 & PIDS+=($!); MOCK_PID=$!
 
@@ -44,6 +47,8 @@ http {
   upstream mock { server 127.0.0.1:$UP; keepalive 128; }
   server {
     listen 127.0.0.1:$NGX;
+    # The traced sidecar's collector: accepts every export.
+    location = /v1/traces { return 200; }
     location / {
       proxy_pass http://mock;
       proxy_http_version 1.1;
@@ -71,6 +76,14 @@ sed -e "s/127.0.0.1:$SC/127.0.0.1:$SC2/; s/127.0.0.1:$ADM/127.0.0.1:$ADM2/" "$WO
 printf 'cache:\n  semantic:\n    assets_dir: %s\n' "$PWD/assets" >> "$WORK/cached/sidecar.yaml"
 "$BIN" serve --config "$WORK/cached/sidecar.yaml" >/dev/null 2>&1 & PIDS+=($!); SC2_PID=$!
 
+sed -e "s/127.0.0.1:$SC/127.0.0.1:$SC3/; s/127.0.0.1:$ADM/127.0.0.1:$ADM3/" "$WORK/sidecar.yaml" > "$WORK/traced.yaml"
+printf 'tracing: { endpoint: "http://127.0.0.1:%s", sample_ratio: 1 }\n' "$NGX" >> "$WORK/traced.yaml"
+"$BIN" serve --config "$WORK/traced.yaml" >/dev/null 2>&1 & PIDS+=($!); SC3_PID=$!
+if [ -n "${BASE_BIN:-}" ]; then
+  sed -e "s/127.0.0.1:$SC/127.0.0.1:$SC4/; s/127.0.0.1:$ADM/127.0.0.1:$ADM4/" "$WORK/sidecar.yaml" > "$WORK/base.yaml"
+  "$BASE_BIN" serve --config "$WORK/base.yaml" >/dev/null 2>&1 & PIDS+=($!); SC4_PID=$!
+fi
+
 BODY='{"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are terse."},{"role":"user","content":"Say hello to the load test"}],"temperature":0}'
 cat > "$WORK/post.lua" <<LUA
 wrk.method = "POST"
@@ -78,7 +91,8 @@ wrk.body = '$BODY'
 wrk.headers["Content-Type"] = "application/json"
 LUA
 wait_http "http://127.0.0.1:$UP/v1/models"; wait_http "http://127.0.0.1:$NGX/v1/models"; wait_http "http://127.0.0.1:$ADM/readyz"
-wait_http "http://127.0.0.1:$ADM2/readyz"
+wait_http "http://127.0.0.1:$ADM2/readyz"; wait_http "http://127.0.0.1:$ADM3/readyz"
+[ -n "${BASE_BIN:-}" ] && wait_http "http://127.0.0.1:$ADM4/readyz"
 
 # nginx's CPU: its worker processes (children of the master).
 nginx_ticks() { local t=0; for p in $(pgrep -P "$NGINX_PID") "$NGINX_PID"; do t=$((t + $(cpu_ticks "$p"))); done; echo $t; }
@@ -119,6 +133,10 @@ for c in ${CONCURRENCY:-1 16 64}; do
   RESULTS+=("$(run nginx "http://127.0.0.1:$NGX/v1/chat/completions" $c nginx_ticks)")
   RESULTS+=("$(run llm-sidecar "http://127.0.0.1:$SC/v1/chat/completions" $c "cpu_ticks $SC_PID")")
   RESULTS+=("$(run sidecar-cache-hit "http://127.0.0.1:$SC2/v1/chat/completions" $c "cpu_ticks $SC2_PID")")
+  RESULTS+=("$(run sidecar-traced "http://127.0.0.1:$SC3/v1/chat/completions" $c "cpu_ticks $SC3_PID")")
+  if [ -n "${BASE_BIN:-}" ]; then
+    RESULTS+=("$(run sidecar-base "http://127.0.0.1:$SC4/v1/chat/completions" $c "cpu_ticks $SC4_PID")")
+  fi
 done
 
 SC_RSS=$(awk '/VmRSS/ {print $2/1024 " MiB"}' "/proc/$SC_PID/status")

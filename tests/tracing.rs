@@ -474,3 +474,51 @@ async fn a_dead_collector_costs_requests_nothing_and_shutdown_flushes() {
         "{names:?}"
     );
 }
+
+#[tokio::test]
+async fn a_reload_turns_tracing_on_and_moves_it_to_another_collector() {
+    let (first_addr, first) = http_receiver().await;
+    let (second_addr, second) = grpc_receiver().await;
+    let mock = MockUpstream::start().await.unwrap();
+    let base = config(&mock.base_url(), "");
+    let h = Harness::with_mounted(mock, base.clone()).await;
+    let dir = h.dir.as_ref().unwrap().path().to_owned();
+    let ask = |q: &'static str| {
+        let h = &h;
+        async move {
+            let resp = h.chat(chat_body(q)).await;
+            let id = resp
+                .headers()
+                .get("x-llm-sidecar-trace-id")
+                .map(|v| v.to_str().unwrap().to_owned());
+            resp.bytes().await.unwrap();
+            id
+        }
+    };
+    assert_eq!(ask("before").await, None);
+
+    kubelet_write(
+        &dir,
+        "config.yaml",
+        &format!("{base}\ntracing: {{endpoint: 'http://{first_addr}', interval: 20ms}}\n"),
+    );
+    assert!(matches!(
+        h.sidecar().reload(false).await,
+        Some(llm_sidecar::state::reload::ReloadOutcome::Applied { .. })
+    ));
+    let id = hex::decode(ask("first").await.expect("traced after the reload")).unwrap();
+    wait_for(&first, "first collector", |s| s.trace_id == id).await;
+
+    kubelet_write(
+        &dir,
+        "config.yaml",
+        &format!("{base}\ntracing: {{endpoint: 'http://{second_addr}', protocol: grpc, interval: 20ms}}\n"),
+    );
+    assert!(matches!(
+        h.sidecar().reload(false).await,
+        Some(llm_sidecar::state::reload::ReloadOutcome::Applied { .. })
+    ));
+    let id = hex::decode(ask("second").await.unwrap()).unwrap();
+    wait_for(&second, "second collector", |s| s.trace_id == id).await;
+    assert!(first.lock().unwrap().spans.iter().all(|s| s.trace_id != id));
+}
