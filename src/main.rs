@@ -77,6 +77,10 @@ enum Command {
     Calibrate {
         #[arg(long)]
         pairs: PathBuf,
+        /// Also list, at this threshold, the wrong answers that would be served and the
+        /// same-answer pairs the guard turns down (with its reason).
+        #[arg(long)]
+        explain: Option<f32>,
         /// Folder with libonnxruntime.so, model(-q8).onnx and tokenizer.json.
         #[arg(long, env = "LLM_SIDECAR_ASSETS", default_value = "assets")]
         assets: PathBuf,
@@ -248,7 +252,7 @@ async fn run(command: Command) -> ExitCode {
             drop(mock);
             code
         }
-        Command::Calibrate { pairs, assets } => calibrate(&pairs, &assets),
+        Command::Calibrate { pairs, assets, explain } => calibrate(&pairs, &assets, explain),
         Command::Inject(args) => inject(*args).await,
         Command::MockUpstream { listen } => {
             let _log = init_logging(&default_logging());
@@ -329,7 +333,7 @@ async fn inject(a: InjectArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn calibrate(pairs: &std::path::Path, assets: &std::path::Path) -> ExitCode {
+fn calibrate(pairs: &std::path::Path, assets: &std::path::Path, explain: Option<f32>) -> ExitCode {
     use llm_sidecar::cache::calibrate;
     let text = match std::fs::read_to_string(pairs) {
         Ok(t) => t,
@@ -355,6 +359,9 @@ fn calibrate(pairs: &std::path::Path, assets: &std::path::Path) -> ExitCode {
     match calibrate::run(&pairs, &mut model) {
         Ok(report) => {
             print!("{}", report.render());
+            if let Some(t) = explain {
+                print!("{}", calibrate::explain(&pairs, &report, t));
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

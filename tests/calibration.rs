@@ -1,11 +1,18 @@
 //! The shipped paraphrase sets through the real model and the guard. `data/paraphrases.jsonl`
 //! is the set the guard was developed against (in-sample); `data/paraphrases-heldout.jsonl`
-//! was written afterwards and never used to tune anything, so its figures are the honest ones.
+//! was written afterwards, and its failures motivated the one-word-substitution rule;
+//! `data/paraphrases-heldout-2.jsonl` was written and committed before that rule existed.
 
 mod common;
 
 use llm_sidecar::cache::calibrate::{Report, parse_pairs, run};
 use llm_sidecar::embed::Model;
+
+const SETS: [&str; 3] = [
+    "paraphrases.jsonl",
+    "paraphrases-heldout.jsonl",
+    "paraphrases-heldout-2.jsonl",
+];
 
 fn report(file: &str) -> Report {
     let text = std::fs::read_to_string(format!("{}/data/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();
@@ -16,7 +23,7 @@ fn report(file: &str) -> Report {
 
 #[test]
 fn the_guard_never_serves_more_wrong_answers_than_bare_cosine() {
-    for file in ["paraphrases.jsonl", "paraphrases-heldout.jsonl"] {
+    for file in SETS {
         let r = report(file);
         eprintln!("{file}\n{}", r.render());
         for (bare, guarded) in r.bare.iter().zip(&r.guarded) {
@@ -46,4 +53,27 @@ fn in_sample_the_guard_meets_the_goal_at_090() {
     let g = r.guarded.iter().find(|g| (g.threshold - 0.90).abs() < 1e-4).unwrap();
     assert!(g.false_hit_rate <= 0.01, "{g:?}");
     assert!(g.recall >= 0.60, "{g:?}");
+}
+
+/// The goal of issue #3 at the default threshold, on every shipped set and on all of them
+/// together: at most 1 % of served hits wrong, at least 60 % of same-answer pairs served.
+#[test]
+fn every_set_meets_the_goal_at_the_default_threshold() {
+    let t = llm_sidecar::config::DEFAULT_SEMANTIC_THRESHOLD;
+    let (mut served, mut wrong, mut found, mut positives) = (0, 0, 0.0, 0);
+    for file in SETS {
+        let r = report(file);
+        let g = r.guarded.iter().find(|g| (g.threshold - t).abs() < 1e-4).unwrap();
+        assert!(g.false_hit_rate <= 0.01, "{file}: {g:?}");
+        assert!(g.recall >= 0.60, "{file}: {g:?}");
+        served += g.served;
+        wrong += g.false_hits;
+        found += g.recall * r.positives as f64;
+        positives += r.positives;
+    }
+    eprintln!(
+        "all sets at {t}: {served} served, {wrong} wrong, recall {:.1} %",
+        100.0 * found / positives as f64
+    );
+    assert!(wrong * 100 <= served);
 }

@@ -99,6 +99,31 @@ pub fn report(scored: Vec<(f32, bool, u8)>) -> Report {
     }
 }
 
+/// The pairs a threshold gets wrong: wrong answers served (with the guard on) and
+/// same-answer pairs the guard turns down, each with its similarity (and the guard's reason).
+pub fn explain(pairs: &[Pair], report: &Report, threshold: f32) -> String {
+    let mut served_wrong = String::new();
+    let mut turned_down = String::new();
+    for (p, &(sim, passed, label)) in pairs.iter().zip(&report.scored) {
+        if sim < threshold {
+            continue;
+        }
+        match (label, passed) {
+            (0, true) => served_wrong.push_str(&format!("  {sim:.3}  {:?} / {:?}\n", p.a, p.b)),
+            (1, false) => {
+                let reason = check(&Features::of(&p.b), &Features::of(&p.a))
+                    .err()
+                    .map_or("?", |r| r.label());
+                turned_down.push_str(&format!("  {sim:.3}  {reason:<12} {:?} / {:?}\n", p.a, p.b));
+            }
+            _ => {}
+        }
+    }
+    format!(
+        "\nat {threshold:.2}, wrong answers served with the guard on:\n{served_wrong}\nat {threshold:.2}, same-answer pairs the guard turns down:\n{turned_down}"
+    )
+}
+
 impl Report {
     pub fn render(&self) -> String {
         let mut out = format!(
