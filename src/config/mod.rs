@@ -93,8 +93,8 @@ pub const DEFAULT_STREAM_MAX_LEN: u64 = 100_000;
 /// Cached answers live this long unless `cache.ttl` says otherwise: long enough to matter for
 /// repeated questions, short enough that stale facts age out within the working day.
 pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(3600);
-/// Entries held per sidecar (the semantic index and responses for 100k entries fit the
-/// 200 MB memory goal with the quantized model).
+/// Entries held per sidecar (the semantic index and packed answers for 100k entries fit the
+/// 200 MB memory goal with the quantized model: 196 MB measured, `benches/semantic.rs`).
 pub const DEFAULT_CACHE_MAX_ENTRIES: u64 = 100_000;
 /// Bytes of cached responses per sidecar.
 pub const DEFAULT_CACHE_MAX_BYTES: u64 = 128 << 20;
