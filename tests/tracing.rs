@@ -320,6 +320,13 @@ async fn http_export_continues_the_apps_trace_with_a_span_per_stage() {
         metric(&m, "llm_sidecar_trace_spans_total{result=\"exported\"}") >= 10.0,
         "{m}"
     );
+
+    // The effective settings are on the admin port, without the header's value.
+    let c = h.admin_get("/admin/config").await;
+    assert_eq!(c["tracing"]["protocol"], "http/protobuf");
+    assert_eq!(c["tracing"]["headers"][0], "x-api-key");
+    assert_eq!(c["tracing"]["resource"]["service.name"], "checkout-llm");
+    assert!(!c.to_string().contains("collector-secret"));
 }
 
 #[tokio::test]

@@ -142,6 +142,15 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Bod
                 })).collect::<Vec<_>>(),
                 "default_route": c.default_route,
                 "tenants": c.tenants.names.iter().map(|t| &**t).collect::<Vec<_>>(),
+                // The effective settings after the OTEL_* fallbacks; header values are secrets.
+                "tracing": c.tracing.as_ref().map(|t| serde_json::json!({
+                    "endpoint": t.endpoint.to_string(),
+                    "protocol": t.protocol.label(),
+                    "headers": t.headers.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+                    "sample_ratio": t.sampler.ratio,
+                    "parent_based": t.sampler.parent_based,
+                    "resource": t.resource.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+                })),
             });
             text(
                 StatusCode::OK,
