@@ -17,6 +17,7 @@ use prometheus_client::registry::{Registry, Unit};
 use crate::config::{LogFormat, LoggingSettings};
 
 pub mod advice;
+pub mod jsonlog;
 pub mod live;
 pub mod logwriter;
 pub mod trace;
@@ -607,7 +608,7 @@ pub fn init_logging(settings: &LoggingSettings) -> LogGuard {
         .with_target(false)
         .with_writer(writer);
     let installed = if json {
-        builder.json().flatten_event(true).with_current_span(false).try_init()
+        builder.event_format(jsonlog::JsonLines).try_init()
     } else {
         builder.with_ansi(std::io::stdout().is_terminal()).try_init()
     };
