@@ -51,6 +51,7 @@ panels = [
         (f"min(llm_sidecar_redis_up{{{SEL}}})", "redis up (min over pods)"),
         (f"min(llm_sidecar_embedder_available{{{SEL}}})", "embedder loaded (min over pods)"),
     ], "short", 12, 44),
+    ts("Trace spans by fate (OpenTelemetry export)", [(f"sum by (result) (rate(llm_sidecar_trace_spans_total{{{SEL}}}[5m]))", "{{result}}")], "short", 0, 52),
 ]
 for i, p in enumerate(panels):
     p["id"] = i + 1
