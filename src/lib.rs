@@ -7,7 +7,8 @@
 //! - [`config`] — the YAML schema, `${VAR}` interpolation, validation into an immutable
 //!   [`config::Config`] with precise key paths, and the watched file source.
 //! - [`openai`] — the slices of the OpenAI wire format we read: request head, usage, SSE.
-//! - [`telemetry`] — the Prometheus registry and metric families; log setup.
+//! - [`telemetry`] — the Prometheus registry and metric families; the JSON log line; request
+//!   traces and their OTLP export; the live dashboard's ring and cost advice.
 //! - [`scheduler`] — per-provider concurrency slots and the priority queue in front of them.
 //! - [`upstream`] — provider clients over rustls, timeouts; the Anthropic translation.
 //! - [`resilience`] — backoff with jitter, the retry budget, circuit breakers, latency EWMAs,
@@ -23,7 +24,8 @@
 //! The request path, in files: `server/mod.rs` (routing of URLs) → `server/proxy.rs`
 //! (tenant, body, cache, route, retries and failover) → `router/mod.rs` (decision) →
 //! `server/attempt.rs` (breaker, queue, one attempt) → `upstream/mod.rs` (send) → `server/relay.rs` (stream
-//! back, account) → `server/record.rs` (log line and metrics).
+//! back, account) → `server/record.rs` (log line, metrics, the trace's root span). What each
+//! stage adds to a sampled request's trace is in `server/traced.rs`.
 
 #![forbid(unsafe_code)]
 

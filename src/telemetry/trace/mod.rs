@@ -372,10 +372,6 @@ impl Tracer {
         }
     }
 
-    pub fn enabled(&self) -> bool {
-        self.settings.load().is_some()
-    }
-
     /// Starts the trace of a request if tracing is on and the sampler keeps it.
     pub fn start(self: &Arc<Self>, headers: &HeaderMap, name: &'static str) -> Option<Box<RequestTrace>> {
         let guard = self.settings.load();
