@@ -86,8 +86,16 @@ async fn http_receiver() -> (SocketAddr, Sink) {
                         assert_eq!(req.uri().path(), "/v1/traces");
                         assert_eq!(req.headers()["content-type"], "application/x-protobuf");
                         let headers = req.headers().clone();
-                        let body = req.into_body().collect().await.unwrap().to_bytes();
-                        let decoded = ExportTraceServiceRequest::decode(body).expect("a valid OTLP protobuf body");
+                        let mut body = req.into_body().collect().await.unwrap().to_bytes().to_vec();
+                        if headers.get("content-encoding").is_some_and(|v| v == "gzip") {
+                            use std::io::Read;
+                            let mut plain = Vec::new();
+                            flate2::read::GzDecoder::new(&body[..])
+                                .read_to_end(&mut plain)
+                                .expect("gzip");
+                            body = plain;
+                        }
+                        let decoded = ExportTraceServiceRequest::decode(&body[..]).expect("a valid OTLP protobuf body");
                         take(&s, decoded, headers);
                         let ok = ExportTraceServiceResponse::default().encode_to_vec();
                         Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
@@ -124,7 +132,7 @@ async fn grpc_receiver() -> (SocketAddr, Sink) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let sink: Sink = Arc::default();
-    let svc = TraceServiceServer::new(Grpc(sink.clone()));
+    let svc = TraceServiceServer::new(Grpc(sink.clone())).accept_compressed(tonic::codec::CompressionEncoding::Gzip);
     tokio::spawn(async move {
         let incoming = tonic::transport::server::TcpIncoming::from(listener);
         let _ = tonic::transport::Server::builder()
@@ -338,7 +346,7 @@ async fn grpc_export_of_a_stream_after_a_retry() {
         retry_after: None,
     });
     let tracing = format!(
-        "tracing:\n  endpoint: http://{addr}\n  protocol: grpc\n  interval: 20ms\n  headers: {{authorization: Bearer t0ken}}"
+        "tracing:\n  endpoint: http://{addr}\n  protocol: grpc\n  compression: gzip\n  interval: 20ms\n  headers: {{authorization: Bearer t0ken}}"
     );
     let h = harness(
         mock,
@@ -386,7 +394,8 @@ async fn grpc_export_of_a_stream_after_a_retry() {
 async fn unsampled_requests_pass_the_apps_context_through_untouched() {
     let (addr, sink) = http_receiver().await;
     let mock = MockUpstream::start().await.unwrap();
-    let tracing = format!("tracing:\n  endpoint: http://{addr}\n  interval: 20ms\n  sample_ratio: 0");
+    let tracing =
+        format!("tracing:\n  endpoint: http://{addr}\n  interval: 20ms\n  sample_ratio: 0\n  compression: gzip");
     let h = harness(mock, &tracing, "").await;
 
     // The app decided not to sample: nothing recorded, its header goes upstream as sent.
@@ -419,6 +428,7 @@ async fn unsampled_requests_pass_the_apps_context_through_untouched() {
     resp.bytes().await.unwrap();
     let root = wait_for(&sink, "sampled root", |s| s.kind == 2).await;
     assert_eq!(root.trace_state, "vendor=1");
+    assert_eq!(sink.lock().unwrap().headers[0]["content-encoding"], "gzip");
     let up = h.mock.last_request().unwrap();
     assert_eq!(up.headers["tracestate"], "vendor=1");
     assert_ne!(

@@ -40,6 +40,7 @@ pub struct RawTracing {
     pub enabled: Option<bool>,
     pub endpoint: Option<String>,
     pub protocol: Option<String>,
+    pub compression: Option<String>,
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
     pub timeout: Option<String>,

@@ -146,6 +146,7 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Bod
                 "tracing": c.tracing.as_ref().map(|t| serde_json::json!({
                     "endpoint": t.endpoint.to_string(),
                     "protocol": t.protocol.label(),
+                    "compression": if t.gzip { "gzip" } else { "none" },
                     "headers": t.headers.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
                     "sample_ratio": t.sampler.ratio,
                     "parent_based": t.sampler.parent_based,

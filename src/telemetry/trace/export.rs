@@ -183,12 +183,13 @@ impl Exporter {
     /// Sends one request, retrying what may succeed later. Returns the spans the collector
     /// reported as rejected.
     async fn send(&self, s: &TracingConfig, body: Vec<u8>) -> Result<usize, ExportError> {
+        let body = if s.gzip { gzip(&body) } else { body };
         let body = match s.protocol {
             OtlpProtocol::HttpProtobuf => Bytes::from(body),
             OtlpProtocol::Grpc => {
-                // Length-prefixed message: not compressed (0), then the length in big-endian.
+                // Length-prefixed message: the compressed flag, then the length in big-endian.
                 let mut framed = BytesMut::with_capacity(body.len() + 5);
-                framed.put_u8(0);
+                framed.put_u8(u8::from(s.gzip));
                 framed.put_u32(u32::try_from(body.len()).unwrap_or(u32::MAX));
                 framed.extend_from_slice(&body);
                 framed.freeze()
@@ -240,6 +241,11 @@ impl Exporter {
         );
         if s.protocol == OtlpProtocol::Grpc {
             h.insert(header::TE, HeaderValue::from_static("trailers"));
+            if s.gzip {
+                h.insert("grpc-encoding", HeaderValue::from_static("gzip"));
+            }
+        } else if s.gzip {
+            h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
         }
         for (k, v) in &s.headers {
             h.insert(k.clone(), v.clone());
@@ -304,6 +310,14 @@ impl Exporter {
             }
         }
     }
+}
+
+fn gzip(body: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 4 + 64), flate2::Compression::fast());
+    // Writing to a Vec cannot fail.
+    let _ = e.write_all(body);
+    e.finish().unwrap_or_default()
 }
 
 fn partial(body: &[u8]) -> usize {
