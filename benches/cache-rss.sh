@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# RSS of a serving sidecar whose semantic cache holds N entries (default 100,000): the release
+# binary in front of the built-in mock, filled by wrk with distinct questions (each is embedded,
+# searched and stored with its vector, as in production), then measured from /proc. Unlike
+# `cargo bench --bench semantic` this counts everything the process holds: binary, runtime,
+# metrics, connection buffers, model, index and entries.
+#
+#   benches/cache-rss.sh [entries]            (needs wrk; ~1 min per 20k entries on 2 cores)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ENTRIES=${1:-100000}
+command -v wrk >/dev/null || { echo "needs wrk: apt-get install -y wrk" >&2; exit 2; }
+cargo build --release --locked --bin llm-sidecar >&2
+BIN=target/release/llm-sidecar
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+UP=$(free_port); SC=$(free_port); ADM=$(free_port)
+"$BIN" mock-upstream --listen "127.0.0.1:$UP" >/dev/null 2>&1 & PIDS+=($!)
+cat > "$WORK/sidecar.yaml" <<YAML
+listen: 127.0.0.1:$SC
+admin_listen: 127.0.0.1:$ADM
+logging: { level: warn }
+providers:
+  mock: { base_url: "http://127.0.0.1:$UP/v1" }
+models:
+  gpt-4o-mini: { provider: mock }
+cache:
+  max_entries: $ENTRIES
+  max_bytes: 1073741824
+  semantic: { assets_dir: "$PWD/assets", timeout: 5s, threads: 2, verify_sample: 0 }
+YAML
+"$BIN" serve --config "$WORK/sidecar.yaml" >/dev/null 2>&1 & PIDS+=($!); SC_PID=$!
+for _ in $(seq 1 200); do curl -s -o /dev/null "http://127.0.0.1:$ADM/readyz" && break; sleep 0.1; done
+rss() { awk '/VmRSS/ {printf "%.0f", $2/1024}' "/proc/$SC_PID/status"; }
+echo "started: RSS $(rss) MiB" >&2
+# Distinct questions of ~25 words; the mock answers each with an OpenAI-shaped JSON echoing it.
+cat > "$WORK/fill.lua" <<'LUA'
+local words = {"account","password","reset","settings","security","code","e-mail","minutes","support",
+  "phone","bank","card","transfer","limit","daily","branch","statement","balance","fee","interest",
+  "loan","mortgage","payment","date","charge","customers","request","block","stolen","team","hours",
+  "weekend","holiday","business","approval","documents","identity","address","travel","abroad"}
+local n = 0
+math.randomseed(os.time() + math.floor(os.clock() * 1e6))
+request = function()
+  n = n + 1
+  local q = {}
+  for i = 1, 22 do q[i] = words[math.random(#words)] end
+  local body = '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"How do I ' ..
+    table.concat(q, " ") .. " " .. n .. " " .. math.random(1e9) .. '?"}]}'
+  return wrk.format("POST", "/v1/chat/completions", {["Content-Type"] = "application/json"}, body)
+end
+LUA
+entries() { curl -s "http://127.0.0.1:$ADM/metrics" | awk '/^llm_sidecar_cache_entries / {print $2}'; }
+while :; do
+  n=$(entries); n=${n%.*}
+  [ "${n:-0}" -ge "$ENTRIES" ] && break
+  wrk -t2 -c8 -d20s -s "$WORK/fill.lua" "http://127.0.0.1:$SC" >/dev/null
+  echo "entries ${n:-0} / $ENTRIES, RSS $(rss) MiB" >&2
+done
+sleep 2
+echo "sidecar with $(entries) cached entries: RSS $(rss) MiB ($(awk '/VmRSS/ {printf "%.0f", $2*1.024/1000}' "/proc/$SC_PID/status") MB)"
+curl -s "http://127.0.0.1:$ADM/metrics" | grep -E '^llm_sidecar_cache_(bytes|entries) '
