@@ -1,7 +1,10 @@
 //! The shipped paraphrase sets through the real model and the guard. `data/paraphrases.jsonl`
 //! is the set the guard was developed against (in-sample); `data/paraphrases-heldout.jsonl`
 //! was written afterwards, and its failures motivated the one-word-substitution rule;
-//! `data/paraphrases-heldout-2.jsonl` was written and committed before that rule existed.
+//! `data/paraphrases-heldout-2.jsonl` was written before that rule but its failures were read
+//! while designing it; `data/paraphrases-heldout-3.jsonl` was written after the last guard
+//! change and measured once: it is the only unseen set, and the goal is not asserted on it
+//! (docs/cache.md reports what it shows).
 
 mod common;
 
@@ -23,7 +26,7 @@ fn report(file: &str) -> Report {
 
 #[test]
 fn the_guard_never_serves_more_wrong_answers_than_bare_cosine() {
-    for file in SETS {
+    for file in SETS.iter().chain(&["paraphrases-heldout-3.jsonl"]) {
         let r = report(file);
         eprintln!("{file}\n{}", r.render());
         for (bare, guarded) in r.bare.iter().zip(&r.guarded) {
@@ -55,8 +58,9 @@ fn in_sample_the_guard_meets_the_goal_at_090() {
     assert!(g.recall >= 0.60, "{g:?}");
 }
 
-/// The goal of issue #3 at the default threshold, on every shipped set and on all of them
-/// together: at most 1 % of served hits wrong, at least 60 % of same-answer pairs served.
+/// The goal of issue #3 at the default threshold, on every set the guard was developed with and
+/// on all of them together: at most 1 % of served hits wrong, at least 60 % of same-answer
+/// pairs served.
 #[test]
 fn every_set_meets_the_goal_at_the_default_threshold() {
     let t = llm_sidecar::config::DEFAULT_SEMANTIC_THRESHOLD;
