@@ -582,6 +582,22 @@ impl Metrics {
     }
 }
 
+/// The error and its causes on one line; hyper's top-level message alone ("client error
+/// (Connect)") tells an operator nothing.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let s_str = s.to_string();
+        if !out.contains(&s_str) {
+            out.push_str(": ");
+            out.push_str(&s_str);
+        }
+        src = s.source();
+    }
+    out
+}
+
 /// Keeps the log writer thread alive; dropping it flushes what is queued. Hold it until exit.
 pub type LogGuard = Option<logwriter::FlushGuard>;
 

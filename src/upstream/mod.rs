@@ -23,7 +23,9 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
 
 use crate::config::{ConfigIssue, ProviderConfig, ProviderKind};
+// Lives with the logs (the exporter needs it too); callers keep naming it here.
 use crate::scheduler::{Permit, Scheduler};
+pub use crate::telemetry::error_chain;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Request bodies sent upstream: a rewritten JSON body or the app's own streamed body.
@@ -338,22 +340,6 @@ pub fn error_detail(body: &[u8]) -> String {
         Some(m) => format!(": {}", m.chars().take(300).collect::<String>()),
         None => String::new(),
     }
-}
-
-/// The error and its causes on one line; hyper's top-level message alone ("client error
-/// (Connect)") tells an operator nothing.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        let s_str = s.to_string();
-        if !out.contains(&s_str) {
-            out.push_str(": ");
-            out.push_str(&s_str);
-        }
-        src = s.source();
-    }
-    out
 }
 
 fn tls_config(config: &ProviderConfig) -> Result<rustls::ClientConfig, ConfigIssue> {

@@ -250,10 +250,12 @@ impl Exporter {
         for (k, v) in &s.headers {
             h.insert(k.clone(), v.clone());
         }
-        let resp = client
-            .request(req)
-            .await
-            .map_err(|e| ExportError::Retryable(format!("cannot reach the collector: {}", chain(&e)), None))?;
+        let resp = client.request(req).await.map_err(|e| {
+            ExportError::Retryable(
+                format!("cannot reach the collector: {}", crate::telemetry::error_chain(&e)),
+                None,
+            )
+        })?;
         let status = resp.status();
         let retry_after = resp
             .headers()
@@ -336,16 +338,4 @@ fn grpc_status(h: &http::HeaderMap) -> Option<(u32, String)> {
         .unwrap_or("")
         .to_owned();
     Some((code, msg))
-}
-
-/// An error and its sources on one line ("client error (Connect): connection refused").
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
 }
