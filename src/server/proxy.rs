@@ -530,13 +530,12 @@ fn serve_cached(
         }
     };
     h.insert("x-llm-sidecar-cache", HeaderValue::from_static(rec.cache));
-    rec.trace_header(h);
     if let Some(t) = rec.trace.as_deref_mut() {
         t.finish_reasons = finish_reasons(&hit.response);
     }
     // Served locally: the provider charged nothing for this answer.
     h.insert("x-llm-sidecar-cost-usd", HeaderValue::from_static("0"));
-    rec.rate_headers(h);
+    rec.response_headers(h);
     rec.model = rt.config.models.get(&*hit.model).cloned();
     rec.status = 200;
     rec.finish("cache_hit");
@@ -694,8 +693,7 @@ fn relay(mut rec: RequestRecord, answer: Answer) -> Response<Body> {
     }
     h.insert("x-llm-sidecar-attempts", HeaderValue::from(rec.attempts));
     h.insert("x-llm-sidecar-cache", HeaderValue::from_static(rec.cache));
-    rec.rate_headers(h);
-    rec.trace_header(h);
+    rec.response_headers(h);
     rec.status = parts.status.as_u16();
     let success = parts.status.is_success();
     let outcome = if success { "ok" } else { "upstream_status" };
@@ -773,8 +771,7 @@ fn fail(mut rec: RequestRecord, e: ApiError) -> Response<Body> {
         resp.headers_mut()
             .insert("x-llm-sidecar-attempts", HeaderValue::from(rec.attempts));
     }
-    rec.rate_headers(resp.headers_mut());
-    rec.trace_header(resp.headers_mut());
+    rec.response_headers(resp.headers_mut());
     resp
 }
 

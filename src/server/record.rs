@@ -108,9 +108,15 @@ impl RequestRecord {
         &self.metrics
     }
 
-    /// Adds the sidecar's `x-ratelimit-*` headers (they replace the provider's: the app's
-    /// limits here are the tenant's, not the shared provider key's).
-    pub fn rate_headers(&self, h: &mut http::HeaderMap) {
+    /// The request's own response headers: the tenant's `x-ratelimit-*` (they replace the
+    /// provider's: the app's limits here are the tenant's, not the shared provider key's) and,
+    /// when traced, `x-llm-sidecar-trace-id` to find its trace.
+    pub fn response_headers(&self, h: &mut http::HeaderMap) {
+        if let Some(t) = &self.trace
+            && let Ok(v) = HeaderValue::try_from(t.trace_id_hex())
+        {
+            h.insert("x-llm-sidecar-trace-id", v);
+        }
         let Some(r) = &self.ratelimit else { return };
         for name in [
             "x-ratelimit-limit-requests",
@@ -126,15 +132,6 @@ impl RequestRecord {
             if let Ok(v) = HeaderValue::from_str(&value) {
                 h.insert(name, v);
             }
-        }
-    }
-
-    /// `x-llm-sidecar-trace-id` on a traced request's response, to find its trace.
-    pub fn trace_header(&self, h: &mut http::HeaderMap) {
-        if let Some(t) = &self.trace
-            && let Ok(v) = HeaderValue::try_from(t.trace_id_hex())
-        {
-            h.insert("x-llm-sidecar-trace-id", v);
         }
     }
 
