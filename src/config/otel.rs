@@ -82,13 +82,19 @@ const DEFAULT_BATCH: u64 = 512;
 impl Validator<'_> {
     pub(super) fn tracing(&mut self, raw: RawTracing) -> Option<std::sync::Arc<TracingConfig>> {
         let start = self.issues.len();
-        let env = |v: &Self, name: &str| v.vars.var(name).map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
-        let traces_env = |v: &Self, generic: &str, specific: &str| env(v, specific).or_else(|| env(v, generic));
-        let endpoint_env = env(self, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        let endpoint_env = self
+            .env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
             .map(|e| (e, true, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
-            .or_else(|| env(self, "OTEL_EXPORTER_OTLP_ENDPOINT").map(|e| (e, false, "OTEL_EXPORTER_OTLP_ENDPOINT")));
-        let sdk_disabled = env(self, "OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"))
-            || env(self, "OTEL_TRACES_EXPORTER").is_some_and(|v| v.eq_ignore_ascii_case("none"));
+            .or_else(|| {
+                self.env("OTEL_EXPORTER_OTLP_ENDPOINT")
+                    .map(|e| (e, false, "OTEL_EXPORTER_OTLP_ENDPOINT"))
+            });
+        let sdk_disabled = self
+            .env("OTEL_SDK_DISABLED")
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+            || self
+                .env("OTEL_TRACES_EXPORTER")
+                .is_some_and(|v| v.eq_ignore_ascii_case("none"));
         let enabled = match raw.enabled {
             Some(e) => e,
             None => (raw.endpoint.is_some() || endpoint_env.is_some()) && !sdk_disabled,
@@ -97,17 +103,12 @@ impl Validator<'_> {
             return None;
         }
 
-        let (protocol, protocol_at) = match &raw.protocol {
-            Some(p) => (Some(p.clone()), "tracing.protocol"),
-            None => (
-                traces_env(
-                    self,
-                    "OTEL_EXPORTER_OTLP_PROTOCOL",
-                    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-                ),
-                "OTEL_EXPORTER_OTLP_PROTOCOL",
-            ),
-        };
+        let (protocol, protocol_at) = self.setting(
+            &raw.protocol,
+            "tracing.protocol",
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+        );
         let protocol = match protocol.as_deref() {
             None | Some("http/protobuf") => OtlpProtocol::HttpProtobuf,
             Some("grpc") => OtlpProtocol::Grpc,
@@ -127,17 +128,12 @@ impl Validator<'_> {
             }
         };
 
-        let (compression, compression_at) = match &raw.compression {
-            Some(c) => (Some(c.clone()), "tracing.compression"),
-            None => (
-                traces_env(
-                    self,
-                    "OTEL_EXPORTER_OTLP_COMPRESSION",
-                    "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
-                ),
-                "OTEL_EXPORTER_OTLP_COMPRESSION",
-            ),
-        };
+        let (compression, compression_at) = self.setting(
+            &raw.compression,
+            "tracing.compression",
+            "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+            "OTEL_EXPORTER_OTLP_COMPRESSION",
+        );
         let gzip = match compression.as_deref() {
             None | Some("none") => false,
             Some("gzip") => true,
@@ -165,7 +161,7 @@ impl Validator<'_> {
 
         let mut headers = Vec::new();
         for var in ["OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS"] {
-            if let Some(list) = env(self, var) {
+            if let Some(list) = self.env(var) {
                 for (k, v) in parse_pairs(&list) {
                     self.header(&mut headers, var, &k, &v);
                 }
@@ -177,7 +173,8 @@ impl Validator<'_> {
 
         let timeout = match (
             &raw.timeout,
-            traces_env(self, "OTEL_EXPORTER_OTLP_TIMEOUT", "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT"),
+            self.env("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT")
+                .or_else(|| self.env("OTEL_EXPORTER_OTLP_TIMEOUT")),
         ) {
             (Some(t), _) => self.duration("tracing.timeout", Some(t), DEFAULT_TIMEOUT),
             (None, Some(ms)) => self.millis("OTEL_EXPORTER_OTLP_TIMEOUT", &ms, DEFAULT_TIMEOUT),
@@ -186,7 +183,7 @@ impl Validator<'_> {
         if timeout.is_zero() {
             self.issue("tracing.timeout", "must be greater than zero");
         }
-        let interval = match (&raw.interval, env(self, "OTEL_BSP_SCHEDULE_DELAY")) {
+        let interval = match (&raw.interval, self.env("OTEL_BSP_SCHEDULE_DELAY")) {
             (Some(t), _) => self.duration("tracing.interval", Some(t), DEFAULT_INTERVAL),
             (None, Some(ms)) => self.millis("OTEL_BSP_SCHEDULE_DELAY", &ms, DEFAULT_INTERVAL),
             (None, None) => DEFAULT_INTERVAL,
@@ -215,14 +212,14 @@ impl Validator<'_> {
         };
         set("service.name", "llm-sidecar".into());
         set("service.version", env!("CARGO_PKG_VERSION").into());
-        if let Some(pod) = env(self, "POD_NAME").or_else(|| env(self, "HOSTNAME")) {
+        if let Some(pod) = self.env("POD_NAME").or_else(|| self.env("HOSTNAME")) {
             set("service.instance.id", pod.clone());
             set("k8s.pod.name", pod);
         }
-        if let Some(ns) = env(self, "POD_NAMESPACE") {
+        if let Some(ns) = self.env("POD_NAMESPACE") {
             set("k8s.namespace.name", ns);
         }
-        if let Some(list) = env(self, "OTEL_RESOURCE_ATTRIBUTES") {
+        if let Some(list) = self.env("OTEL_RESOURCE_ATTRIBUTES") {
             for (k, v) in parse_pairs(&list) {
                 set(&k, v);
             }
@@ -230,7 +227,7 @@ impl Validator<'_> {
         for (k, v) in &raw.resource_attributes {
             set(k, v.clone());
         }
-        if let Some(name) = raw.service_name.clone().or_else(|| env(self, "OTEL_SERVICE_NAME")) {
+        if let Some(name) = raw.service_name.clone().or_else(|| self.env("OTEL_SERVICE_NAME")) {
             set("service.name", name);
         }
 
@@ -248,6 +245,32 @@ impl Validator<'_> {
                 interval,
             })
         })
+    }
+
+    /// An environment variable, trimmed; set but empty counts as unset.
+    fn env(&self, name: &str) -> Option<String> {
+        self.vars
+            .var(name)
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+    }
+
+    /// A key's value: configured, else the traces-specific variable, else the generic one;
+    /// with where it came from, for error messages.
+    fn setting(
+        &self,
+        configured: &Option<String>,
+        key: &'static str,
+        specific: &'static str,
+        generic: &'static str,
+    ) -> (Option<String>, &'static str) {
+        match configured {
+            Some(v) => (Some(v.clone()), key),
+            None => match self.env(specific) {
+                Some(v) => (Some(v), specific),
+                None => (self.env(generic), generic),
+            },
+        }
     }
 
     fn otlp_endpoint(&mut self, at: &str, text: &str, as_is: bool, protocol: OtlpProtocol) -> Uri {
@@ -323,19 +346,12 @@ impl Validator<'_> {
     fn sampler(&mut self, raw: &RawTracing) -> SamplerConfig {
         let (name, name_at) = match &raw.sampler {
             Some(s) => (Some(s.clone()), "tracing.sampler"),
-            None => (
-                self.vars.var("OTEL_TRACES_SAMPLER").map(|s| s.trim().to_owned()),
-                "OTEL_TRACES_SAMPLER",
-            ),
+            None => (self.env("OTEL_TRACES_SAMPLER"), "OTEL_TRACES_SAMPLER"),
         };
         let (arg, arg_at) = match raw.sample_ratio {
             Some(r) => (Some(r), "tracing.sample_ratio"),
-            None => match self
-                .vars
-                .var("OTEL_TRACES_SAMPLER_ARG")
-                .filter(|s| !s.trim().is_empty())
-            {
-                Some(s) => match s.trim().parse::<f64>() {
+            None => match self.env("OTEL_TRACES_SAMPLER_ARG") {
+                Some(s) => match s.parse::<f64>() {
                     Ok(r) => (Some(r), "OTEL_TRACES_SAMPLER_ARG"),
                     Err(_) => {
                         self.issue(
