@@ -142,26 +142,12 @@ fn escape(w: &mut Writer<'_>, s: &str) -> fmt::Result {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
     use super::*;
-
-    #[derive(Clone, Default)]
-    struct Buf(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Buf {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::telemetry::logwriter::tests::Sink;
 
     #[test]
     fn one_valid_json_object_per_line_with_typed_fields() {
-        let buf = Buf::default();
+        let buf = Sink::default();
         let out = buf.clone();
         let subscriber = tracing_subscriber::fmt()
             .event_format(JsonLines)
