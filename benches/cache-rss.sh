@@ -10,13 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ENTRIES=${1:-100000}
 command -v wrk >/dev/null || { echo "needs wrk: apt-get install -y wrk" >&2; exit 2; }
-cargo build --release --locked --bin llm-sidecar >&2
-BIN=target/release/llm-sidecar
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source benches/common.sh
 UP=$(free_port); SC=$(free_port); ADM=$(free_port)
 "$BIN" mock-upstream --listen "127.0.0.1:$UP" >/dev/null 2>&1 & PIDS+=($!)
 cat > "$WORK/sidecar.yaml" <<YAML
@@ -33,7 +27,7 @@ cache:
   semantic: { assets_dir: "$PWD/assets", timeout: 5s, threads: 2, verify_sample: 0 }
 YAML
 "$BIN" serve --config "$WORK/sidecar.yaml" >/dev/null 2>&1 & PIDS+=($!); SC_PID=$!
-for _ in $(seq 1 200); do curl -s -o /dev/null "http://127.0.0.1:$ADM/readyz" && break; sleep 0.1; done
+wait_http "http://127.0.0.1:$ADM/readyz" 400   # loading the model takes a few seconds
 rss() { awk '/VmRSS/ {printf "%.0f", $2/1024}' "/proc/$SC_PID/status"; }
 echo "started: RSS $(rss) MiB" >&2
 # Distinct questions of ~25 words; the mock answers each with an OpenAI-shaped JSON echoing it.

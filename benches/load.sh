@@ -17,15 +17,7 @@ DURATION=${1:-10}
 command -v wrk >/dev/null && command -v nginx >/dev/null || {
   echo "needs wrk and nginx: apt-get install -y wrk nginx-light" >&2; exit 2; }
 
-cargo build --release --locked --bin llm-sidecar >&2
-BIN=target/release/llm-sidecar
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { for _ in $(seq 1 100); do curl -s -o /dev/null "$1" && return 0; sleep 0.05; done; echo "not up: $1" >&2; exit 1; }
+source benches/common.sh
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 UP=$(free_port); NGX=$(free_port); SC=$(free_port); ADM=$(free_port); SC2=$(free_port); ADM2=$(free_port)
