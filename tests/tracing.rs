@@ -512,29 +512,27 @@ async fn a_reload_turns_tracing_on_and_moves_it_to_another_collector() {
             id
         }
     };
+    // Rewrites the mounted config with a `tracing:` section and applies it.
+    let reload_to = |tracing: &str| {
+        let (h, dir, text) = (&h, &dir, format!("{base}\n{tracing}\n"));
+        async move {
+            kubelet_write(dir, "config.yaml", &text);
+            assert!(matches!(
+                h.sidecar().reload(false).await,
+                Some(llm_sidecar::state::reload::ReloadOutcome::Applied { .. })
+            ));
+        }
+    };
     assert_eq!(ask("before").await, None);
 
-    kubelet_write(
-        &dir,
-        "config.yaml",
-        &format!("{base}\ntracing: {{endpoint: 'http://{first_addr}', interval: 20ms}}\n"),
-    );
-    assert!(matches!(
-        h.sidecar().reload(false).await,
-        Some(llm_sidecar::state::reload::ReloadOutcome::Applied { .. })
-    ));
+    reload_to(&format!("tracing: {{endpoint: 'http://{first_addr}', interval: 20ms}}")).await;
     let id = hex::decode(ask("first").await.expect("traced after the reload")).unwrap();
     wait_for(&first, "first collector", |s| s.trace_id == id).await;
 
-    kubelet_write(
-        &dir,
-        "config.yaml",
-        &format!("{base}\ntracing: {{endpoint: 'http://{second_addr}', protocol: grpc, interval: 20ms}}\n"),
-    );
-    assert!(matches!(
-        h.sidecar().reload(false).await,
-        Some(llm_sidecar::state::reload::ReloadOutcome::Applied { .. })
-    ));
+    reload_to(&format!(
+        "tracing: {{endpoint: 'http://{second_addr}', protocol: grpc, interval: 20ms}}"
+    ))
+    .await;
     let id = hex::decode(ask("second").await.unwrap()).unwrap();
     wait_for(&second, "second collector", |s| s.trace_id == id).await;
     assert!(first.lock().unwrap().spans.iter().all(|s| s.trace_id != id));
