@@ -210,7 +210,7 @@ pub async fn openai(
             config: rt.config.clone(),
             admission,
         });
-        let mut route_span = rec.trace.as_deref().map(|t| t.open("route", Kind::Internal));
+        let route_span = rec.trace.as_deref().map(|t| t.open("route", Kind::Internal));
         let decided = decide(
             &shared,
             &rt,
@@ -219,7 +219,7 @@ pub async fn openai(
             &tenant,
             &parts.headers,
             budget_soft,
-            rec.trace.as_deref_mut().zip(route_span.as_mut()),
+            rec.trace.as_deref_mut().zip(route_span.as_ref()),
         )
         .await;
         if let (Some(t), Some(span)) = (rec.trace.as_deref_mut(), route_span) {
@@ -349,7 +349,7 @@ async fn decide(
     tenant: &str,
     headers: &HeaderMap,
     budget_soft: bool,
-    mut trace: Option<(&mut RequestTrace, &mut Span)>,
+    mut trace: Option<(&mut RequestTrace, &Span)>,
 ) -> Result<Decision, ApiError> {
     let req = router::Request {
         model: &head.model,
