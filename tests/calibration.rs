@@ -2,19 +2,22 @@
 //! is the set the guard was developed against (in-sample); `data/paraphrases-heldout.jsonl`
 //! was written afterwards, and its failures motivated the one-word-substitution rule;
 //! `data/paraphrases-heldout-2.jsonl` was written before that rule but its failures were read
-//! while designing it; `data/paraphrases-heldout-3.jsonl` was written after the last guard
-//! change and measured once: it is the only unseen set, and the goal is not asserted on it
-//! (docs/cache.md reports what it shows).
+//! while designing it; `data/paraphrases-heldout-3.jsonl` was measured once unseen (1 wrong
+//! answer in 28) and its failures then motivated the scope rule, synonym folding and stems.
+//! `data/paraphrases-heldout-4.jsonl` was written and committed before those changes, on
+//! topics none of the others touch, and measured once after them: it is the unseen set, and
+//! the goal is not asserted on it (docs/cache.md reports what it shows).
 
 mod common;
 
 use llm_sidecar::cache::calibrate::{Report, parse_pairs, run};
 use llm_sidecar::embed::Model;
 
-const SETS: [&str; 3] = [
+const SETS: [&str; 4] = [
     "paraphrases.jsonl",
     "paraphrases-heldout.jsonl",
     "paraphrases-heldout-2.jsonl",
+    "paraphrases-heldout-3.jsonl",
 ];
 
 fn report(file: &str) -> Report {
@@ -26,13 +29,17 @@ fn report(file: &str) -> Report {
 
 #[test]
 fn the_guard_never_serves_more_wrong_answers_than_bare_cosine() {
-    for file in SETS.iter().chain(&["paraphrases-heldout-3.jsonl"]) {
+    for file in SETS.iter().chain(&["paraphrases-heldout-4.jsonl"]) {
         let r = report(file);
         eprintln!("{file}\n{}", r.render());
         for (bare, guarded) in r.bare.iter().zip(&r.guarded) {
             assert!(guarded.false_hits <= bare.false_hits, "{file} at {}", bare.threshold);
         }
-        // And it removes most of them across the useful range.
+        // And, on the sets it was developed with, it removes most of them across the useful
+        // range. On unseen heldout-4 it removed only 1 of 4 at 0.86 (docs/cache.md).
+        if !SETS.contains(file) {
+            continue;
+        }
         let at = |t: f32| {
             r.bare
                 .iter()
