@@ -12,7 +12,7 @@ ENTRIES=${1:-100000}
 command -v wrk >/dev/null || { echo "needs wrk: apt-get install -y wrk" >&2; exit 2; }
 source benches/common.sh
 UP=$(free_port); SC=$(free_port); ADM=$(free_port)
-"$BIN" mock-upstream --listen "127.0.0.1:$UP" >/dev/null 2>&1 & PIDS+=($!)
+"$BIN" mock-upstream --listen "127.0.0.1:$UP" --prose-words 60 >/dev/null 2>&1 & PIDS+=($!)
 cat > "$WORK/sidecar.yaml" <<YAML
 listen: 127.0.0.1:$SC
 admin_listen: 127.0.0.1:$ADM
@@ -30,7 +30,7 @@ YAML
 wait_http "http://127.0.0.1:$ADM/readyz" 400   # loading the model takes a few seconds
 rss() { awk '/VmRSS/ {printf "%.0f", $2/1024}' "/proc/$SC_PID/status"; }
 echo "started: RSS $(rss) MiB" >&2
-# Distinct questions of ~25 words; the mock answers each with an OpenAI-shaped JSON echoing it.
+# Distinct questions of ~25 words; the mock answers each with ~60 words of prose (~700-byte JSON).
 cat > "$WORK/fill.lua" <<'LUA'
 local words = {"account","password","reset","settings","security","code","e-mail","minutes","support",
   "phone","bank","card","transfer","limit","daily","branch","statement","balance","fee","interest",

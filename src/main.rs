@@ -92,6 +92,9 @@ enum Command {
     MockUpstream {
         #[arg(long, default_value = "127.0.0.1:9000")]
         listen: SocketAddr,
+        /// Answer chat requests with this many words of prose instead of echoing the question.
+        #[arg(long, default_value_t = 0)]
+        prose_words: usize,
     },
 }
 
@@ -254,10 +257,11 @@ async fn run(command: Command) -> ExitCode {
         }
         Command::Calibrate { pairs, assets, explain } => calibrate(&pairs, &assets, explain),
         Command::Inject(args) => inject(*args).await,
-        Command::MockUpstream { listen } => {
+        Command::MockUpstream { listen, prose_words } => {
             let _log = init_logging(&default_logging());
             match MockUpstream::start_on(listen).await {
                 Ok(mock) => {
+                    mock.set_prose(prose_words);
                     println!("mock upstream on {}", mock.base_url());
                     let _ = tokio::signal::ctrl_c().await;
                     ExitCode::SUCCESS

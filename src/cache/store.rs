@@ -9,7 +9,7 @@
 //! The store's lock is only held for map updates; usearch searches and inserts run outside it
 //! on the embedder thread (or the blocking pool), never on the event loop.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Instant;
 
@@ -32,8 +32,46 @@ const CONNECTIVITY: usize = 12;
 /// timestamp in the system prompt) would each create one. Scanning 256 vectors takes ~0.1 ms.
 pub const FLAT_MAX: usize = 256;
 
+/// A vector of a flat list: i8 components scaled to the largest one (four times smaller than
+/// f32; the cosine it gives is within ~0.001 of the exact one, finer than usearch's fixed
+/// ×127 i8 because the scale follows the vector).
+struct FlatVector {
+    id: u64,
+    /// Euclidean norm of `v` as stored, so a search divides once instead of re-summing.
+    norm: f32,
+    v: [i8; DIMENSIONS],
+}
+
+impl FlatVector {
+    fn new(id: u64, x: &[f32]) -> Self {
+        let max = x.iter().fold(0f32, |m, c| m.max(c.abs()));
+        let scale = if max > 0.0 { 127.0 / max } else { 0.0 };
+        let mut v = [0i8; DIMENSIONS];
+        for (q, c) in v.iter_mut().zip(x) {
+            *q = (c * scale).round().clamp(-127.0, 127.0) as i8;
+        }
+        let norm = v.iter().map(|&c| f32::from(c) * f32::from(c)).sum::<f32>().sqrt();
+        FlatVector { id, norm, v }
+    }
+
+    /// Cosine similarity to a unit-length query.
+    fn cosine(&self, query: &[f32]) -> f32 {
+        if self.norm == 0.0 {
+            return 0.0;
+        }
+        let dot: f32 = self.v.iter().zip(query).map(|(&c, q)| f32::from(c) * q).sum();
+        dot / self.norm
+    }
+
+    /// The vector at unit length, as usearch expects it.
+    fn unit(&self) -> Vec<f32> {
+        let n = if self.norm == 0.0 { 1.0 } else { self.norm };
+        self.v.iter().map(|&c| f32::from(c) / n).collect()
+    }
+}
+
 enum Vectors {
-    Flat(Vec<(u64, Box<[f32]>)>),
+    Flat(Vec<FlatVector>),
     Hnsw(Index),
 }
 
@@ -56,10 +94,10 @@ fn new_index(capacity: usize) -> Option<Index> {
 }
 
 impl PartitionIndex {
-    fn new() -> Option<Self> {
-        Some(PartitionIndex {
+    fn new() -> Self {
+        PartitionIndex {
             vectors: RwLock::new(Vectors::Flat(Vec::new())),
-        })
+        }
     }
 
     /// Adds a vector (blocking: call off the event loop).
@@ -79,15 +117,19 @@ impl PartitionIndex {
         let Ok(mut v) = self.vectors.write() else { return false };
         match &mut *v {
             Vectors::Flat(list) if list.len() < FLAT_MAX => {
-                list.push((id, vector.into()));
+                // Most partitions hold one or a few vectors: grow by a half, not to 4 at once.
+                if list.len() == list.capacity() {
+                    list.reserve_exact((list.len() / 2).max(1));
+                }
+                list.push(FlatVector::new(id, vector));
                 true
             }
             Vectors::Flat(list) => {
                 let Some(index) = new_index(FLAT_MAX * 2) else {
                     return false;
                 };
-                for (k, x) in list.iter() {
-                    let _ = index.add(*k, x);
+                for x in list.iter() {
+                    let _ = index.add(x.id, &x.unit());
                 }
                 let ok = index.add(id, vector).is_ok();
                 *v = Vectors::Hnsw(index);
@@ -106,10 +148,7 @@ impl PartitionIndex {
         let Ok(v) = self.vectors.read() else { return Vec::new() };
         match &*v {
             Vectors::Flat(list) => {
-                let mut scored: Vec<(u64, f32)> = list
-                    .iter()
-                    .map(|(id, x)| (*id, crate::embed::cosine(vector, x)))
-                    .collect();
+                let mut scored: Vec<(u64, f32)> = list.iter().map(|x| (x.id, x.cosine(vector))).collect();
                 scored.sort_by(|a, b| b.1.total_cmp(&a.1));
                 scored.truncate(count);
                 scored
@@ -124,7 +163,7 @@ impl PartitionIndex {
     fn remove(&self, id: u64) {
         let Ok(mut v) = self.vectors.write() else { return };
         match &mut *v {
-            Vectors::Flat(list) => list.retain(|(k, _)| *k != id),
+            Vectors::Flat(list) => list.retain(|x| x.id != id),
             Vectors::Hnsw(index) => {
                 let _ = index.remove(id);
             }
@@ -133,7 +172,7 @@ impl PartitionIndex {
 
     pub fn memory_usage(&self) -> usize {
         match self.vectors.read().as_deref() {
-            Ok(Vectors::Flat(list)) => list.capacity() * 24 + list.len() * DIMENSIONS * 4,
+            Ok(Vectors::Flat(list)) => list.capacity() * std::mem::size_of::<FlatVector>(),
             Ok(Vectors::Hnsw(index)) => index.memory_usage(),
             Err(_) => 0,
         }
@@ -165,24 +204,6 @@ pub struct NewEntry {
     pub expires: Instant,
 }
 
-struct Entry {
-    exact: Key,
-    partition: Option<Key>,
-    tenant: Arc<str>,
-    route: Arc<str>,
-    /// The embedded query, for the guard. Its features are computed when it is a candidate
-    /// (a few per lookup), not stored: that would cost ~2 KB per entry.
-    query: Option<Box<str>>,
-    response: Packed,
-    model: Arc<str>,
-    expires: Instant,
-    tick: u64,
-    bytes: usize,
-    /// Learned by online verification: a semantic hit on this entry needs at least this
-    /// similarity (0 until a verification found it served a wrong answer).
-    min_similarity: f32,
-}
-
 /// A cached answer, as handed to the server.
 pub struct Cached {
     pub id: u64,
@@ -196,70 +217,319 @@ pub struct Cached {
 
 /// OpenAI's response JSON around the parts that vary, as an LZ4 dictionary: a cached answer's
 /// keys and boilerplate then cost a few bytes each, and its text compresses against itself.
-/// Answers are held packed (they are most of the cache's memory) and unpacked outside the lock
-/// on a hit, in well under a microsecond.
+/// Answers are held packed (they are most of the cache's memory) and unpacked on a hit, in
+/// well under a microsecond.
 const PACK_DICT: &[u8] = br#"{"id":"msg_01","type":"message","role":"assistant","content":[{"type":"text","text":""}],"stop_reason":"end_turn","tool_calls":[{"id":"call_","type":"function","function":{"name":"","arguments":"{\""}}],"object":"text_completion","choices":[{"text":"","index":0,"logprobs":null,"finish_reason":"length"}],"usage":{"prompt_tokens":12,"completion_tokens":10,"total_tokens":22,"prompt_tokens_details":{"cached_tokens":0,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":0,"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}},"service_tier":"default","system_fingerprint":"fp_"}
  the of and to in is that for it with as on this are be you can by or your from which will an at if not have more can use also when each their one other into how the following The This In To For It You is a are the and the of the to the in the"},{"id":"chatcmpl-","object":"chat.completion","created":17,"model":"gpt-4o-mini-2024-07-18","choices":[{"index":0,"message":{"role":"assistant","content":"","refusal":null,"annotations":[]},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":"#;
 
-/// A cached answer as held in memory.
-#[derive(Clone)]
-enum Packed {
-    Plain(Bytes),
-    Lz4 { data: Bytes, len: u32 },
+/// The embedded query and the answer of an entry, as one allocation: the query bytes, then
+/// the answer, LZ4-packed together when that saves at least an eighth (tiny or
+/// incompressible ones stay plain). Holding both in one block saves a pointer and an
+/// allocation per entry, and the query's words often recur in the answer.
+struct Blob {
+    data: Box<[u8]>,
+    query_len: u32,
+    answer_len: u32,
+    packed: bool,
 }
 
-impl Packed {
-    /// Packs when it saves at least an eighth (tiny or incompressible answers stay plain).
-    fn new(answer: Bytes) -> Packed {
-        let Ok(len) = u32::try_from(answer.len()) else {
-            return Packed::Plain(answer);
+impl Blob {
+    fn new(query: Option<&str>, answer: &[u8]) -> Option<Blob> {
+        let query = query.unwrap_or_default().as_bytes();
+        let query_len = u32::try_from(query.len()).ok()?;
+        let answer_len = u32::try_from(answer.len()).ok()?;
+        let mut plain = Vec::with_capacity(query.len() + answer.len());
+        plain.extend_from_slice(query);
+        plain.extend_from_slice(answer);
+        let (data, packed) = if plain.len() >= 64
+            && let packed = lz4_flex::block::compress_with_dict(&plain, PACK_DICT)
+            && packed.len() * 8 <= plain.len() * 7
+        {
+            (packed, true)
+        } else {
+            (plain, false)
         };
-        if answer.len() < 64 {
-            return Packed::Plain(answer);
-        }
-        let packed = lz4_flex::block::compress_with_dict(&answer, PACK_DICT);
-        if packed.len() * 8 > answer.len() * 7 {
-            return Packed::Plain(answer);
-        }
-        Packed::Lz4 {
-            data: Bytes::from(packed.into_boxed_slice()),
-            len,
-        }
+        Some(Blob {
+            data: data.into_boxed_slice(),
+            query_len,
+            answer_len,
+            packed,
+        })
     }
 
     fn size(&self) -> usize {
-        match self {
-            Packed::Plain(b) => b.len(),
-            Packed::Lz4 { data, .. } => data.len(),
-        }
+        self.data.len()
     }
 
-    /// The answer; `None` only if the packed bytes were corrupted in memory.
-    fn unpack(self) -> Option<Bytes> {
-        match self {
-            Packed::Plain(b) => Some(b),
-            Packed::Lz4 { data, len } => lz4_flex::block::decompress_with_dict(&data, len as usize, PACK_DICT)
-                .ok()
-                .filter(|v| v.len() == len as usize)
-                .map(Bytes::from),
+    /// Query and answer bytes together; `None` only if the packed bytes were corrupted.
+    fn unpack(&self) -> Option<Bytes> {
+        let len = self.query_len as usize + self.answer_len as usize;
+        if !self.packed {
+            return Some(Bytes::copy_from_slice(&self.data));
         }
+        lz4_flex::block::decompress_with_dict(&self.data, len, PACK_DICT)
+            .ok()
+            .filter(|v| v.len() == len)
+            .map(Bytes::from)
     }
 }
 
+/// What an entry is filed under: shared by every entry with the same three, so an entry pays
+/// one pointer for them instead of three.
+#[derive(PartialEq, Eq, Hash)]
+struct Labels {
+    tenant: Arc<str>,
+    route: Arc<str>,
+    model: Arc<str>,
+}
+
+/// Marks the end of a list of slots (LRU order, free slots).
+const NIL: u32 = u32::MAX;
+
+/// One cached answer; ~90 bytes of bookkeeping beside its blob. Ids handed out (and used as
+/// usearch keys) are `generation << 32 | slot`, so an id of an evicted entry never reaches
+/// the entry that reuses its slot.
+struct Entry {
+    exact: Key,
+    blob: Blob,
+    labels: Arc<Labels>,
+    /// Milliseconds after the store's epoch.
+    expires: u64,
+    /// Index into `Inner::partitions`, or `NIL`.
+    partition: u32,
+    /// Learned by online verification: a semantic hit on this entry needs at least this
+    /// similarity (0 until a verification found it served a wrong answer).
+    min_similarity: f32,
+}
+
+struct Slot {
+    generation: u32,
+    /// LRU neighbours while occupied (towards the most and the least recent); `older` links the
+    /// free list while empty.
+    newer: u32,
+    older: u32,
+    entry: Option<Entry>,
+}
+
 struct Partition {
+    key: Key,
     index: Arc<PartitionIndex>,
     live: usize,
 }
 
-#[derive(Default)]
 struct Inner {
-    entries: HashMap<u64, Entry>,
-    exact: HashMap<Key, u64>,
-    lru: BTreeMap<u64, u64>,
-    partitions: HashMap<Key, Partition>,
-    next_id: u64,
-    tick: u64,
+    slots: Vec<Slot>,
+    free: u32,
+    len: usize,
+    /// Most and least recently used occupied slots.
+    newest: u32,
+    oldest: u32,
+    /// Exact key → slot; keys are SHA-256 digests, so their first bytes are the hash.
+    exact: hashbrown::HashTable<u32>,
+    partitions: Vec<Option<Partition>>,
+    free_partitions: Vec<u32>,
+    partition_ids: HashMap<Key, u32>,
+    labels: HashSet<Arc<Labels>>,
     bytes: usize,
+    epoch: Instant,
+}
+
+fn key_hash(key: &Key) -> u64 {
+    let mut h = [0u8; 8];
+    h.copy_from_slice(&key[..8]);
+    u64::from_le_bytes(h)
+}
+
+fn id_of(slot: u32, generation: u32) -> u64 {
+    u64::from(generation) << 32 | u64::from(slot)
+}
+
+impl Inner {
+    fn new() -> Self {
+        Inner {
+            slots: Vec::new(),
+            free: NIL,
+            len: 0,
+            newest: NIL,
+            oldest: NIL,
+            exact: hashbrown::HashTable::new(),
+            partitions: Vec::new(),
+            free_partitions: Vec::new(),
+            partition_ids: HashMap::new(),
+            labels: HashSet::new(),
+            bytes: 0,
+            epoch: Instant::now(),
+        }
+    }
+
+    fn millis(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The occupied slot an id names, if that entry is still there.
+    fn slot_of(&self, id: u64) -> Option<u32> {
+        let slot = (id & u64::from(u32::MAX)) as u32;
+        let s = self.slots.get(slot as usize)?;
+        (id_of(slot, s.generation) == id && s.entry.is_some()).then_some(slot)
+    }
+
+    fn entry(&self, slot: u32) -> Option<&Entry> {
+        self.slots.get(slot as usize)?.entry.as_ref()
+    }
+
+    fn find_exact(&self, key: &Key) -> Option<u32> {
+        let slots = &self.slots;
+        self.exact
+            .find(key_hash(key), |&s| {
+                slots[s as usize].entry.as_ref().is_some_and(|e| e.exact == *key)
+            })
+            .copied()
+    }
+
+    fn unlink(&mut self, slot: u32) {
+        let (newer, older) = {
+            let s = &self.slots[slot as usize];
+            (s.newer, s.older)
+        };
+        match newer {
+            NIL => self.newest = older,
+            n => self.slots[n as usize].older = older,
+        }
+        match older {
+            NIL => self.oldest = newer,
+            o => self.slots[o as usize].newer = newer,
+        }
+    }
+
+    fn push_newest(&mut self, slot: u32) {
+        let old_newest = self.newest;
+        {
+            let s = &mut self.slots[slot as usize];
+            s.newer = NIL;
+            s.older = old_newest;
+        }
+        match old_newest {
+            NIL => self.oldest = slot,
+            n => self.slots[n as usize].newer = slot,
+        }
+        self.newest = slot;
+    }
+
+    /// Marks an entry used.
+    fn touch(&mut self, slot: u32) {
+        if self.newest != slot {
+            self.unlink(slot);
+            self.push_newest(slot);
+        }
+    }
+
+    /// Room for the entries the bounds allow, reserved before it is needed: the slots are
+    /// written in order, so untouched capacity costs address space, not memory; growing by
+    /// doubling would instead leave up to half of a large table allocated and copied.
+    fn reserve_for(&mut self, max_entries: usize, max_bytes: usize) {
+        if self.slots.len() < self.slots.capacity() {
+            return;
+        }
+        let bound = max_entries.min(max_bytes / ENTRY_OVERHEAD).min(RESERVE_MAX);
+        if bound > self.slots.len() {
+            self.slots.reserve_exact(bound - self.slots.len());
+        }
+    }
+
+    fn intern(&mut self, tenant: Arc<str>, route: Arc<str>, model: Arc<str>) -> Arc<Labels> {
+        let labels = Labels { tenant, route, model };
+        if let Some(l) = self.labels.get(&labels) {
+            return l.clone();
+        }
+        let l = Arc::new(labels);
+        self.labels.insert(l.clone());
+        l
+    }
+
+    /// The partition for a key, created on first use; returns its slot and index.
+    fn partition_for(&mut self, key: Key) -> (u32, Arc<PartitionIndex>) {
+        if let Some(&id) = self.partition_ids.get(&key)
+            && let Some(Some(p)) = self.partitions.get_mut(id as usize)
+        {
+            p.live += 1;
+            return (id, p.index.clone());
+        }
+        let index = Arc::new(PartitionIndex::new());
+        let part = Some(Partition {
+            key,
+            index: index.clone(),
+            live: 1,
+        });
+        let id = match self.free_partitions.pop() {
+            Some(id) => {
+                self.partitions[id as usize] = part;
+                id
+            }
+            None => {
+                self.partitions.push(part);
+                (self.partitions.len() - 1) as u32
+            }
+        };
+        self.partition_ids.insert(key, id);
+        (id, index)
+    }
+
+    fn partition_key(&self, id: u32) -> Option<&Key> {
+        self.partitions.get(id as usize)?.as_ref().map(|p| &p.key)
+    }
+
+    fn remove(&mut self, slot: u32, removals: &mut Removals) {
+        let Some(e) = self.slots.get_mut(slot as usize).and_then(|s| s.entry.take()) else {
+            return;
+        };
+        let id = id_of(slot, self.slots[slot as usize].generation);
+        self.unlink(slot);
+        {
+            let s = &mut self.slots[slot as usize];
+            s.generation = s.generation.wrapping_add(1);
+            s.newer = NIL;
+            s.older = self.free;
+        }
+        self.free = slot;
+        self.len -= 1;
+        if let Ok(found) = self.exact.find_entry(key_hash(&e.exact), |&s| s == slot) {
+            found.remove();
+        }
+        self.bytes = self.bytes.saturating_sub(e.blob.size() + ENTRY_OVERHEAD);
+        // The interning set and this entry hold the last two references.
+        if Arc::strong_count(&e.labels) == 2 {
+            self.labels.remove(&*e.labels);
+        }
+        if let Some(Some(part)) = self.partitions.get_mut(e.partition as usize) {
+            part.live -= 1;
+            if part.live == 0 {
+                // Dropping the index frees all of its memory at once.
+                let key = part.key;
+                self.partitions[e.partition as usize] = None;
+                self.partition_ids.remove(&key);
+                self.free_partitions.push(e.partition);
+            } else {
+                removals.push((part.index.clone(), id));
+            }
+        }
+    }
+
+    /// The entry in `slot` as handed out, with its query; the LRU is updated.
+    fn hand_out(&mut self, slot: u32) -> Option<(Cached, Bytes)> {
+        self.touch(slot);
+        let s = &self.slots[slot as usize];
+        let e = s.entry.as_ref()?;
+        let both = e.blob.unpack()?;
+        let q = e.blob.query_len as usize;
+        let cached = Cached {
+            id: id_of(slot, s.generation),
+            response: both.slice(q..),
+            model: e.labels.model.clone(),
+            min_similarity: e.min_similarity,
+            features: None,
+        };
+        Some((cached, both.slice(..q)))
+    }
 }
 
 /// Why entries left the cache (a metric label).
@@ -283,16 +553,27 @@ impl Eviction {
 /// Index removals to do once the store lock is released.
 type Removals = Vec<(Arc<PartitionIndex>, u64)>;
 
-#[derive(Default)]
 pub struct Store {
     inner: Mutex<Inner>,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Store {
+            inner: Mutex::new(Inner::new()),
+        }
+    }
 }
 
 /// How far above a wrongly served similarity an entry's learned threshold is set.
 pub const LEARNED_MARGIN: f32 = 0.005;
 
-/// Per-entry overhead beyond the response bytes: maps, LRU node, vector slot (i8 + graph).
+/// Per-entry overhead beyond the blob, as counted against `max_bytes`: slot, exact-table
+/// entry, vector slot (i8 + graph) and allocator headers.
 const ENTRY_OVERHEAD: usize = 1024;
+
+/// Slots reserved ahead at most (~100 MB of address space, none of it touched until used).
+const RESERVE_MAX: usize = 1 << 20;
 
 impl Store {
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -300,7 +581,7 @@ impl Store {
     }
 
     pub fn len(&self) -> usize {
-        self.lock().entries.len()
+        self.lock().len
     }
 
     pub fn is_empty(&self) -> bool {
@@ -313,52 +594,56 @@ impl Store {
 
     /// Memory held by all partition indexes.
     pub fn index_memory(&self) -> usize {
-        let indexes: Vec<_> = self.lock().partitions.values().map(|p| p.index.clone()).collect();
+        let indexes: Vec<_> = self
+            .lock()
+            .partitions
+            .iter()
+            .flatten()
+            .map(|p| p.index.clone())
+            .collect();
         indexes.iter().map(|i| i.memory_usage()).sum()
     }
 
     pub fn get_exact(&self, key: &Key, now: Instant) -> Result<Option<Cached>, Vec<Eviction>> {
-        let mut evicted = Vec::new();
         let mut removals = Removals::new();
         let hit = {
             let mut g = self.lock();
             let inner = &mut *g;
-            match inner.exact.get(key).copied() {
-                None => None,
-                Some(id) => {
-                    if inner.entries.get(&id).is_some_and(|e| e.expires <= now) {
-                        remove(inner, id, &mut removals);
-                        evicted.push(Eviction::Expired);
-                        None
-                    } else {
-                        touch(inner, id).map(|(c, p, _)| (c, p))
-                    }
+            let now = inner.millis(now);
+            match inner.find_exact(key) {
+                None => Ok(None),
+                Some(slot) if inner.entry(slot).is_some_and(|e| e.expires <= now) => {
+                    inner.remove(slot, &mut removals);
+                    Err(vec![Eviction::Expired])
                 }
+                Some(slot) => Ok(inner.hand_out(slot).map(|(c, _)| c)),
             }
         };
         finish_removals(removals);
-        let hit = hit.and_then(|(c, p)| unpacked(c, p));
-        if evicted.is_empty() { Ok(hit) } else { Err(evicted) }
+        hit
     }
 
     /// The index of a partition, if it has entries.
     pub fn partition(&self, key: &Key) -> Option<Arc<PartitionIndex>> {
-        self.lock().partitions.get(key).map(|p| p.index.clone())
+        let g = self.lock();
+        let id = *g.partition_ids.get(key)?;
+        g.partitions.get(id as usize)?.as_ref().map(|p| p.index.clone())
     }
 
     /// A semantic candidate, if it is still live and in `partition`.
     pub fn candidate(&self, id: u64, partition: &Key, now: Instant) -> Option<Cached> {
-        let (cached, packed, query) = {
+        let (mut cached, query) = {
             let mut g = self.lock();
-            let e = g.entries.get(&id)?;
-            if e.partition.as_ref() != Some(partition) || e.expires <= now {
+            let slot = g.slot_of(id)?;
+            let now = g.millis(now);
+            let e = g.entry(slot)?;
+            if g.partition_key(e.partition) != Some(partition) || e.expires <= now {
                 return None;
             }
-            touch(&mut g, id)?
+            g.hand_out(slot)?
         };
-        // Outside the lock: unpacking and feature extraction.
-        let mut cached = unpacked(cached, packed)?;
-        cached.features = query.as_deref().map(Features::of);
+        // Outside the lock: feature extraction.
+        cached.features = Some(Features::of(std::str::from_utf8(&query).ok()?));
         Some(cached)
     }
 
@@ -370,69 +655,71 @@ impl Store {
         max_entries: usize,
         max_bytes: usize,
     ) -> (u64, Option<Arc<PartitionIndex>>, Vec<Eviction>) {
-        // Packed before the lock: compression is the slow part of an insert.
-        let response = Packed::new(new.response);
-        let bytes = response.size() + new.query.as_ref().map_or(0, String::len) + ENTRY_OVERHEAD;
         let mut removals = Removals::new();
         let mut evicted = Vec::new();
+        // Packed before the lock: compression is the slow part of an insert. An answer over
+        // 4 GiB cannot be held (nor would it fit any sane `max_bytes`).
+        let Some(blob) = Blob::new(new.query.as_deref(), &new.response) else {
+            return (0, None, evicted);
+        };
+        let bytes = blob.size() + ENTRY_OVERHEAD;
         let result = {
             let mut g = self.lock();
             let inner = &mut *g;
             // A newer answer for the same exact key replaces the old one.
-            if let Some(old) = inner.exact.get(&new.exact).copied() {
-                remove(inner, old, &mut removals);
+            if let Some(old) = inner.find_exact(&new.exact) {
+                inner.remove(old, &mut removals);
             }
-            inner.next_id += 1;
-            inner.tick += 1;
-            let id = inner.next_id;
-            let index = match new.partition {
-                Some(p) => {
-                    let part = match inner.partitions.get_mut(&p) {
-                        Some(part) => Some(part),
-                        None => PartitionIndex::new().map(|index| {
-                            inner.partitions.entry(p).or_insert(Partition {
-                                index: Arc::new(index),
-                                live: 0,
-                            })
-                        }),
-                    };
-                    part.map(|part| {
-                        part.live += 1;
-                        part.index.clone()
-                    })
+            let (partition, index) = match new.partition {
+                Some(key) => {
+                    let (id, index) = inner.partition_for(key);
+                    (id, Some(index))
                 }
-                None => None,
+                None => (NIL, None),
             };
-            inner.exact.insert(new.exact, id);
-            inner.lru.insert(inner.tick, id);
+            let labels = inner.intern(new.tenant, new.route, new.model);
+            let entry = Entry {
+                exact: new.exact,
+                blob,
+                labels,
+                expires: inner.millis(new.expires),
+                partition,
+                min_similarity: 0.0,
+            };
+            let slot = match inner.free {
+                NIL => {
+                    inner.reserve_for(max_entries, max_bytes);
+                    inner.slots.push(Slot {
+                        generation: 1,
+                        newer: NIL,
+                        older: NIL,
+                        entry: Some(entry),
+                    });
+                    (inner.slots.len() - 1) as u32
+                }
+                free => {
+                    let s = &mut inner.slots[free as usize];
+                    inner.free = s.older;
+                    s.entry = Some(entry);
+                    free
+                }
+            };
+            inner.push_newest(slot);
+            inner.len += 1;
             inner.bytes += bytes;
-            inner.entries.insert(
-                id,
-                Entry {
-                    exact: new.exact,
-                    partition: if index.is_some() { new.partition } else { None },
-                    tenant: new.tenant,
-                    route: new.route,
-                    query: new.query.map(String::into_boxed_str),
-                    response,
-                    model: new.model,
-                    expires: new.expires,
-                    tick: inner.tick,
-                    bytes,
-                    min_similarity: 0.0,
-                },
-            );
-            while inner.entries.len() > max_entries || inner.bytes > max_bytes {
-                let Some((_, &oldest)) = inner.lru.iter().next() else {
-                    break;
-                };
-                if oldest == id {
+            let slots = &inner.slots;
+            inner.exact.insert_unique(key_hash(&new.exact), slot, |&s| {
+                slots[s as usize].entry.as_ref().map_or(0, |e| key_hash(&e.exact))
+            });
+            while inner.len > max_entries || inner.bytes > max_bytes {
+                let oldest = inner.oldest;
+                if oldest == NIL || oldest == slot {
                     break;
                 }
-                remove(inner, oldest, &mut removals);
+                inner.remove(oldest, &mut removals);
                 evicted.push(Eviction::Lru);
             }
-            (id, index)
+            (id_of(slot, inner.slots[slot as usize].generation), index)
         };
         finish_removals(removals);
         (result.0, result.1, evicted)
@@ -442,19 +729,23 @@ impl Store {
     /// at that similarity served a wrong answer. Returns the new threshold.
     pub fn tighten(&self, id: u64, similarity: f32) -> Option<f32> {
         let mut g = self.lock();
-        let e = g.entries.get_mut(&id)?;
+        let slot = g.slot_of(id)?;
+        let e = g.slots[slot as usize].entry.as_mut()?;
         e.min_similarity = e.min_similarity.max((similarity + LEARNED_MARGIN).min(1.0));
         Some(e.min_similarity)
     }
 
     /// Removes expired entries; returns how many.
     pub fn sweep(&self, now: Instant) -> usize {
+        let now = self.lock().millis(now);
         self.remove_where(|e| e.expires <= now)
     }
 
     /// Removes entries of a tenant and/or route (all when both are `None`).
     pub fn purge(&self, tenant: Option<&str>, route: Option<&str>) -> usize {
-        self.remove_where(|e| tenant.is_none_or(|t| *e.tenant == *t) && route.is_none_or(|r| *e.route == *r))
+        self.remove_where(|e| {
+            tenant.is_none_or(|t| *e.labels.tenant == *t) && route.is_none_or(|r| *e.labels.route == *r)
+        })
     }
 
     fn remove_where(&self, pred: impl Fn(&Entry) -> bool) -> usize {
@@ -462,62 +753,16 @@ impl Store {
         let n = {
             let mut g = self.lock();
             let inner = &mut *g;
-            let ids: Vec<u64> = inner
-                .entries
-                .iter()
-                .filter(|(_, e)| pred(e))
-                .map(|(id, _)| *id)
+            let doomed: Vec<u32> = (0..inner.slots.len() as u32)
+                .filter(|&s| inner.entry(s).is_some_and(&pred))
                 .collect();
-            for id in &ids {
-                remove(inner, *id, &mut removals);
+            for &slot in &doomed {
+                inner.remove(slot, &mut removals);
             }
-            ids.len()
+            doomed.len()
         };
         finish_removals(removals);
         n
-    }
-}
-
-/// Marks an entry used. Returns it with its answer still packed: unpack outside the lock.
-fn touch(inner: &mut Inner, id: u64) -> Option<(Cached, Packed, Option<Box<str>>)> {
-    inner.tick += 1;
-    let tick = inner.tick;
-    let e = inner.entries.get_mut(&id)?;
-    inner.lru.remove(&e.tick);
-    e.tick = tick;
-    inner.lru.insert(tick, id);
-    let cached = Cached {
-        id,
-        response: Bytes::new(),
-        model: e.model.clone(),
-        min_similarity: e.min_similarity,
-        features: None,
-    };
-    Some((cached, e.response.clone(), e.query.clone()))
-}
-
-fn unpacked(mut cached: Cached, packed: Packed) -> Option<Cached> {
-    cached.response = packed.unpack()?;
-    Some(cached)
-}
-
-fn remove(inner: &mut Inner, id: u64, removals: &mut Removals) {
-    let Some(e) = inner.entries.remove(&id) else { return };
-    inner.lru.remove(&e.tick);
-    if inner.exact.get(&e.exact) == Some(&id) {
-        inner.exact.remove(&e.exact);
-    }
-    inner.bytes = inner.bytes.saturating_sub(e.bytes);
-    if let Some(p) = e.partition
-        && let Some(part) = inner.partitions.get_mut(&p)
-    {
-        part.live -= 1;
-        if part.live == 0 {
-            // Dropping the index frees all of its memory at once.
-            inner.partitions.remove(&p);
-        } else {
-            removals.push((part.index.clone(), id));
-        }
     }
 }
 
@@ -555,26 +800,83 @@ mod tests {
     #[test]
     fn answers_are_held_packed_and_served_whole() {
         let answer = br#"{"id":"chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT","object":"chat.completion","created":1741569952,"model":"gpt-4o-mini-2024-07-18","choices":[{"index":0,"message":{"role":"assistant","content":"To reset your password, open Settings, choose Security, then Reset password. You will receive a code by e-mail; enter it within ten minutes. If the e-mail does not arrive, check your spam folder or contact support.","refusal":null,"annotations":[]},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":19,"completion_tokens":45,"total_tokens":64,"prompt_tokens_details":{"cached_tokens":0,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":0,"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}},"service_tier":"default","system_fingerprint":"fp_06737a9306"}"#;
-        let packed = Packed::new(Bytes::from_static(answer));
-        assert!(matches!(packed, Packed::Lz4 { .. }));
+        let query = "How do I reset my password?";
+        let blob = Blob::new(Some(query), answer).unwrap();
+        assert!(blob.packed);
         assert!(
-            packed.size() * 2 < answer.len(),
+            blob.size() * 2 < answer.len(),
             "{} of {} bytes",
-            packed.size(),
+            blob.size(),
             answer.len()
         );
-        assert_eq!(&packed.unpack().unwrap()[..], &answer[..]);
+        let both = blob.unpack().unwrap();
+        assert_eq!(&both[..query.len()], query.as_bytes());
+        assert_eq!(&both[query.len()..], &answer[..]);
         // Incompressible and tiny answers stay as they are.
         let noise: Vec<u8> = (0..400).map(|_| fastrand::u8(..)).collect();
-        assert!(matches!(Packed::new(Bytes::from(noise)), Packed::Plain(_)));
-        assert!(matches!(Packed::new(Bytes::from_static(b"{}")), Packed::Plain(_)));
+        assert!(!Blob::new(None, &noise).unwrap().packed);
+        assert!(!Blob::new(Some("q"), b"{}").unwrap().packed);
+        assert_eq!(&Blob::new(Some("q"), b"{}").unwrap().unpack().unwrap()[..], b"q{}");
 
         let s = Store::default();
-        let mut e = entry(9, None, "a");
+        let mut e = entry(9, Some(9), "a");
+        e.query = Some(query.into());
         e.response = Bytes::from_static(answer);
-        s.insert(e, 10, usize::MAX);
+        let (id, index, _) = s.insert(e, 10, usize::MAX);
+        index.unwrap().add(id, &unit(1));
         let hit = s.get_exact(&[9; 32], Instant::now()).unwrap().unwrap();
         assert_eq!(&hit.response[..], &answer[..]);
+        let c = s.candidate(id, &[9; 32], Instant::now()).unwrap();
+        assert_eq!(&c.response[..], &answer[..]);
+        assert_eq!(c.features.unwrap(), Features::of(query));
+    }
+
+    #[test]
+    fn ids_of_evicted_entries_never_reach_the_entry_reusing_their_slot() {
+        let s = Store::default();
+        let now = Instant::now();
+        let (a, _, _) = s.insert(entry(1, Some(1), "t"), 1, usize::MAX);
+        s.insert(entry(2, Some(1), "t"), 1, usize::MAX);
+        let (b, _, ev) = s.insert(entry(3, Some(1), "t"), 1, usize::MAX);
+        assert_eq!(ev, vec![Eviction::Lru]);
+        assert_ne!(a, b);
+        assert_eq!(a & 0xffff_ffff, b & 0xffff_ffff, "a's slot is reused");
+        assert!(s.candidate(a, &[1; 32], now).is_none());
+        assert!(s.tighten(a, 0.9).is_none());
+        assert!(s.candidate(b, &[1; 32], now).is_some());
+        assert_eq!(s.tighten(b, 0.9), Some(0.9 + LEARNED_MARGIN));
+        assert_eq!(
+            s.candidate(b, &[1; 32], now).unwrap().min_similarity,
+            0.9 + LEARNED_MARGIN
+        );
+    }
+
+    #[test]
+    fn lru_order_follows_use_across_many_entries() {
+        let s = Store::default();
+        let now = Instant::now();
+        for i in 0..50u8 {
+            s.insert(entry(i, None, "t"), 50, usize::MAX);
+        }
+        // Use the even ones: the odd ones are now the least recent, oldest first.
+        for i in (0..50u8).step_by(2) {
+            assert!(s.get_exact(&[i; 32], now).unwrap().is_some());
+        }
+        for (n, i) in (50..75u8).enumerate() {
+            let (_, _, ev) = s.insert(entry(i, None, "t"), 50, usize::MAX);
+            assert_eq!(ev, vec![Eviction::Lru]);
+            let victim = 2 * n as u8 + 1;
+            assert!(s.get_exact(&[victim; 32], now).unwrap().is_none(), "{victim} evicted");
+        }
+        for i in (0..50u8).step_by(2) {
+            assert!(s.get_exact(&[i; 32], now).unwrap().is_some(), "{i} kept");
+        }
+        assert_eq!(s.len(), 50);
+        // Labels are interned and released with their last entry.
+        assert_eq!(s.lock().labels.len(), 1);
+        assert_eq!(s.purge(None, None), 50);
+        assert!(s.lock().labels.is_empty());
+        assert_eq!(s.bytes(), 0);
     }
 
     #[test]
@@ -670,7 +972,7 @@ mod partition_tests {
 
     #[test]
     fn small_partitions_are_flat_and_grow_into_an_index_with_the_same_answers() {
-        let p = PartitionIndex::new().unwrap();
+        let p = PartitionIndex::new();
         for i in 0..FLAT_MAX + 50 {
             assert!(p.add(i as u64, &unit(i)));
             if i == FLAT_MAX - 1 {
@@ -682,6 +984,26 @@ mod partition_tests {
         assert_eq!(p.len(), FLAT_MAX + 50);
         assert_eq!(p.search(&unit(5), 1)[0].0, 5);
         assert_eq!(p.search(&unit(FLAT_MAX + 10), 1)[0].0, (FLAT_MAX + 10) as u64);
+    }
+
+    #[test]
+    fn flat_i8_vectors_keep_the_cosine_within_a_thousandth() {
+        let mut worst = 0f32;
+        for i in 0..200 {
+            let (a, b) = (unit(i), unit(i + 1000));
+            // A near neighbour too, where thresholds are decided.
+            let near: Vec<f32> = a.iter().zip(&b).map(|(x, y)| x + 0.35 * y).collect();
+            let n = near.iter().map(|x| x * x).sum::<f32>().sqrt();
+            let near: Vec<f32> = near.iter().map(|x| x / n).collect();
+            let stored = FlatVector::new(7, &a);
+            for q in [&b, &near, &a] {
+                worst = worst.max((stored.cosine(q) - crate::embed::cosine(&a, q)).abs());
+            }
+            let back = stored.unit();
+            assert!(crate::embed::cosine(&back, &a) > 0.9999);
+        }
+        assert!(worst < 1e-3, "worst error {worst}");
+        assert_eq!(FlatVector::new(1, &[0.0; DIMENSIONS]).cosine(&unit(1)), 0.0);
     }
 
     #[test]
@@ -703,7 +1025,7 @@ mod partition_tests {
             let (id, index, _) = s.insert(new, usize::MAX, usize::MAX);
             index.unwrap().add(id, &unit(i as usize));
         }
-        // ~1.6 KB per single-vector partition, not a usearch index (~58 KB RSS) each.
-        assert!(s.index_memory() < 2000 * 2048, "{}", s.index_memory());
+        // ~400 bytes per single-vector partition, not a usearch index (~58 KB RSS) each.
+        assert!(s.index_memory() < 2000 * 512, "{}", s.index_memory());
     }
 }

@@ -7,6 +7,7 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -63,6 +64,8 @@ pub struct MockControl {
     chunk_delay: Mutex<Duration>,
     /// (lower-case substring of the last user turn, answer): fixed answers per question.
     answers: Mutex<Vec<(String, String)>>,
+    /// When non-zero, chat answers are this many words of prose instead of an echo.
+    prose_words: AtomicUsize,
 }
 
 impl MockControl {
@@ -176,6 +179,13 @@ impl MockUpstream {
         }
     }
 
+    /// Answers chat requests (without a canned answer) with `words` words of deterministic
+    /// prose chosen from the question, instead of echoing it: the shape of real answers, for
+    /// measuring what a cache holds. 0 restores the echo.
+    pub fn set_prose(&self, words: usize) {
+        self.control.prose_words.store(words, Ordering::Relaxed);
+    }
+
     /// Pause between stream chunks (default none).
     pub fn set_chunk_delay(&self, d: Duration) {
         if let Ok(mut c) = self.control.chunk_delay.lock() {
@@ -240,7 +250,9 @@ async fn handle(control: Arc<MockControl>, req: Request<Incoming>) -> MockResult
     let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let path = parts.uri.path();
     let answer = match (parts.method, path) {
-        (Method::POST, "/v1/chat/completions") if req.is_object() => Completion::chat(&req, &control.canned()),
+        (Method::POST, "/v1/chat/completions") if req.is_object() => {
+            Completion::chat(&req, &control.canned(), control.prose_words.load(Ordering::Relaxed))
+        }
         (Method::POST, "/v1/completions") if req.is_object() => Completion::text(&req),
         (Method::POST, "/v1/messages") if req.is_object() => {
             let a = anthropic_answer(&req, &control.canned());
@@ -299,7 +311,7 @@ struct Completion {
 }
 
 impl Completion {
-    fn chat(req: &Value, canned: &[(String, String)]) -> Self {
+    fn chat(req: &Value, canned: &[(String, String)], prose_words: usize) -> Self {
         let messages = req["messages"].as_array().cloned().unwrap_or_default();
         let mut prompt_tokens = 0;
         let mut last_user = String::new();
@@ -315,7 +327,10 @@ impl Completion {
             .iter()
             .find(|(key, _)| lower.contains(key.as_str()))
             .map(|(_, a)| a.clone())
-            .unwrap_or_else(|| format!("Mock answer to: {last_user}"));
+            .unwrap_or_else(|| match prose_words {
+                0 => format!("Mock answer to: {last_user}"),
+                n => prose(&last_user, n),
+            });
         Self::new(true, req, answer, prompt_tokens)
     }
 
@@ -463,6 +478,219 @@ struct AnthropicAnswer {
     text: String,
     tool: Option<String>,
     input_tokens: u64,
+}
+
+/// `words` words of sentence-shaped text drawn from common English, seeded by `question`.
+fn prose(question: &str, words: usize) -> String {
+    const VOCABULARY: &[&str] = &[
+        "the",
+        "of",
+        "and",
+        "to",
+        "in",
+        "is",
+        "that",
+        "for",
+        "it",
+        "with",
+        "as",
+        "on",
+        "this",
+        "are",
+        "be",
+        "you",
+        "can",
+        "by",
+        "or",
+        "your",
+        "from",
+        "which",
+        "will",
+        "an",
+        "at",
+        "if",
+        "not",
+        "have",
+        "more",
+        "use",
+        "also",
+        "when",
+        "each",
+        "their",
+        "one",
+        "other",
+        "into",
+        "how",
+        "account",
+        "settings",
+        "open",
+        "choose",
+        "select",
+        "option",
+        "page",
+        "menu",
+        "button",
+        "click",
+        "enter",
+        "code",
+        "email",
+        "address",
+        "password",
+        "security",
+        "verify",
+        "identity",
+        "request",
+        "within",
+        "minutes",
+        "hours",
+        "days",
+        "business",
+        "support",
+        "team",
+        "contact",
+        "phone",
+        "message",
+        "receive",
+        "send",
+        "check",
+        "folder",
+        "spam",
+        "arrive",
+        "after",
+        "before",
+        "then",
+        "first",
+        "next",
+        "finally",
+        "usually",
+        "only",
+        "every",
+        "some",
+        "most",
+        "many",
+        "payment",
+        "card",
+        "bank",
+        "transfer",
+        "limit",
+        "daily",
+        "monthly",
+        "fee",
+        "charge",
+        "refund",
+        "balance",
+        "statement",
+        "interest",
+        "rate",
+        "loan",
+        "mortgage",
+        "term",
+        "amount",
+        "total",
+        "branch",
+        "online",
+        "mobile",
+        "app",
+        "update",
+        "change",
+        "reset",
+        "block",
+        "unlock",
+        "stolen",
+        "lost",
+        "new",
+        "old",
+        "valid",
+        "expired",
+        "date",
+        "time",
+        "document",
+        "form",
+        "sign",
+        "approve",
+        "approval",
+        "review",
+        "status",
+        "history",
+        "report",
+        "travel",
+        "abroad",
+        "country",
+        "currency",
+        "exchange",
+        "holiday",
+        "weekend",
+        "customer",
+        "service",
+        "policy",
+        "terms",
+        "conditions",
+        "apply",
+        "may",
+        "must",
+        "should",
+        "would",
+        "could",
+        "need",
+        "want",
+        "help",
+        "make",
+        "sure",
+        "note",
+        "important",
+        "please",
+        "because",
+        "while",
+        "during",
+        "until",
+        "without",
+        "again",
+        "still",
+        "already",
+        "instead",
+        "otherwise",
+        "however",
+        "therefore",
+        "example",
+        "section",
+        "details",
+        "information",
+        "notification",
+        "confirm",
+        "complete",
+        "process",
+        "step",
+    ];
+    let mut seed = question.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    let mut text = String::with_capacity(words * 7);
+    let mut sentence = 0;
+    for i in 0..words {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let word = VOCABULARY[(seed % VOCABULARY.len() as u64) as usize];
+        if sentence == 0 {
+            if i > 0 {
+                text.push(' ');
+            }
+            let mut c = word.chars();
+            if let Some(f) = c.next() {
+                text.extend(f.to_uppercase());
+                text.push_str(c.as_str());
+            }
+        } else {
+            text.push(' ');
+            text.push_str(word);
+        }
+        sentence += 1;
+        if sentence >= 8 + (seed >> 40) as usize % 10 || i + 1 == words {
+            text.push('.');
+            sentence = 0;
+        }
+    }
+    text
 }
 
 fn anthropic_answer(req: &Value, canned: &[(String, String)]) -> AnthropicAnswer {
@@ -616,5 +844,21 @@ impl http_body::Body for MockBody {
             MockBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             MockBody::Stream(rx) => rx.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prose_is_deterministic_sentence_shaped_and_does_not_echo() {
+        let q = "How do I reset my password?";
+        let a = prose(q, 120);
+        assert_eq!(a, prose(q, 120));
+        assert_ne!(a, prose("How do I block my card?", 120));
+        assert_eq!(a.split_whitespace().count(), 120);
+        assert!(a.ends_with('.') && a.starts_with(char::is_uppercase), "{a}");
+        assert!(!a.contains(q));
     }
 }
