@@ -22,7 +22,9 @@ RUN LLM_SIDECAR_ASSETS=/a/assets ./scripts/fetch-assets \
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /src/target/release/llm-sidecar /usr/local/bin/llm-sidecar
 COPY --from=assets /a/assets /opt/llm-sidecar/assets
-ENV LLM_SIDECAR_ASSETS=/opt/llm-sidecar/assets
+# Two glibc malloc arenas instead of one per core: the event loop, the embedder and the
+# blocking pool then share freed memory (measured: 217 -> 212 MiB with 100k cached entries).
+ENV LLM_SIDECAR_ASSETS=/opt/llm-sidecar/assets MALLOC_ARENA_MAX=2
 USER 65532:65532
 # 8080: the OpenAI API (loopback by default); 9901: admin; 8443/9902: the webhook.
 EXPOSE 8080 9901 8443 9902

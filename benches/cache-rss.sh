@@ -57,3 +57,24 @@ done
 sleep 2
 echo "sidecar with $(entries) cached entries: RSS $(rss) MiB ($(awk '/VmRSS/ {printf "%.0f", $2*1.024/1000}' "/proc/$SC_PID/status") MB)"
 curl -s "http://127.0.0.1:$ADM/metrics" | grep -E '^llm_sidecar_cache_(bytes|entries) '
+# What the resident memory is made of, by mapping: the heap (glibc's main arena), anonymous
+# mappings (usearch's arenas, other malloc arenas, thread stacks), the binary and the libraries.
+awk -v bin="$(readlink -f "$BIN")" '
+  /^[0-9a-f]+-[0-9a-f]+ / { name = ($6 == "") ? "anonymous mappings" : $6
+                            if (name == bin) name = "llm-sidecar binary"
+                            else if (name ~ /libonnxruntime/) name = "libonnxruntime.so"
+                            else if (name ~ /^\//) name = "other files (libc, model, ...)" }
+  /^Rss:/ { kib[name] += $2 }
+  END { for (n in kib) if (kib[n] > 100) printf "  %-32s %6.1f MiB\n", n, kib[n] / 1024 }' "/proc/$SC_PID/smaps" >&2
+# The larger anonymous mappings, by size: usearch's arenas double (8, 16, 32, 64 MiB…), glibc's
+# thread arenas are 64 MiB regions, thread stacks 2–8 MiB.
+python3 - "/proc/$SC_PID/smaps" >&2 <<'PY'
+import re, sys
+size = anon = None
+for line in open(sys.argv[1]):
+    m = re.match(r"([0-9a-f]+)-([0-9a-f]+) \S+ \S+ \S+ \S+\s*(\S*)", line)
+    if m:
+        size, anon = (int(m[2], 16) - int(m[1], 16)) / 2**20, m[3] == ""
+    elif line.startswith("Rss:") and anon and int(line.split()[1]) >= 2048:
+        print(f"    anonymous {size:7.1f} MiB mapped, {int(line.split()[1]) / 1024:6.1f} MiB resident")
+PY
