@@ -543,7 +543,6 @@ impl Features {
         };
         let ws = words(text);
         f.words = ws.len();
-        let mut skip_particle = false;
         for (i, w) in ws.iter().enumerate() {
             let lower = w.text.to_lowercase();
             f.all.push(lower.clone());
@@ -570,16 +569,20 @@ impl Features {
                 f.entities.push(plain.trim_end_matches("s").to_owned());
             }
             if !STOPWORDS.contains(&plain.as_str()) {
-                let next = ws.get(i + 1).map(|n| n.text.to_lowercase());
-                if skip_particle {
-                    skip_particle = false;
-                } else if let Some((word, particle)) = compared_form(&plain, next.as_deref()) {
-                    f.compared.push((word, i));
-                    // "set up": the "up" is part of the verb, not a word of its own.
-                    skip_particle = particle;
-                }
                 f.content.push(plain);
                 f.content_at.push(i);
+            }
+        }
+        // Once every word is in `all`, so a phrasal verb can see the word after it.
+        let mut particle = None;
+        for (word, &at) in f.content.iter().zip(&f.content_at) {
+            // "set up": the "up" is part of the verb, not a word of its own.
+            if particle == Some(at) {
+                continue;
+            }
+            if let Some((c, phrasal)) = compared_form(word, f.all.get(at + 1).map(String::as_str)) {
+                f.compared.push((c, at));
+                particle = phrasal.then_some(at + 1);
             }
         }
         f
@@ -713,7 +716,7 @@ pub fn check(query: &Features, candidate: &Features) -> Result<(), Reason> {
     if a.max(b) / a.min(b) > MAX_LENGTH_RATIO && (a - b).abs() > 3.0 {
         return Err(Reason::Length);
     }
-    if narrowed(query, candidate) || narrowed(candidate, query) {
+    if narrowed(query, &qc, &cc) || narrowed(candidate, &cc, &qc) {
         return Err(Reason::Scope);
     }
     Ok(())
@@ -788,17 +791,16 @@ fn one_word_substituted(a: &[&str], b: &[&str]) -> bool {
     matches!((&only(a, b)[..], &only(b, a)[..]), ([_], [_]))
 }
 
-/// `narrow` asks `broad`'s question within a scope `broad` does not have: every compared word
-/// of `broad` is in `narrow`, and a word only `narrow` has follows a narrowing preposition
+/// `narrow` (compared words `n`) asks the question of compared words `b` within a scope it
+/// does not have: every word of `b` is in `n`, and a word only `narrow` has follows a narrowing preposition
 /// ("side effects of ibuprofen" / "… in children", "cook rice" / "… in a rice cooker"). The
 /// general answer is not the specific one. An extra word without such a preposition ("store
 /// fresh basil") is usually rewording and passes.
-fn narrowed(narrow: &Features, broad: &Features) -> bool {
-    let (n, b) = (compared(narrow), compared(broad));
-    if n.len() <= b.len() || !only(&b, &n).is_empty() {
+fn narrowed(narrow: &Features, n: &[&str], b: &[&str]) -> bool {
+    if n.len() <= b.len() || !only(b, n).is_empty() {
         return false;
     }
-    let extra = only(&n, &b);
+    let extra = only(n, b);
     narrow.compared.iter().any(|(w, at)| {
         if !extra.contains(&w.as_str()) {
             return false;
@@ -912,6 +914,9 @@ mod tests {
             ),
             // A synonym swap is a miss, never a wrong answer: the price of the rule.
             ("How do I track my package?", "How do I track my parcel?"),
+            // The word after a phrasal verb's particle still counts ("log in" + "to my account").
+            ("How do I log in to my account?", "How do I log in to my dashboard?"),
+            ("How do I turn on wifi calling?", "How do I turn on video calling?"),
             // Near-synonyms stay apart: resetting a forgotten password is not changing one.
             ("reset my password", "change password procedure"),
         ] {
