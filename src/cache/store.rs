@@ -243,19 +243,19 @@ impl Blob {
         let query = query.unwrap_or_default().as_bytes();
         let query_len = u32::try_from(query.len()).ok()?;
         let answer_len = u32::try_from(answer.len()).ok()?;
-        let mut plain = Vec::with_capacity(query.len() + answer.len());
-        plain.extend_from_slice(query);
-        plain.extend_from_slice(answer);
-        let (data, packed) = if plain.len() >= 64
-            && let Some(packed) = zstd_pack(&plain)
-            && packed.len() * 8 <= plain.len() * 7
-        {
-            (packed, true)
-        } else {
-            (plain, false)
+        // Either way the block is allocated at its final size: a buffer shrunk after the fact
+        // leaves its freed tail as a hole beside a long-lived entry, one per entry.
+        let (data, packed) = match zstd_pack(query, answer) {
+            Some(packed) => (packed, true),
+            None => {
+                let mut plain = Vec::with_capacity(query.len() + answer.len());
+                plain.extend_from_slice(query);
+                plain.extend_from_slice(answer);
+                (plain.into_boxed_slice(), false)
+            }
         };
         Some(Blob {
-            data: data.into_boxed_slice(),
+            data,
             query_len,
             answer_len,
             packed,
@@ -289,31 +289,68 @@ static PACK_CDICT: LazyLock<zstd::dict::EncoderDictionary<'static>> =
 static PACK_DDICT: LazyLock<zstd::dict::DecoderDictionary<'static>> =
     LazyLock::new(|| zstd::dict::DecoderDictionary::copy(PACK_DICT));
 
+/// A packer's work buffers are kept between calls up to this size; a larger answer's are
+/// released after it.
+const PACK_SCRATCH_MAX: usize = 256 * 1024;
+
+/// One thread's zstd context and work buffers: the query and answer side by side, and the
+/// frame before it is copied out at its exact size.
+struct Packer {
+    zstd: zstd::bulk::Compressor<'static>,
+    plain: Vec<u8>,
+    frame: Vec<u8>,
+}
+
 thread_local! {
     // One context per thread that packs or unpacks (the event loop, the fleet inserter): making
     // one per call would allocate its tables every time.
-    static PACKER: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
+    static PACKER: RefCell<Option<Packer>> = const { RefCell::new(None) };
     static UNPACKER: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
 }
 
-/// A bare zstd frame against [`PACK_DICT`]: no checksum, size or dictionary id (the entry
-/// keeps the size; memory is not a channel that corrupts).
-fn zstd_pack(plain: &[u8]) -> Option<Vec<u8>> {
+/// `query` then `answer` as a bare zstd frame against [`PACK_DICT`] (no checksum, size or
+/// dictionary id: the entry keeps the size, and memory is not a channel that corrupts), if
+/// that saves at least an eighth; `None` for tiny or incompressible texts.
+fn zstd_pack(query: &[u8], answer: &[u8]) -> Option<Box<[u8]>> {
     use zstd::zstd_safe::CParameter;
+    let len = query.len() + answer.len();
+    if len < 64 {
+        return None;
+    }
     PACKER.with(|cell| {
         let mut slot = cell.try_borrow_mut().ok()?;
         if slot.is_none() {
-            let mut c = zstd::bulk::Compressor::with_prepared_dictionary(&PACK_CDICT).ok()?;
+            let mut zstd = zstd::bulk::Compressor::with_prepared_dictionary(&PACK_CDICT).ok()?;
             for p in [
                 CParameter::ChecksumFlag(false),
                 CParameter::ContentSizeFlag(false),
                 CParameter::DictIdFlag(false),
             ] {
-                c.set_parameter(p).ok()?;
+                zstd.set_parameter(p).ok()?;
             }
-            *slot = Some(c);
+            *slot = Some(Packer {
+                zstd,
+                plain: Vec::new(),
+                frame: Vec::new(),
+            });
         }
-        slot.as_mut()?.compress(plain).ok()
+        let p = slot.as_mut()?;
+        p.plain.clear();
+        p.plain.extend_from_slice(query);
+        p.plain.extend_from_slice(answer);
+        p.frame.clear();
+        p.frame.reserve(zstd::zstd_safe::compress_bound(len));
+        let packed = match p.zstd.compress_to_buffer(&p.plain, &mut p.frame) {
+            Ok(n) if n * 8 <= len * 7 => Some(Box::<[u8]>::from(&p.frame[..n])),
+            _ => None,
+        };
+        if p.plain.capacity() > PACK_SCRATCH_MAX {
+            p.plain = Vec::new();
+        }
+        if p.frame.capacity() > PACK_SCRATCH_MAX {
+            p.frame = Vec::new();
+        }
+        packed
     })
 }
 
@@ -687,12 +724,25 @@ impl Store {
             return (0, None, evicted);
         };
         let bytes = blob.size() + ENTRY_OVERHEAD;
+        // One answer larger than the whole budget would only flush the cache to be evicted next.
+        if bytes > max_bytes {
+            return (0, None, evicted);
+        }
         let result = {
             let mut g = self.lock();
             let inner = &mut *g;
             // A newer answer for the same exact key replaces the old one.
             if let Some(old) = inner.find_exact(&new.exact) {
                 inner.remove(old, &mut removals);
+            }
+            // Room is made before the entry takes a slot, so a full table reuses an evicted
+            // slot instead of growing (a push at capacity would double it).
+            while inner.len >= max_entries || inner.bytes + bytes > max_bytes {
+                if inner.oldest == NIL {
+                    break;
+                }
+                inner.remove(inner.oldest, &mut removals);
+                evicted.push(Eviction::Lru);
             }
             let index = new.partition.map(|key| inner.partition_for(key));
             let labels = inner.intern(new.tenant, new.route, new.model);
@@ -729,14 +779,6 @@ impl Store {
             inner.exact.insert_unique(key_hash(&new.exact), slot, |&s| {
                 slots[s as usize].entry.as_ref().map_or(0, |e| key_hash(&e.exact))
             });
-            while inner.len > max_entries || inner.bytes > max_bytes {
-                let oldest = inner.oldest;
-                if oldest == NIL || oldest == slot {
-                    break;
-                }
-                inner.remove(oldest, &mut removals);
-                evicted.push(Eviction::Lru);
-            }
             (id_of(slot, inner.slots[slot as usize].generation), index)
         };
         finish_removals(removals);
@@ -930,6 +972,24 @@ mod tests {
             s.insert(entry(i, None, "a"), 100, 3 * (100 + 7 + ENTRY_OVERHEAD));
         }
         assert_eq!(s.len(), 3);
+        // An answer larger than the whole budget is not stored, and flushes nothing.
+        let mut big = entry(42, None, "a");
+        big.response = (0..4 * (100 + 7 + ENTRY_OVERHEAD)).map(|_| fastrand::u8(..)).collect();
+        let (id, index, ev) = s.insert(big, 100, 3 * (100 + 7 + ENTRY_OVERHEAD));
+        assert_eq!((id, index.is_none(), ev), (0, true, vec![]));
+        assert_eq!(s.len(), 3);
+        assert!(s.get_exact(&[42; 32], Instant::now()).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_full_table_reuses_evicted_slots_instead_of_growing() {
+        let s = Store::default();
+        for i in 0..40u8 {
+            s.insert(entry(i, None, "t"), 16, usize::MAX);
+        }
+        assert_eq!(s.len(), 16);
+        let g = s.lock();
+        assert_eq!((g.slots.len(), g.slots.capacity()), (16, 16));
     }
 
     #[test]
