@@ -13,7 +13,10 @@ use std::time::{Duration, Instant};
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::Tensor;
-use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+
+pub mod wordpiece;
+
+use wordpiece::WordPiece;
 
 /// Output width of all-MiniLM-L6-v2.
 pub const DIMENSIONS: usize = 384;
@@ -60,7 +63,9 @@ fn environment(library: &Path) -> Result<&'static ort::environment::Environment,
 /// The model and tokenizer, used by one thread at a time.
 pub struct Model {
     session: Session,
-    tokenizer: Tokenizer,
+    tokenizer: WordPiece,
+    /// Token ids of the batch being embedded, row after row (kept between calls).
+    tokens: Vec<u32>,
     /// The dynamically quantized model is loaded: its activations are quantized per batch, so
     /// a vector depends slightly (cosine ±0.015) on what else is in the batch.
     pub quantized: bool,
@@ -96,21 +101,16 @@ impl Model {
             .map_err(|e| EmbedError::Model(ort::Error::<()>::from(e).to_string()))?
             .commit_from_file(&model)
             .map_err(model_err)?;
-        let mut tokenizer = Tokenizer::from_file(&tokenizer).map_err(|e| EmbedError::Tokenizer(e.to_string()))?;
-        // The shipped tokenizer pads to a fixed 128: 10× slower for short queries.
-        tokenizer.with_padding(Some(PaddingParams {
-            strategy: PaddingStrategy::BatchLongest,
-            ..Default::default()
-        }));
-        tokenizer
-            .with_truncation(Some(TruncationParams {
-                max_length: MAX_TOKENS,
-                ..Default::default()
-            }))
-            .map_err(|e| EmbedError::Tokenizer(e.to_string()))?;
+        let json = std::fs::read_to_string(&tokenizer)
+            .map_err(|e| EmbedError::Tokenizer(format!("{}: {e}", tokenizer.display())))?;
+        // The shipped file's fixed padding to 128 (10× slower for short queries) and truncation
+        // at 128 are not read: batches are padded to their longest text, cut at MAX_TOKENS.
+        let tokenizer =
+            WordPiece::from_json(&json).map_err(|e| EmbedError::Tokenizer(format!("{}: {e}", tokenizer.display())))?;
         Ok(Model {
             session,
             tokenizer,
+            tokens: Vec::new(),
             quantized,
         })
     }
@@ -120,24 +120,32 @@ impl Model {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
-        let enc = self
-            .tokenizer
-            .encode_batch(texts.to_vec(), true)
-            .map_err(|e| EmbedError::Inference(e.to_string()))?;
-        let batch = enc.len();
-        let seq = enc.iter().map(|e| e.get_ids().len()).max().unwrap_or(0).max(1);
-        let mut ids = Vec::with_capacity(batch * seq);
-        let mut mask = Vec::with_capacity(batch * seq);
-        let mut types = Vec::with_capacity(batch * seq);
-        for e in &enc {
-            ids.extend(e.get_ids().iter().map(|&x| x as i64));
-            mask.extend(e.get_attention_mask().iter().map(|&x| x as i64));
-            types.extend(e.get_type_ids().iter().map(|&x| x as i64));
-            // BatchLongest padding makes every row `seq` long already; this guards the shape.
-            for v in [&mut ids, &mut mask, &mut types] {
-                v.resize(v.len().next_multiple_of(seq), 0);
-            }
+        let batch = texts.len();
+        self.tokens.clear();
+        let mut ends = Vec::with_capacity(batch);
+        for t in texts {
+            self.tokenizer.encode(t, MAX_TOKENS, &mut self.tokens);
+            ends.push(self.tokens.len());
         }
+        let mut seq = 1;
+        let mut start = 0;
+        for &end in &ends {
+            seq = seq.max(end - start);
+            start = end;
+        }
+        // Padded to the longest text of the batch: id 0 ([PAD]), mask 0.
+        let mut ids = vec![0i64; batch * seq];
+        let mut mask = vec![0i64; batch * seq];
+        let mut start = 0;
+        for (b, &end) in ends.iter().enumerate() {
+            let row = &self.tokens[start..end];
+            for (t, &id) in row.iter().enumerate() {
+                ids[b * seq + t] = i64::from(id);
+                mask[b * seq + t] = 1;
+            }
+            start = end;
+        }
+        let types = vec![0i64; batch * seq];
         let shape = [batch as i64, seq as i64];
         let inf = |e: ort::Error| EmbedError::Inference(e.to_string());
         let outputs = self
