@@ -112,3 +112,27 @@ fn matches_the_tokenizers_crate_on_random_text() {
         check(&mut ours, &reference, &text);
     }
 }
+
+#[test]
+fn another_kind_of_tokenizer_is_refused_at_load_by_name() {
+    use llm_sidecar::embed::{EmbedError, LIBRARY_FILE, MODEL_FILE, MODEL_Q8_FILE, Model};
+    let assets = common::assets_dir();
+    let dir = tempfile::tempdir().unwrap();
+    for f in [LIBRARY_FILE, MODEL_FILE, MODEL_Q8_FILE] {
+        if assets.join(f).is_file() {
+            std::os::unix::fs::symlink(assets.join(f), dir.path().join(f)).unwrap();
+        }
+    }
+    let bpe = r#"{"normalizer": null, "pre_tokenizer": {"type": "ByteLevel"},
+                  "model": {"type": "BPE", "vocab": {"a": 0}, "unk_token": "a", "merges": []}}"#;
+    std::fs::write(dir.path().join(TOKENIZER_FILE), bpe).unwrap();
+    match Model::load(dir.path(), 1) {
+        Err(EmbedError::Tokenizer(msg)) => {
+            assert!(msg.contains(TOKENIZER_FILE) && msg.contains("unsupported"), "{msg}")
+        }
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("a BPE tokenizer was accepted"),
+    }
+    std::fs::write(dir.path().join(TOKENIZER_FILE), "{ not json").unwrap();
+    assert!(matches!(Model::load(dir.path(), 1), Err(EmbedError::Tokenizer(_))));
+}
