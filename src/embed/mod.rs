@@ -86,6 +86,13 @@ impl Model {
                 return Err(EmbedError::Missing(f.clone()));
             }
         }
+        // The tokenizer first: a file of the wrong kind fails before the model's ~0.3 s load.
+        let json = std::fs::read_to_string(&tokenizer)
+            .map_err(|e| EmbedError::Tokenizer(format!("{}: {e}", tokenizer.display())))?;
+        // The shipped file's fixed padding to 128 (10× slower for short queries) and truncation
+        // at 128 are not read: batches are padded to their longest text, cut at MAX_TOKENS.
+        let tokenizer =
+            WordPiece::from_json(&json).map_err(|e| EmbedError::Tokenizer(format!("{}: {e}", tokenizer.display())))?;
         let env = environment(&library)?;
         let model_err = |e: ort::Error| EmbedError::Model(e.to_string());
         let session = Session::builder(env)
@@ -101,12 +108,6 @@ impl Model {
             .map_err(|e| EmbedError::Model(ort::Error::<()>::from(e).to_string()))?
             .commit_from_file(&model)
             .map_err(model_err)?;
-        let json = std::fs::read_to_string(&tokenizer)
-            .map_err(|e| EmbedError::Tokenizer(format!("{}: {e}", tokenizer.display())))?;
-        // The shipped file's fixed padding to 128 (10× slower for short queries) and truncation
-        // at 128 are not read: batches are padded to their longest text, cut at MAX_TOKENS.
-        let tokenizer =
-            WordPiece::from_json(&json).map_err(|e| EmbedError::Tokenizer(format!("{}: {e}", tokenizer.display())))?;
         Ok(Model {
             session,
             tokenizer,
@@ -123,15 +124,12 @@ impl Model {
         let batch = texts.len();
         self.tokens.clear();
         let mut ends = Vec::with_capacity(batch);
-        for t in texts {
-            self.tokenizer.encode(t, MAX_TOKENS, &mut self.tokens);
-            ends.push(self.tokens.len());
-        }
         let mut seq = 1;
-        let mut start = 0;
-        for &end in &ends {
-            seq = seq.max(end - start);
-            start = end;
+        for t in texts {
+            let start = self.tokens.len();
+            self.tokenizer.encode(t, MAX_TOKENS, &mut self.tokens);
+            seq = seq.max(self.tokens.len() - start);
+            ends.push(self.tokens.len());
         }
         // Padded to the longest text of the batch: id 0 ([PAD]), mask 0.
         let mut ids = vec![0i64; batch * seq];

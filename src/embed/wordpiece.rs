@@ -74,19 +74,6 @@ struct RawAdded {
     normalized: bool,
 }
 
-/// Token ids of one table: strings looked up by hash, compared against the vocabulary text.
-struct Table {
-    buckets: hashbrown::HashTable<u32>,
-}
-
-impl Table {
-    fn new() -> Self {
-        Table {
-            buckets: hashbrown::HashTable::new(),
-        }
-    }
-}
-
 /// FNV-1a: the tables are fixed at load, so lookups cannot be steered into long chains by
 /// input, and the keys are a few bytes long.
 fn hash(s: &[u8]) -> u64 {
@@ -99,10 +86,10 @@ pub struct WordPiece {
     /// Every token's text, in id order; `starts[id]..starts[id + 1]` is token `id`.
     text: String,
     starts: Vec<u32>,
-    /// Tokens that may begin a word, by their whole text.
-    words: Table,
-    /// Continuation tokens (`##ing`), by their text after the prefix.
-    pieces: Table,
+    /// Ids of tokens that may begin a word, by the hash of their whole text.
+    words: hashbrown::HashTable<u32>,
+    /// Ids of continuation tokens (`##ing`), by the hash of their text after the prefix.
+    pieces: hashbrown::HashTable<u32>,
     prefix_len: usize,
     unk: u32,
     cls: u32,
@@ -160,18 +147,14 @@ impl WordPiece {
         starts.push(text.len() as u32);
         let plen = prefix.len();
         let token = |i: u32| &text[starts[i as usize] as usize..starts[i as usize + 1] as usize];
-        let (mut words, mut pieces) = (Table::new(), Table::new());
+        let (mut words, mut pieces) = (hashbrown::HashTable::new(), hashbrown::HashTable::new());
         for id in 0..n as u32 {
             let t = token(id);
-            words
-                .buckets
-                .insert_unique(hash(t.as_bytes()), id, |&i| hash(token(i).as_bytes()));
+            words.insert_unique(hash(t.as_bytes()), id, |&i| hash(token(i).as_bytes()));
             if let Some(rest) = t.strip_prefix(prefix.as_str())
                 && !rest.is_empty()
             {
-                pieces
-                    .buckets
-                    .insert_unique(hash(rest.as_bytes()), id, |&i| hash(&token(i).as_bytes()[plen..]));
+                pieces.insert_unique(hash(rest.as_bytes()), id, |&i| hash(&token(i).as_bytes()[plen..]));
             }
         }
         let mut wp = WordPiece {
@@ -193,8 +176,6 @@ impl WordPiece {
             .ok_or(TokenizerError::MissingToken("unk"))?;
         wp.cls = wp.word_id("[CLS]").ok_or(TokenizerError::MissingToken("[CLS]"))?;
         wp.sep = wp.word_id("[SEP]").ok_or(TokenizerError::MissingToken("[SEP]"))?;
-        // Longest first, so a special token that contains another is matched whole.
-        wp.specials.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
         wp.specials.retain(|(s, _)| !s.is_empty());
         Ok(wp)
     }
@@ -208,16 +189,12 @@ impl WordPiece {
     }
 
     fn word_id(&self, s: &str) -> Option<u32> {
-        self.words
-            .buckets
-            .find(hash(s.as_bytes()), |&i| self.token(i) == s)
-            .copied()
+        self.words.find(hash(s.as_bytes()), |&i| self.token(i) == s).copied()
     }
 
     fn piece_id(&self, s: &str) -> Option<u32> {
         let p = self.prefix_len;
         self.pieces
-            .buckets
             .find(hash(s.as_bytes()), |&i| self.token(i).get(p..) == Some(s))
             .copied()
     }
