@@ -116,6 +116,48 @@ async fn the_guard_rejects_close_but_different_questions() {
 }
 
 #[tokio::test]
+async fn a_question_about_a_long_document_is_exact_only() {
+    // The same ~200-word document with two different requests after it. Cut to the
+    // embedder's window, both would be the same vector (cosine 1.000) and the second would
+    // be served the first's answer.
+    let doc = "The quarterly report shows that revenue grew in every region, driven by strong demand \
+               for the new product line. Operating costs rose more slowly than sales, which improved the \
+               margin. The company opened two new offices, hired engineers for its platform team, and \
+               reduced its debt. Management expects growth to continue next year, although currency \
+               movements and supply chain delays remain risks. Customer satisfaction scores improved. "
+        .repeat(3);
+    let h = cached_harness("").await;
+    let risks = format!("{doc}What are the main risks mentioned?");
+    assert_eq!(cache_header(&h.chat(chat_body(&risks)).await), "miss");
+    settle().await;
+    let tweet = format!("{doc}Write a tweet announcing these results.");
+    let r = h.chat(chat_body(&tweet)).await;
+    assert_eq!(cache_header(&r), "miss");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        format!("Mock answer to: {tweet}")
+    );
+    // Exact repeats are still served.
+    assert_eq!(cache_header(&h.chat(chat_body(&risks)).await), "hit-exact");
+    let m = h.metrics().await;
+    assert!(
+        metric(&m, r#"llm_sidecar_cache_skips_total{reason="too_long"}"#) >= 1.0,
+        "{m}"
+    );
+    // A short question is embedded as before.
+    assert_eq!(
+        cache_header(&h.chat(chat_body("How do I reset my password?")).await),
+        "miss"
+    );
+    settle().await;
+    assert_eq!(
+        cache_header(&h.chat(chat_body("how can I reset my password")).await),
+        "hit-semantic"
+    );
+}
+
+#[tokio::test]
 async fn answers_never_cross_tenants() {
     let h = cached_harness_with(
         "tenants:\n  header: x-tenant\n  list:\n    a: {}\n    b: {}\n    c: {}",

@@ -7,7 +7,7 @@
 use serde::Deserialize;
 
 use super::guard::{Features, check};
-use crate::embed::{EmbedError, Model, cosine};
+use crate::embed::{EmbedError, MAX_TOKENS, Model, cosine};
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Pair {
@@ -59,13 +59,22 @@ pub fn run(pairs: &[Pair], model: &mut Model) -> Result<Report, EmbedError> {
             vectors.extend(model.embed(&[t])?);
         }
         for (p, v) in chunk.iter().zip(vectors.chunks(2)) {
-            let sim = cosine(&v[0], &v[1]);
+            // As in the cache: a text longer than the model's window is exact-only, never a
+            // semantic hit.
+            let sim = if model.fits(&p.a) && model.fits(&p.b) {
+                cosine(&v[0], &v[1])
+            } else {
+                TOO_LONG
+            };
             let passed = check(&Features::of(&p.b), &Features::of(&p.a)).is_ok();
             scored.push((sim, passed, p.label));
         }
     }
     Ok(report(scored))
 }
+
+/// The similarity given to a pair with a text the model cannot embed whole: below every threshold.
+const TOO_LONG: f32 = -2.0;
 
 pub fn report(scored: Vec<(f32, bool, u8)>) -> Report {
     let positives = scored.iter().filter(|s| s.2 == 1).count();
@@ -133,6 +142,16 @@ impl Report {
             self.positives,
             self.negatives
         );
+        let too_long = self.scored.iter().filter(|s| s.0 == TOO_LONG).count();
+        if too_long > 0 {
+            out.insert_str(
+                0,
+                &format!(
+                    "{too_long} pair(s) have a text longer than the embedder's {MAX_TOKENS}-token window: \
+                     the cache keeps such queries exact-only, so they are never served here\n"
+                ),
+            );
+        }
         for (b, g) in self.bare.iter().zip(&self.guarded) {
             out.push_str(&format!(
                 "     {:.2}  |            {:>4}  {:>10}  {:>5.1}%  {:>13.1}% |           {:>4}  {:>10}  {:>5.1}%  {:>13.1}%\n",

@@ -27,7 +27,7 @@ use self::guard::Features;
 use self::key::Keys;
 use self::store::{NewEntry, SEARCH_CANDIDATES, Store};
 use crate::config::CacheConfig;
-use crate::embed::{EmbedError, EmbedObserver, Embedder, EmbedderSettings, SubmitError};
+use crate::embed::{EmbedError, EmbedObserver, Embedder, EmbedderSettings, Fit, SubmitError, Unembedded};
 use crate::openai::RequestHead;
 use crate::router::Route;
 use crate::telemetry::{Metrics, ReasonLabels, ResultLabels};
@@ -169,10 +169,13 @@ impl Cache {
         let embedder = self.embedder.as_ref()?;
         let deadline = Instant::now() + budget;
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let then = Box::new(move |v: Option<&[f32]>| {
-            let _ = tx.send(v.map(<[f32]>::to_vec));
+        let then = Box::new(move |v: Result<&[f32], Unembedded>| {
+            let _ = tx.send(v.ok().map(<[f32]>::to_vec));
         });
-        embedder.submit(text.to_owned(), deadline.into_std(), then).ok()?;
+        // Routing by topic: the start of a long text is enough.
+        embedder
+            .submit(text.to_owned(), Fit::Start, deadline.into_std(), then)
+            .ok()?;
         tokio::time::timeout_at(deadline, rx).await.ok()?.ok()?
     }
 
@@ -277,7 +280,7 @@ impl Cache {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let metrics = self.metrics.clone();
         let submitted = std::time::Instant::now();
-        let then = Box::new(move |v: Option<&[f32]>| {
+        let then = Box::new(move |v: Result<&[f32], Unembedded>| {
             let result = v.map(|v| {
                 let start = std::time::Instant::now();
                 let found = index.search(v, SEARCH_CANDIDATES);
@@ -287,7 +290,7 @@ impl Cache {
             });
             let _ = tx.send(result);
         });
-        match embedder.submit(query.clone(), deadline.into_std(), then) {
+        match embedder.submit(query.clone(), Fit::Whole, deadline.into_std(), then) {
             Ok(()) => {}
             Err(SubmitError::QueueFull) => {
                 self.metrics.cache_skip("embed_queue_full");
@@ -299,7 +302,13 @@ impl Cache {
             }
         }
         let (vector, found, embedded, searched) = match tokio::time::timeout_at(deadline, rx).await {
-            Ok(Ok(Some(r))) => r,
+            Ok(Ok(Ok(r))) => r,
+            Ok(Ok(Err(Unembedded::TooLong))) => {
+                // Exact-only, and the store need not try to embed it again.
+                self.metrics.cache_skip("too_long");
+                plan.semantic = false;
+                return None;
+            }
             // Expired in the queue or failed: counted by the embedder's observer.
             Ok(_) => return None,
             Err(_) => {
@@ -415,14 +424,20 @@ impl Cache {
             }
             (None, Some(embedder)) => {
                 let deadline = std::time::Instant::now() + INSERT_EMBED_BUDGET;
-                let then = Box::new(move |v: Option<&[f32]>| {
-                    if let Some(v) = v {
-                        index.add(id, v);
+                let metrics = self.metrics.clone();
+                let then = Box::new(move |v: Result<&[f32], Unembedded>| {
+                    match v {
+                        Ok(v) => {
+                            index.add(id, v);
+                        }
+                        Err(Unembedded::TooLong) => metrics.cache_skip("too_long"),
+                        Err(_) => {}
                     }
-                    publish(v.map(<[f32]>::to_vec));
+                    publish(v.ok().map(<[f32]>::to_vec));
                 });
-                // A full queue leaves this entry exact-only: lookups have priority.
-                let _ = embedder.submit(query, deadline, then);
+                // A full queue, like a query too long to embed whole, leaves this entry
+                // exact-only: lookups have priority.
+                let _ = embedder.submit(query, Fit::Whole, deadline, then);
             }
             (None, None) => publish(None),
         }
@@ -461,12 +476,12 @@ impl Cache {
             }
             (None, Some(embedder)) => {
                 let deadline = std::time::Instant::now() + INSERT_EMBED_BUDGET;
-                let then = Box::new(move |v: Option<&[f32]>| {
-                    if let Some(v) = v {
+                let then = Box::new(move |v: Result<&[f32], Unembedded>| {
+                    if let Ok(v) = v {
                         index.add(id, v);
                     }
                 });
-                let _ = embedder.submit(query, deadline, then);
+                let _ = embedder.submit(query, Fit::Whole, deadline, then);
             }
             (None, None) => {}
         }
@@ -526,11 +541,12 @@ impl Cache {
         let embedder = self.embedder.as_ref()?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let deadline = Instant::now() + config.semantic.timeout.max(Duration::from_secs(1));
-        let then = Box::new(move |v: Option<&[f32]>| {
-            let _ = tx.send(v.map(<[f32]>::to_vec));
+        let then = Box::new(move |v: Result<&[f32], Unembedded>| {
+            let _ = tx.send(v.ok().map(<[f32]>::to_vec));
         });
+        // Two answers are compared by their openings: a cut vector is what is wanted here.
         embedder
-            .submit(text.chars().take(2000).collect(), deadline.into_std(), then)
+            .submit(text.chars().take(2000).collect(), Fit::Start, deadline.into_std(), then)
             .ok()?;
         tokio::time::timeout_at(deadline, rx).await.ok()?.ok()?
     }

@@ -293,7 +293,7 @@ impl Metrics {
         let cache_skips = Family::default();
         registry.register(
             "llm_sidecar_cache_skips",
-            "Why the cache (or its semantic part) was not used: disabled, endpoint, no_cache, no_store, privacy, temperature, embed_timeout, embed_queue_full, embedder_unavailable, not_semantic",
+            "Why the cache (or its semantic part) was not used: disabled, endpoint, no_cache, no_store, privacy, temperature, embed_timeout, embed_queue_full, embedder_unavailable, too_long (a last turn longer than the embedder's window: exact-only), not_semantic",
             cache_skips.clone(),
         );
         let cache_guard_rejections = Family::default();
