@@ -141,8 +141,15 @@ async fn a_question_about_a_long_document_is_exact_only() {
     // Exact repeats are still served.
     assert_eq!(cache_header(&h.chat(chat_body(&risks)).await), "hit-exact");
     let m = h.metrics().await;
+    let too_long = metric(&m, r#"llm_sidecar_cache_skips_total{reason="too_long"}"#);
+    assert!(too_long >= 1.0, "{m}");
+    // Past 4 KiB the tokenizer is not even asked; the answer is still stored exactly.
+    let huge = format!("{}What are the main risks mentioned?", doc.repeat(5));
+    assert_eq!(cache_header(&h.chat(chat_body(&huge)).await), "miss");
+    assert_eq!(cache_header(&h.chat(chat_body(&huge)).await), "hit-exact");
+    let m = h.metrics().await;
     assert!(
-        metric(&m, r#"llm_sidecar_cache_skips_total{reason="too_long"}"#) >= 1.0,
+        metric(&m, r#"llm_sidecar_cache_skips_total{reason="too_long"}"#) >= too_long + 2.0,
         "{m}"
     );
     // A short question is embedded as before.

@@ -94,6 +94,11 @@ pub struct Cache {
 /// Background verifications in flight at most: they cost upstream calls, and must never pile up.
 const MAX_VERIFICATIONS: usize = 4;
 
+/// A last turn longer than this is exact-only without asking the tokenizer: natural text needs
+/// ~4-6 bytes per token (CJK 3), so 4 KiB is several times the embedder's 128-token window.
+/// Below it, the embedder decides by tokenizing (`Fit::Whole`).
+const QUERY_MAX_BYTES: usize = 4096;
+
 /// The text of the first choice of a chat or completions JSON response.
 fn answer_text(json: &[u8]) -> Option<String> {
     let v: serde_json::Value = serde_json::from_slice(json).ok()?;
@@ -223,7 +228,12 @@ impl Cache {
         if no_store {
             self.metrics.cache_skip("no_store");
         }
-        let semantic = config.semantic.enabled && keys.partition.is_some();
+        let mut semantic = config.semantic.enabled && keys.partition.is_some();
+        if semantic && keys.query.as_ref().is_some_and(|q| q.len() > QUERY_MAX_BYTES) {
+            // Far past the embedder's window: not worth tokenizing, storing or guarding.
+            self.metrics.cache_skip("too_long");
+            semantic = false;
+        }
         Some(Plan {
             keys,
             lookup,

@@ -644,6 +644,9 @@ pub const LEARNED_MARGIN: f32 = 0.005;
 /// entry, vector slot (i8 + graph) and allocator headers.
 const ENTRY_OVERHEAD: usize = 1024;
 
+/// Slots examined per lock by sweeps and purges.
+const SWEEP_SLICE: u32 = 4096;
+
 /// Slots reserved ahead at most (~100 MB of address space, none of it touched until used).
 const RESERVE_MAX: usize = 1 << 20;
 
@@ -821,17 +824,27 @@ impl Store {
 
     fn remove_where(&self, pred: impl Fn(&Entry) -> bool) -> usize {
         let mut removals = Removals::new();
-        let n = {
+        let mut n = 0;
+        let mut doomed = Vec::new();
+        let mut start = 0u32;
+        // A slice of the table per lock: a sweep of 100k slots held the lock (and every
+        // lookup behind it) for ~0.3 ms in one go.
+        loop {
             let mut g = self.lock();
             let inner = &mut *g;
-            let doomed: Vec<u32> = (0..inner.slots.len() as u32)
-                .filter(|&s| inner.entry(s).is_some_and(&pred))
-                .collect();
+            let len = inner.slots.len() as u32;
+            if start >= len {
+                break;
+            }
+            let end = start.saturating_add(SWEEP_SLICE).min(len);
+            doomed.clear();
+            doomed.extend((start..end).filter(|&s| inner.entry(s).is_some_and(&pred)));
             for &slot in &doomed {
                 inner.remove(slot, &mut removals);
             }
-            doomed.len()
-        };
+            n += doomed.len();
+            start = end;
+        }
         finish_removals(removals);
         n
     }
@@ -1020,6 +1033,28 @@ mod tests {
         assert_eq!(s.purge(Some("a"), None), 1);
         assert!(s.partition(&[7; 32]).is_none(), "an empty partition drops its index");
         assert!(s.partition(&[8; 32]).is_some());
+    }
+
+    #[test]
+    fn purge_and_sweep_cover_a_table_larger_than_one_slice() {
+        let s = Store::default();
+        let n = 3 * SWEEP_SLICE as usize + 17;
+        for i in 0..n {
+            let mut e = entry(0, None, if i % 2 == 0 { "a" } else { "b" });
+            e.exact[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            if i % 3 == 0 {
+                e.expires = Instant::now();
+            }
+            s.insert(e, usize::MAX, usize::MAX);
+        }
+        assert_eq!(s.len(), n);
+        let expired = (0..n).filter(|i| i % 3 == 0).count();
+        assert_eq!(s.sweep(Instant::now() + Duration::from_millis(1)), expired);
+        let left_a = (0..n).filter(|i| i % 3 != 0 && i % 2 == 0).count();
+        assert_eq!(s.purge(Some("a"), None), left_a);
+        assert_eq!(s.len(), n - expired - left_a);
+        assert_eq!(s.purge(None, None), n - expired - left_a);
+        assert!(s.is_empty());
     }
 
     #[test]
