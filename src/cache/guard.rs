@@ -5,7 +5,9 @@
 //! named entities (or their order), or content-word order differ from the query's, that swaps
 //! a typed term (language, unit, currency, day, month) for another, that says the same content
 //! words but one ("lower" / "upper back pain"), that narrows the other's question with a phrase
-//! ("side effects of ibuprofen" / "… in children"), or whose length is far off. Words are
+//! ("side effects of ibuprofen" / "… in children"), whose operators differ ("3 + 4" / "3 * 4"),
+//! that asks for a manner or register the other does not ("… into Japanese, formally"), or
+//! whose length is far off. Words are
 //! compared after folding known synonyms, phrasal verbs, fillers and inflections, so "update" /
 //! "change my e-mail" and "set up" / "configure a VPN" still meet.
 
@@ -25,6 +27,8 @@ pub enum Reason {
     Substitution,
     Scope,
     Length,
+    Symbol,
+    Style,
 }
 
 impl Reason {
@@ -41,6 +45,8 @@ impl Reason {
             Reason::Substitution => "substitution",
             Reason::Scope => "scope",
             Reason::Length => "length",
+            Reason::Symbol => "symbol",
+            Reason::Style => "style",
         }
     }
 }
@@ -445,6 +451,58 @@ const NARROWING: &[&str] = &[
     "using", "inside", "outside", "near", "between", "through", "without", "against", "per",
 ];
 
+/// Words that ask for an answer's manner or register: on one side only, the answers differ
+/// ("translate 'good morning' into Japanese" / "…, formally"). Fillers like "simply" or
+/// "quickly" ("how do I quickly reset…") are not here: they rarely change the answer.
+const STYLE: &[&str] = &[
+    "formally",
+    "formal",
+    "informally",
+    "informal",
+    "casually",
+    "casual",
+    "politely",
+    "polite",
+    "rudely",
+    "briefly",
+    "brief",
+    "concisely",
+    "concise",
+    "succinctly",
+    "tersely",
+    "thoroughly",
+    "verbosely",
+    "humorously",
+    "funny",
+    "sarcastically",
+    "sarcastic",
+    "poetically",
+    "professionally",
+    "persuasively",
+    "eli5",
+];
+
+/// Operators whose identity changes the answer in code and arithmetic ("3 + 4" / "3 * 4",
+/// "17 > 12" / "17 < 12"). `-`, `/` and `&` between two letters join words ("e-mail",
+/// "and/or", "R&D") and do not count; `!` only as `!=`.
+fn symbols(text: &str) -> Vec<char> {
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = Vec::new();
+    for (i, &c) in chars.iter().enumerate() {
+        let prev = i.checked_sub(1).and_then(|p| chars.get(p)).copied();
+        let next = chars.get(i + 1).copied();
+        let joins = matches!(c, '-' | '/' | '&')
+            && prev.is_some_and(char::is_alphabetic)
+            && next.is_some_and(char::is_alphabetic);
+        let operator = matches!(c, '+' | '-' | '*' | '/' | '^' | '%' | '=' | '<' | '>' | '&' | '|')
+            || (c == '!' && next == Some('='));
+        if operator && !joins {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Determiners and possessives skipped between a narrowing preposition and its word.
 const DETERMINERS: &[&str] = &[
     "a", "an", "the", "my", "your", "our", "their", "his", "her", "its", "this", "that", "these", "those", "some",
@@ -454,6 +512,9 @@ const DETERMINERS: &[&str] = &[
 #[derive(Debug, Default, PartialEq)]
 pub struct Features {
     numbers: BTreeMap<String, u32>,
+    symbols: Vec<char>,
+    /// [`STYLE`] words, sorted.
+    style: Vec<String>,
     negated: bool,
     quoted: Vec<String>,
     entities: Vec<String>,
@@ -539,6 +600,7 @@ impl Features {
     pub fn of(text: &str) -> Features {
         let mut f = Features {
             quoted: quoted(text),
+            symbols: symbols(text),
             ..Default::default()
         };
         let ws = words(text);
@@ -563,6 +625,9 @@ impl Features {
             if TERMS.contains(&plain.as_str()) {
                 *f.terms.entry(plain.clone()).or_default() += 1;
             }
+            if STYLE.contains(&plain.as_str()) {
+                f.style.push(plain.clone());
+            }
             let capitalised = w.text.chars().next().is_some_and(char::is_uppercase);
             let acronym = w.text.len() >= 2 && w.text.chars().all(|c| c.is_uppercase() || c.is_ascii_digit());
             if (capitalised && !w.sentence_start || acronym) && !STOPWORDS.contains(&plain.as_str()) {
@@ -573,6 +638,8 @@ impl Features {
                 f.content_at.push(i);
             }
         }
+        f.style.sort();
+        f.style.dedup();
         // Once every word is in `all`, so a phrasal verb can see the word after it.
         let mut particle = None;
         for (word, &at) in f.content.iter().zip(&f.content_at) {
@@ -682,6 +749,9 @@ pub fn check(query: &Features, candidate: &Features) -> Result<(), Reason> {
     if query.quoted != candidate.quoted {
         return Err(Reason::Quoted);
     }
+    if query.symbols != candidate.symbols {
+        return Err(Reason::Symbol);
+    }
     let mut qe = query.entities.clone();
     let mut ce = candidate.entities.clone();
     qe.sort();
@@ -718,6 +788,9 @@ pub fn check(query: &Features, candidate: &Features) -> Result<(), Reason> {
     }
     if narrowed(query, &qc, &cc) || narrowed(candidate, &cc, &qc) {
         return Err(Reason::Scope);
+    }
+    if query.style != candidate.style {
+        return Err(Reason::Style);
     }
     Ok(())
 }
@@ -843,6 +916,44 @@ mod tests {
 
     fn verdict(a: &str, b: &str) -> Result<(), Reason> {
         check(&Features::of(a), &Features::of(b))
+    }
+
+    #[test]
+    fn operators_and_requested_manner_must_agree() {
+        for (a, b, reason) in [
+            (
+                "What does this Python code print: print(3 + 4)",
+                "What does this Python code print: print(3 * 4)",
+                Reason::Symbol,
+            ),
+            ("Simplify x^2 + 2x + 1", "Simplify x^2 - 2x + 1", Reason::Symbol),
+            ("Is 17 > 12?", "Is 17 < 12?", Reason::Symbol),
+            ("Is a != b here?", "Is a == b here?", Reason::Symbol),
+            (
+                "Translate 'good morning' into Japanese.",
+                "Translate 'good morning' into Japanese, formally.",
+                Reason::Style,
+            ),
+            (
+                "Summarize the French Revolution briefly",
+                "Summarize the French Revolution",
+                Reason::Style,
+            ),
+        ] {
+            assert_eq!(verdict(a, b), Err(reason), "{a} / {b}");
+        }
+        // Joined words and the same operators pass.
+        for (a, b) in [
+            (
+                "How do I change my e-mail address?",
+                "how can I change my e-mail address",
+            ),
+            ("What is 3 + 4?", "What's 3 + 4?"),
+            ("Is it rock and/or pop?", "Is it rock and/or pop music?"),
+            ("How do I quickly reset my password?", "How do I reset my password?"),
+        ] {
+            assert_eq!(verdict(a, b), Ok(()), "{a} / {b}");
+        }
     }
 
     #[test]
