@@ -96,3 +96,39 @@ fn every_set_meets_the_goal_at_the_default_threshold() {
     );
     assert!(wrong * 100 <= served);
 }
+
+/// As in the cache, a pair with a text past the embedder's window is never served: cut to the
+/// window, a long document followed by two different requests would score 1.000.
+#[test]
+fn a_text_past_the_window_is_never_served() {
+    let doc = "The quarterly report shows that revenue grew in every region, driven by strong demand \
+               for the new product line, while costs rose more slowly than sales. "
+        .repeat(6);
+    let pairs = parse_pairs(
+        &[
+            serde_json::json!({"a": format!("{doc}What are the main risks?"), "b": format!("{doc}Write a tweet about it."), "label": 0}),
+            serde_json::json!({"a": "How do I reset my password?", "b": "how can I reset my password", "label": 1}),
+        ]
+        .map(|v| v.to_string())
+        .join("\n"),
+    )
+    .unwrap();
+    let mut model = Model::load(&common::assets_dir(), 1).expect("assets (run scripts/fetch-assets)");
+    let r = run(&pairs, &mut model).unwrap();
+    for row in r.bare.iter().chain(&r.guarded) {
+        assert_eq!(row.false_hits, 0, "{row:?}");
+    }
+    assert_eq!(
+        r.guarded
+            .iter()
+            .find(|g| (g.threshold - 0.90).abs() < 1e-4)
+            .unwrap()
+            .served,
+        1
+    );
+    assert!(
+        r.render().starts_with("1 pair(s) have a text longer than"),
+        "{}",
+        r.render()
+    );
+}
