@@ -32,6 +32,19 @@ async fn settle() {
     tokio::time::sleep(Duration::from_millis(150)).await;
 }
 
+/// A fresh question misses, and once stored its paraphrase is served from the semantic cache.
+async fn paraphrase_hits(h: &Harness) {
+    assert_eq!(
+        cache_header(&h.chat(chat_body("How do I reset my password?")).await),
+        "miss"
+    );
+    settle().await;
+    assert_eq!(
+        cache_header(&h.chat(chat_body("how can I reset my password")).await),
+        "hit-semantic"
+    );
+}
+
 #[tokio::test]
 async fn an_identical_request_is_an_exact_hit() {
     let h = cached_harness("").await;
@@ -153,15 +166,7 @@ async fn a_question_about_a_long_document_is_exact_only() {
         "{m}"
     );
     // A short question is embedded as before.
-    assert_eq!(
-        cache_header(&h.chat(chat_body("How do I reset my password?")).await),
-        "miss"
-    );
-    settle().await;
-    assert_eq!(
-        cache_header(&h.chat(chat_body("how can I reset my password")).await),
-        "hit-semantic"
-    );
+    paraphrase_hits(&h).await;
 }
 
 #[tokio::test]
@@ -401,15 +406,7 @@ async fn online_verification_learns_from_a_wrong_semantic_hit() {
     );
 
     // A true paraphrase verifies as agreeing.
-    assert_eq!(
-        cache_header(&h.chat(chat_body("How do I reset my password?")).await),
-        "miss"
-    );
-    settle().await;
-    assert_eq!(
-        cache_header(&h.chat(chat_body("how can I reset my password")).await),
-        "hit-semantic"
-    );
+    paraphrase_hits(&h).await;
     let agree = h
         .wait_for_metric(r#"llm_sidecar_cache_verifications_total{result="agree"}"#)
         .await;

@@ -475,9 +475,10 @@ impl Inner {
 
     fn find_exact(&self, key: &Key) -> Option<u32> {
         let slots = &self.slots;
+        let t = tag(key);
         self.exact
             .find(key_hash(key), |&s| {
-                slots[s as usize].entry.as_ref().is_some_and(|e| e.exact == tag(key))
+                slots[s as usize].entry.as_ref().is_some_and(|e| e.exact == t)
             })
             .copied()
     }
