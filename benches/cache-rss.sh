@@ -11,6 +11,8 @@ cd "$(dirname "$0")/.."
 ENTRIES=${1:-100000}
 command -v wrk >/dev/null || { echo "needs wrk: apt-get install -y wrk" >&2; exit 2; }
 source benches/common.sh
+# glibc's settings from the image (Dockerfile), unless given.
+export MALLOC_ARENA_MAX=${MALLOC_ARENA_MAX:-2} MALLOC_MMAP_THRESHOLD_=${MALLOC_MMAP_THRESHOLD_:-131072}
 UP=$(free_port); SC=$(free_port); ADM=$(free_port)
 "$BIN" mock-upstream --listen "127.0.0.1:$UP" --prose-words 60 >/dev/null 2>&1 & PIDS+=($!)
 cat > "$WORK/sidecar.yaml" <<YAML
