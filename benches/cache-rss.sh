@@ -6,9 +6,11 @@
 # metrics, connection buffers, model, index and entries.
 #
 #   benches/cache-rss.sh [entries]            (needs wrk; ~1 min per 20k entries on 2 cores)
+#   SEMANTIC=false benches/cache-rss.sh       the exact cache only (no model, no vectors)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ENTRIES=${1:-100000}
+SEMANTIC=${SEMANTIC:-true}
 command -v wrk >/dev/null || { echo "needs wrk: apt-get install -y wrk" >&2; exit 2; }
 source benches/common.sh
 # glibc's settings from the image (Dockerfile), unless given.
@@ -26,7 +28,7 @@ models:
 cache:
   max_entries: $ENTRIES
   max_bytes: 1073741824
-  semantic: { assets_dir: "$PWD/assets", timeout: 5s, threads: 2, verify_sample: 0 }
+  semantic: { enabled: $SEMANTIC, assets_dir: "$PWD/assets", timeout: 5s, threads: 2, verify_sample: 0 }
 YAML
 "$BIN" serve --config "$WORK/sidecar.yaml" >/dev/null 2>&1 & PIDS+=($!); SC_PID=$!
 wait_http "http://127.0.0.1:$ADM/readyz" 400   # loading the model takes a few seconds
@@ -41,6 +43,7 @@ for i in $(seq 1 200); do
     -d "{\"model\":\"gpt-4o-mini\",\"messages\":[{\"role\":\"user\",\"content\":\"$i $q\"}]}"
 done
 echo "after 200 questions of 5-124 words: RSS $(rss) MiB" >&2
+warm_kib=$(awk '/VmRSS/ {print $2}' "/proc/$SC_PID/status")
 # Distinct questions of ~25 words; the mock answers each with ~60 words of prose (~700-byte JSON).
 cat > "$WORK/fill.lua" <<'LUA'
 local words = {"account","password","reset","settings","security","code","e-mail","minutes","support",
@@ -68,6 +71,8 @@ done
 sleep 2
 echo "sidecar with $(entries) cached entries: RSS $(rss) MiB ($(awk '/VmRSS/ {printf "%.0f", $2*1.024/1000}' "/proc/$SC_PID/status") MB)"
 curl -s "http://127.0.0.1:$ADM/metrics" | grep -E '^llm_sidecar_cache_(bytes|entries) '
+awk -v w="$warm_kib" -v n="$(entries)" '/VmRSS/ {printf "resident per entry (over the warmed-up sidecar): %.0f bytes\n", ($2 - w) * 1024 / n}' \
+  "/proc/$SC_PID/status"
 # What the resident memory is made of, by mapping: the heap (glibc's main arena), anonymous
 # mappings (usearch's arenas, other malloc arenas, thread stacks), the binary and the libraries.
 awk -v bin="$(readlink -f "$BIN")" '

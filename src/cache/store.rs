@@ -570,7 +570,7 @@ impl Inner {
         if let Ok(found) = self.exact.find_entry(key_hash(&e.exact), |&s| s == slot) {
             found.remove();
         }
-        self.bytes = self.bytes.saturating_sub(e.blob.size() + ENTRY_OVERHEAD);
+        self.bytes = self.bytes.saturating_sub(cost(&e.blob, e.partition.is_some()));
         // The interning set and this entry hold the last two references.
         if Arc::strong_count(&e.labels) == 2 {
             self.labels.remove(&*e.labels);
@@ -641,9 +641,21 @@ impl Default for Store {
 /// How far above a wrongly served similarity an entry's learned threshold is set.
 pub const LEARNED_MARGIN: f32 = 0.005;
 
-/// Per-entry overhead beyond the blob, as counted against `max_bytes`: slot, exact-table
-/// entry, vector slot (i8 + graph) and allocator headers.
-const ENTRY_OVERHEAD: usize = 1024;
+/// What an entry costs beyond its blob, as counted against `max_bytes` so that the bound follows
+/// the memory really held: its slot in the slab, its bucket in the exact table, the allocator's
+/// header and the heap's slack around the blob. Measured in a serving sidecar filled with 100k
+/// entries (`benches/cache-rss.sh`): exact-only, 525 resident bytes per entry for 320-byte
+/// blobs.
+const ENTRY_OVERHEAD: usize = 208;
+/// And for an entry stored for semantic lookups: its i8 vector (384 bytes), its HNSW node and
+/// links, usearch's key table and growth headroom. Measured as above: 1,216 resident bytes per
+/// entry for 417-byte blobs.
+const VECTOR_OVERHEAD: usize = 592;
+
+/// What an entry counts against `max_bytes`.
+fn cost(blob: &Blob, semantic: bool) -> usize {
+    blob.size() + ENTRY_OVERHEAD + if semantic { VECTOR_OVERHEAD } else { 0 }
+}
 
 /// Slots examined per lock by sweeps and purges.
 const SWEEP_SLICE: u32 = 4096;
@@ -738,7 +750,7 @@ impl Store {
         let Some(blob) = Blob::new(new.query.as_deref(), &new.response) else {
             return (0, None, evicted);
         };
-        let bytes = blob.size() + ENTRY_OVERHEAD;
+        let bytes = cost(&blob, new.partition.is_some());
         // One answer larger than the whole budget would only flush the cache to be evicted next.
         if bytes > max_bytes {
             return (0, None, evicted);
@@ -990,17 +1002,51 @@ mod tests {
         assert_eq!(s.bytes(), 0);
     }
 
+    /// What `e` counts against `max_bytes` (its blob is packed: less than it looks).
+    fn cost_of(e: &NewEntry) -> usize {
+        cost(
+            &Blob::new(e.query.as_deref(), &e.response).unwrap(),
+            e.partition.is_some(),
+        )
+    }
+
+    #[test]
+    fn an_entry_stored_for_semantic_lookups_counts_its_vector() {
+        let semantic = cost_of(&entry(1, Some(1), "a"));
+        let exact_only = cost_of(&entry(1, None, "a"));
+        assert_eq!(semantic - exact_only, VECTOR_OVERHEAD);
+        // A budget of three semantic entries holds three of them, or more exact-only ones.
+        let s = Store::default();
+        for i in 0..10 {
+            s.insert(entry(i, Some(1), "a"), 100, 3 * semantic);
+        }
+        assert_eq!((s.len(), s.bytes()), (3, 3 * semantic));
+        let s = Store::default();
+        for i in 0..10 {
+            s.insert(entry(i, None, "a"), 100, 3 * semantic);
+        }
+        assert_eq!(s.len(), 3 * semantic / exact_only);
+        assert!(s.len() > 3);
+        // Replacing a semantic entry by an exact-only one under the same key gives back the
+        // vector's share.
+        let s = Store::default();
+        s.insert(entry(1, Some(1), "a"), 100, usize::MAX);
+        s.insert(entry(1, None, "a"), 100, usize::MAX);
+        assert_eq!((s.len(), s.bytes()), (1, exact_only));
+    }
+
     #[test]
     fn byte_bound_evicts() {
         let s = Store::default();
+        let budget = 3 * cost_of(&entry(0, None, "a"));
         for i in 0..10 {
-            s.insert(entry(i, None, "a"), 100, 3 * (100 + 7 + ENTRY_OVERHEAD));
+            s.insert(entry(i, None, "a"), 100, budget);
         }
         assert_eq!(s.len(), 3);
         // An answer larger than the whole budget is not stored, and flushes nothing.
         let mut big = entry(42, None, "a");
-        big.response = (0..4 * (100 + 7 + ENTRY_OVERHEAD)).map(|_| fastrand::u8(..)).collect();
-        let (id, index, ev) = s.insert(big, 100, 3 * (100 + 7 + ENTRY_OVERHEAD));
+        big.response = (0..budget).map(|_| fastrand::u8(..)).collect();
+        let (id, index, ev) = s.insert(big, 100, budget);
         assert_eq!((id, index.is_none(), ev), (0, true, vec![]));
         assert_eq!(s.len(), 3);
         assert!(s.get_exact(&[42; 32], Instant::now()).unwrap().is_none());

@@ -329,7 +329,7 @@ impl Metrics {
         let cache_bytes = Gauge::default();
         registry.register_with_unit(
             "llm_sidecar_cache",
-            "Bytes held by cached answers",
+            "Bytes counted against cache.max_bytes (answers and queries as held, plus per-entry overhead)",
             Unit::Bytes,
             cache_bytes.clone(),
         );
