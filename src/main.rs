@@ -81,6 +81,10 @@ enum Command {
         /// same-answer pairs the guard turns down (with its reason).
         #[arg(long)]
         explain: Option<f32>,
+        /// The share of served hits that may be wrong (0.01 = 1 %): a threshold is suggested for
+        /// it, with how far the pairs can vouch for it.
+        #[arg(long, default_value_t = 0.01)]
+        max_false_hit_rate: f64,
         /// Folder with libonnxruntime.so, model(-q8).onnx and tokenizer.json.
         #[arg(long, env = "LLM_SIDECAR_ASSETS", default_value = "assets")]
         assets: PathBuf,
@@ -255,7 +259,12 @@ async fn run(command: Command) -> ExitCode {
             drop(mock);
             code
         }
-        Command::Calibrate { pairs, assets, explain } => calibrate(&pairs, &assets, explain),
+        Command::Calibrate {
+            pairs,
+            assets,
+            explain,
+            max_false_hit_rate,
+        } => calibrate(&pairs, &assets, explain, max_false_hit_rate),
         Command::Inject(args) => inject(*args).await,
         Command::MockUpstream { listen, prose_words } => {
             let _log = init_logging(&default_logging());
@@ -337,8 +346,12 @@ async fn inject(a: InjectArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn calibrate(pairs: &std::path::Path, assets: &std::path::Path, explain: Option<f32>) -> ExitCode {
+fn calibrate(pairs: &std::path::Path, assets: &std::path::Path, explain: Option<f32>, max_rate: f64) -> ExitCode {
     use llm_sidecar::cache::calibrate;
+    if !(0.0..1.0).contains(&max_rate) {
+        eprintln!("--max-false-hit-rate {max_rate}: use a share from 0 to below 1 (e.g. 0.01 for 1 %)");
+        return ExitCode::from(EXIT_CONFIG);
+    }
     let text = match std::fs::read_to_string(pairs) {
         Ok(t) => t,
         Err(e) => {
@@ -363,6 +376,7 @@ fn calibrate(pairs: &std::path::Path, assets: &std::path::Path, explain: Option<
     match calibrate::run(&pairs, &mut model) {
         Ok(report) => {
             print!("{}", report.render());
+            print!("{}", report.render_suggestion(max_rate));
             if let Some(t) = explain {
                 print!("{}", calibrate::explain(&pairs, &report, t));
             }

@@ -133,7 +133,98 @@ pub fn explain(pairs: &[Pair], report: &Report, threshold: f32) -> String {
     )
 }
 
+/// One-sided 95 % upper confidence bound (Clopper–Pearson) on a rate seen as `k` events in `n`
+/// trials: the highest rate under which `k` or fewer would still turn up 5 % of the time. No
+/// wrong answer in 14 hits is not a 0 % false-hit rate: it is consistent with up to 19 %.
+pub fn upper_bound(k: usize, n: usize) -> f64 {
+    if n == 0 || k >= n {
+        return 1.0;
+    }
+    let (mut lo, mut hi) = (k as f64 / n as f64, 1.0);
+    for _ in 0..60 {
+        let mid = (lo + hi) / 2.0;
+        if binomial_cdf(k, n, mid) > 0.05 {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    hi
+}
+
+/// P(X ≤ k) for X ~ Binomial(n, p), term by term in log space (n may be thousands).
+fn binomial_cdf(k: usize, n: usize, p: f64) -> f64 {
+    if p <= 0.0 {
+        return 1.0;
+    }
+    if p >= 1.0 {
+        return if k >= n { 1.0 } else { 0.0 };
+    }
+    let (lp, lq) = (p.ln(), (1.0 - p).ln());
+    let mut log_term = n as f64 * lq;
+    let mut sum = log_term.exp();
+    for i in 0..k.min(n) {
+        log_term += ((n - i) as f64).ln() - ((i + 1) as f64).ln() + lp - lq;
+        sum += log_term.exp();
+    }
+    sum.min(1.0)
+}
+
 impl Report {
+    /// Among the thresholds at and above which every reported threshold keeps the guarded
+    /// false-hit rate at or under `max_rate`, the one with the best recall (the highest of
+    /// equals: a lower one only admits more of the traffic these pairs did not show).
+    pub fn suggest(&self, max_rate: f64) -> Option<&Row> {
+        let mut best: Option<&Row> = None;
+        for row in self.guarded.iter().rev() {
+            if row.false_hit_rate > max_rate {
+                break;
+            }
+            if row.served > 0 && best.is_none_or(|b| row.recall > b.recall) {
+                best = Some(row);
+            }
+        }
+        best
+    }
+
+    /// The suggestion for a platform team, with how far these pairs can vouch for it.
+    pub fn render_suggestion(&self, max_rate: f64) -> String {
+        let pct = max_rate * 100.0;
+        let Some(row) = self.suggest(max_rate) else {
+            return format!(
+                "\nno threshold keeps the false-hit rate at or under {pct:.1} % with a hit served: keep the guard \
+                 on, serve these routes exact-only (`routes[].cache.threshold: 1.0`) or review the pairs with \
+                 --explain\n"
+            );
+        };
+        let bound = upper_bound(row.false_hits, row.served);
+        // Served hits, all right, that would bring the bound down to the target.
+        let needed = (0.05f64.ln() / (1.0 - max_rate).ln()).ceil();
+        let mut out = format!(
+            "\nsuggested threshold (guard on; at it and above, false-hit rate ≤ {pct:.1} %): {:.2} — {} served, \
+             {} false hit(s), recall {:.1} %\n",
+            row.threshold,
+            row.served,
+            row.false_hits,
+            row.recall * 100.0
+        );
+        if bound > max_rate {
+            out.push_str(&format!(
+                "with {} hits served the false-hit rate could still be as high as {:.1} % (95 % upper bound); \
+                 ~{needed:.0} served hits with none wrong would show ≤ {pct:.1} %: label more pairs near {:.2}\n",
+                row.served,
+                bound * 100.0,
+                row.threshold
+            ));
+        } else {
+            out.push_str(&format!(
+                "95 % upper bound on its false-hit rate: {:.2} %\n",
+                bound * 100.0
+            ));
+        }
+        out
+    }
+
     pub fn render(&self) -> String {
         let mut out = format!(
             "{} pairs ({} same-answer, {} different-answer)\n\n\
@@ -189,6 +280,47 @@ mod tests {
         let guarded = at(&r.guarded, 0.90);
         assert_eq!((guarded.served, guarded.false_hits), (2, 1));
         assert!((guarded.false_hit_rate - 0.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_clean_record_is_bounded_by_how_much_it_saw() {
+        // Known one-sided 95 % Clopper–Pearson bounds: 1 - 0.05^(1/n) when nothing went wrong.
+        assert!((upper_bound(0, 14) - 0.1926).abs() < 1e-3);
+        assert!((upper_bound(0, 299) - 0.00997).abs() < 1e-4);
+        assert!((upper_bound(1, 53) - 0.0868).abs() < 1e-3);
+        assert!((upper_bound(5, 100) - 0.1024).abs() < 1e-3);
+        assert_eq!(upper_bound(0, 0), 1.0);
+        assert_eq!(upper_bound(3, 3), 1.0);
+    }
+
+    #[test]
+    fn the_suggestion_is_safe_all_the_way_up_and_keeps_the_best_recall() {
+        let mut scored = vec![
+            (0.97, true, 1),
+            (0.93, true, 1),
+            (0.89, true, 1),
+            (0.85, true, 1),
+            (0.81, true, 0),
+            (0.785, true, 1),
+        ];
+        let r = report(scored.clone());
+        // 0.82 serves what 0.84 does: the higher of the two.
+        let s = r.suggest(0.01).unwrap();
+        assert!((s.threshold - 0.84).abs() < 1e-4, "{s:?}");
+        assert_eq!((s.served, s.false_hits), (4, 0));
+        let text = r.render_suggestion(0.01);
+        assert!(text.contains("0.84"), "{text}");
+        assert!(text.contains("as high as 52.7 %"), "{text}");
+        assert!(text.contains("~299 served hits"), "{text}");
+        // Tolerating 1 wrong in 6, 0.78 gains the last same-answer pair.
+        let s = r.suggest(0.2).unwrap();
+        assert!((s.threshold - 0.78).abs() < 1e-4, "{s:?}");
+        assert_eq!((s.served, s.false_hits), (6, 1));
+        // Nothing is suggested when the top threshold already serves a wrong answer.
+        scored.push((0.99, true, 0));
+        let r = report(scored);
+        assert!(r.suggest(0.01).is_none());
+        assert!(r.render_suggestion(0.01).starts_with("\nno threshold"));
     }
 
     #[test]
