@@ -71,6 +71,10 @@ fn in_sample_the_guard_meets_the_goal_at_090() {
     let g = r.guarded.iter().find(|g| (g.threshold - 0.90).abs() < 1e-4).unwrap();
     assert!(g.false_hit_rate <= 0.01, "{g:?}");
     assert!(g.recall >= 0.60, "{g:?}");
+    // What `calibrate` would suggest for 1 %: nothing wrong served, at least the default's recall.
+    let s = r.suggest(0.01).unwrap();
+    assert_eq!(s.false_hits, 0, "{s:?}");
+    assert!(s.recall >= g.recall, "{s:?}");
 }
 
 /// The goal of issue #3 at the default threshold, on every set the guard was developed with and
