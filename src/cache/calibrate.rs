@@ -199,7 +199,14 @@ impl Report {
         };
         let bound = upper_bound(row.false_hits, row.served);
         // Served hits, all right, that would bring the bound down to the target.
-        let needed = (0.05f64.ln() / (1.0 - max_rate).ln()).ceil();
+        let needed = if max_rate > 0.0 {
+            format!(
+                "~{:.0} served hits with none wrong would show ≤ {pct:.1} %",
+                (0.05f64.ln() / (1.0 - max_rate).ln()).ceil()
+            )
+        } else {
+            "no number of hits can show 0 %".to_owned()
+        };
         let mut out = format!(
             "\nsuggested threshold (guard on; at it and above, false-hit rate ≤ {pct:.1} %): {:.2} — {} served, \
              {} false hit(s), recall {:.1} %\n",
@@ -211,7 +218,7 @@ impl Report {
         if bound > max_rate {
             out.push_str(&format!(
                 "with {} hits served the false-hit rate could still be as high as {:.1} % (95 % upper bound); \
-                 ~{needed:.0} served hits with none wrong would show ≤ {pct:.1} %: label more pairs near {:.2}\n",
+                 {needed}: label more pairs near {:.2}\n",
                 row.served,
                 bound * 100.0,
                 row.threshold
@@ -316,6 +323,9 @@ mod tests {
         let s = r.suggest(0.2).unwrap();
         assert!((s.threshold - 0.78).abs() < 1e-4, "{s:?}");
         assert_eq!((s.served, s.false_hits), (6, 1));
+        // A target of zero: the suggestion stands, and no sample size can vouch for it.
+        let text = r.render_suggestion(0.0);
+        assert!(text.contains("no number of hits can show 0 %"), "{text}");
         // Nothing is suggested when the top threshold already serves a wrong answer.
         scored.push((0.99, true, 0));
         let r = report(scored);
