@@ -7,7 +7,7 @@
 use serde::Deserialize;
 
 use super::guard::{Features, check};
-use crate::embed::{EmbedError, MAX_TOKENS, Model, cosine};
+use crate::embed::{EmbedError, Fit, MAX_TOKENS, Model, cosine};
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Pair {
@@ -50,27 +50,26 @@ pub fn thresholds() -> Vec<f32> {
 
 pub fn run(pairs: &[Pair], model: &mut Model) -> Result<Report, EmbedError> {
     let mut scored = Vec::with_capacity(pairs.len());
-    for chunk in pairs.chunks(16) {
-        let texts: Vec<&str> = chunk.iter().flat_map(|p| [p.a.as_str(), p.b.as_str()]).collect();
+    for p in pairs {
         // One text at a time: the quantized model's vectors depend slightly on batch
-        // composition, and the cache embeds one query at a time.
-        let mut vectors = Vec::with_capacity(texts.len());
-        for t in texts {
-            vectors.extend(model.embed(&[t])?);
-        }
-        for (p, v) in chunk.iter().zip(vectors.chunks(2)) {
-            // As in the cache: a text longer than the model's window is exact-only, never a
-            // semantic hit.
-            let sim = if model.fits(&p.a) && model.fits(&p.b) {
-                cosine(&v[0], &v[1])
-            } else {
-                TOO_LONG
-            };
-            let passed = check(&Features::of(&p.b), &Features::of(&p.a)).is_ok();
-            scored.push((sim, passed, p.label));
-        }
+        // composition, and the cache embeds one query at a time. As in the cache, a text longer
+        // than the model's window is exact-only, never a semantic hit (and is not embedded).
+        let sim = match (embed_whole(model, &p.a)?, embed_whole(model, &p.b)?) {
+            (Some(a), Some(b)) => cosine(&a, &b),
+            _ => TOO_LONG,
+        };
+        let passed = check(&Features::of(&p.b), &Features::of(&p.a)).is_ok();
+        scored.push((sim, passed, p.label));
     }
     Ok(report(scored))
+}
+
+/// The vector of `text` as a cache key would have it, or `None` past the window.
+fn embed_whole(model: &mut Model, text: &str) -> Result<Option<Vec<f32>>, EmbedError> {
+    if !model.push(text, Fit::Whole) {
+        return Ok(None);
+    }
+    Ok(model.embed_pushed()?.pop())
 }
 
 /// The similarity given to a pair with a text the model cannot embed whole: below every threshold.

@@ -67,10 +67,10 @@ fn environment(library: &Path) -> Result<&'static ort::environment::Environment,
 pub struct Model {
     session: Session,
     tokenizer: WordPiece,
-    /// Token ids of the batch being embedded, row after row (kept between calls).
+    /// Token ids of the batch being built ([`Model::push`]), row after row (kept between calls).
     tokens: Vec<u32>,
-    /// Scratch for [`Model::fits`].
-    probe: Vec<u32>,
+    /// Where each row of the batch ends in `tokens`.
+    ends: Vec<usize>,
     /// The dynamically quantized model is loaded: its activations are quantized per batch, so
     /// a vector depends slightly (cosine ±0.015) on what else is in the batch.
     pub quantized: bool,
@@ -126,41 +126,68 @@ impl Model {
             session,
             tokenizer,
             tokens: Vec::new(),
-            probe: Vec::new(),
+            ends: Vec::new(),
             quantized,
         })
     }
 
-    /// Whether `text` fits the model's window whole. Tokenizes at most one token past it.
-    pub fn fits(&mut self, text: &str) -> bool {
-        self.probe.clear();
-        // With room for one more, a text that fits keeps its length and one that does not
-        // overflows the window by one.
-        self.tokenizer.encode(text, MAX_TOKENS + 1, &mut self.probe);
-        self.probe.len() <= MAX_TOKENS
+    /// Tokenizes `text` as the next row of the batch [`Model::embed_pushed`] runs, once: to one
+    /// token past the window, which tells a text that fits (it keeps its length) from one that
+    /// does not. Returns `false`, adding no row, for a [`Fit::Whole`] text that does not fit; a
+    /// [`Fit::Start`] one is cut to the window.
+    pub fn push(&mut self, text: &str, fit: Fit) -> bool {
+        let start = self.tokens.len();
+        self.tokenizer.encode(text, MAX_TOKENS + 1, &mut self.tokens);
+        if self.tokens.len() - start > MAX_TOKENS {
+            if fit == Fit::Whole {
+                self.tokens.truncate(start);
+                return false;
+            }
+            // The window's last text token gives way to `[SEP]`: the row is then what encoding
+            // to MAX_TOKENS gives (the tokenizer cuts a prefix).
+            let last = self.tokens.len() - 2;
+            self.tokens.remove(last);
+        }
+        self.ends.push(self.tokens.len());
+        true
     }
 
-    /// Embeds texts as one batch: mean pooling over the attention mask, then L2 normalisation.
-    /// A text longer than the window is embedded from its first [`MAX_TOKENS`] tokens.
+    /// Embeds texts as one batch. A text longer than the window is embedded from its first
+    /// [`MAX_TOKENS`] tokens.
     pub fn embed(&mut self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {
-        if texts.is_empty() {
+        self.tokens.clear();
+        self.ends.clear();
+        for t in texts {
+            self.push(t, Fit::Start);
+        }
+        self.embed_pushed()
+    }
+
+    /// Embeds the rows pushed since the last call, as one batch: mean pooling over the attention
+    /// mask, then L2 normalisation. The batch is emptied either way.
+    pub fn embed_pushed(&mut self) -> Result<Vec<Vec<f32>>, EmbedError> {
+        let result = self.run_batch();
+        self.tokens.clear();
+        self.ends.clear();
+        result
+    }
+
+    fn run_batch(&mut self) -> Result<Vec<Vec<f32>>, EmbedError> {
+        let batch = self.ends.len();
+        if batch == 0 {
             return Ok(Vec::new());
         }
-        let batch = texts.len();
-        self.tokens.clear();
-        let mut ends = Vec::with_capacity(batch);
         let mut seq = 1;
-        for t in texts {
-            let start = self.tokens.len();
-            self.tokenizer.encode(t, MAX_TOKENS, &mut self.tokens);
-            seq = seq.max(self.tokens.len() - start);
-            ends.push(self.tokens.len());
+        let mut start = 0;
+        for &end in &self.ends {
+            seq = seq.max(end - start);
+            start = end;
         }
         // Padded to the longest text of the batch: id 0 ([PAD]), mask 0.
         let mut ids = vec![0i64; batch * seq];
         let mut mask = vec![0i64; batch * seq];
         let mut start = 0;
-        for (b, &end) in ends.iter().enumerate() {
+        for (b, &end) in self.ends.iter().enumerate() {
             let row = &self.tokens[start..end];
             for (t, &id) in row.iter().enumerate() {
                 ids[b * seq + t] = i64::from(id);
@@ -319,9 +346,10 @@ fn worker(mut model: Model, rx: Receiver<Job>, max_batch: usize, observer: Arc<d
             }
         }
         let now = Instant::now();
+        // Each live job's text is tokenized here, once, into the batch.
         let (live, unembedded): (Vec<Job>, Vec<Job>) = jobs
             .drain(..)
-            .partition(|j| j.deadline > now && (j.fit == Fit::Start || model.fits(&j.text)));
+            .partition(|j| j.deadline > now && model.push(&j.text, j.fit));
         for j in unembedded {
             if j.deadline > now {
                 (j.then)(Err(Unembedded::TooLong));
@@ -333,9 +361,8 @@ fn worker(mut model: Model, rx: Receiver<Job>, max_batch: usize, observer: Arc<d
         if live.is_empty() {
             continue;
         }
-        let texts: Vec<&str> = live.iter().map(|j| j.text.as_str()).collect();
         let start = Instant::now();
-        match model.embed(&texts) {
+        match model.embed_pushed() {
             Ok(vectors) => {
                 observer.batch(live.len(), start.elapsed());
                 for (job, v) in live.into_iter().zip(vectors) {
@@ -407,12 +434,26 @@ mod tests {
         let mut m = Model::load(&assets(), 1).expect("assets present (run scripts/fetch-assets)");
         // "a" is one token; [CLS] and [SEP] take two places of the window.
         let words = |n: usize| vec!["a"; n].join(" ");
-        assert!(m.fits(&words(MAX_TOKENS - 2)));
-        assert!(!m.fits(&words(MAX_TOKENS - 1)));
-        assert!(!m.fits(&words(10 * MAX_TOKENS)));
-        assert!(m.fits(""));
-        // A cut text still embeds (routing uses its start).
-        assert_eq!(m.embed(&[&words(10 * MAX_TOKENS)]).unwrap()[0].len(), DIMENSIONS);
+        let fits = |m: &mut Model, text: &str| {
+            let pushed = m.push(text, Fit::Whole);
+            let rows = m.embed_pushed().unwrap().len();
+            assert_eq!(rows, usize::from(pushed), "{text:?}");
+            pushed
+        };
+        assert!(fits(&mut m, &words(MAX_TOKENS - 2)));
+        assert!(!fits(&mut m, &words(MAX_TOKENS - 1)));
+        assert!(!fits(&mut m, &words(10 * MAX_TOKENS)));
+        assert!(fits(&mut m, ""));
+        // A cut text still embeds (routing uses its start), as its first MAX_TOKENS tokens.
+        let cut = m.embed(&[&words(10 * MAX_TOKENS)]).unwrap();
+        assert_eq!(cut[0].len(), DIMENSIONS);
+        let start = m.embed(&[&words(MAX_TOKENS - 2)]).unwrap();
+        assert_eq!(cut, start);
+        // A batch mixes whole and cut rows, and a refused row leaves the others in place.
+        assert!(m.push("reset my password", Fit::Whole));
+        assert!(!m.push(&words(MAX_TOKENS), Fit::Whole));
+        assert!(m.push(&words(10 * MAX_TOKENS), Fit::Start));
+        assert_eq!(m.embed_pushed().unwrap().len(), 2);
     }
 
     #[test]
