@@ -129,12 +129,14 @@ impl Sidecar {
             app_listener,
             move |req| server::handle(s.clone(), req),
             app_rx,
+            shared.streams_cut.clone(),
         ));
         let s = shared.clone();
         let admin_task = tokio::spawn(server::serve(
             admin_listener,
             move |req| server::admin::handle(s.clone(), req),
             admin_rx,
+            tokio_util::sync::CancellationToken::new(),
         ));
 
         let mut reloader = None;

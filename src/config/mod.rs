@@ -32,6 +32,16 @@ pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
 /// Chat requests with long histories or base64 images are megabytes; 32 MiB admits the largest
 /// image inputs OpenAI accepts while still bounding memory per request.
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 32 * 1024 * 1024;
+/// The app shares the pod's loopback with the sidecar: even a 32 MiB body arrives in well
+/// under a second. A body still arriving after this long is stalled or hostile.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Past [`BODY_RATE_GRACE`], a request body must keep up this average rate (bytes/s). Loopback
+/// moves hundreds of MB/s; 16 KiB/s only stops trickles, which pin a connection, a task and
+/// the bytes received for as long as the sender likes.
+pub const DEFAULT_BODY_MIN_RATE: u64 = 16 * 1024;
+/// Time any body gets before the minimum rate applies (an app that builds its body while
+/// sending it, a paused debugger).
+pub const BODY_RATE_GRACE: Duration = Duration::from_secs(5);
 /// Kubernetes' default `terminationGracePeriodSeconds` is 30 s; draining for slightly less
 /// leaves time to exit before SIGKILL.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
@@ -153,6 +163,10 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerSettings {
     pub max_body_bytes: usize,
+    /// The whole request body must arrive within this.
+    pub body_timeout: Duration,
+    /// Bytes per second a request body must average after [`BODY_RATE_GRACE`]; 0: no minimum.
+    pub body_min_rate: u64,
     pub shutdown_grace: Duration,
     pub drain_delay: Duration,
     /// When set, `/dashboard` and `/admin/*` need `Authorization: Bearer TOKEN` (or

@@ -214,6 +214,8 @@ pub struct RawRouteCache {
 #[serde(deny_unknown_fields)]
 pub struct RawServer {
     pub max_body_bytes: Option<u64>,
+    pub body_timeout: Option<String>,
+    pub body_min_rate: Option<u64>,
     pub shutdown_grace: Option<String>,
     pub drain_delay: Option<String>,
     pub admin_token: Option<String>,

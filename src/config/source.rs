@@ -15,10 +15,17 @@ use tokio::sync::mpsc;
 /// this much quiet turns one update into one reload, and keeps edit→served well under a second.
 pub const DEBOUNCE: Duration = Duration::from_millis(100);
 
+/// A changed file is read again after this long and applied only when both reads agree.
+pub const SETTLE: Duration = Duration::from_millis(50);
+/// Reads before giving up on a file that keeps changing (the next change event retries).
+const SETTLE_TRIES: u32 = 20;
+
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     #[error("cannot read config file {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path} kept changing for {waited:?}; it is read again at its next change")]
+    Unsettled { path: PathBuf, waited: Duration },
     #[error("cannot watch {path} for changes: {source}")]
     Watch { path: PathBuf, source: notify::Error },
 }
@@ -42,6 +49,25 @@ impl FileSource {
         std::fs::read_to_string(&self.path).map_err(|source| SourceError::Read {
             path: self.path.clone(),
             source,
+        })
+    }
+
+    /// Reads a file that just changed, applying nothing half-written: an editor saving in
+    /// place truncates and then writes, and a read between the two sees an empty or cut-off
+    /// file. The text is returned once two reads [`SETTLE`] apart agree.
+    pub fn read_settled(&self) -> Result<String, SourceError> {
+        let mut text = self.read()?;
+        for _ in 0..SETTLE_TRIES {
+            std::thread::sleep(SETTLE);
+            let again = self.read()?;
+            if again == text {
+                return Ok(text);
+            }
+            text = again;
+        }
+        Err(SourceError::Unsettled {
+            path: self.path.clone(),
+            waited: SETTLE * SETTLE_TRIES,
         })
     }
 

@@ -232,8 +232,14 @@ impl Validator<'_> {
         if max_body_bytes == 0 || max_body_bytes > (1 << 32) {
             self.issue("server.max_body_bytes", "must be between 1 and 4294967296 bytes");
         }
+        let body_timeout = self.duration("server.body_timeout", raw.body_timeout.as_deref(), DEFAULT_BODY_TIMEOUT);
+        if body_timeout.is_zero() {
+            self.issue("server.body_timeout", "must be longer than 0s, e.g. 30s");
+        }
         ServerSettings {
             max_body_bytes: usize::try_from(max_body_bytes).unwrap_or(usize::MAX),
+            body_timeout,
+            body_min_rate: raw.body_min_rate.unwrap_or(DEFAULT_BODY_MIN_RATE),
             shutdown_grace: self.duration(
                 "server.shutdown_grace",
                 raw.shutdown_grace.as_deref(),

@@ -3,6 +3,7 @@
 //! Everything else in a body is carried through untouched, so fields OpenAI adds tomorrow keep
 //! working without a sidecar release.
 
+pub mod answer;
 pub mod request;
 pub mod sse;
 pub mod usage;

@@ -34,12 +34,22 @@ pub struct SseScanner {
     pub done: bool,
     /// An `{"error": ...}` event was seen.
     pub saw_error: bool,
+    /// The provider's message from its first error event, for an error before the stream is
+    /// committed to the app.
+    pub error_message: Option<String>,
     /// Number of data events seen.
     pub events: u64,
+    /// Data events that are a well-formed JSON object and not an error: the answer itself.
+    pub content_events: u64,
+    /// Why the stream stopped being the one asked for (an event that is not a JSON object).
+    /// Nothing from that event on is forwarded.
+    pub malformed: Option<&'static str>,
     /// Look for `finish_reason` (a traced request reports it).
     track_finish: bool,
     /// The last non-null `finish_reason` seen, when tracked.
     pub finish_reason: Option<String>,
+    /// Events are not judged (a passthrough stream of a shape the sidecar does not know).
+    lenient: bool,
 }
 
 impl SseScanner {
@@ -51,6 +61,16 @@ impl SseScanner {
         }
     }
 
+    /// A scanner that reads usage and errors but never judges an event malformed: for streams
+    /// of endpoints the sidecar passes through without knowing their shape.
+    pub fn lenient(strip_usage_only: bool) -> Self {
+        Self {
+            strip_usage_only,
+            lenient: true,
+            ..Default::default()
+        }
+    }
+
     /// Also record the stream's `finish_reason`.
     pub fn track_finish_reason(&mut self) {
         self.track_finish = true;
@@ -58,6 +78,9 @@ impl SseScanner {
 
     /// Feeds one upstream frame; returns what to forward now (possibly empty).
     pub fn push(&mut self, chunk: Bytes) -> Bytes {
+        if self.malformed.is_some() {
+            return Bytes::new();
+        }
         if self.pending.is_empty() {
             let Some(end) = last_boundary(&chunk) else {
                 self.hold(&chunk);
@@ -84,11 +107,15 @@ impl SseScanner {
     /// Whatever is left when the upstream ends (an unterminated last event).
     pub fn finish(&mut self) -> Bytes {
         let rest = std::mem::take(&mut self.pending).freeze();
-        if !rest.is_empty() {
-            // An event cut off without its blank line still counts for usage and [DONE].
-            self.scan_event(&rest);
+        if self.malformed.is_some() || rest.is_empty() {
+            return Bytes::new();
         }
-        rest
+        // An event cut off without its blank line still counts for usage and [DONE] — unless
+        // it was cut inside its JSON, which makes it malformed and not forwarded.
+        match self.scan_event(&rest) {
+            Verdict::Malformed => Bytes::new(),
+            _ => rest,
+        }
     }
 
     fn hold(&mut self, chunk: &[u8]) {
@@ -104,7 +131,7 @@ impl SseScanner {
     }
 
     /// `buf` holds whole events only.
-    fn scan_complete(&mut self, buf: Bytes) -> Bytes {
+    fn scan_complete(&mut self, mut buf: Bytes) -> Bytes {
         let mut start = 0;
         let mut drop_range: Option<(usize, usize)> = None;
         while start < buf.len() {
@@ -112,9 +139,16 @@ impl SseScanner {
                 Some((e, n)) => (start + e, start + n),
                 None => (buf.len(), buf.len()),
             };
-            if self.scan_event(&buf[start..event_end]) {
+            match self.scan_event(&buf[start..event_end]) {
+                Verdict::Forward => {}
                 // At most one usage-only chunk per stream, so one range is enough.
-                drop_range = Some((start, next));
+                Verdict::Strip => drop_range = Some((start, next)),
+                Verdict::Malformed => {
+                    // Forward what came before the bad event, nothing from it on.
+                    self.pending.clear();
+                    buf.truncate(start);
+                    break;
+                }
             }
             start = next;
         }
@@ -129,38 +163,105 @@ impl SseScanner {
         }
     }
 
-    /// Returns true when the event should be dropped.
-    fn scan_event(&mut self, event: &[u8]) -> bool {
-        let mut strip = false;
+    /// What to do with one complete event (its bytes without the blank line).
+    fn scan_event(&mut self, event: &[u8]) -> Verdict {
+        // An event's data is its `data:` lines joined by newlines; providers send one line,
+        // so the join (and its allocation) happens only for the rare multi-line event.
+        let mut first: Option<&[u8]> = None;
+        let mut joined: Option<Vec<u8>> = None;
         for line in event.split(|&b| b == b'\n') {
             let line = line.strip_suffix(b"\r").unwrap_or(line);
             let Some(data) = line.strip_prefix(b"data:") else {
                 continue;
             };
             let data = data.strip_prefix(b" ").unwrap_or(data);
-            self.events += 1;
-            if data == b"[DONE]" {
-                self.done = true;
-                continue;
-            }
-            // Cheap pre-filters: only chunks that mention usage or error are parsed.
-            if usage_present(data)
-                && let Some(report) = parse_usage(data)
-            {
-                self.usage = Some(report.usage);
-                strip |= self.strip_usage_only && report.usage_only;
-            }
-            if data.starts_with(b"{\"error\"") || ERROR.find(data).is_some() {
-                self.saw_error = true;
-            }
-            if self.track_finish
-                && let Some(reason) = finish_reason(data)
-            {
-                self.finish_reason = Some(reason);
+            match (&mut joined, first) {
+                (Some(j), _) => {
+                    j.push(b'\n');
+                    j.extend_from_slice(data);
+                }
+                (None, Some(f)) => {
+                    let mut j = f.to_vec();
+                    j.push(b'\n');
+                    j.extend_from_slice(data);
+                    joined = Some(j);
+                }
+                (None, None) => first = Some(data),
             }
         }
-        strip
+        let data = match (&joined, first) {
+            (Some(j), _) => j.as_slice(),
+            (None, Some(f)) => f,
+            // Comments (`: keep-alive`), `event:`/`id:`/`retry:` lines alone carry no data.
+            (None, None) => return Verdict::Forward,
+        };
+        self.events += 1;
+        if data == b"[DONE]" {
+            self.done = true;
+            return Verdict::Forward;
+        }
+        if self.done {
+            // Nothing after the terminator is read by SDKs; it cannot break the answer.
+            return Verdict::Forward;
+        }
+        if !self.lenient
+            && (data.trim_ascii_start().first() != Some(&b'{')
+                || serde_json::from_slice::<serde::de::IgnoredAny>(data).is_err())
+        {
+            self.malformed = Some("an event that is not a JSON object");
+            return Verdict::Malformed;
+        }
+        let mut verdict = Verdict::Forward;
+        // Cheap pre-filters: only chunks that mention usage or error are parsed.
+        if usage_present(data)
+            && let Some(report) = parse_usage(data)
+        {
+            self.usage = Some(report.usage);
+            if self.strip_usage_only && report.usage_only {
+                verdict = Verdict::Strip;
+            }
+        }
+        if data.starts_with(b"{\"error\"") || ERROR.find(data).is_some() {
+            self.saw_error = true;
+            if self.error_message.is_none() {
+                self.error_message = Some(error_message(data));
+            }
+        } else {
+            self.content_events += 1;
+        }
+        if self.track_finish
+            && let Some(reason) = finish_reason(data)
+        {
+            self.finish_reason = Some(reason);
+        }
+        verdict
     }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Forward,
+    /// The usage-only chunk the sidecar asked for on the app's behalf.
+    Strip,
+    Malformed,
+}
+
+/// The `message` of an error event, or a generic text.
+fn error_message(data: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct E {
+        error: Inner,
+    }
+    #[derive(serde::Deserialize)]
+    struct Inner {
+        #[serde(default)]
+        message: Option<String>,
+    }
+    serde_json::from_slice::<E>(data)
+        .ok()
+        .and_then(|e| e.error.message)
+        .map(|m| m.chars().take(300).collect())
+        .unwrap_or_else(|| "the provider sent an error event".to_owned())
 }
 
 /// Whether a chunk carries a non-null `usage` (OpenAI puts `"usage":null` on every chunk
@@ -269,6 +370,48 @@ mod tests {
         let mut s = SseScanner::new(false);
         let big = Bytes::from(vec![b'a'; MAX_PENDING_EVENT + 1]);
         assert_eq!(s.push(big).len(), MAX_PENDING_EVENT + 1);
+    }
+
+    #[test]
+    fn events_are_judged_one_by_one() {
+        let mut s = SseScanner::new(false);
+        assert!(!s.push(Bytes::from_static(b": keep-alive\n\n")).is_empty());
+        assert_eq!(s.content_events, 0);
+        s.push(Bytes::from(C1));
+        assert_eq!(s.content_events, 1);
+        // A non-JSON event: what came before it in the same frame goes out, nothing after.
+        let out = s.push(Bytes::from(format!("{C1}data: <html>oops</html>\n\n{C1}")));
+        assert_eq!(out, C1.as_bytes());
+        assert_eq!(s.malformed, Some("an event that is not a JSON object"));
+        assert!(s.push(Bytes::from(C1)).is_empty());
+        assert!(s.finish().is_empty());
+    }
+
+    #[test]
+    fn error_events_are_not_content() {
+        let mut s = SseScanner::new(false);
+        s.push(Bytes::from_static(
+            b"data: {\"error\":{\"message\":\"Overloaded\"}}\n\n",
+        ));
+        assert!(s.saw_error);
+        assert_eq!(s.content_events, 0);
+        assert_eq!(s.error_message.as_deref(), Some("Overloaded"));
+    }
+
+    #[test]
+    fn multi_line_data_is_one_event() {
+        let mut s = SseScanner::new(false);
+        let out = s.push(Bytes::from_static(b"data: {\"choices\":\ndata: []}\n\n"));
+        assert!(!out.is_empty());
+        assert_eq!((s.content_events, s.malformed), (1, None));
+    }
+
+    #[test]
+    fn a_last_event_cut_inside_its_json_is_malformed() {
+        let mut s = SseScanner::new(false);
+        assert!(s.push(Bytes::from_static(b"data: {\"choices\":[{\"de")).is_empty());
+        assert!(s.finish().is_empty());
+        assert!(s.malformed.is_some());
     }
 
     #[test]

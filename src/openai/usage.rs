@@ -11,7 +11,7 @@ pub struct Usage {
 }
 
 #[derive(Deserialize)]
-struct RawUsage {
+pub(super) struct RawUsage {
     #[serde(default, alias = "input_tokens")]
     prompt_tokens: Option<u64>,
     #[serde(default, alias = "output_tokens")]

@@ -10,24 +10,30 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::error::ApiError;
 use super::proxy::{Endpoint, Received, full, internal, receive};
 use super::record::{RequestRecord, operation_name};
+use super::relay::MAX_CAPTURE;
 use super::traced;
-use crate::openai::RequestHead;
-use crate::resilience::{Transition, backoff, parse_retry_after};
+use crate::config::Config;
+use crate::openai::answer::{self, Expect};
+use crate::openai::{RequestHead, SseScanner, Usage};
+use crate::resilience::{backoff, parse_retry_after};
 use crate::router::{Decision, Route, Target};
 use crate::scheduler::{Permit, QueueError};
 use crate::state::{Runtime, Shared};
+use crate::telemetry::Metrics;
 use crate::telemetry::trace::Kind;
 use crate::telemetry::{PriorityLabels, QueueRejectLabels};
 use crate::upstream::adapter::StreamTranslate;
-use crate::upstream::{BodyFailure, BodyRead, Provider, UpstreamError, error_detail, read_body};
+use crate::upstream::{BodyFailure, BodyRead, Provider, UpstreamError, error_chain, error_detail, read_body};
 
 /// Error bodies of failed attempts are read for their message, up to this size and time.
 const ERROR_BODY_MAX: usize = 64 << 10;
@@ -43,6 +49,52 @@ pub(super) struct Success {
     pub idle: Duration,
     pub deadline: Instant,
     pub translate: Option<Box<dyn StreamTranslate>>,
+    /// The usage of a whole answer, read when it was checked.
+    pub usage: Option<Usage>,
+    /// A stream committed at its first content event: what was read to get there.
+    pub committed: Option<Committed>,
+}
+
+/// A stream that has shown its first content event. Until then nothing went to the app, so a
+/// stream that failed earlier was failed over like any other failure.
+pub(super) struct Committed {
+    /// The scanner that read the events so far; the relay goes on with it.
+    pub scanner: SseScanner,
+    /// What goes to the app first (the scanner's output so far).
+    pub prefix: Bytes,
+    /// The OpenAI-shaped bytes read so far, for the cached copy.
+    pub seen: Bytes,
+    /// The breaker's verdict on this attempt, given when the stream ends.
+    pub settle: Settle,
+}
+
+/// Reports how one attempt on one (provider, model) went — to its circuit breaker, its
+/// latency EWMA, the route's canary and the error metrics. A whole answer is settled before
+/// it is relayed; a stream when it ends, since a stream that breaks after its first event is
+/// a failure of that provider too.
+pub struct Settle {
+    metrics: Arc<Metrics>,
+    config: Arc<Config>,
+    route: Arc<Route>,
+    target: Target,
+    started: Instant,
+}
+
+impl Settle {
+    /// The provider answered; `good` is false for a status that is the request's fault.
+    pub fn answered(self, good: bool) {
+        let breaker = &self.config.resilience.breaker;
+        let t = self.target.health.record(breaker, true);
+        transition(&self.metrics, &self.target, t);
+        canary(&self.metrics, &self.route, &self.target, good, self.started.elapsed());
+    }
+
+    pub fn failed(self, kind: &'static str) {
+        self.metrics.upstream_error(&self.target.model.provider, kind);
+        let t = self.target.health.record(&self.config.resilience.breaker, false);
+        transition(&self.metrics, &self.target, t);
+        canary(&self.metrics, &self.route, &self.target, false, self.started.elapsed());
+    }
 }
 
 enum Outcome {
@@ -123,7 +175,13 @@ impl Attempt<'_> {
     }
 
     /// One attempt on one candidate.
-    async fn once(&self, rec: &mut RequestRecord, route: &Route, target: &Target, provider: &Arc<Provider>) -> Outcome {
+    async fn once(
+        &self,
+        rec: &mut RequestRecord,
+        route: &Arc<Route>,
+        target: &Target,
+        provider: &Arc<Provider>,
+    ) -> Outcome {
         let shared = self.shared;
         let metrics = &shared.metrics;
         let breaker = &self.rt.config.resilience.breaker;
@@ -142,7 +200,7 @@ impl Attempt<'_> {
                     retry_in,
                 });
             }
-            Ok((_, transition)) => self.transition(target, transition),
+            Ok((_, t)) => transition(&shared.metrics, target, t),
         }
         let sched = &self.rt.config.scheduling;
         let waited = Instant::now();
@@ -219,13 +277,12 @@ impl Attempt<'_> {
     async fn send(
         &self,
         rec: &mut RequestRecord,
-        route: &Route,
+        route: &Arc<Route>,
         target: &Target,
         provider: &Arc<Provider>,
         permit: Permit,
         traceparent: Option<HeaderValue>,
     ) -> Outcome {
-        let breaker = &self.rt.config.resilience.breaker;
         let model = &target.model;
         let adapter = provider.adapter();
         let strip_usage =
@@ -261,13 +318,20 @@ impl Attempt<'_> {
         let started = Instant::now();
         let deadline = started + provider.config.timeouts.total;
         let idle = provider.config.timeouts.idle;
+        let settle = Settle {
+            metrics: self.shared.metrics.clone(),
+            config: self.rt.config.clone(),
+            route: route.clone(),
+            target: target.clone(),
+            started,
+        };
         let up = match provider
             .send(Method::POST, uri, headers, full(send_body), deadline, permit)
             .await
         {
             Ok(up) => up,
             Err(e) => {
-                self.failed(route, target, provider, e.kind(), started);
+                settle.failed(e.kind());
                 return match e {
                     UpstreamError::Connect { .. } | UpstreamError::Protocol { .. } => Outcome::Retry(e),
                     _ => Outcome::Next(e),
@@ -275,7 +339,8 @@ impl Attempt<'_> {
             }
         };
         let status = up.response.status();
-        if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+        let auth = matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN);
+        if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() || auth {
             let retry_after = up
                 .response
                 .headers()
@@ -288,50 +353,148 @@ impl Attempt<'_> {
                 _ => String::new(),
             };
             drop(up.permit);
+            let provider_name = provider.name().clone();
+            if auth {
+                // The sidecar's key for this provider is refused: another provider may answer,
+                // and retrying the same key is pointless.
+                self.shared
+                    .metrics
+                    .upstream_auth_failure(&provider_name, status.as_u16());
+                tracing::error!(
+                    provider = &*provider_name,
+                    status = status.as_u16(),
+                    "the provider refused the sidecar's credential; check its key in the config"
+                );
+                let e = UpstreamError::Auth {
+                    provider: provider_name,
+                    status,
+                    detail,
+                };
+                settle.failed(e.kind());
+                return Outcome::Next(e);
+            }
             let e = UpstreamError::Status {
-                provider: provider.name().clone(),
+                provider: provider_name,
                 status,
                 retry_after,
                 detail,
             };
-            self.failed(route, target, provider, e.kind(), started);
+            settle.failed(e.kind());
             return Outcome::Retry(e);
         }
-        let ttft = started.elapsed();
-        rec.first_byte();
+        let headers_at = started.elapsed();
         let (parts, body) = match receive(up.response, idle, deadline).await {
             Ok(r) => r,
-            Err(failure) => {
-                self.failed(route, target, provider, failure.kind(), started);
-                let retry = matches!(failure, BodyFailure::Reset(_));
-                let e = UpstreamError::Body {
-                    provider: provider.name().clone(),
-                    failure,
-                };
-                return if retry { Outcome::Retry(e) } else { Outcome::Next(e) };
-            }
+            Err(failure) => return self.body_failed(settle, provider, failure),
         };
-        // The provider answered: a 4xx is the request's fault, not the provider's.
-        target.health.observe_latency(ttft);
-        let t = target.health.record(breaker, true);
-        self.transition(target, t);
-        self.canary(route, target, status.is_success(), ttft);
+        let malformed = |settle: Settle, detail: String| {
+            let e = UpstreamError::Malformed {
+                provider: provider.name().clone(),
+                status,
+                detail,
+            };
+            settle.failed(e.kind());
+            Outcome::Retry(e)
+        };
+        if !status.is_success() {
+            // Another 4xx is the request's fault, not the provider's: relayed (in OpenAI's shape).
+            let body = match body {
+                Received::Complete(bytes) => match adapter.response(status, bytes, &model.name) {
+                    Some(b) => Received::Complete(b),
+                    None => {
+                        return malformed(
+                            settle,
+                            "an error body in no shape the provider's protocol allows".into(),
+                        );
+                    }
+                },
+                other => other,
+            };
+            rec.first_byte();
+            target.health.observe_latency(headers_at);
+            settle.answered(false);
+            return Outcome::Done(Box::new(Success {
+                parts,
+                body,
+                permit: up.permit,
+                target: target.clone(),
+                strip_usage,
+                idle,
+                deadline,
+                translate: None,
+                usage: None,
+                committed: None,
+            }));
+        }
+        let expect = match self.endpoint {
+            Endpoint::Embeddings => Expect::Data,
+            Endpoint::Chat | Endpoint::Completions => Expect::Choices,
+        };
         let mut translate = None;
+        let mut usage = None;
+        let mut committed = None;
         let body = match body {
-            Received::Complete(bytes) => match adapter.response(status, bytes, &model.name) {
-                Some(b) => Received::Complete(b),
-                None => {
-                    return Outcome::Next(UpstreamError::Protocol {
-                        provider: provider.name().clone(),
-                        detail: "the provider's response could not be read".into(),
-                    });
-                }
-            },
-            Received::Stream { sse: true, .. } => {
-                translate = adapter.stream(&model.name, self.head.include_usage);
-                body
+            Received::Complete(_) if rec.stream => {
+                return malformed(settle, "a whole JSON body for a stream request".into());
             }
-            other => other,
+            Received::Complete(bytes) => {
+                let Some(bytes) = adapter.response(status, bytes, &model.name) else {
+                    return malformed(settle, "a body in no shape the provider's protocol allows".into());
+                };
+                match answer::check(&bytes, expect) {
+                    Ok(u) => usage = u,
+                    Err(m) => return malformed(settle, m.to_string()),
+                }
+                rec.first_byte();
+                target.health.observe_latency(headers_at);
+                settle.answered(true);
+                Received::Complete(bytes)
+            }
+            Received::Stream { sse: true, .. } if !rec.stream => {
+                return malformed(settle, "an event stream for a JSON request".into());
+            }
+            Received::Stream { .. } if rec.stream && !is_sse(&parts) => {
+                return malformed(settle, "a body too large to be a stream's answer".into());
+            }
+            Received::Stream {
+                mut incoming,
+                prefix,
+                sse: true,
+            } => {
+                translate = adapter.stream(&model.name, self.head.include_usage);
+                let first_byte = provider.config.timeouts.first_byte;
+                let mut scanner = SseScanner::new(strip_usage);
+                if rec.trace.is_some() {
+                    scanner.track_finish_reason();
+                }
+                let limits = (idle, started + first_byte, first_byte, deadline);
+                let read = first_event(&mut incoming, &mut translate, &mut scanner, limits).await;
+                let (prefix_out, seen) = match read {
+                    Ok(r) => r,
+                    Err(failure) => return self.body_failed(settle, provider, failure),
+                };
+                rec.first_byte();
+                target.health.observe_latency(started.elapsed());
+                debug_assert!(prefix.is_none());
+                committed = Some(Committed {
+                    scanner,
+                    prefix: prefix_out,
+                    seen,
+                    settle,
+                });
+                Received::Stream {
+                    incoming,
+                    prefix: None,
+                    sse: true,
+                }
+            }
+            other => {
+                // A JSON answer too large to hold (a huge embeddings batch): relayed as it comes.
+                rec.first_byte();
+                target.health.observe_latency(headers_at);
+                settle.answered(true);
+                other
+            }
         };
         Outcome::Done(Box::new(Success {
             parts,
@@ -342,7 +505,21 @@ impl Attempt<'_> {
             idle,
             deadline,
             translate,
+            usage,
+            committed,
         }))
+    }
+
+    /// A body that broke before anything went to the app: retried on the same candidate when
+    /// the provider answered and then broke, the next candidate after a timeout.
+    fn body_failed(&self, settle: Settle, provider: &Provider, failure: BodyFailure) -> Outcome {
+        settle.failed(failure.kind());
+        let retry = failure.retryable();
+        let e = UpstreamError::Body {
+            provider: provider.name().clone(),
+            failure,
+        };
+        if retry { Outcome::Retry(e) } else { Outcome::Next(e) }
     }
 
     fn class_name(&self) -> Arc<str> {
@@ -354,47 +531,110 @@ impl Attempt<'_> {
             .map(|(n, _)| n.clone())
             .unwrap_or_else(|| Arc::from("default"))
     }
+}
 
-    fn failed(&self, route: &Route, target: &Target, provider: &Provider, kind: &'static str, started: Instant) {
-        self.shared.metrics.upstream_error(provider.name(), kind);
-        let t = target.health.record(&self.rt.config.resilience.breaker, false);
-        self.transition(target, t);
-        self.canary(route, target, false, started.elapsed());
-    }
+fn is_sse(parts: &http::response::Parts) -> bool {
+    parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
+}
 
-    fn transition(&self, target: &Target, t: Option<Transition>) {
-        let Some(t) = t else { return };
-        let h = &target.health;
-        self.shared
-            .metrics
-            .circuit_transition(&h.provider, &h.model, t.to.gauge(), t.to.label());
-        tracing::warn!(
-            provider = &*h.provider,
-            model = &*h.model,
-            state = t.to.label(),
-            "circuit breaker changed state"
-        );
-    }
-
-    fn canary(&self, route: &Route, target: &Target, success: bool, latency: Duration) {
-        if let Some(r) = route.canary_report(&target.model.name, success, latency) {
-            self.shared
-                .metrics
-                .canary_reverted
-                .get_or_create(&crate::telemetry::CanaryLabels {
-                    route: route.name.clone(),
-                    model: r.model.clone(),
-                })
-                .set(1);
-            tracing::warn!(
-                route = &*route.name,
-                model = &*r.model,
-                requests = r.requests,
-                error_rate = r.error_rate,
-                mean_latency_ms = r.mean_latency.as_secs_f64() * 1e3,
-                "canary reverted: all traffic back on the stable targets until the canary config changes"
-            );
+/// Reads a stream up to its first content event: an event that is a well-formed answer chunk.
+/// Returns what to send the app first and the OpenAI-shaped bytes read. A stream that ends,
+/// breaks, stalls, reports an error or sends something else before that has sent the app
+/// nothing, so it fails like a 5xx would.
+async fn first_event(
+    incoming: &mut Incoming,
+    translate: &mut Option<Box<dyn StreamTranslate>>,
+    scanner: &mut SseScanner,
+    (idle, first_event_by, first_byte, deadline): (Duration, Instant, Duration, Instant),
+) -> Result<(Bytes, Bytes), BodyFailure> {
+    let mut out = BytesMut::new();
+    let mut seen = BytesMut::new();
+    loop {
+        let wake = (Instant::now() + idle).min(first_event_by).min(deadline);
+        let frame = match tokio::time::timeout_at(wake, incoming.frame()).await {
+            Err(_) => {
+                let now = Instant::now();
+                return Err(if now >= deadline {
+                    BodyFailure::TotalTimeout
+                } else if now >= first_event_by {
+                    BodyFailure::FirstEventTimeout(first_byte)
+                } else {
+                    BodyFailure::IdleTimeout(idle)
+                });
+            }
+            Ok(None) => {
+                let tail = scanner.finish();
+                return Err(if scanner.malformed.is_some() {
+                    BodyFailure::Malformed("an event that is not a JSON object")
+                } else if scanner.content_events > 0 && !tail.is_empty() {
+                    // One last unterminated content event and no `[DONE]`.
+                    BodyFailure::Unterminated
+                } else {
+                    BodyFailure::Empty
+                });
+            }
+            Ok(Some(Err(e))) => return Err(BodyFailure::Reset(error_chain(&e))),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else { continue };
+        let data = match translate.as_mut() {
+            Some(t) => t.feed(&data),
+            None => data,
+        };
+        if data.is_empty() {
+            continue;
         }
+        seen.extend_from_slice(&data);
+        out.extend_from_slice(&scanner.push(data));
+        if let Some(what) = scanner.malformed {
+            return Err(BodyFailure::Malformed(what));
+        }
+        if scanner.content_events > 0 {
+            return Ok((out.freeze(), seen.freeze()));
+        }
+        if scanner.saw_error {
+            return Err(BodyFailure::ErrorEvent(
+                scanner.error_message.clone().unwrap_or_default(),
+            ));
+        }
+        if seen.len() > MAX_CAPTURE {
+            return Err(BodyFailure::Malformed("over 1 MiB before its first content event"));
+        }
+    }
+}
+
+fn transition(metrics: &Metrics, target: &Target, t: Option<crate::resilience::Transition>) {
+    let Some(t) = t else { return };
+    let h = &target.health;
+    metrics.circuit_transition(&h.provider, &h.model, t.to.gauge(), t.to.label());
+    tracing::warn!(
+        provider = &*h.provider,
+        model = &*h.model,
+        state = t.to.label(),
+        "circuit breaker changed state"
+    );
+}
+
+fn canary(metrics: &Metrics, route: &Route, target: &Target, success: bool, latency: Duration) {
+    if let Some(r) = route.canary_report(&target.model.name, success, latency) {
+        metrics
+            .canary_reverted
+            .get_or_create(&crate::telemetry::CanaryLabels {
+                route: route.name.clone(),
+                model: r.model.clone(),
+            })
+            .set(1);
+        tracing::warn!(
+            route = &*route.name,
+            model = &*r.model,
+            requests = r.requests,
+            error_rate = r.error_rate,
+            mean_latency_ms = r.mean_latency.as_secs_f64() * 1e3,
+            "canary reverted: all traffic back on the stable targets until the canary config changes"
+        );
     }
 }
 

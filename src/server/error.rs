@@ -134,7 +134,19 @@ impl From<UpstreamError> for ApiError {
                 failure: BodyFailure::Reset(_),
                 ..
             } => (StatusCode::BAD_GATEWAY, "upstream_reset", None),
-            UpstreamError::Body { .. } => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", None),
+            UpstreamError::Body {
+                failure: BodyFailure::IdleTimeout(_) | BodyFailure::TotalTimeout | BodyFailure::FirstEventTimeout(_),
+                ..
+            } => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", None),
+            UpstreamError::Body {
+                failure: BodyFailure::ErrorEvent(_),
+                ..
+            } => (StatusCode::BAD_GATEWAY, "upstream_stream_error", None),
+            UpstreamError::Body { .. } | UpstreamError::Malformed { .. } => {
+                (StatusCode::BAD_GATEWAY, "upstream_malformed", None)
+            }
+            // 502, not 401: the app's own key is fine; an SDK told 401 would blame it.
+            UpstreamError::Auth { .. } => (StatusCode::BAD_GATEWAY, "upstream_auth", None),
         };
         ApiError {
             retry_after,

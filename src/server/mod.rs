@@ -13,6 +13,7 @@ pub mod relay;
 mod traced;
 pub mod verify;
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
@@ -26,6 +27,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use self::body::Body;
 use self::error::ApiError;
@@ -40,8 +42,17 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 /// Routes one app request.
 pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     let request_id = request_id(req.headers());
-    let path = req.uri().path();
-    let endpoint = match path {
+    let path = match normalize_path(req.uri().path()) {
+        Ok(p) => p,
+        Err(why) => {
+            let e = ApiError::invalid(
+                Some("invalid_path"),
+                format!("Invalid URL path: {why}. Send the endpoint's own path, e.g. /v1/chat/completions."),
+            );
+            return early(e.into_response(&request_id), req);
+        }
+    };
+    let endpoint = match &*path {
         "/v1/chat/completions" => Some(Endpoint::Chat),
         "/v1/completions" => Some(Endpoint::Completions),
         "/v1/embeddings" => Some(Endpoint::Embeddings),
@@ -49,13 +60,15 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Bod
     };
     match (req.method(), endpoint) {
         (&Method::POST, Some(endpoint)) => proxy::openai(shared, req, endpoint, request_id).await,
-        (_, Some(_)) => ApiError::new(
-            http::StatusCode::METHOD_NOT_ALLOWED,
-            "invalid_request_error",
-            Some("method_not_allowed"),
-            format!("{} {path} is not supported: use POST.", req.method()),
-        )
-        .into_response(&request_id),
+        (_, Some(_)) => {
+            let e = ApiError::new(
+                http::StatusCode::METHOD_NOT_ALLOWED,
+                "invalid_request_error",
+                Some("method_not_allowed"),
+                format!("{} {path} is not supported: use POST.", req.method()),
+            );
+            early(e.into_response(&request_id), req)
+        }
         (&Method::GET, None) if path == "/v1/models" => {
             let rt = shared.runtime.load();
             json(rt.models_json.clone(), &request_id)
@@ -72,9 +85,57 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Bod
                 Err(e) => ApiError::from(e).into_response(&request_id),
             }
         }
-        (_, None) if path.starts_with("/v1/") => proxy::passthrough(shared, req, request_id).await,
-        _ => ApiError::unknown_url(req.method(), path).into_response(&request_id),
+        (_, None) if path.starts_with("/v1/") => {
+            let path = path.into_owned();
+            proxy::passthrough(shared, req, path, request_id).await
+        }
+        _ => {
+            let resp = ApiError::unknown_url(req.method(), &path).into_response(&request_id);
+            early(resp, req)
+        }
     }
+}
+
+/// An answer given without reading the request's body: what the app is still uploading is
+/// drained, so it reads this status instead of a reset.
+fn early(resp: Response<Body>, req: Request<Incoming>) -> Response<Body> {
+    let continues = proxy::expects_continue(req.headers());
+    body::drain_after(resp, req.into_body(), continues)
+}
+
+/// One spelling per endpoint: empty segments (`//`, a trailing `/`) are dropped, so
+/// `/v1//chat/completions/` is the chat endpoint with its routing, cache and limits, not a
+/// passthrough. Dot segments and encoded dots, slashes and backslashes are refused rather than
+/// resolved: no OpenAI path has them, and a provider (or a proxy before it) might resolve them
+/// differently — `/v1/../admin` must never reach anything with the provider's key attached.
+pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, &'static str> {
+    let b = path.as_bytes();
+    if memchr::memchr2(b'%', b'\\', b).is_some() {
+        let lower = path.to_ascii_lowercase();
+        if ["%2e", "%2f", "%5c"].iter().any(|e| lower.contains(e)) || path.contains('\\') {
+            return Err("encoded dots, slashes and backslashes are not allowed");
+        }
+    }
+    let mut clean = true;
+    for seg in path.split('/').skip(1) {
+        match seg {
+            "." | ".." => return Err("dot segments (/./, /../) are not allowed"),
+            "" => clean = false,
+            _ => {}
+        }
+    }
+    if clean || path == "/" {
+        return Ok(Cow::Borrowed(path));
+    }
+    let mut out = String::with_capacity(path.len());
+    for seg in path.split('/').filter(|s| !s.is_empty()) {
+        out.push('/');
+        out.push_str(seg);
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    Ok(Cow::Owned(out))
 }
 
 fn json(body: bytes::Bytes, request_id: &HeaderValue) -> Response<Body> {
@@ -103,10 +164,24 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
     HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
+/// Idle keep-alive connections are closed when no new request starts within
+/// [`HEADER_READ_TIMEOUT`]; clients are told a shorter time, so none sends a request on a
+/// connection at the moment it closes.
+const KEEP_ALIVE_ADVERTISED: HeaderValue = HeaderValue::from_static("timeout=25");
+/// After the grace period, how long open streams get to send their closing error event before
+/// their connections are cut.
+const STREAM_CUT_TIME: Duration = Duration::from_millis(250);
+
 /// Accepts connections until `shutdown` carries a grace period, then drains them for up to
-/// that long. The grace is read at shutdown time, so a reloaded value applies.
-pub async fn serve<F, Fut>(listener: TcpListener, handler: F, mut shutdown: watch::Receiver<Option<Duration>>)
-where
+/// that long. The grace is read at shutdown time, so a reloaded value applies. When the grace
+/// ends, `cut` is cancelled: open streams end with an error event the app can read, and
+/// [`STREAM_CUT_TIME`] later whatever is left is closed.
+pub async fn serve<F, Fut>(
+    listener: TcpListener,
+    handler: F,
+    mut shutdown: watch::Receiver<Option<Duration>>,
+    cut: CancellationToken,
+) where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
@@ -133,7 +208,11 @@ where
                 let handler = handler.clone();
                 let svc = service_fn(move |req| {
                     let fut = handler(req);
-                    async move { Ok::<_, Infallible>(fut.await) }
+                    async move {
+                        let mut resp = fut.await;
+                        resp.headers_mut().insert(header::HeaderName::from_static("keep-alive"), KEEP_ALIVE_ADVERTISED);
+                        Ok::<_, Infallible>(resp)
+                    }
                 });
                 let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), svc));
                 conns.spawn(async move {
@@ -146,11 +225,15 @@ where
         }
     };
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+    let drained = graceful.shutdown();
+    tokio::pin!(drained);
+    if tokio::time::timeout(grace, &mut drained).await.is_err() {
         tracing::warn!(
             remaining = conns.len(),
-            "shutdown grace period ended; closing the connections still open"
+            "shutdown grace period ended; ending open streams with an error event and closing the connections still open"
         );
+        cut.cancel();
+        let _ = tokio::time::timeout(STREAM_CUT_TIME, &mut drained).await;
     }
     conns.shutdown().await;
 }

@@ -3,18 +3,19 @@
 //! 429 and 5xx, always before anything has gone to the app), and relay the answer.
 //! Paths the sidecar does not interpret are passed through to the default route's provider.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::attempt::Attempt;
-use super::body::Body;
+use super::attempt::{Attempt, Committed};
+use super::body::{Body, RateGuard, ReadError, drain_after, read_request};
 use super::error::ApiError;
 use super::record::{Account, AdviceInput, RequestRecord, operation_name};
 use super::relay::{Mode, OnComplete, RelayBody, RelayParams};
@@ -22,21 +23,19 @@ use super::traced;
 use super::verify::{self, Verification};
 use crate::cache::{Cache, Hit, HitKind, Plan, replay};
 use crate::config::ModelConfig;
-use crate::config::{Config, ProviderKind};
+use crate::config::{Config, ProviderKind, ServerSettings};
 use crate::limits::ledger::{self, now_ms};
 use crate::openai::usage::{finish_reasons, parse_usage};
-use crate::openai::{RequestHead, SseScanner};
+use crate::openai::{RequestHead, SseScanner, Usage};
 use crate::router::{self, Decision, Route, Signals, Step};
 use crate::scheduler::Permit;
 use crate::state::{Runtime, Shared};
 use crate::telemetry::trace::{Kind, RequestTrace, Span};
-use crate::telemetry::{DecisionLabels, LimitLabels};
+use crate::telemetry::{DecisionLabels, LimitLabels, Metrics};
 use crate::upstream::adapter::StreamTranslate;
-use crate::upstream::{BodyFailure, BodyRead, BoxError, ClientBody, Provider, UpstreamError, is_hop_header, read_body};
-
-/// A client that takes longer than this to send its request body is stalled (or hostile);
-/// real bodies, even multi-megabyte image prompts, arrive in well under a second on loopback.
-const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
+use crate::upstream::redact::Redactor;
+use crate::upstream::{BodyFailure, BodyRead, ClientBody, Provider, UpstreamError, is_hop_header, read_body};
+use tokio_util::sync::CancellationToken;
 
 /// The header an app sends to pick its priority class.
 pub const PRIORITY_HEADER: &str = "x-llm-sidecar-priority";
@@ -89,6 +88,12 @@ struct Answer {
     /// Where a complete, successful answer is stored, when the cache applies.
     cache: Option<CacheStore>,
     translate: Option<Box<dyn StreamTranslate>>,
+    /// A whole answer already checked (its usage read then); passthrough bodies are not.
+    checked: Option<Option<Usage>>,
+    /// A stream committed at its first content event.
+    committed: Option<Committed>,
+    redact: Arc<Redactor>,
+    stop: CancellationToken,
 }
 
 struct CacheStore {
@@ -175,11 +180,11 @@ pub async fn openai(
     if let Some(t) = rec.trace.as_deref_mut() {
         traced::http(t, req.method(), req.uri().path());
     }
+    let (parts, mut incoming) = req.into_parts();
     let result = async {
-        let tenant = rt.tenants.identify(req.headers())?;
+        let tenant = rt.tenants.identify(&parts.headers)?;
         rec.tenant = Some(tenant.clone());
-        let (parts, body) = req.into_parts();
-        let body = read_request_body(body, &parts.headers, rt.config.server.max_body_bytes).await?;
+        let body = read_request_body(&mut incoming, &parts.headers, &rt.config.server, &shared.metrics).await?;
         let head = RequestHead::parse(&body)?;
         rec.stream = head.stream && endpoint.streams();
         if let Some(t) = rec.trace.as_deref_mut() {
@@ -320,6 +325,10 @@ pub async fn openai(
             deadline: s.deadline,
             cache,
             translate: s.translate,
+            checked: s.committed.is_none().then_some(s.usage),
+            committed: s.committed,
+            redact: rt.redact.clone(),
+            stop: shared.streams_cut.clone(),
         }))
     }
     .await;
@@ -331,7 +340,7 @@ pub async fn openai(
             include_usage,
             route,
         }) => serve_cached(rec, &rt, hit, stream, include_usage, route),
-        Err(e) => fail(rec, e),
+        Err(e) => drain_after(fail(rec, e, &rt.redact), incoming, expects_continue(&parts.headers)),
     }
 }
 
@@ -504,7 +513,7 @@ fn serve_cached(
         Some(hit.response.clone())
     };
     let Some(body) = body else {
-        return fail(rec, internal("a cached answer could not be replayed"));
+        return fail(rec, internal("a cached answer could not be replayed"), &rt.redact);
     };
     let mut resp = Response::new(Body::full(body));
     let h = resp.headers_mut();
@@ -544,21 +553,32 @@ fn serve_cached(
 
 /// Passes a `/v1/*` request the sidecar does not interpret (Responses API, audio, files,
 /// batches) to the default route's first provider, body and query unchanged.
-pub async fn passthrough(shared: Arc<Shared>, req: Request<Incoming>, request_id: HeaderValue) -> Response<Body> {
+///
+/// `path` is the request's path as [`super::normalize_path`] spelled it: that, not the raw
+/// request target, is what reaches the provider.
+pub async fn passthrough(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+    path: String,
+    request_id: HeaderValue,
+) -> Response<Body> {
     let rt: Arc<Runtime> = shared.runtime.load_full();
     let mut rec = RequestRecord::new(shared.metrics.clone(), request_id, "passthrough");
     rec.live = Some(shared.live.clone());
     rec.trace = shared.tracer.start(req.headers(), "passthrough");
     if let Some(t) = rec.trace.as_deref_mut() {
-        traced::passthrough(t, req.method(), req.uri().path());
+        traced::passthrough(t, req.method(), &path);
     }
+    let (parts, incoming) = req.into_parts();
+    // Taken when the body is sent upstream; still here after an early error, to be drained.
+    let mut incoming = Some(incoming);
     let result = async {
-        let tenant = rt.tenants.identify(req.headers())?;
+        let tenant = rt.tenants.identify(&parts.headers)?;
         rec.tenant = Some(tenant.clone());
         // Passthrough bodies are not read: the estimate comes from their declared length, and
         // limits count them under the pseudo-model `passthrough`.
-        let declared = req
-            .headers()
+        let declared = parts
+            .headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
@@ -576,10 +596,10 @@ pub async fn passthrough(shared: Arc<Shared>, req: Request<Incoming>, request_id
             admission,
         });
         let route = rt.router.default_route().ok_or_else(|| {
-            ApiError::unknown_url(req.method(), req.uri().path()).with_message(format!(
+            ApiError::unknown_url(&parts.method, &path).with_message(format!(
                 "Invalid URL ({} {}): this sidecar interprets chat/completions, completions, embeddings and models, and passes other /v1 paths to the default route, but no `default_route` is configured.",
-                req.method(),
-                req.uri().path()
+                parts.method,
+                path
             ))
         })?;
         rec.route = Some(route.name.clone());
@@ -594,7 +614,7 @@ pub async fn passthrough(shared: Arc<Shared>, req: Request<Incoming>, request_id
                     .map(|p| (&t.model, p))
             })
             .ok_or_else(|| internal("the default route has no OpenAI-compatible target"))?;
-        let class = priority_class(&rt, req.headers(), rec.tenant.as_deref().unwrap_or(""))?;
+        let class = priority_class(&rt, &parts.headers, rec.tenant.as_deref().unwrap_or(""))?;
         let sched = &rt.config.scheduling;
         let permit = provider
             .scheduler
@@ -609,8 +629,7 @@ pub async fn passthrough(shared: Arc<Shared>, req: Request<Incoming>, request_id
             })?;
         rec.model = Some(model.clone());
         rec.attempts = 1;
-        let (parts, body) = req.into_parts();
-        let suffix = parts.uri.path().strip_prefix("/v1").unwrap_or(parts.uri.path());
+        let suffix = path.strip_prefix("/v1").unwrap_or(&path);
         let uri = provider.uri(suffix, parts.uri.query()).map_err(internal)?;
         let mut headers = HeaderMap::with_capacity(parts.headers.len() + 2);
         provider.forward_headers(&parts.headers, &mut headers, true);
@@ -619,9 +638,10 @@ pub async fn passthrough(shared: Arc<Shared>, req: Request<Incoming>, request_id
         if let (Some(t), Some(span)) = (rec.trace.as_deref(), span.as_ref()) {
             headers.insert("traceparent", t.traceparent(span));
         }
-        let body: ClientBody = body.map_err(|e| Box::new(e) as BoxError).boxed();
+        let body = incoming.take().ok_or_else(|| internal("the request body was already sent"))?;
+        let body: ClientBody = RateGuard::new(body, &rt.config.server).boxed();
         let deadline = Instant::now() + provider.config.timeouts.total;
-        let sent = provider.send(parts.method, uri, headers, body, deadline, permit).await;
+        let sent = provider.send(parts.method.clone(), uri, headers, body, deadline, permit).await;
         if let (Some(t), Some(mut span)) = (rec.trace.as_deref_mut(), span.take()) {
             match &sent {
                 Ok(up) => span.set("http.response.status_code", up.response.status().as_u16()),
@@ -654,12 +674,22 @@ pub async fn passthrough(shared: Arc<Shared>, req: Request<Incoming>, request_id
             deadline,
             cache: None,
             translate: None,
+            checked: None,
+            committed: None,
+            redact: rt.redact.clone(),
+            stop: shared.streams_cut.clone(),
         })
     }
     .await;
     match result {
         Ok(answer) => relay(rec, answer),
-        Err(e) => fail(rec, e),
+        Err(e) => {
+            let resp = fail(rec, e, &rt.redact);
+            match incoming {
+                Some(body) => drain_after(resp, body, expects_continue(&parts.headers)),
+                None => resp,
+            }
+        }
     }
 }
 
@@ -675,6 +705,10 @@ fn relay(mut rec: RequestRecord, answer: Answer) -> Response<Body> {
         deadline,
         cache,
         translate,
+        checked,
+        committed,
+        redact,
+        stop,
     } = answer;
     let mut resp = Response::new(Body::empty());
     *resp.status_mut() = parts.status;
@@ -700,8 +734,12 @@ fn relay(mut rec: RequestRecord, answer: Answer) -> Response<Body> {
     match body {
         Received::Complete(bytes) => {
             drop(permit);
+            let bytes = redact.bytes(bytes);
             if success {
-                rec.usage = parse_usage(&bytes).map(|r| r.usage);
+                rec.usage = match checked {
+                    Some(usage) => usage,
+                    None => parse_usage(&bytes).map(|r| r.usage),
+                };
                 if let Some(t) = rec.trace.as_deref_mut() {
                     t.finish_reasons = finish_reasons(&bytes);
                 }
@@ -713,7 +751,8 @@ fn relay(mut rec: RequestRecord, answer: Answer) -> Response<Body> {
                         resp.headers_mut().insert("x-llm-sidecar-cost-usd", v);
                     }
                 }
-                if let Some(c) = cache.filter(|_| parts.status == StatusCode::OK) {
+                // Only an answer that passed the check is ever stored.
+                if let Some(c) = cache.filter(|_| parts.status == StatusCode::OK && checked.is_some()) {
                     c.store(bytes.clone(), model.name.clone());
                 }
             }
@@ -721,35 +760,45 @@ fn relay(mut rec: RequestRecord, answer: Answer) -> Response<Body> {
             *resp.body_mut() = Body::full(bytes);
         }
         Received::Stream { incoming, prefix, sse } => {
-            let mode = if sse && success {
-                let mut scanner = SseScanner::new(strip_usage);
-                if rec.trace.is_some() {
-                    scanner.track_finish_reason();
+            let (mode, prefix, seen, settle) = match committed {
+                Some(c) => (Mode::Sse(c.scanner), Some(c.prefix), Some(c.seen), Some(c.settle)),
+                None if sse && success => {
+                    // Passthrough streams (the Responses API and others) are relayed as they are.
+                    let mut scanner = SseScanner::lenient(strip_usage);
+                    if rec.trace.is_some() {
+                        scanner.track_finish_reason();
+                    }
+                    (Mode::Sse(scanner), prefix, None, None)
                 }
-                Mode::Sse(scanner)
-            } else {
-                Mode::Raw
+                None => (Mode::Raw, prefix, None, None),
             };
             if let Some(t) = rec.trace.as_deref_mut() {
                 t.stream_start = Some(std::time::Instant::now());
             }
-            // A stream is stored only if it ends complete and error-free (the relay decides).
-            let on_complete: Option<OnComplete> = cache.filter(|_| sse && parts.status == StatusCode::OK).map(|c| {
-                let model = model.name.clone();
-                Box::new(move |sse: &[u8]| {
-                    if let Some(json) = replay::assemble(sse) {
-                        c.store(json, model);
-                    }
-                }) as OnComplete
-            });
+            // A stream is stored only if it was committed (its first event checked) and ends
+            // complete and error-free (the relay decides).
+            let on_complete: Option<OnComplete> = cache
+                .filter(|_| settle.is_some() && parts.status == StatusCode::OK)
+                .map(|c| {
+                    let model = model.name.clone();
+                    Box::new(move |sse: &[u8]| {
+                        if let Some(json) = replay::assemble(sse) {
+                            c.store(json, model);
+                        }
+                    }) as OnComplete
+                });
             let params = RelayParams {
                 mode,
                 idle,
                 deadline,
                 prefix,
+                seen,
                 outcome,
                 on_complete,
                 translate,
+                settle,
+                redact,
+                stop,
             };
             *resp.body_mut() = Body::Relay(Box::pin(RelayBody::new(incoming, params, rec, permit)));
         }
@@ -757,7 +806,11 @@ fn relay(mut rec: RequestRecord, answer: Answer) -> Response<Body> {
     resp
 }
 
-fn fail(mut rec: RequestRecord, e: ApiError) -> Response<Body> {
+fn fail(mut rec: RequestRecord, mut e: ApiError, redact: &Redactor) -> Response<Body> {
+    // Messages quote providers, and providers echo credentials.
+    if let Cow::Owned(m) = redact.text(&e.message) {
+        e.message = m;
+    }
     rec.status = e.status.as_u16();
     let mut resp = {
         rec.finish(e.outcome);
@@ -775,25 +828,43 @@ fn fail(mut rec: RequestRecord, e: ApiError) -> Response<Body> {
     resp
 }
 
-async fn read_request_body(body: Incoming, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
+async fn read_request_body(
+    body: &mut Incoming,
+    headers: &HeaderMap,
+    server: &ServerSettings,
+    metrics: &Metrics,
+) -> Result<Bytes, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(ApiError::too_large(limit));
-    }
-    match tokio::time::timeout(BODY_READ_TIMEOUT, Limited::new(body, limit).collect()).await {
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::too_large(limit)),
-        Ok(Err(e)) => Err(ApiError::invalid(None, format!("Could not read the request body: {e}"))),
-        Err(_) => Err(ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "invalid_request_error",
-            Some("request_timeout"),
-            format!("The request body did not arrive within {BODY_READ_TIMEOUT:?}."),
+    match read_request(body, declared, server).await {
+        Ok(b) => Ok(b),
+        Err(ReadError::TooLarge(limit)) => Err(ApiError::too_large(limit)),
+        Err(e @ (ReadError::TooSlow { .. } | ReadError::Timeout(_))) => {
+            metrics.slow_bodies.inc();
+            Err(ApiError {
+                outcome: "body_timeout",
+                ..ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "invalid_request_error",
+                    Some("request_timeout"),
+                    format!("The request body {e}."),
+                )
+            })
+        }
+        Err(e) => Err(ApiError::invalid(
+            None,
+            format!("Could not read the request body: it {e}."),
         )),
     }
+}
+
+/// The client waits for `100 Continue` before it sends its body.
+pub(super) fn expects_continue(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
 pub(super) fn full(b: Bytes) -> ClientBody {

@@ -10,6 +10,7 @@
 //! other bodies the connection is aborted so the app never takes a truncated body as whole.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -17,11 +18,14 @@ use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
+use super::attempt::Settle;
 use super::record::RequestRecord;
 use crate::openai::{SseScanner, error_body};
 use crate::scheduler::Permit;
 use crate::upstream::adapter::StreamTranslate;
+use crate::upstream::redact::Redactor;
 use crate::upstream::{BodyFailure, BoxError, error_chain};
 
 /// Called with the raw SSE bytes of a stream that ended complete and error-free.
@@ -39,6 +43,8 @@ pub enum Mode {
 #[derive(Clone, Copy, PartialEq)]
 enum State {
     Streaming,
+    /// The stream failed: send the app an error event, then end.
+    Failing,
     /// An error event was sent; end the stream next.
     Ending,
     Done,
@@ -57,9 +63,14 @@ pin_project_lite::pin_project! {
         record: RequestRecord,
         outcome: &'static str,
         state: State,
+        failure: Option<BodyFailure>,
         permit: Option<Permit>,
         capture: Option<(Vec<u8>, OnComplete)>,
         translate: Option<Box<dyn StreamTranslate>>,
+        settle: Option<Settle>,
+        redact: Arc<Redactor>,
+        #[pin]
+        stop: WaitForCancellationFutureOwned,
     }
 }
 
@@ -67,17 +78,33 @@ pub struct RelayParams {
     pub mode: Mode,
     pub idle: Duration,
     pub deadline: Instant,
-    /// Bytes already read from `inner` that go out first.
+    /// Bytes already read from `inner` (and scanned) that go out first.
     pub prefix: Option<Bytes>,
+    /// The OpenAI-shaped bytes already read, the start of the cached copy.
+    pub seen: Option<Bytes>,
     pub outcome: &'static str,
     pub on_complete: Option<OnComplete>,
     /// Rewrites another provider's event stream into OpenAI's before anything else sees it.
     pub translate: Option<Box<dyn StreamTranslate>>,
+    /// A committed answer stream: judged to its end (terminator, well-formed events), and the
+    /// verdict goes to the provider's breaker. `None` for passthrough bodies, relayed as they are.
+    pub settle: Option<Settle>,
+    /// Secrets that must never reach the app, whatever the provider echoes.
+    pub redact: Arc<Redactor>,
+    /// Cancelled when the shutdown grace period ends.
+    pub stop: CancellationToken,
 }
 
 impl RelayBody {
     pub fn new(inner: Incoming, p: RelayParams, record: RequestRecord, permit: Permit) -> Self {
         let first = (Instant::now() + p.idle).min(p.deadline);
+        let capture = p.on_complete.map(|f| {
+            let mut buf = Vec::new();
+            if let Some(seen) = &p.seen {
+                buf.extend_from_slice(seen);
+            }
+            (buf, f)
+        });
         RelayBody {
             inner,
             timer: tokio::time::sleep_until(first),
@@ -88,9 +115,13 @@ impl RelayBody {
             record,
             outcome: p.outcome,
             state: State::Streaming,
+            failure: None,
             permit: Some(permit),
-            capture: p.on_complete.map(|f| (Vec::new(), f)),
+            capture,
             translate: p.translate,
+            settle: p.settle,
+            redact: p.redact,
+            stop: p.stop.cancelled_owned(),
         }
     }
 }
@@ -102,7 +133,7 @@ impl HttpBody for RelayBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
         if let Some(prefix) = this.prefix.take() {
-            return Poll::Ready(Some(Ok(Frame::data(prefix))));
+            return Poll::Ready(Some(Ok(Frame::data(this.redact.bytes(prefix)))));
         }
         loop {
             match *this.state {
@@ -111,101 +142,146 @@ impl HttpBody for RelayBody {
                     *this.state = State::Done;
                     return Poll::Ready(None);
                 }
+                State::Failing => {}
                 State::Streaming => {}
             }
-            let failure = match this.inner.as_mut().poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    let data = match frame.into_data() {
-                        Ok(d) => d,
-                        Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
-                    };
-                    this.record.first_byte();
-                    let next = (Instant::now() + *this.idle).min(*this.deadline);
-                    this.timer.as_mut().reset(next);
-                    let data = match this.translate.as_mut() {
-                        Some(t) => t.feed(&data),
-                        None => data,
-                    };
-                    if data.is_empty() {
-                        continue;
-                    }
-                    if let Some((buf, _)) = this.capture.as_mut() {
-                        if buf.len() + data.len() <= MAX_CAPTURE {
-                            buf.extend_from_slice(&data);
-                        } else {
-                            *this.capture = None;
+            let failure = if *this.state == State::Failing {
+                this.failure.take().unwrap_or(BodyFailure::Unterminated)
+            } else {
+                match this.inner.as_mut().poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        let data = match frame.into_data() {
+                            Ok(d) => d,
+                            Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
+                        };
+                        this.record.first_byte();
+                        let next = (Instant::now() + *this.idle).min(*this.deadline);
+                        this.timer.as_mut().reset(next);
+                        let data = match this.translate.as_mut() {
+                            Some(t) => t.feed(&data),
+                            None => data,
+                        };
+                        if data.is_empty() {
+                            continue;
                         }
-                    }
-                    let out = match this.mode {
-                        Mode::Sse(scanner) => scanner.push(data),
-                        Mode::Raw => data,
-                    };
-                    if out.is_empty() {
-                        continue;
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(out))));
-                }
-                Poll::Ready(None) => {
-                    *this.state = State::Done;
-                    this.permit.take();
-                    let (tail, outcome) = match this.mode {
-                        Mode::Sse(scanner) => {
-                            let tail = scanner.finish();
-                            this.record.usage = scanner.usage;
-                            if let (Some(t), Some(r)) = (this.record.trace.as_deref_mut(), scanner.finish_reason.take())
-                            {
-                                t.finish_reasons = vec![r];
-                            }
-                            let outcome = if scanner.saw_error {
-                                "upstream_stream_error"
-                            } else if !scanner.done {
-                                // OpenAI-compatible streams end with `[DONE]`; without it the stream was cut.
-                                "incomplete"
+                        if let Some((buf, _)) = this.capture.as_mut() {
+                            if buf.len() + data.len() <= MAX_CAPTURE {
+                                buf.extend_from_slice(&data);
                             } else {
-                                *this.outcome
-                            };
-                            (tail, outcome)
+                                *this.capture = None;
+                            }
                         }
-                        Mode::Raw => (Bytes::new(), *this.outcome),
-                    };
-                    if outcome == "ok"
-                        && let Some((buf, on_complete)) = this.capture.take()
-                    {
-                        on_complete(&buf);
+                        let out = match this.mode {
+                            Mode::Sse(scanner) => {
+                                let out = scanner.push(data);
+                                if let Some(what) = scanner.malformed {
+                                    // What came before the bad event goes out first.
+                                    *this.failure = Some(BodyFailure::Malformed(what));
+                                    *this.state = State::Failing;
+                                }
+                                out
+                            }
+                            Mode::Raw => data,
+                        };
+                        if out.is_empty() {
+                            continue;
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(this.redact.bytes(out)))));
                     }
-                    this.record.finish(outcome);
-                    if tail.is_empty() {
-                        return Poll::Ready(None);
+                    Poll::Ready(None) => {
+                        this.permit.take();
+                        let (tail, outcome, failure) = match this.mode {
+                            Mode::Sse(scanner) => {
+                                let tail = scanner.finish();
+                                this.record.usage = scanner.usage;
+                                if let (Some(t), Some(r)) =
+                                    (this.record.trace.as_deref_mut(), scanner.finish_reason.take())
+                                {
+                                    t.finish_reasons = vec![r];
+                                }
+                                let strict = this.settle.is_some();
+                                if strict && let Some(what) = scanner.malformed {
+                                    (tail, "malformed", Some(BodyFailure::Malformed(what)))
+                                } else if scanner.saw_error {
+                                    (tail, "upstream_stream_error", None)
+                                } else if !scanner.done {
+                                    // OpenAI-compatible streams end with `[DONE]`; without it the
+                                    // stream was cut, and the app must not take it as whole.
+                                    let f = strict.then_some(BodyFailure::Unterminated);
+                                    (tail, "incomplete", f)
+                                } else {
+                                    (tail, *this.outcome, None)
+                                }
+                            }
+                            Mode::Raw => (Bytes::new(), *this.outcome, None),
+                        };
+                        if let Some(f) = failure {
+                            *this.failure = Some(f);
+                            *this.state = State::Failing;
+                            if !tail.is_empty() {
+                                return Poll::Ready(Some(Ok(Frame::data(this.redact.bytes(tail)))));
+                            }
+                            continue;
+                        }
+                        *this.state = State::Done;
+                        if let Some(settle) = this.settle.take() {
+                            match outcome {
+                                "ok" => settle.answered(true),
+                                "upstream_stream_error" => settle.failed("stream_error"),
+                                _ => settle.failed("incomplete"),
+                            }
+                        }
+                        if outcome == "ok"
+                            && let Some((buf, on_complete)) = this.capture.take()
+                        {
+                            on_complete(&buf);
+                        }
+                        this.record.finish(outcome);
+                        if tail.is_empty() {
+                            return Poll::Ready(None);
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(this.redact.bytes(tail)))));
                     }
-                    return Poll::Ready(Some(Ok(Frame::data(tail))));
-                }
-                Poll::Ready(Some(Err(e))) => BodyFailure::Reset(error_chain(&e)),
-                Poll::Pending => {
-                    ready!(this.timer.as_mut().poll(cx));
-                    if Instant::now() >= *this.deadline {
-                        BodyFailure::TotalTimeout
-                    } else {
-                        BodyFailure::IdleTimeout(*this.idle)
+                    Poll::Ready(Some(Err(e))) => BodyFailure::Reset(error_chain(&e)),
+                    Poll::Pending if this.stop.as_mut().poll(cx).is_ready() => BodyFailure::Shutdown,
+                    Poll::Pending => {
+                        ready!(this.timer.as_mut().poll(cx));
+                        if Instant::now() >= *this.deadline {
+                            BodyFailure::TotalTimeout
+                        } else {
+                            BodyFailure::IdleTimeout(*this.idle)
+                        }
                     }
                 }
             };
-            // The upstream failed mid-body.
+            // The upstream failed mid-body, or its stream broke the promise of its first event.
             this.permit.take();
             let outcome = failure.kind();
-            let message = format!("The provider failed mid-response: {failure}");
-            if let Some(m) = &this.record.model {
-                // Counted here because the handler already returned.
-                this.record.metrics().upstream_error(&m.provider, outcome);
+            let message = match failure {
+                BodyFailure::Shutdown => format!("The stream was cut: {failure}"),
+                _ => this
+                    .redact
+                    .text(&format!("The provider failed mid-response: {failure}"))
+                    .into_owned(),
+            };
+            match this.settle.take() {
+                // The sidecar's shutdown is not the provider's failure.
+                Some(_) if matches!(failure, BodyFailure::Shutdown) => {}
+                Some(settle) => settle.failed(outcome),
+                None if matches!(failure, BodyFailure::Shutdown) => {}
+                None => {
+                    if let Some(m) = &this.record.model {
+                        // Counted here because the handler already returned.
+                        this.record.metrics().upstream_error(&m.provider, outcome);
+                    }
+                }
             }
             tracing::warn!(request_id = this.record.request_id.to_str().unwrap_or(""), %message, "upstream failed mid-response");
             if let Mode::Sse(scanner) = this.mode {
                 this.record.usage = scanner.usage;
                 this.record.finish(outcome);
                 *this.state = State::Ending;
-                let mut event = b"data: ".to_vec();
-                event.extend_from_slice(&error_body(&message, "upstream_error", None, Some(outcome)));
-                event.extend_from_slice(b"\n\n");
-                return Poll::Ready(Some(Ok(Frame::data(Bytes::from(event)))));
+                return Poll::Ready(Some(Ok(Frame::data(error_event(&message, outcome)))));
             }
             this.record.finish(outcome);
             *this.state = State::Done;
@@ -222,4 +298,12 @@ impl HttpBody for RelayBody {
         // no exact length either way.
         SizeHint::default()
     }
+}
+
+/// An OpenAI-style in-band error event: what SDKs raise on when a stream fails after its start.
+pub fn error_event(message: &str, code: &str) -> Bytes {
+    let mut event = b"data: ".to_vec();
+    event.extend_from_slice(&error_body(message, "upstream_error", None, Some(code)));
+    event.extend_from_slice(b"\n\n");
+    Bytes::from(event)
 }

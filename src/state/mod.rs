@@ -14,12 +14,13 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 
 use crate::cache::Cache;
-use crate::config::{Config, ConfigErrors};
+use crate::config::{Config, ConfigErrors, ConfigIssue};
 use crate::limits::Tenants;
 use crate::resilience::{HealthRegistry, RetryBudget};
 use crate::router::Router;
 use crate::telemetry::Metrics;
 use crate::upstream::Provider;
+use crate::upstream::redact::Redactor;
 
 /// One immutable, fully prepared configuration.
 pub struct Runtime {
@@ -34,6 +35,8 @@ pub struct Runtime {
     pub tenants: Tenants,
     /// The `GET /v1/models` body, rendered once per snapshot.
     pub models_json: Bytes,
+    /// This config's secrets, masked in everything relayed or generated for the app.
+    pub redact: Arc<Redactor>,
 }
 
 impl Runtime {
@@ -43,6 +46,16 @@ impl Runtime {
     pub fn build(config: Config, previous: Option<&Runtime>, generation: u64) -> Result<Runtime, ConfigErrors> {
         let mut providers = HashMap::new();
         let mut issues = Vec::new();
+        if config.models.is_empty() {
+            // An emptied ConfigMap, a comment-only file, an editor's half-written save: each
+            // parses, and each would answer every request of every pod with model_not_found.
+            // Refused like any invalid config, so the last good one keeps serving.
+            issues.push(ConfigIssue::new(
+                "models",
+                "no model is defined, so this config cannot serve any request (an empty, comment-only or half-written config?): define at least one model and its provider",
+            ));
+            return Err(ConfigErrors(issues));
+        }
         let weights: Vec<u32> = config.scheduling.classes.iter().map(|(_, w)| *w).collect();
         for (name, pc) in &config.providers {
             let reused = previous
@@ -72,6 +85,7 @@ impl Runtime {
         let router = Router::new(&config, &health, previous.map(|p| &p.router));
         let tenants = Tenants::new(&config.tenants);
         let models_json = models_json(&router);
+        let redact = Arc::new(Redactor::from_config(&config));
         Ok(Runtime {
             config: Arc::new(config),
             generation,
@@ -81,6 +95,7 @@ impl Runtime {
             router,
             tenants,
             models_json,
+            redact,
         })
     }
 }
@@ -151,6 +166,8 @@ pub struct Shared {
     pub live: Arc<crate::telemetry::live::Live>,
     /// OpenTelemetry: the sampler's settings and the queue to the exporter, across reloads.
     pub tracer: Arc<crate::telemetry::trace::Tracer>,
+    /// Cancelled when the shutdown grace period ends: open streams end with an error event.
+    pub streams_cut: tokio_util::sync::CancellationToken,
 }
 
 impl Shared {
@@ -176,6 +193,7 @@ impl Shared {
             advisor: Arc::default(),
             live: Arc::default(),
             tracer,
+            streams_cut: tokio_util::sync::CancellationToken::new(),
         })
     }
 }

@@ -72,7 +72,7 @@ impl Reloader {
         let _guard = self.lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let metrics = &self.shared.metrics;
         let read = match &self.source {
-            Some(source) => source.read(),
+            Some(source) => source.read_settled(),
             None => match self.last_text.lock().ok().and_then(|t| t.clone()) {
                 Some(t) => Ok(t),
                 None => return ReloadOutcome::Unchanged,

@@ -73,6 +73,12 @@ pub struct UpstreamErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthLabels {
+    pub provider: Arc<str>,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
@@ -159,6 +165,10 @@ pub struct Metrics {
     pub tokens: Family<TokenLabels, Counter>,
     pub cost: Family<CostLabels, Counter<f64, AtomicU64>>,
     pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    /// 401/403 from a provider: the sidecar's key for it is wrong or revoked.
+    pub upstream_auth_failures: Family<AuthLabels, Counter>,
+    /// Request bodies cut because they arrived too slowly or not at all.
+    pub slow_bodies: Counter,
     pub config_reloads: Family<OutcomeLabels, Counter>,
     pub trace_spans: Family<ResultLabels, Counter>,
     pub config_generation: Gauge,
@@ -257,8 +267,20 @@ impl Metrics {
         let upstream_errors = Family::default();
         registry.register(
             "llm_sidecar_upstream_errors",
-            "Failed upstream attempts by provider and kind (connect, timeout_first_byte, timeout_idle, timeout_total, reset, status_4xx, status_5xx)",
+            "Failed upstream attempts by provider and kind (connect, timeout_first_byte, timeout_idle, timeout_total, reset, status_4xx, status_5xx, auth, malformed, stream_error, incomplete)",
             upstream_errors.clone(),
+        );
+        let upstream_auth_failures = Family::default();
+        registry.register(
+            "llm_sidecar_upstream_auth_failures",
+            "Provider answers of 401/403 to the sidecar's own credential: the key in the config is wrong, expired or revoked",
+            upstream_auth_failures.clone(),
+        );
+        let slow_bodies = Counter::default();
+        registry.register(
+            "llm_sidecar_request_body_timeouts",
+            "Request bodies refused with 408 because they arrived slower than server.body_min_rate or past server.body_timeout",
+            slow_bodies.clone(),
         );
         let config_reloads = Family::default();
         registry.register(
@@ -501,6 +523,8 @@ impl Metrics {
             tokens,
             cost,
             upstream_errors,
+            upstream_auth_failures,
+            slow_bodies,
             config_reloads,
             trace_spans,
             config_generation,
@@ -521,6 +545,15 @@ impl Metrics {
             .get_or_create(&UpstreamErrorLabels {
                 provider: provider.clone(),
                 kind,
+            })
+            .inc();
+    }
+
+    pub fn upstream_auth_failure(&self, provider: &Arc<str>, status: u16) {
+        self.upstream_auth_failures
+            .get_or_create(&AuthLabels {
+                provider: provider.clone(),
+                status,
             })
             .inc();
     }

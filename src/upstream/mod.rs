@@ -7,12 +7,13 @@
 pub mod adapter;
 pub mod anthropic;
 pub mod openai_compat;
+pub mod redact;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName};
+use http::header::{HeaderMap, HeaderName};
 use http::{Method, Request, Response, Uri};
 use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
@@ -52,6 +53,19 @@ pub fn is_hop_header(name: &HeaderName) -> bool {
     )
 }
 
+/// App headers that reach a provider: the body's framing and type, content negotiation, the
+/// SDK's identity and retry bookkeeping, trace context, idempotency, and API feature flags.
+fn forwardable(name: &HeaderName, keep_length: bool) -> bool {
+    let n = name.as_str();
+    match n {
+        "content-length" => keep_length,
+        "content-type" | "content-encoding" | "accept" | "accept-encoding" | "accept-language" | "user-agent"
+        | "x-request-id" | "traceparent" | "tracestate" | "baggage" | "idempotency-key" | "openai-beta"
+        | "anthropic-version" | "anthropic-beta" => true,
+        _ => n.starts_with("x-stainless-"),
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     #[error("could not connect to provider {provider}: {detail}")]
@@ -86,6 +100,21 @@ pub enum UpstreamError {
     Unsupported { provider: Arc<str>, detail: String },
     #[error("provider {provider} failed mid-response: {failure}")]
     Body { provider: Arc<str>, failure: BodyFailure },
+    /// A 401/403: the provider refused the sidecar's own credential for it. Not the app's
+    /// fault (the app's key never goes upstream), and another provider may well answer.
+    #[error("provider {provider} refused the sidecar's credential (HTTP {}){detail}; its key must be fixed in the config", status.as_u16())]
+    Auth {
+        provider: Arc<str>,
+        status: http::StatusCode,
+        detail: String,
+    },
+    /// A success status whose body is not the answer asked for.
+    #[error("provider {provider} sent a broken answer with HTTP {}: {detail}", status.as_u16())]
+    Malformed {
+        provider: Arc<str>,
+        status: http::StatusCode,
+        detail: String,
+    },
 }
 
 /// How a response body failed after its headers had arrived.
@@ -97,6 +126,24 @@ pub enum BodyFailure {
     IdleTimeout(Duration),
     #[error("the response exceeded timeouts.total")]
     TotalTimeout,
+    /// No content event within `timeouts.first_byte` of the request, though the headers came.
+    #[error("no event arrived within {0:?} (timeouts.first_byte)")]
+    FirstEventTimeout(Duration),
+    /// The stream's events stopped being what was asked for.
+    #[error("the stream sent {0}")]
+    Malformed(&'static str),
+    /// The provider reported an error in-band, in its event stream.
+    #[error("the stream reported an error: {0}")]
+    ErrorEvent(String),
+    /// The stream ended before its terminator (`[DONE]`, or Anthropic's `message_stop`).
+    #[error("the stream ended without its terminator; the answer is incomplete")]
+    Unterminated,
+    /// The stream ended before its first content event.
+    #[error("the stream ended before any content")]
+    Empty,
+    /// Not the provider: the sidecar is shutting down and its grace period ended.
+    #[error("the sidecar is shutting down and its grace period (server.shutdown_grace) ended; retry the request")]
+    Shutdown,
 }
 
 impl BodyFailure {
@@ -106,7 +153,21 @@ impl BodyFailure {
             BodyFailure::Reset(_) => "reset",
             BodyFailure::IdleTimeout(_) => "timeout_idle",
             BodyFailure::TotalTimeout => "timeout_total",
+            BodyFailure::FirstEventTimeout(_) => "timeout_first_byte",
+            BodyFailure::Malformed(_) => "malformed",
+            BodyFailure::ErrorEvent(_) => "stream_error",
+            BodyFailure::Unterminated | BodyFailure::Empty => "incomplete",
+            BodyFailure::Shutdown => "shutdown",
         }
+    }
+
+    /// Worth another try on the same candidate: the provider answered, then broke. A timeout
+    /// goes to the next candidate instead (see `server/attempt.rs`).
+    pub fn retryable(&self) -> bool {
+        !matches!(
+            self,
+            BodyFailure::IdleTimeout(_) | BodyFailure::TotalTimeout | BodyFailure::FirstEventTimeout(_)
+        )
     }
 }
 
@@ -180,6 +241,8 @@ impl UpstreamError {
             },
             UpstreamError::Protocol { .. } => "reset",
             UpstreamError::Body { failure, .. } => failure.kind(),
+            UpstreamError::Auth { .. } => "auth",
+            UpstreamError::Malformed { .. } => "malformed",
         }
     }
 }
@@ -273,17 +336,14 @@ impl Provider {
         Ok(Uri::from_parts(parts)?)
     }
 
-    /// Copies the app's headers that make sense upstream: never its credentials (the app's key
-    /// identifies a tenant to us, not to the provider), never hop-by-hop headers.
+    /// Copies the app's headers a provider needs, and nothing else: an allowlist, because an
+    /// app's credentials come in many spellings (`authorization`, `api-key`, `x-api-key`,
+    /// cookies, custom tokens) and none of them is the provider's business — the sidecar
+    /// authenticates with its own key. Organisation and project headers belong with that key,
+    /// so the app's are not sent either (set them in `providers.*.headers`).
     pub fn forward_headers(&self, from: &HeaderMap, to: &mut HeaderMap, keep_length: bool) {
         for (name, value) in from {
-            if is_hop_header(name)
-                || *name == header::AUTHORIZATION
-                || name.as_str() == "api-key"
-                || name.as_str().starts_with("x-llm-sidecar-")
-                || (!keep_length && *name == header::CONTENT_LENGTH)
-                || self.config.auth.as_ref().is_some_and(|(h, _)| h == name)
-            {
+            if !forwardable(name, keep_length) || self.config.auth.as_ref().is_some_and(|(h, _)| h == name) {
                 continue;
             }
             to.append(name.clone(), value.clone());
