@@ -38,6 +38,14 @@ fn check_config_reports_every_problem_with_its_path() {
     .unwrap();
     let out = Command::new(BIN).arg("check-config").arg(&good).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    // An empty or comment-only file parses, and serves nothing: invalid.
+    for text in ["", "# nothing here yet\n"] {
+        let empty = dir.path().join("empty.yaml");
+        std::fs::write(&empty, text).unwrap();
+        let out = Command::new(BIN).arg("check-config").arg(&empty).output().unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("models:"));
+    }
 }
 
 #[test]

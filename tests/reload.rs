@@ -173,3 +173,92 @@ async fn a_rotated_key_file_is_picked_up_on_a_forced_reload() {
         "Bearer sk-second"
     );
 }
+
+/// Requests at ~100/s while `edit` runs; returns how many failed.
+async fn failures_during(h: &Harness, edit: impl std::future::Future<Output = ()>) -> usize {
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let load = async {
+        let (mut failed, mut sent) = (0, 0);
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            sent += 1;
+            if status_of(h, "auto").await != 200 {
+                failed += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        (failed, sent)
+    };
+    let edits = async {
+        edit.await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    };
+    let ((failed, sent), ()) = tokio::join!(load, edits);
+    assert!(sent > 20, "the load ran ({sent} requests)");
+    failed
+}
+
+#[tokio::test]
+async fn an_emptied_or_half_written_configmap_never_drops_the_routes() {
+    let mock = MockUpstream::start().await.unwrap();
+    let base = config(&mock.base_url(), "");
+    let h = Harness::with_mounted(mock, base.clone()).await;
+    let dir = h.dir.as_ref().unwrap().path().to_path_buf();
+    // Cut just before `models:`: it parses, and would leave nothing to serve.
+    let half = &base[..base.find("models:").unwrap()];
+    let failed = failures_during(&h, async {
+        for text in ["", "# emptied by mistake\n", half, "\n\n"] {
+            kubelet_write(&dir, "config.yaml", text);
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
+    })
+    .await;
+    assert_eq!(failed, 0, "requests failed while the ConfigMap was emptied");
+    let m = h.metrics().await;
+    assert!(
+        metric(&m, r#"llm_sidecar_config_reloads_total{outcome="rejected"}"#) >= 3.0,
+        "{m}"
+    );
+    assert_eq!(metric(&m, "llm_sidecar_config_generation"), 1.0);
+    match h.sidecar().reload(false).await.unwrap() {
+        ReloadOutcome::Rejected(e) => assert_eq!(e.0[0].path, "models"),
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_editor_saving_in_place_is_applied_whole_or_not_at_all() {
+    use std::io::{Seek, Write};
+    let mock = MockUpstream::start().await.unwrap();
+    let base = config(&mock.base_url(), "");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sidecar.yaml");
+    std::fs::write(&path, &base).unwrap();
+    let sidecar = llm_sidecar::app::Sidecar::start(options(llm_sidecar::app::ConfigInput::File(path.clone())))
+        .await
+        .unwrap();
+    let h = Harness {
+        mock,
+        sidecar: Some(sidecar),
+        client: client(),
+        dir: Some(dir),
+    };
+    let next = with_route(&base);
+    let failed = failures_during(&h, async {
+        for _ in 0..2 {
+            // Truncate, then write the new text in pieces with pauses, as a slow editor would.
+            let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+            f.set_len(0).unwrap();
+            f.rewind().unwrap();
+            for piece in next.as_bytes().chunks(next.len() / 3 + 1) {
+                tokio::time::sleep(Duration::from_millis(15)).await;
+                f.write_all(piece).unwrap();
+                f.flush().unwrap();
+            }
+            drop(f);
+            tokio::time::sleep(Duration::from_millis(600)).await;
+        }
+    })
+    .await;
+    assert_eq!(failed, 0, "requests failed during an in-place save");
+    assert_eq!(status_of(&h, "fresh").await, 200, "the finished edit is served");
+}

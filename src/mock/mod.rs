@@ -40,6 +40,28 @@ pub enum Fault {
     CutAfterChunks(usize),
     /// Stream this many chunks, then go silent with the connection open.
     StallAfterChunks(usize),
+    /// Answer exactly this: a status, a content type, body pieces (sent as separate frames),
+    /// then `end`. Whatever a broken provider or a proxy in front of it can send.
+    Raw {
+        status: u16,
+        content_type: &'static str,
+        chunks: Vec<Bytes>,
+        end: RawEnd,
+    },
+    /// Answer this status with an error message that quotes the credential received
+    /// (`Authorization`, `x-api-key` or `api-key`), as careless providers do.
+    EchoCredential { status: u16 },
+}
+
+/// How a [`Fault::Raw`] body ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RawEnd {
+    /// A clean end of the body.
+    Complete,
+    /// The connection breaks.
+    Reset,
+    /// Silence, with the connection open.
+    Stall,
 }
 
 /// A request as the mock received it.
@@ -66,11 +88,16 @@ pub struct MockControl {
     answers: Mutex<Vec<(String, String)>>,
     /// When non-zero, chat answers are this many words of prose instead of an echo.
     prose_words: AtomicUsize,
+    /// Applied to every request when no queued fault is left.
+    standing: Mutex<Option<Fault>>,
 }
 
 impl MockControl {
     fn next_fault(&self) -> Option<Fault> {
-        self.faults.lock().ok()?.pop_front()
+        if let Some(f) = self.faults.lock().ok()?.pop_front() {
+            return Some(f);
+        }
+        self.standing.lock().ok()?.clone()
     }
 
     fn canned(&self) -> Vec<(String, String)> {
@@ -171,6 +198,13 @@ impl MockUpstream {
         }
     }
 
+    /// A fault for every request from now on (after the queued ones); `None` heals the mock.
+    pub fn set_standing_fault(&self, fault: Option<Fault>) {
+        if let Ok(mut f) = self.control.standing.lock() {
+            *f = fault;
+        }
+    }
+
     /// Answers `answer` to chat requests whose last user turn contains `key` (case-insensitive)
     /// instead of echoing the question.
     pub fn set_answer(&self, key: &str, answer: &str) {
@@ -245,6 +279,35 @@ async fn handle(control: Arc<MockControl>, req: Request<Incoming>) -> MockResult
         Some(Fault::Reset) => return Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "mock reset")),
         Some(Fault::CutAfterChunks(n)) => cut = Some((n, false)),
         Some(Fault::StallAfterChunks(n)) => cut = Some((n, true)),
+        Some(Fault::Raw {
+            status,
+            content_type,
+            chunks,
+            end,
+        }) => {
+            let n = chunks.len();
+            let cut = match end {
+                RawEnd::Complete => None,
+                RawEnd::Reset => Some((n, false)),
+                RawEnd::Stall => Some((n, true)),
+            };
+            let mut resp = streamed(chunks, Duration::ZERO, cut, content_type);
+            *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            return Ok(resp);
+        }
+        Some(Fault::EchoCredential { status }) => {
+            let code = StatusCode::from_u16(status).unwrap_or(StatusCode::UNAUTHORIZED);
+            let key = ["authorization", "x-api-key", "api-key"]
+                .iter()
+                .find_map(|h| parts.headers.get(*h))
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .unwrap_or_default();
+            let msg = format!("Incorrect API key provided: {key}. You can find your API key in your account.");
+            return Ok(json_response(
+                code,
+                &json!({"error": {"message": msg, "type": "invalid_request_error", "param": null, "code": "invalid_api_key"}}),
+            ));
+        }
         None => {}
     }
     let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);

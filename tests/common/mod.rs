@@ -1,6 +1,8 @@
 //! The integration harness: a mock upstream and a sidecar, both in-process on port 0.
 #![allow(dead_code)]
 
+pub mod faults;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
