@@ -350,4 +350,43 @@ mod tests {
         assert!(decode(&w.to_string()).is_none());
         assert!(decode("not json").is_none());
     }
+
+    #[test]
+    fn a_broken_answer_from_redis_is_never_stored() {
+        let config = crate::config::Config::load("cache: { semantic: { enabled: false } }", &|_: &str| None)
+            .unwrap()
+            .cache;
+        let metrics = Arc::new(Metrics::new());
+        let cache = Cache::new(&config, false, metrics.clone());
+        let entry = |exact: u8, response: &'static [u8]| Outgoing {
+            exact: [exact; 32],
+            partition: None,
+            tenant: "t".into(),
+            route: "r".into(),
+            query: None,
+            response: Bytes::from_static(response),
+            model: "m".into(),
+            ttl: Duration::from_secs(60),
+            vector: None,
+        };
+        for broken in [
+            &b"{\"choices\":[{\"mess"[..],
+            b"<html>502</html>",
+            b"",
+            b"{\"error\":{}}",
+        ] {
+            cache.insert_remote(decode(&encode(&entry(1, broken)).unwrap()).unwrap(), &config);
+        }
+        assert_eq!(metrics.cache_entries.get(), 0);
+        cache.insert_remote(
+            decode(&encode(&entry(2, br#"{"choices":[]}"#)).unwrap()).unwrap(),
+            &config,
+        );
+        assert_eq!(metrics.cache_entries.get(), 1);
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"llm_sidecar_cache_l2_entries_total{result="malformed"} 4"#),
+            "{text}"
+        );
+    }
 }

@@ -464,6 +464,16 @@ impl Cache {
         if !config.enabled {
             return;
         }
+        // Local answers are checked before they are stored (`server/attempt.rs`); an entry
+        // from Redis may come from an older sidecar that did not check, or from anyone who can
+        // write to Redis. A broken answer must never be served, whoever stored it.
+        if crate::openai::answer::check(&e.response, crate::openai::answer::Expect::Choices).is_err() {
+            self.metrics
+                .l2_entries
+                .get_or_create(&crate::telemetry::ResultLabels { result: "malformed" })
+                .inc();
+            return;
+        }
         let new = NewEntry {
             exact: e.exact,
             partition: e.partition,

@@ -482,7 +482,7 @@ impl Metrics {
         let l2_entries = Family::default();
         registry.register(
             "llm_sidecar_cache_l2_entries",
-            "Cache entries exchanged through Redis, by result (published, received, warmed, skipped)",
+            "Cache entries exchanged through Redis, by result (published, received, warmed, dropped, malformed: refused because the answer is not a well-formed one)",
             l2_entries.clone(),
         );
         Self {
