@@ -174,13 +174,13 @@ async fn soak() {
         let (http, url, counts, sent) = (http.clone(), url.clone(), counts.clone(), sent.clone());
         tokio::spawn(async move {
             // A tenth of the questions repeat: the cache is read as well as written.
-            let q = if n % 10 == 0 {
+            let q = if n.is_multiple_of(10) {
                 format!("repeat {}", n % 50)
             } else {
                 format!("soak {n}")
             };
             sent.fetch_add(1, Ordering::Relaxed);
-            let (seen, _, text) = ask(&http, &url, &q, n % 2 == 0).await;
+            let (seen, _, text) = ask(&http, &url, &q, n.is_multiple_of(2)).await;
             if matches!(seen, Seen::Broken | Seen::Lost) {
                 eprintln!(
                     "soak: {seen:?} for {q:?}: {}",
