@@ -378,28 +378,28 @@ async fn early_errors_are_readable_while_the_client_is_still_uploading() {
     // (request head, body size, expected status)
     let cases = [
         (
-            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer password\r\ncontent-type: application/json\r\ncontent-length: 1000000\r\n\r\n",
-            1_000_000usize,
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer password\r\ncontent-type: application/json\r\ncontent-length: 16000000\r\n\r\n",
+            16_000_000usize,
             413u16,
         ),
         (
             "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer password\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n",
-            1_000_000,
+            16_000_000,
             413,
         ),
         (
-            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer wrong\r\ncontent-type: application/json\r\ncontent-length: 600000\r\n\r\n",
-            600_000,
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer wrong\r\ncontent-type: application/json\r\ncontent-length: 16000000\r\n\r\n",
+            16_000_000,
             401,
         ),
         (
-            "PUT /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 600000\r\n\r\n",
-            600_000,
+            "PUT /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 16000000\r\n\r\n",
+            16_000_000,
             405,
         ),
         (
-            "POST /nowhere HTTP/1.1\r\nhost: x\r\ncontent-length: 600000\r\n\r\n",
-            600_000,
+            "POST /nowhere HTTP/1.1\r\nhost: x\r\ncontent-length: 16000000\r\n\r\n",
+            16_000_000,
             404,
         ),
     ];

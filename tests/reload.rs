@@ -245,10 +245,12 @@ async fn an_editor_saving_in_place_is_applied_whole_or_not_at_all() {
     let next = with_route(&base);
     let failed = failures_during(&h, async {
         for _ in 0..2 {
-            // Truncate, then write the new text in pieces with pauses, as a slow editor would.
+            // Truncate, stay empty past the watch's debounce, then write the new text in
+            // pieces with short pauses, as a slow editor (or `: > f; cat new > f`) would.
             let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
             f.set_len(0).unwrap();
             f.rewind().unwrap();
+            tokio::time::sleep(Duration::from_millis(250)).await;
             for piece in next.as_bytes().chunks(next.len() / 3 + 1) {
                 tokio::time::sleep(Duration::from_millis(15)).await;
                 f.write_all(piece).unwrap();

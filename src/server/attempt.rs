@@ -265,7 +265,7 @@ impl Attempt<'_> {
         if let (Some(t), Some(mut span)) = (rec.trace.as_deref_mut(), span) {
             match &outcome {
                 Outcome::Done(d) => span.set("http.response.status_code", d.parts.status.as_u16()),
-                Outcome::Retry(e) | Outcome::Next(e) => traced::attempt_failed(&mut span, e),
+                Outcome::Retry(e) | Outcome::Next(e) => traced::attempt_failed(&mut span, e, &self.rt.redact),
                 Outcome::Fatal(e) => span.error(e.outcome, Some(e.message.clone())),
             }
             t.close(span);

@@ -645,7 +645,7 @@ pub async fn passthrough(
         if let (Some(t), Some(mut span)) = (rec.trace.as_deref_mut(), span.take()) {
             match &sent {
                 Ok(up) => span.set("http.response.status_code", up.response.status().as_u16()),
-                Err(e) => traced::attempt_failed(&mut span, e),
+                Err(e) => traced::attempt_failed(&mut span, e, &rt.redact),
             }
             t.close(span);
         }

@@ -170,11 +170,13 @@ fn server(s: &mut Span, base: &Uri) {
 }
 
 /// Marks an attempt span failed with the upstream error's kind.
-pub(super) fn attempt_failed(s: &mut Span, e: &UpstreamError) {
+/// A failed attempt on its span. The message quotes the provider, so it is masked: traces
+/// leave the pod too.
+pub(super) fn attempt_failed(s: &mut Span, e: &UpstreamError, redact: &crate::upstream::redact::Redactor) {
     if let UpstreamError::Status { status, .. } = e {
         s.set("http.response.status_code", status.as_u16());
     }
-    s.error(e.kind(), Some(e.to_string()));
+    s.error(e.kind(), Some(redact.text(&e.to_string()).into_owned()));
 }
 
 /// An instant on the root span (a retry's backoff, a skipped open circuit).
