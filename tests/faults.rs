@@ -240,6 +240,17 @@ async fn no_configured_secret_reaches_the_app() {
     assert_eq!(r.status(), 502);
     let text = r.text().await.unwrap();
     assert!(!text.contains(UPSTREAM_KEY) && text.contains("upstream_auth"), "{text}");
+    // A passthrough path: no failover there, but the same 502 and no key.
+    let r = p
+        .client
+        .post(format!("http://{}/v1/responses", p.sidecar.app_addr()))
+        .json(&serde_json::json!({"model": "x", "input": "hi"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    let text = r.text().await.unwrap();
+    assert!(!text.contains(UPSTREAM_KEY) && text.contains("upstream_auth"), "{text}");
     // Another 4xx is relayed as it is — minus the key.
     p.bad.set_standing_fault(Some(Fault::EchoCredential { status: 400 }));
     let r = p.client.post(p.url()).json(&chat_body("b")).send().await.unwrap();

@@ -50,10 +50,18 @@ pub fn derive(scope: &[&str], head: &RequestHead<'_>) -> Option<Keys> {
         fields.insert(k, serde_json::from_str(raw.get()).ok()?);
     }
     let temperature = fields.get("temperature").and_then(Value::as_f64).unwrap_or(1.0);
-    let exact = hash(scope, &fields);
-    let (partition, query) = match take_query(&mut fields) {
-        Some(q) => (Some(hash(scope, &fields)), Some(q)),
-        None => (None, None),
+    let raw_exact = hash(scope, &fields);
+    let (exact, partition, query) = match take_query(&mut fields) {
+        Some(q) => {
+            let partition = hash(scope, &fields);
+            // The exact key is the partition plus the normalised wording: repeats that differ
+            // only in case, spacing, end punctuation or politeness hit without the embedder.
+            let mut h = Sha256::new();
+            h.update(partition);
+            h.update(normalize(&q).as_bytes());
+            (h.finalize().into(), Some(partition), Some(q))
+        }
+        None => (raw_exact, None, None),
     };
     Some(Keys {
         exact,
@@ -94,6 +102,94 @@ fn take_query(fields: &mut BTreeMap<&str, Value>) -> Option<String> {
         return (!text.trim().is_empty()).then_some(text);
     }
     None
+}
+
+/// Greetings and politeness at the start of a question that do not change what is asked
+/// (longest first, so "hello there" goes whole).
+const POLITE_PREFIXES: &[&str] = &[
+    "hello there",
+    "hi there",
+    "hello",
+    "kindly",
+    "please",
+    "hey",
+    "pls",
+    "plz",
+    "hi",
+];
+/// The same at the end.
+const POLITE_SUFFIXES: &[&str] = &[
+    "thank you very much",
+    "thanks a lot",
+    "thank you",
+    "cheers",
+    "thanks",
+    "please",
+    "thx",
+    "pls",
+    "plz",
+    "ty",
+];
+
+/// The wording of a question with what does not change it folded away: letter case outside
+/// code spans and double quotes (`Foo` and "Foo" keep theirs), runs of whitespace, punctuation
+/// at the end, and greetings or thanks at either end. Anything else — inner punctuation,
+/// numbers, word order — is kept: those can change the question.
+pub fn normalize(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut quoted: Option<char> = None;
+    let mut space = false;
+    for c in text.chars() {
+        match quoted {
+            Some(q) => {
+                out.push(c);
+                if c == q {
+                    quoted = None;
+                }
+            }
+            None if c == '`' || c == '"' => {
+                if space && !out.is_empty() {
+                    out.push(' ');
+                }
+                space = false;
+                out.push(c);
+                quoted = Some(c);
+            }
+            None if c.is_whitespace() => space = true,
+            None => {
+                if space && !out.is_empty() {
+                    out.push(' ');
+                }
+                space = false;
+                out.extend(c.to_lowercase());
+            }
+        }
+    }
+    let mut s = out.as_str();
+    loop {
+        let before = s.len();
+        s = s.trim_end_matches(|c: char| matches!(c, '?' | '!' | '.' | ',' | ';' | ':' | '…') || c.is_whitespace());
+        for suffix in POLITE_SUFFIXES {
+            if let Some(rest) = s.strip_suffix(suffix)
+                && (rest.is_empty() || rest.ends_with([' ', ',', '.', '!', '?']))
+            {
+                s = rest;
+            }
+        }
+        s = s.trim_start_matches(|c: char| matches!(c, ',' | '!' | '.') || c.is_whitespace());
+        for prefix in POLITE_PREFIXES {
+            if let Some(rest) = s.strip_prefix(prefix)
+                && (rest.starts_with([' ', ',', '!', '.']))
+            {
+                s = rest;
+            }
+        }
+        if s.len() == before {
+            break;
+        }
+    }
+    // A question that is nothing but politeness keeps its own words.
+    if s.is_empty() { out } else { s.to_owned() }
 }
 
 fn hash(scope: &[&str], fields: &BTreeMap<&str, Value>) -> Key {
@@ -141,6 +237,44 @@ mod tests {
         );
         assert_ne!(a.exact, b.exact);
         assert_eq!(a.partition, b.partition);
+    }
+
+    #[test]
+    fn repeats_differing_in_case_spacing_punctuation_or_politeness_share_the_exact_key() {
+        let body = |q: &str| {
+            format!(
+                r#"{{"model":"auto","messages":[{{"role":"user","content":{}}}]}}"#,
+                Value::from(q)
+            )
+        };
+        let base = keys(&body("What is the capital city of France?"));
+        for same in [
+            "what is the capital city of france?",
+            "WHAT IS THE CAPITAL CITY OF FRANCE",
+            "What  is the capital\ncity of France ?!",
+            "Hi, what is the capital city of France? Thanks!",
+            "please what is the capital city of France, thank you.",
+        ] {
+            assert_eq!(keys(&body(same)).exact, base.exact, "{same:?}");
+        }
+        for different in [
+            "What is the capital city of Germany?",
+            "What was the capital city of France?",
+            "What is the capital city of France in 1200?",
+        ] {
+            assert_ne!(keys(&body(different)).exact, base.exact, "{different:?}");
+        }
+        // Case inside code spans and quotes is the question.
+        assert_ne!(
+            keys(&body("What does `Foo` do?")).exact,
+            keys(&body("What does `foo` do?")).exact
+        );
+        assert_ne!(
+            keys(&body(r#"Translate "Hello""#)).exact,
+            keys(&body(r#"Translate "hello""#)).exact
+        );
+        assert_eq!(normalize("Thanks"), "thanks");
+        assert_eq!(normalize("  Hello there, HOW are you?  "), "how are you");
     }
 
     #[test]

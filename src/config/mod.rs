@@ -132,7 +132,9 @@ pub const DEFAULT_PRIVACY_PATTERNS: &[&str] = &[
     r"(?i)\b[a-z0-9._%+-]+@[a-z0-9.-]+\.[a-z]{2,}\b",
     r"\b(?:\d[ -]?){13,19}\b",
     r"\b\d{3}-\d{2}-\d{4}\b",
-    r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){3,7}\b",
+    // An IBAN: country, check digits, then an 11–30 character BBAN, printed in groups of four
+    // or not at all; the last group is often short (DE, GB: 18 characters; FR: 23; NL: 14).
+    r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b",
 ];
 
 /// A validated configuration. Cheap to share (`Arc`), never mutated: a reload builds a new one.

@@ -1345,6 +1345,45 @@ default_route: other
     }
 
     #[test]
+    fn default_privacy_patterns_catch_real_formats_with_and_without_spaces() {
+        let set = regex::RegexSet::new(DEFAULT_PRIVACY_PATTERNS).unwrap();
+        for private in [
+            "mail jane.doe+news@example.co.uk about it",
+            "card 4111 1111 1111 1111 exp 12/27",
+            "card 4111-1111-1111-1111",
+            "card 4111111111111111",
+            "amex 378282246310005",
+            "amex 3782 822463 10005",
+            "ssn 123-45-6789",
+            // IBANs of several lengths, printed and electronic forms.
+            "DE89370400440532013000",
+            "DE89 3704 0044 0532 0130 00",
+            "GB29NWBK60161331926819",
+            "GB29 NWBK 6016 1331 9268 19",
+            "FR1420041010050500013M02606",
+            "FR14 2004 1010 0505 0001 3M02 606",
+            "NL91ABNA0417164300",
+            "NL91 ABNA 0417 1643 00",
+            "BE68539007547034",
+            "NO9386011117947",
+            "pay to CH9300762011623852957 today",
+        ] {
+            assert!(set.is_match(private), "{private:?} was not caught");
+        }
+        for public in [
+            "How do I reset my password?",
+            "order 12345 shipped on 2024-05-01",
+            "version 2.10.3 of the SDK",
+            "call 555-1234",
+            "What is the capital of France?",
+            "ISO 3166 code DE and GB",
+            "use @Override in Java",
+        ] {
+            assert!(!set.is_match(public), "{public:?} was taken for private data");
+        }
+    }
+
+    #[test]
     fn empty_config_is_valid() {
         let c = Config::load("", &no_vars).unwrap();
         assert!(c.models.is_empty());

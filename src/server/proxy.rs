@@ -654,6 +654,22 @@ pub async fn passthrough(
             ApiError::from(e)
         })?;
         let status = up.response.status();
+        if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+            // The provider refused the sidecar's key, not the app's: say so, and count it.
+            shared.metrics.upstream_error(provider.name(), "auth");
+            shared.metrics.upstream_auth_failure(provider.name(), status.as_u16());
+            let (_, mut incoming) = up.response.into_parts();
+            let until = deadline.min(Instant::now() + Duration::from_secs(2));
+            let detail = match read_body(&mut incoming, provider.config.timeouts.idle, until, 64 << 10).await {
+                Ok(BodyRead::Complete(b)) => crate::upstream::error_detail(&b),
+                _ => String::new(),
+            };
+            return Err(ApiError::from(UpstreamError::Auth {
+                provider: provider.name().clone(),
+                status,
+                detail,
+            }));
+        }
         if !status.is_success() {
             shared.metrics.upstream_error(provider.name(), status_kind(status));
         }
