@@ -29,6 +29,8 @@ pub enum Reason {
     Length,
     Symbol,
     Style,
+    /// The questions ask for different things: how vs where, why vs when.
+    Intent,
 }
 
 impl Reason {
@@ -47,6 +49,7 @@ impl Reason {
             Reason::Length => "length",
             Reason::Symbol => "symbol",
             Reason::Style => "style",
+            Reason::Intent => "intent",
         }
     }
 }
@@ -260,65 +263,90 @@ const TERMS: &[&str] = &[
 ];
 
 /// Opposites: a query with one side and a candidate with the other ask different things.
-const ANTONYMS: &[(&str, &str)] = &[
-    ("start", "end"),
-    ("begin", "end"),
-    ("started", "ended"),
-    ("enable", "disable"),
-    ("enabled", "disabled"),
-    ("bigger", "smaller"),
-    ("larger", "smaller"),
-    ("largest", "smallest"),
-    ("biggest", "smallest"),
-    ("higher", "lower"),
-    ("highest", "lowest"),
-    ("faster", "slower"),
-    ("fastest", "slowest"),
-    ("more", "less"),
-    ("increase", "decrease"),
-    ("buy", "sell"),
-    ("open", "close"),
-    ("on", "off"),
-    ("add", "remove"),
-    ("create", "delete"),
-    ("install", "uninstall"),
-    ("upgrade", "downgrade"),
-    ("gain", "lose"),
-    ("win", "lose"),
-    ("before", "after"),
-    ("min", "max"),
-    ("minimum", "maximum"),
-    ("first", "last"),
-    ("true", "false"),
-    ("accept", "reject"),
-    ("allow", "deny"),
-    ("import", "export"),
-    ("upload", "download"),
-    ("encrypt", "decrypt"),
-    ("push", "pull"),
-    ("inside", "outside"),
-    ("hot", "cold"),
-    ("cheap", "expensive"),
-    ("early", "late"),
-    ("young", "old"),
-    ("best", "worst"),
-    ("high", "low"),
-    ("long", "short"),
-    ("benefits", "risks"),
-    ("advantages", "disadvantages"),
-    ("pros", "cons"),
-    ("freezing", "boiling"),
-    ("rise", "fall"),
-    ("join", "leave"),
-    ("subscribe", "unsubscribe"),
-    ("lock", "unlock"),
-    ("connect", "disconnect"),
-    ("mute", "unmute"),
-    ("follow", "unfollow"),
-    ("renew", "cancel"),
-    ("send", "receive"),
-    ("input", "output"),
+/// Antonym pairs: Princeton WordNet's direct antonyms (`scripts/wordnet-antonyms` generates the
+/// table from Debian's `wordnet-base`) and a short list of software and everyday pairs WordNet
+/// lacks. Data, not code: the guard knows "good" / "bad" because a lexicon says so.
+const ANTONYM_TABLES: [&str; 2] = [
+    include_str!("../../data/guard/antonyms-wordnet.tsv"),
+    include_str!("../../data/guard/antonyms-domain.tsv"),
 ];
+
+/// Each word's stem → the stems of its antonyms. WordNet's pairs of function words are left
+/// out: "out" / "safe" (baseball) and "in" / "out" would reject paraphrases over words that
+/// carry no meaning there.
+static ANTONYMS: std::sync::LazyLock<std::collections::HashMap<String, Vec<String>>> = std::sync::LazyLock::new(|| {
+    let mut map: std::collections::HashMap<String, Vec<String>> = std::collections::HashMap::new();
+    for (t, table) in ANTONYM_TABLES.iter().enumerate() {
+        for line in table.lines().filter(|l| !l.starts_with('#')) {
+            let Some((a, b)) = line.split_once('\t') else { continue };
+            // The curated list may pair function words ("on" / "off"); WordNet's may not.
+            let lexicon = t == 0;
+            if lexicon && [a, b].iter().any(|w| STOPWORDS.contains(w) || w.len() < 2) {
+                continue;
+            }
+            let (a, b) = (stem(a), stem(b));
+            if a == b {
+                continue;
+            }
+            map.entry(a.clone()).or_default().push(b.clone());
+            map.entry(b).or_default().push(a);
+        }
+    }
+    for v in map.values_mut() {
+        v.sort();
+        v.dedup();
+    }
+    map
+});
+
+/// A number word's value as digits ("two" and "2" are one number), or the word itself for
+/// the ones without one ("half", "twice"). `None` when the word is not a number here: "one"
+/// as a pronoun ("How does one improve…", "which one", "no one").
+fn number_word(plain: &str, ws: &[Word<'_>], i: usize) -> Option<String> {
+    if !NUMBER_WORDS.contains(&plain) {
+        return None;
+    }
+    if plain == "one" {
+        let prev = i.checked_sub(1).map(|p| ws[p].text.to_lowercase()).unwrap_or_default();
+        let next = ws.get(i + 1).map(|n| n.text.to_lowercase()).unwrap_or_default();
+        const BEFORE_PRONOUN: &[&str] = &[
+            "does", "do", "can", "should", "would", "could", "will", "may", "might", "must", "how", "if", "when",
+            "where", "why", "which", "the", "no", "any", "every", "each", "this", "that",
+        ];
+        const AFTER_PRONOUN: &[&str] = &[
+            "of", "can", "should", "would", "could", "will", "may", "might", "must", "does", "is", "has", "needs",
+            "another", "gets",
+        ];
+        if BEFORE_PRONOUN.contains(&prev.as_str()) || AFTER_PRONOUN.contains(&next.as_str()) {
+            return None;
+        }
+    }
+    let digits = match plain {
+        "zero" => "0",
+        "one" => "1",
+        "two" => "2",
+        "three" => "3",
+        "four" => "4",
+        "five" => "5",
+        "six" => "6",
+        "seven" => "7",
+        "eight" => "8",
+        "nine" => "9",
+        "ten" => "10",
+        "eleven" => "11",
+        "twelve" => "12",
+        "twenty" => "20",
+        "thirty" => "30",
+        "forty" => "40",
+        "fifty" => "50",
+        "hundred" => "100",
+        "thousand" => "1000",
+        "million" => "1000000",
+        "billion" => "1000000000",
+        other => other,
+    };
+    Some(digits.to_owned())
+}
 
 const NUMBER_WORDS: &[&str] = &[
     "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
@@ -527,6 +555,82 @@ pub struct Features {
     compared: Vec<(String, usize)>,
     all: Vec<String>,
     words: usize,
+    intent: Intent,
+}
+
+/// What a question asks for: its question word, refined by what follows it ("what year" asks
+/// when, "how many" a quantity, "where can I…" a procedure like "how do I…"). The embedding
+/// barely separates "How did X die?" from "Where did X die?"; the answers share nothing.
+/// "What" and "which" are open slots ("what's the rule for castling" is "how does castling
+/// work" in the labelled sets): they are never held against another question word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Intent {
+    /// No question word (an instruction, a yes/no question), or an open "what".
+    #[default]
+    Open,
+    Who,
+    When,
+    Where,
+    Why,
+    /// How something is done or works.
+    How,
+    Quantity,
+}
+
+impl Intent {
+    fn of(all: &[String]) -> Intent {
+        let plain = |w: &str| -> String { w.chars().filter(char::is_ascii_alphabetic).collect() };
+        let Some((i, w)) = all.iter().enumerate().find_map(|(i, w)| {
+            let p = plain(w);
+            let base = match p.as_str() {
+                "whats" => "what",
+                "hows" => "how",
+                "whos" => "who",
+                "wheres" => "where",
+                "whens" => "when",
+                "whys" => "why",
+                other => other,
+            };
+            matches!(
+                base,
+                "what" | "which" | "who" | "whom" | "whose" | "why" | "how" | "when" | "where"
+            )
+            .then(|| (i, base.to_owned()))
+        }) else {
+            return Intent::Open;
+        };
+        let at = |k: usize| all.get(k).map_or(String::new(), |n| plain(n));
+        let next = at(i + 1);
+        // "how do I", "where can I", "what should we": asking for a procedure.
+        let procedural = matches!(
+            next.as_str(),
+            "can" | "do" | "does" | "should" | "could" | "would" | "to"
+        ) && (next == "to" || matches!(at(i + 2).as_str(), "i" | "you" | "we" | "one"));
+        match w.as_str() {
+            "how" => match next.as_str() {
+                "many" | "much" | "long" | "old" | "far" | "often" | "big" | "tall" | "heavy" => Intent::Quantity,
+                "come" => Intent::Why,
+                _ => Intent::How,
+            },
+            "where" if procedural => Intent::How,
+            "why" => Intent::Why,
+            "when" => Intent::When,
+            "where" => Intent::Where,
+            "who" | "whom" | "whose" => Intent::Who,
+            // "what" and "which": only what follows can make them specific.
+            _ => match next.as_str() {
+                "time" | "year" | "date" | "day" | "month" | "hour" | "century" | "age" => Intent::When,
+                "place" | "city" | "country" | "location" | "continent" => Intent::Where,
+                _ => Intent::Open,
+            },
+        }
+    }
+
+    /// Whether two questions ask for different things.
+    fn conflicts(self, other: Intent) -> bool {
+        use Intent::*;
+        !matches!((self, other), (Open, _) | (_, Open) | (How, Quantity) | (Quantity, How)) && self != other
+    }
 }
 
 struct Word<'a> {
@@ -614,8 +718,8 @@ impl Features {
                 *f.numbers.entry(n.trim_end_matches('.').to_owned()).or_default() += 1;
                 continue;
             }
-            if NUMBER_WORDS.contains(&plain.as_str()) {
-                *f.numbers.entry(plain.clone()).or_default() += 1;
+            if let Some(value) = number_word(&plain, &ws, i) {
+                *f.numbers.entry(value).or_default() += 1;
                 continue;
             }
             if NEGATIONS.contains(&plain.as_str()) || plain.ends_with("nt") && lower.contains("n't") {
@@ -640,6 +744,7 @@ impl Features {
         }
         f.style.sort();
         f.style.dedup();
+        f.intent = Intent::of(&f.all);
         // Once every word is in `all`, so a phrasal verb can see the word after it.
         let mut particle = None;
         for (word, &at) in f.content.iter().zip(&f.content_at) {
@@ -752,16 +857,22 @@ pub fn check(query: &Features, candidate: &Features) -> Result<(), Reason> {
     if query.symbols != candidate.symbols {
         return Err(Reason::Symbol);
     }
-    let mut qe = query.entities.clone();
-    let mut ce = candidate.entities.clone();
-    qe.sort();
-    ce.sort();
-    qe.dedup();
-    ce.dedup();
-    if qe != ce {
+    if query.intent.conflicts(candidate.intent) {
+        return Err(Reason::Intent);
+    }
+    // Entities are found by their capitals, but compared by their words: "france" in one
+    // text is the other's "France", and an all-caps question names no more than it says.
+    if !named_in(query, candidate) || !named_in(candidate, query) {
         return Err(Reason::Entity);
     }
-    if dedup_in_order(&query.entities) != dedup_in_order(&candidate.entities) {
+    let common = |a: &Features, b: &Features| -> Vec<String> {
+        dedup_in_order(&a.entities)
+            .into_iter()
+            .filter(|e| b.entities.contains(e))
+            .cloned()
+            .collect()
+    };
+    if common(query, candidate) != common(candidate, query) {
         return Err(Reason::EntityOrder);
     }
     if swapped_term(&query.terms, &candidate.terms) {
@@ -795,12 +906,30 @@ pub fn check(query: &Features, candidate: &Features) -> Result<(), Reason> {
     Ok(())
 }
 
+/// Every entity of `a` is named in `b`: as an entity, or as a plain word in any case.
+fn named_in(a: &Features, b: &Features) -> bool {
+    a.entities.iter().all(|e| {
+        b.entities.contains(e)
+            || b.all.iter().any(|w| {
+                let w: String = w.chars().filter(|c| *c != '\'' && *c != '’').collect();
+                w == *e || w.strip_suffix('s') == Some(e.as_str())
+            })
+    })
+}
+
 /// One side of an antonym pair in one text and the other side (alone) in the other.
 fn opposite(a: &[String], b: &[String]) -> bool {
-    let has = |words: &[String], w: &str| words.iter().any(|x| x == w);
-    ANTONYMS.iter().any(|(x, y)| {
-        (has(a, x) && !has(a, y) && has(b, y) && !has(b, x)) || (has(a, y) && !has(a, x) && has(b, x) && !has(b, y))
-    })
+    let stems = |words: &[String]| -> std::collections::HashSet<String> { words.iter().map(|w| stem(w)).collect() };
+    let (sa, sb) = (stems(a), stems(b));
+    // A word of one text, missing from the other, whose antonym the other has (and it lacks).
+    let one_way = |x: &std::collections::HashSet<String>, y: &std::collections::HashSet<String>| {
+        x.iter().filter(|w| !y.contains(*w)).any(|w| {
+            ANTONYMS
+                .get(w)
+                .is_some_and(|ants| ants.iter().any(|t| y.contains(t) && !x.contains(t)))
+        })
+    };
+    one_way(&sa, &sb) || one_way(&sb, &sa)
 }
 
 fn swapped_across_relation(a: &Features, b: &Features) -> bool {
@@ -1019,10 +1148,6 @@ mod tests {
                 "What should I pack for hiking in summer?",
                 "What should I pack for hiking in winter?",
             ),
-            (
-                "How do I sort a list in ascending order?",
-                "How do I sort a list in descending order?",
-            ),
             // A synonym swap is a miss, never a wrong answer: the price of the rule.
             ("How do I track my package?", "How do I track my parcel?"),
             // The word after a phrasal verb's particle still counts ("log in" + "to my account").
@@ -1033,6 +1158,14 @@ mod tests {
         ] {
             assert_eq!(verdict(a, b), Err(Reason::Substitution), "{a} / {b}");
         }
+        // WordNet knows these two are opposites: the rejection names it.
+        assert_eq!(
+            verdict(
+                "How do I sort a list in ascending order?",
+                "How do I sort a list in descending order?"
+            ),
+            Err(Reason::Antonym)
+        );
         // Inflections are the same word; a term on one side only is rewording.
         assert_eq!(
             verdict(
@@ -1143,5 +1276,75 @@ mod tests {
             let _ = stem(w);
         }
         assert_ne!(stem("cats"), stem("dogs"));
+    }
+
+    #[test]
+    fn the_question_word_is_the_question() {
+        for (a, b) in [
+            ("How did Hitler die?", "Where did Hitler die?"),
+            ("How does a vaccine work?", "Why does a vaccine work?"),
+            ("When was the Eiffel Tower built?", "Why was the Eiffel Tower built?"),
+            ("Who founded Microsoft?", "When was Microsoft founded?"),
+            ("How many people live in Tokyo?", "Where do people live in Tokyo?"),
+        ] {
+            assert_eq!(verdict(a, b), Err(Reason::Intent), "{a} / {b}");
+        }
+        // Rewordings of the same question word still meet.
+        for (a, b) in [
+            ("What year did World War II end?", "When did World War II end?"),
+            ("What is the best way to learn Rust?", "How do I learn Rust?"),
+            ("What causes inflation?", "Why does inflation happen?"),
+            (
+                "How do I get a copy of my birth certificate?",
+                "Where can I order a copy of my birth certificate?",
+            ),
+            (
+                "How often should I rotate my tires?",
+                "How frequently should I rotate my tires?",
+            ),
+            ("When do babies start walking?", "At what age do babies start walking?"),
+            ("How come the sky is blue?", "Why is the sky blue?"),
+            ("Explain how DNS works", "How does DNS work?"),
+        ] {
+            assert_eq!(verdict(a, b), Ok(()), "{a} / {b}");
+        }
+    }
+
+    #[test]
+    fn opposites_come_from_the_lexicon() {
+        for (a, b) in [
+            ("Is coffee good for you?", "Is coffee bad for you?"),
+            ("Is it safe to eat raw eggs?", "Is it dangerous to eat raw eggs?"),
+            ("Why is my code so slow?", "Why is my code so fast?"),
+        ] {
+            assert_eq!(verdict(a, b), Err(Reason::Antonym), "{a} / {b}");
+        }
+    }
+
+    #[test]
+    fn case_and_number_spelling_do_not_split_a_question() {
+        for (a, b) in [
+            (
+                "What is the capital city of France?",
+                "what is the capital city of france?",
+            ),
+            (
+                "What is the capital city of France?",
+                "WHAT IS THE CAPITAL CITY OF FRANCE?",
+            ),
+            ("How does one improve their memory?", "How do I improve my memory?"),
+            ("What should I feed my 2 cats?", "What should I feed my two cats?"),
+        ] {
+            assert_eq!(verdict(a, b), Ok(()), "{a} / {b}");
+        }
+        // Different numbers, however written, are different questions.
+        assert_eq!(
+            verdict("What should I feed my 2 cats?", "What should I feed my three cats?"),
+            Err(Reason::Number)
+        );
+        assert_eq!(
+            verdict("Is Paris in France?", "Is Paris in Germany?"),
+            Err(Reason::Entity)
+        );
     }
 }
