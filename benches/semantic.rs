@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use llm_sidecar::cache::store::{NewEntry, Store};
-use llm_sidecar::embed::{DIMENSIONS, EmbedError, EmbedObserver, Embedder, EmbedderSettings, Fit, Model, Unembedded};
+use llm_sidecar::embed::{
+    DIMENSIONS, EmbedError, EmbedObserver, Embedder, EmbedderSettings, Fit, Lane, Model, Unembedded,
+};
 
 const ENTRIES: usize = 100_000;
 const QUERY: &str = "How do I reset the password of my online banking account if I no longer have access to the phone number I registered with?";
@@ -330,6 +332,7 @@ fn main() {
                     format!("{QUERY} {submitted}"),
                     Fit::Whole,
                     Instant::now() + Duration::from_secs(30),
+                    Lane::Request,
                     then,
                 )
                 .is_ok()

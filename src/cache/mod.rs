@@ -27,7 +27,7 @@ use self::guard::Features;
 use self::key::Keys;
 use self::store::{NewEntry, SEARCH_CANDIDATES, Store};
 use crate::config::CacheConfig;
-use crate::embed::{EmbedError, EmbedObserver, Embedder, EmbedderSettings, Fit, SubmitError, Unembedded};
+use crate::embed::{EmbedError, EmbedObserver, Embedder, EmbedderSettings, Fit, Lane, SubmitError, Unembedded};
 use crate::openai::RequestHead;
 use crate::router::Route;
 use crate::telemetry::{Metrics, ReasonLabels, ResultLabels};
@@ -49,6 +49,9 @@ pub struct Plan {
     route: Arc<str>,
     /// The query's embedding, kept from the lookup so the insert need not embed again.
     vector: Option<Vec<f32>>,
+    /// Where the lookup's vector lands if it comes after the lookup gave up waiting (under
+    /// load): the insert takes it from here instead of embedding the same text again.
+    late: Option<Arc<std::sync::OnceLock<Vec<f32>>>>,
     /// On a semantic miss: the similarity of the best candidate found (for cost advice).
     pub best_similarity: Option<f32>,
     /// When the semantic lookup ran, for the request's trace.
@@ -179,7 +182,7 @@ impl Cache {
         });
         // Routing by topic: the start of a long text is enough.
         embedder
-            .submit(text.to_owned(), Fit::Start, deadline.into_std(), then)
+            .submit(text.to_owned(), Fit::Start, deadline.into_std(), Lane::Request, then)
             .ok()?;
         tokio::time::timeout_at(deadline, rx).await.ok()?.ok()?
     }
@@ -244,6 +247,7 @@ impl Cache {
             tenant: tenant.clone(),
             route: route.name.clone(),
             vector: None,
+            late: None,
             best_similarity: None,
             timing: None,
             rejected: Vec::new(),
@@ -290,7 +294,12 @@ impl Cache {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let metrics = self.metrics.clone();
         let submitted = std::time::Instant::now();
+        let late = Arc::new(std::sync::OnceLock::new());
+        plan.late = Some(late.clone());
         let then = Box::new(move |v: Result<&[f32], Unembedded>| {
+            if let Ok(v) = v {
+                let _ = late.set(v.to_vec());
+            }
             let result = v.map(|v| {
                 let start = std::time::Instant::now();
                 let found = index.search(v, SEARCH_CANDIDATES);
@@ -300,7 +309,7 @@ impl Cache {
             });
             let _ = tx.send(result);
         });
-        match embedder.submit(query.clone(), Fit::Whole, deadline.into_std(), then) {
+        match embedder.submit(query.clone(), Fit::Whole, deadline.into_std(), Lane::Request, then) {
             Ok(()) => {}
             Err(SubmitError::QueueFull) => {
                 self.metrics.cache_skip("embed_queue_full");
@@ -378,9 +387,11 @@ impl Cache {
             tenant,
             route,
             vector,
+            late,
             semantic,
             ..
         } = plan;
+        let vector = vector.or_else(|| late.and_then(|l| l.get().cloned()));
         let query = if semantic { keys.query } else { None };
         let partition = if semantic { keys.partition } else { None };
         let outgoing = self.l2.get().map(|tx| {
@@ -447,7 +458,7 @@ impl Cache {
                 });
                 // A full queue, like a query too long to embed whole, leaves this entry
                 // exact-only: lookups have priority.
-                let _ = embedder.submit(query, Fit::Whole, deadline, then);
+                let _ = embedder.submit(query, Fit::Whole, deadline, Lane::Background, then);
             }
             (None, None) => publish(None),
         }
@@ -501,7 +512,7 @@ impl Cache {
                         index.add(id, v);
                     }
                 });
-                let _ = embedder.submit(query, Fit::Whole, deadline, then);
+                let _ = embedder.submit(query, Fit::Whole, deadline, Lane::Background, then);
             }
             (None, None) => {}
         }
@@ -566,7 +577,13 @@ impl Cache {
         });
         // Two answers are compared by their openings: a cut vector is what is wanted here.
         embedder
-            .submit(text.chars().take(2000).collect(), Fit::Start, deadline.into_std(), then)
+            .submit(
+                text.chars().take(2000).collect(),
+                Fit::Start,
+                deadline.into_std(),
+                Lane::Background,
+                then,
+            )
             .ok()?;
         tokio::time::timeout_at(deadline, rx).await.ok()?.ok()?
     }

@@ -1,14 +1,17 @@
 //! The sentence embedder: all-MiniLM-L6-v2 (int8 ONNX) through ONNX Runtime, loaded
 //! dynamically from the assets folder, with its tokenizer. It runs on its own threads, never on
 //! the async runtime: callers submit a job to a bounded queue and get the vector through a
-//! callback. Jobs that arrive together are embedded as one batch (micro-batching); a job whose
-//! deadline passed while queued is dropped unembedded. A full queue is reported at once — the
-//! caller treats it as a cache miss, never as an error or a wait. A text longer than the
+//! callback. The queue has two lanes: jobs a request is waiting for (cache lookups, semantic
+//! routing) always go before jobs nobody waits for (cache inserts, background verification),
+//! so a burst of inserts under load never makes lookups miss their time budget. Jobs that
+//! arrive together are embedded as one batch (micro-batching); a job whose deadline passed
+//! while queued is dropped unembedded. A full lane is reported at once — the caller treats it
+//! as a cache miss, never as an error or a wait. A text longer than the
 //! model's window is embedded from its start only when the caller allows it ([`Fit`]).
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use ort::session::Session;
@@ -279,14 +282,49 @@ pub trait EmbedObserver: Send + Sync {
     fn failed(&self, error: &EmbedError);
 }
 
-/// The embedder service: a worker thread owning the model, fed through a bounded queue.
+/// Who is waiting for a job's vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// A request waits for it (a cache lookup, semantic routing): goes first.
+    Request,
+    /// Nobody waits (a cache insert, a background verification): embedded when no request job
+    /// is queued.
+    Background,
+}
+
+/// The two lanes of waiting jobs, each bounded.
+struct Queue {
+    state: Mutex<Lanes>,
+    ready: Condvar,
+    capacity: usize,
+}
+
+#[derive(Default)]
+struct Lanes {
+    request: VecDeque<Job>,
+    background: VecDeque<Job>,
+    closed: bool,
+}
+
+/// The embedder service: a worker thread owning the model, fed through a bounded two-lane
+/// queue.
 pub struct Embedder {
-    tx: SyncSender<Job>,
+    queue: Arc<Queue>,
     pub quantized: bool,
     pub max_batch: usize,
 }
 
+impl Drop for Embedder {
+    fn drop(&mut self) {
+        if let Ok(mut l) = self.queue.state.lock() {
+            l.closed = true;
+        }
+        self.queue.ready.notify_all();
+    }
+}
+
 pub struct EmbedderSettings {
+    /// Jobs each lane holds at most.
     pub queue: usize,
     /// `None`: 1 with the quantized model (so a text always gets the same vector), 16 with
     /// the original (batching is exact there and doubles throughput).
@@ -304,47 +342,80 @@ impl Embedder {
     ) -> Result<Embedder, EmbedError> {
         let model = Model::load(dir, settings.intra_threads)?;
         let quantized = model.quantized;
-        let (tx, rx) = sync_channel(settings.queue.max(1));
+        let queue = Arc::new(Queue {
+            state: Mutex::new(Lanes::default()),
+            ready: Condvar::new(),
+            capacity: settings.queue.max(1),
+        });
         let max_batch = settings
             .max_batch
             .unwrap_or(if model.quantized { 1 } else { 16 })
             .max(1);
+        let q = queue.clone();
         std::thread::Builder::new()
             .name("llm-sidecar-embed".into())
-            .spawn(move || worker(model, rx, max_batch, observer))
+            .spawn(move || worker(model, q, max_batch, observer))
             .map_err(|e| EmbedError::Model(format!("cannot start the embedder thread: {e}")))?;
         Ok(Embedder {
-            tx,
+            queue,
             quantized,
             max_batch,
         })
     }
 
-    /// Queues `text`; `then` runs on the embedder thread with the vector. Never blocks.
-    pub fn submit(&self, text: String, fit: Fit, deadline: Instant, then: Then) -> Result<(), SubmitError> {
+    /// Queues `text` in `lane`; `then` runs on the embedder thread with the vector. Never
+    /// blocks (the lock is held for a push).
+    pub fn submit(&self, text: String, fit: Fit, deadline: Instant, lane: Lane, then: Then) -> Result<(), SubmitError> {
         let job = Job {
             text,
             fit,
             deadline,
             then,
         };
-        self.tx.try_send(job).map_err(|e| match e {
-            TrySendError::Full(_) => SubmitError::QueueFull,
-            TrySendError::Disconnected(_) => SubmitError::Stopped,
-        })
+        let mut l = self.queue.state.lock().map_err(|_| SubmitError::Stopped)?;
+        if l.closed {
+            return Err(SubmitError::Stopped);
+        }
+        let cap = self.queue.capacity;
+        let lane = match lane {
+            Lane::Request => &mut l.request,
+            Lane::Background => &mut l.background,
+        };
+        if lane.len() >= cap {
+            return Err(SubmitError::QueueFull);
+        }
+        lane.push_back(job);
+        drop(l);
+        self.queue.ready.notify_one();
+        Ok(())
     }
 }
 
-fn worker(mut model: Model, rx: Receiver<Job>, max_batch: usize, observer: Arc<dyn EmbedObserver>) {
-    let mut jobs: Vec<Job> = Vec::with_capacity(max_batch);
-    while let Ok(first) = rx.recv() {
-        jobs.push(first);
-        while jobs.len() < max_batch {
-            match rx.try_recv() {
-                Ok(j) => jobs.push(j),
-                Err(_) => break,
-            }
+/// The next batch: request jobs first, background jobs only when no request job waits.
+fn next_batch(queue: &Queue, jobs: &mut Vec<Job>, max_batch: usize) -> bool {
+    let Ok(mut l) = queue.state.lock() else { return false };
+    while l.request.is_empty() && l.background.is_empty() {
+        if l.closed {
+            return false;
         }
+        l = match queue.ready.wait(l) {
+            Ok(l) => l,
+            Err(_) => return false,
+        };
+    }
+    let lane = if l.request.is_empty() {
+        &mut l.background
+    } else {
+        &mut l.request
+    };
+    let n = lane.len().min(max_batch);
+    jobs.extend(lane.drain(..n));
+    true
+}
+
+fn worker(mut model: Model, queue: Arc<Queue>, max_batch: usize, observer: Arc<dyn EmbedObserver>) {
+    let mut jobs: Vec<Job> = Vec::with_capacity(max_batch);
+    while next_batch(&queue, &mut jobs, max_batch) {
         let now = Instant::now();
         // Each live job's text is tokenized here, once, into the batch.
         let (live, unembedded): (Vec<Job>, Vec<Job>) = jobs
@@ -464,5 +535,74 @@ mod tests {
         assert!(matches!(Model::load(dir.path(), 1), Err(EmbedError::Missing(p)) if p.ends_with(LIBRARY_FILE)));
         std::fs::write(dir.path().join(LIBRARY_FILE), b"x").unwrap();
         assert!(matches!(Model::load(dir.path(), 1), Err(EmbedError::Missing(p)) if p.ends_with(MODEL_FILE)));
+    }
+
+    struct Quiet;
+    impl EmbedObserver for Quiet {
+        fn batch(&self, _: usize, _: Duration) {}
+        fn expired(&self) {}
+        fn failed(&self, _: &EmbedError) {}
+    }
+
+    #[test]
+    fn request_jobs_overtake_queued_background_jobs() {
+        let settings = EmbedderSettings {
+            queue: 256,
+            max_batch: Some(1),
+            intra_threads: 1,
+        };
+        let e = Embedder::start(&assets(), settings, Arc::new(Quiet)).expect("assets present");
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let job = |name: String| {
+            let order = order.clone();
+            Box::new(move |v: Result<&[f32], Unembedded>| {
+                assert!(v.is_ok());
+                if let Ok(mut o) = order.lock() {
+                    o.push(name);
+                }
+            }) as Then
+        };
+        for i in 0..40 {
+            let text = format!("background insert number {i} about gardening");
+            e.submit(text, Fit::Whole, deadline, Lane::Background, job(format!("b{i}")))
+                .unwrap();
+        }
+        e.submit(
+            "a lookup someone waits for".into(),
+            Fit::Whole,
+            deadline,
+            Lane::Request,
+            job("lookup".into()),
+        )
+        .unwrap();
+        while order.lock().map(|o| o.len()).unwrap_or(0) < 41 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let o = order.lock().unwrap();
+        let at = o.iter().position(|n| n == "lookup").unwrap();
+        // At most the background job already being embedded goes before it.
+        assert!(at <= 2, "the lookup came {at}th: {o:?}");
+        // A full lane is refused at once, per lane.
+        let small = EmbedderSettings {
+            queue: 1,
+            max_batch: Some(1),
+            intra_threads: 1,
+        };
+        let e = Embedder::start(&assets(), small, Arc::new(Quiet)).unwrap();
+        let far = Instant::now() + Duration::from_secs(60);
+        let mut refused = 0;
+        for i in 0..20 {
+            if e.submit(format!("text {i}"), Fit::Whole, far, Lane::Background, Box::new(|_| {}))
+                .is_err()
+            {
+                refused += 1;
+            }
+        }
+        assert!(refused > 0);
+        assert!(
+            e.submit("lookup".into(), Fit::Whole, far, Lane::Request, Box::new(|_| {}))
+                .is_ok()
+        );
     }
 }
