@@ -56,6 +56,8 @@ pub struct Plan {
     pub best_similarity: Option<f32>,
     /// When the semantic lookup ran, for the request's trace.
     pub timing: Option<SemanticTiming>,
+    /// Why the lookup (or its semantic half) did not run, for the request's log line.
+    pub skipped: Option<&'static str>,
     /// Candidates over the threshold that the guard or a learned threshold turned down.
     pub rejected: Vec<&'static str>,
 }
@@ -198,10 +200,10 @@ impl Cache {
         head: &RequestHead<'_>,
         headers: &HeaderMap,
         body: &[u8],
-    ) -> Option<Plan> {
+    ) -> Result<Plan, &'static str> {
         let skip = |reason| {
             self.metrics.cache_skip(reason);
-            None
+            Err(reason)
         };
         if !config.enabled || route.cache_enabled == Some(false) {
             return skip("disabled");
@@ -217,15 +219,18 @@ impl Cache {
         if !config.privacy.is_empty() && std::str::from_utf8(body).is_ok_and(|t| config.privacy.is_match(t)) {
             return skip("privacy");
         }
-        let keys = key::derive(&[tenant, &route.name, endpoint, &config.version], head)?;
+        let Some(keys) = key::derive(&[tenant, &route.name, endpoint, &config.version], head) else {
+            return skip("unkeyable");
+        };
         let mut lookup = !no_cache;
         if keys.temperature > config.max_temperature {
             // A high temperature asks for a fresh answer each time.
-            self.metrics.cache_skip("temperature");
-            return None;
+            return skip("temperature");
         }
+        let mut skipped = None;
         if no_cache {
             self.metrics.cache_skip("no_cache");
+            skipped = Some("no_cache");
             lookup = false;
         }
         if no_store {
@@ -235,9 +240,10 @@ impl Cache {
         if semantic && keys.query.as_ref().is_some_and(|q| q.len() > QUERY_MAX_BYTES) {
             // Far past the embedder's window: not worth tokenizing, storing or guarding.
             self.metrics.cache_skip("too_long");
+            skipped = Some("too_long");
             semantic = false;
         }
-        Some(Plan {
+        Ok(Plan {
             keys,
             lookup,
             store: !no_store,
@@ -248,6 +254,7 @@ impl Cache {
             route: route.name.clone(),
             vector: None,
             late: None,
+            skipped,
             best_similarity: None,
             timing: None,
             rejected: Vec::new(),
@@ -286,6 +293,7 @@ impl Cache {
         };
         let Some(embedder) = &self.embedder else {
             self.metrics.cache_skip("embedder_unavailable");
+            plan.skipped = Some("embedder_unavailable");
             return None;
         };
         // An empty partition has nothing to find: skip the embedding (the insert embeds).
@@ -313,10 +321,12 @@ impl Cache {
             Ok(()) => {}
             Err(SubmitError::QueueFull) => {
                 self.metrics.cache_skip("embed_queue_full");
+                plan.skipped = Some("embed_queue_full");
                 return None;
             }
             Err(SubmitError::Stopped) => {
                 self.metrics.cache_skip("embedder_unavailable");
+                plan.skipped = Some("embedder_unavailable");
                 return None;
             }
         }
@@ -325,13 +335,18 @@ impl Cache {
             Ok(Ok(Err(Unembedded::TooLong))) => {
                 // Exact-only, and the store need not try to embed it again.
                 self.metrics.cache_skip("too_long");
+                plan.skipped = Some("too_long");
                 plan.semantic = false;
                 return None;
             }
             // Expired in the queue or failed: counted by the embedder's observer.
-            Ok(_) => return None,
+            Ok(_) => {
+                plan.skipped = Some("embed_timeout");
+                return None;
+            }
             Err(_) => {
                 self.metrics.cache_skip("embed_timeout");
+                plan.skipped = Some("embed_timeout");
                 return None;
             }
         };

@@ -392,6 +392,10 @@ impl Embedder {
 }
 
 /// The next batch: request jobs first, background jobs only when no request job waits.
+/// Request jobs are taken newest first. Under overload a first-come queue makes every lookup
+/// wait past its budget (all miss); the newest job has the most budget left, so serving it
+/// first keeps the share served in time at what the model can do, and the oldest expire.
+/// Jobs whose deadline has passed are handed back to the worker to be answered `Expired`.
 fn next_batch(queue: &Queue, jobs: &mut Vec<Job>, max_batch: usize) -> bool {
     let Ok(mut l) = queue.state.lock() else { return false };
     while l.request.is_empty() && l.background.is_empty() {
@@ -403,13 +407,26 @@ fn next_batch(queue: &Queue, jobs: &mut Vec<Job>, max_batch: usize) -> bool {
             Err(_) => return false,
         };
     }
-    let lane = if l.request.is_empty() {
-        &mut l.background
+    let now = Instant::now();
+    if !l.request.is_empty() {
+        // Expired jobs go out with the batch (the worker tells their callers, and the
+        // metric) without counting against its size.
+        let (mut live, mut kept) = (0, VecDeque::with_capacity(l.request.len()));
+        while let Some(j) = l.request.pop_back() {
+            if j.deadline <= now {
+                jobs.push(j);
+            } else if live < max_batch {
+                live += 1;
+                jobs.push(j);
+            } else {
+                kept.push_front(j);
+            }
+        }
+        l.request = kept;
     } else {
-        &mut l.request
-    };
-    let n = lane.len().min(max_batch);
-    jobs.extend(lane.drain(..n));
+        let n = l.background.len().min(max_batch);
+        jobs.extend(l.background.drain(..n));
+    }
     true
 }
 

@@ -245,7 +245,7 @@ pub async fn openai(
                 .inc();
         }
         let route = &decision.route;
-        let mut plan = shared.cache.plan(
+        let planned = shared.cache.plan(
             &rt.config.cache,
             route,
             endpoint.label(),
@@ -254,6 +254,16 @@ pub async fn openai(
             &parts.headers,
             &body,
         );
+        let mut plan = match planned {
+            Ok(p) => {
+                rec.cache_skip = p.skipped;
+                Some(p)
+            }
+            Err(reason) => {
+                rec.cache_skip = Some(reason);
+                None
+            }
+        };
         rec.cache = match &plan {
             Some(p) if p.lookup => "miss",
             _ => "bypass",
@@ -271,6 +281,7 @@ pub async fn openai(
         if let Some(p) = plan.as_mut().filter(|p| p.lookup) {
             let span = rec.trace.as_deref().map(|t| t.open("cache lookup", Kind::Internal));
             hit = shared.cache.lookup(p, &rt.config.cache).await;
+            rec.cache_skip = p.skipped;
             if let (Some(t), Some(span)) = (rec.trace.as_deref_mut(), span) {
                 traced::cache(t, span, p, hit.as_ref());
             }

@@ -37,6 +37,9 @@ pub struct RequestRecord {
     pub usage: Option<Usage>,
     /// `x-llm-sidecar-cache` as answered: hit-exact, hit-semantic, miss, bypass.
     pub cache: &'static str,
+    /// Why the cache lookup (or its semantic half) did not run: a `llm_sidecar_cache_skips`
+    /// reason, in the log line.
+    pub cache_skip: Option<&'static str>,
     /// Why the route put the candidates in their order (the routing decision's reason).
     pub reason: Option<Reason>,
     /// The priority class the request queued in.
@@ -91,6 +94,7 @@ impl RequestRecord {
             status: 0,
             usage: None,
             cache: "bypass",
+            cache_skip: None,
             reason: None,
             priority: None,
             retries: 0,
@@ -308,6 +312,7 @@ impl RequestRecord {
                     status = self.status,
                     outcome,
                     cache = self.cache,
+                    cache_skip = self.cache_skip,
                     stream = self.stream,
                     attempts = self.attempts,
                     retries = self.retries,
