@@ -156,7 +156,7 @@ async fn a_paraphrase_answered_in_one_pod_is_a_hit_in_another_and_new_pods_start
     .await;
     let r = call(&b, chat_body(q)).await;
     assert_eq!(r.headers()["x-llm-sidecar-cache"], "hit-exact");
-    let r = call(&b, chat_body("how do i reset my online banking password")).await;
+    let r = call(&b, chat_body("how can I reset my online banking password")).await;
     assert_eq!(
         r.headers()["x-llm-sidecar-cache"],
         "hit-semantic",

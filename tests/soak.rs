@@ -70,6 +70,7 @@ routes:
 default_route: auto
 resilience: {{ retries: {{ max_attempts: 2, base_delay: 5ms }}, breaker: {{ consecutive_failures: 5, open_for: 2s }} }}
 cache:
+  max_entries: 5000
   semantic: {{ enabled: false }}
 "#
     )
@@ -205,6 +206,27 @@ async fn soak() {
     rss.push((started.elapsed().as_secs(), rss_mib(pid)));
     let elapsed = started.elapsed().as_secs_f64();
     let c: Vec<u64> = counts.iter().map(|a| a.load(Ordering::Relaxed)).collect();
+    // The cache's own size, so memory growth can be told from the entries it holds.
+    let m = match http.get(format!("http://127.0.0.1:{admin}/metrics")).send().await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    let gauge = |name: &str| {
+        m.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .unwrap_or("?")
+            .to_owned()
+    };
+    println!(
+        "soak: cache at the end: {} entries, {} bytes (max_entries 5000); circuit opened {} times",
+        gauge("llm_sidecar_cache_entries"),
+        gauge("llm_sidecar_cache_bytes"),
+        m.lines()
+            .filter(|l| l.starts_with("llm_sidecar_circuit_transitions_total") && l.contains("state=\"open\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    );
     let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
     let exit = child.wait().ok().and_then(|s| s.code());
 
