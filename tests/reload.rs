@@ -87,18 +87,7 @@ async fn kubelet_symlink_swap_is_applied_and_a_bad_edit_is_rejected() {
 async fn an_in_place_edit_is_applied_and_sighup_reload_is_idempotent() {
     let mock = MockUpstream::start().await.unwrap();
     let base = config(&mock.base_url(), "");
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("sidecar.yaml");
-    std::fs::write(&path, &base).unwrap();
-    let sidecar = llm_sidecar::app::Sidecar::start(options(llm_sidecar::app::ConfigInput::File(path.clone())))
-        .await
-        .unwrap();
-    let h = Harness {
-        mock,
-        sidecar: Some(sidecar),
-        client: client(),
-        dir: Some(dir),
-    };
+    let (h, path) = Harness::with_file(mock, base.clone()).await;
 
     let start = Instant::now();
     std::fs::write(&path, with_route(&base)).unwrap();
@@ -230,18 +219,7 @@ async fn an_editor_saving_in_place_is_applied_whole_or_not_at_all() {
     use std::io::{Seek, Write};
     let mock = MockUpstream::start().await.unwrap();
     let base = config(&mock.base_url(), "");
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("sidecar.yaml");
-    std::fs::write(&path, &base).unwrap();
-    let sidecar = llm_sidecar::app::Sidecar::start(options(llm_sidecar::app::ConfigInput::File(path.clone())))
-        .await
-        .unwrap();
-    let h = Harness {
-        mock,
-        sidecar: Some(sidecar),
-        client: client(),
-        dir: Some(dir),
-    };
+    let (h, path) = Harness::with_file(mock, base.clone()).await;
     let next = with_route(&base);
     let failed = failures_during(&h, async {
         for _ in 0..2 {

@@ -413,18 +413,7 @@ impl Attempt<'_> {
             rec.first_byte();
             target.health.observe_latency(headers_at);
             settle.answered(false);
-            return Outcome::Done(Box::new(Success {
-                parts,
-                body,
-                permit: up.permit,
-                target: target.clone(),
-                strip_usage,
-                idle,
-                deadline,
-                translate: None,
-                usage: None,
-                committed: None,
-            }));
+            return self.done(parts, body, up.permit, target, strip_usage, (idle, deadline), None);
         }
         let expect = match self.endpoint {
             Endpoint::Embeddings => Expect::Data,
@@ -496,10 +485,35 @@ impl Attempt<'_> {
                 other
             }
         };
+        let answer = (translate, usage, committed);
+        self.done(
+            parts,
+            body,
+            up.permit,
+            target,
+            strip_usage,
+            (idle, deadline),
+            Some(answer),
+        )
+    }
+
+    /// The attempt's answer, ready to relay; `answer` holds what a 2xx carries besides its body.
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    fn done(
+        &self,
+        parts: http::response::Parts,
+        body: Received,
+        permit: Permit,
+        target: &Target,
+        strip_usage: bool,
+        (idle, deadline): (Duration, Instant),
+        answer: Option<(Option<Box<dyn StreamTranslate>>, Option<Usage>, Option<Committed>)>,
+    ) -> Outcome {
+        let (translate, usage, committed) = answer.unwrap_or((None, None, None));
         Outcome::Done(Box::new(Success {
             parts,
             body,
-            permit: up.permit,
+            permit,
             target: target.clone(),
             strip_usage,
             idle,

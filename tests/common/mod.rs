@@ -98,6 +98,23 @@ impl Harness {
         }
     }
 
+    /// A sidecar reading a plain config file (edited in place by the test).
+    pub async fn with_file(mock: MockUpstream, text: String) -> (Harness, PathBuf) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("sidecar.yaml");
+        std::fs::write(&path, &text).expect("write");
+        let sidecar = Sidecar::start(options(ConfigInput::File(path.clone())))
+            .await
+            .expect("sidecar starts");
+        let h = Harness {
+            mock,
+            sidecar: Some(sidecar),
+            client: client(),
+            dir: Some(dir),
+        };
+        (h, path)
+    }
+
     /// A sidecar reading a kubelet-style mounted ConfigMap folder.
     pub async fn with_mounted(mock: MockUpstream, text: String) -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
