@@ -371,6 +371,11 @@ const STOPWORDS: &[&str] = &[
     "whats", "whos", "hows", "wheres", "whens", "whys", "thats", "theres", "heres", "im", "ive", "id", "youre",
 ];
 
+/// A word that carries no content of its own: a stop word, or punctuation.
+pub fn is_function_word(w: &str) -> bool {
+    !w.chars().any(char::is_alphanumeric) || STOPWORDS.contains(&w)
+}
+
 /// Words that reword a question without changing what it asks ("what's the best way to",
 /// "what are the steps to", "which documents are required"): left out when two texts' content
 /// words are compared one for one.
@@ -556,6 +561,8 @@ pub struct Features {
     all: Vec<String>,
     words: usize,
     intent: Intent,
+    /// The thing moved or turned from, and to (`from X … to/into/onto Y`).
+    roles: (Option<String>, Option<String>),
 }
 
 /// What a question asks for: its question word, refined by what follows it ("what year" asks
@@ -745,6 +752,7 @@ impl Features {
         f.style.sort();
         f.style.dedup();
         f.intent = Intent::of(&f.all);
+        f.roles = roles(&f.all);
         // Once every word is in `all`, so a phrasal verb can see the word after it.
         let mut particle = None;
         for (word, &at) in f.content.iter().zip(&f.content_at) {
@@ -860,6 +868,15 @@ pub fn check(query: &Features, candidate: &Features) -> Result<(), Reason> {
     if query.intent.conflicts(candidate.intent) {
         return Err(Reason::Intent);
     }
+    // Source and target swapped: "copy a file from the container to the host" is not "from
+    // the host into the container", however close the two embed (0.99).
+    if let ((Some(qs), Some(qt)), (Some(cs), Some(ct))) = (&query.roles, &candidate.roles)
+        && qs != qt
+        && qs == ct
+        && qt == cs
+    {
+        return Err(Reason::WordOrder);
+    }
     // Entities are found by their capitals, but compared by their words: "france" in one
     // text is the other's "France", and an all-caps question names no more than it says.
     if !named_in(query, candidate) || !named_in(candidate, query) {
@@ -904,6 +921,22 @@ pub fn check(query: &Features, candidate: &Features) -> Result<(), Reason> {
         return Err(Reason::Style);
     }
     Ok(())
+}
+
+/// The first content word after "from", and after the first "to"/"into"/"onto" (stems).
+fn roles(all: &[String]) -> (Option<String>, Option<String>) {
+    let after = |i: usize| {
+        all[i + 1..]
+            .iter()
+            .find(|w| !STOPWORDS.contains(&w.as_str()) && !DETERMINERS.contains(&w.as_str()))
+            .map(|w| stem(w))
+    };
+    let from = all.iter().position(|w| w == "from").and_then(after);
+    let to = all
+        .iter()
+        .position(|w| matches!(w.as_str(), "to" | "into" | "onto"))
+        .and_then(after);
+    (from, to)
 }
 
 /// Every entity of `a` is named in `b`: as an entity, or as a plain word in any case.
@@ -1337,6 +1370,13 @@ mod tests {
         ] {
             assert_eq!(verdict(a, b), Ok(()), "{a} / {b}");
         }
+        assert_eq!(
+            verdict(
+                "How do I copy a file from a Docker container to the host?",
+                "How do I copy a file from the host into a Docker container?"
+            ),
+            Err(Reason::WordOrder)
+        );
         // Different numbers, however written, are different questions.
         assert_eq!(
             verdict("What should I feed my 2 cats?", "What should I feed my three cats?"),
