@@ -412,3 +412,104 @@ async fn online_verification_learns_from_a_wrong_semantic_hit() {
         .await;
     assert_eq!(agree, 1.0);
 }
+
+#[tokio::test]
+async fn shadow_mode_judges_would_be_hits_and_never_serves_them() {
+    // Guard off, so that a wrong pairing ("sun rise"/"sun set", 0.955) is a would-be hit too.
+    let h = cached_harness("    guard: false\n    mode: shadow\n").await;
+    h.mock.set_answer("sun rise", "In Paris today the sun rises at 07:42.");
+    h.mock.set_answer("sun set", "In Paris today the sun sets at 17:10.");
+    h.mock.set_answer(
+        "reset my password",
+        "Open Settings, then Security, then choose Reset password.",
+    );
+    assert_eq!(
+        cache_header(&h.chat(chat_body("What time does the sun rise in Paris?")).await),
+        "miss"
+    );
+    settle().await;
+    let r = h.chat(chat_body("What time does the sun set in Paris?")).await;
+    assert_eq!(cache_header(&r), "miss", "shadow mode never serves a semantic hit");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "In Paris today the sun sets at 17:10."
+    );
+    let wrong = h
+        .wait_for_metric(r#"llm_sidecar_cache_judgments_total{route="auto",mode="shadow",result="disagree"}"#)
+        .await;
+    assert_eq!(wrong, 1.0);
+
+    assert_eq!(
+        cache_header(&h.chat(chat_body("How do I reset my password?")).await),
+        "miss"
+    );
+    settle().await;
+    assert_eq!(
+        cache_header(&h.chat(chat_body("how can I reset my password")).await),
+        "miss"
+    );
+    let right = h
+        .wait_for_metric(r#"llm_sidecar_cache_judgments_total{route="auto",mode="shadow",result="agree"}"#)
+        .await;
+    assert_eq!(right, 1.0);
+    // Every request went upstream; exact repeats are still served.
+    assert_eq!(h.mock.requests().len(), 4);
+    assert_eq!(
+        cache_header(&h.chat(chat_body("How do I reset my password?")).await),
+        "hit-exact"
+    );
+
+    let report = h.admin_get("/admin/cache").await;
+    let route = &report["routes"][0];
+    assert_eq!(route["route"], "auto");
+    assert_eq!(route["mode"], "shadow");
+    assert_eq!(route["judged"]["shadow"]["agree"], 1);
+    assert_eq!(route["judged"]["shadow"]["disagree"], 1);
+    // Both pairs score above 0.90: one wrong in two there, with its interval.
+    let at_090 = route["judged"]["by_threshold"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| (r["threshold"].as_f64().unwrap() - 0.90).abs() < 1e-6)
+        .unwrap();
+    assert_eq!(at_090["judged"], 2);
+    assert_eq!(at_090["wrong"], 1);
+    assert_eq!(at_090["wrong_rate"], 0.5);
+    let interval = at_090["interval_95"].as_array().unwrap();
+    assert!(interval[0].as_f64().unwrap() < 0.5 && interval[1].as_f64().unwrap() > 0.5);
+}
+
+#[tokio::test]
+async fn an_error_bound_serves_nothing_semantic_until_the_traffic_shows_it_is_met() {
+    let h = cached_harness("    max_wrong_rate: 0.05\n").await;
+    h.mock.set_answer(
+        "reset my password",
+        "Open Settings, then Security, then choose Reset password.",
+    );
+    let report = h.admin_get("/admin/cache").await;
+    let in_force = report["routes"][0]["threshold_in_force"].as_f64().unwrap();
+    assert!(
+        (in_force - 0.99).abs() < 1e-6,
+        "no evidence yet: the cautious end, not {in_force}"
+    );
+    assert_eq!(
+        cache_header(&h.chat(chat_body("How do I reset my password?")).await),
+        "miss"
+    );
+    settle().await;
+    // A true paraphrase (0.95): below the cautious threshold in force, so not served; it is
+    // judged against the upstream answer instead, which is how the route gathers evidence.
+    assert_eq!(
+        cache_header(&h.chat(chat_body("how can I reset my password")).await),
+        "miss"
+    );
+    let right = h
+        .wait_for_metric(r#"llm_sidecar_cache_judgments_total{route="auto",mode="shadow",result="agree"}"#)
+        .await;
+    assert_eq!(right, 1.0);
+    let m = h.metrics().await;
+    assert!((metric(&m, r#"llm_sidecar_cache_route_threshold{route="auto"}"#) - 0.99).abs() < 1e-6);
+    let report = h.admin_get("/admin/cache").await;
+    assert_eq!(report["routes"][0]["judged"]["in_force"]["bound_met"], false);
+}

@@ -8,11 +8,13 @@
 //! - `guard` — pair features that must agree for a semantic hit.
 //! - `store` — entries, TTL, LRU, byte bounds, per-partition usearch indexes.
 //! - `replay` — JSON ↔ SSE, so an answer is served in whichever shape is asked for.
+//! - `quality` — per-route judged pairs, the measured wrong rate, `max_wrong_rate`.
 
 pub mod calibrate;
 pub mod guard;
 pub mod key;
 pub mod l2;
+pub mod quality;
 pub mod replay;
 pub mod store;
 
@@ -25,12 +27,13 @@ use tokio::time::Instant;
 
 use self::guard::Features;
 use self::key::Keys;
+use self::quality::{Judged, Policy, Quality};
 use self::store::{NewEntry, SEARCH_CANDIDATES, Store};
-use crate::config::CacheConfig;
+use crate::config::{CacheConfig, SemanticMode};
 use crate::embed::{EmbedError, EmbedObserver, Embedder, EmbedderSettings, Fit, Lane, SubmitError, Unembedded};
 use crate::openai::RequestHead;
 use crate::router::Route;
-use crate::telemetry::{Metrics, ReasonLabels, ResultLabels};
+use crate::telemetry::{JudgmentLabels, Metrics, ReasonLabels, ResultLabels, RouteLabels};
 
 /// How often expired entries are swept (they are also dropped when met on lookup).
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
@@ -43,7 +46,13 @@ pub struct Plan {
     pub lookup: bool,
     pub store: bool,
     semantic: bool,
+    /// The threshold in force for the route (moved by `max_wrong_rate` when set).
     threshold: f32,
+    /// Would-be hits from here up are judged when not served (shadow mode, or the band below
+    /// the threshold of a route with `max_wrong_rate`); equal to `threshold` otherwise.
+    floor: f32,
+    mode: SemanticMode,
+    policy: Policy,
     guard: bool,
     tenant: Arc<str>,
     route: Arc<str>,
@@ -60,6 +69,15 @@ pub struct Plan {
     pub skipped: Option<&'static str>,
     /// Candidates over the threshold that the guard or a learned threshold turned down.
     pub rejected: Vec<&'static str>,
+    /// A hit found but not served: judged against the upstream answer the request gets.
+    pub shadow: Option<ShadowHit>,
+}
+
+/// A semantic hit that was found and passed the guard but was not served.
+pub struct ShadowHit {
+    pub entry: u64,
+    pub similarity: f32,
+    pub cached: Bytes,
 }
 
 /// The semantic lookup's steps: submitted to the embedder, embedded (after any queueing and
@@ -92,12 +110,29 @@ pub struct Cache {
     metrics: Arc<Metrics>,
     /// Bounds background verifications in flight.
     verify_permits: Arc<tokio::sync::Semaphore>,
+    /// Bounds shadow judgments in flight (two embeddings each, no upstream call).
+    shadow_permits: Arc<tokio::sync::Semaphore>,
+    quality: Quality,
     /// Fleet mode: new entries go to Redis through this (see `l2`).
     l2: std::sync::OnceLock<tokio::sync::mpsc::Sender<l2::Outgoing>>,
 }
 
 /// Background verifications in flight at most: they cost upstream calls, and must never pile up.
 const MAX_VERIFICATIONS: usize = 4;
+/// Shadow judgments in flight at most; beyond, a would-be hit goes unjudged (counted).
+const MAX_SHADOW_JUDGMENTS: usize = 32;
+
+/// A route's threshold settings: its own where set, else `cache.semantic`'s.
+pub fn policy(route: &Route, config: &CacheConfig) -> Policy {
+    let s = &config.semantic;
+    let c = &route.cache;
+    Policy {
+        configured: c.threshold.unwrap_or(s.threshold),
+        max_wrong_rate: c.max_wrong_rate.or(s.max_wrong_rate),
+        min: c.min_threshold.unwrap_or(s.min_threshold),
+        max: c.max_threshold.unwrap_or(s.max_threshold),
+    }
+}
 
 /// A last turn longer than this is exact-only without asking the tokenizer: natural text needs
 /// ~4-6 bytes per token (CJK 3), so 4 KiB is several times the embedder's 128-token window.
@@ -165,6 +200,8 @@ impl Cache {
             embedder,
             metrics,
             verify_permits: Arc::new(tokio::sync::Semaphore::new(MAX_VERIFICATIONS)),
+            shadow_permits: Arc::new(tokio::sync::Semaphore::new(MAX_SHADOW_JUDGMENTS)),
+            quality: Quality::default(),
             l2: std::sync::OnceLock::new(),
         }
     }
@@ -205,7 +242,7 @@ impl Cache {
             self.metrics.cache_skip(reason);
             Err(reason)
         };
-        if !config.enabled || route.cache_enabled == Some(false) {
+        if !config.enabled || route.cache.enabled == Some(false) {
             return skip("disabled");
         }
         if endpoint != "chat" && endpoint != "completions" {
@@ -243,12 +280,23 @@ impl Cache {
             skipped = Some("too_long");
             semantic = false;
         }
+        let policy = policy(route, config);
+        let threshold = self.quality.threshold(&route.name, &policy);
+        let mode = route.cache.mode.unwrap_or(config.semantic.mode);
+        let floor = if mode == SemanticMode::Shadow || policy.max_wrong_rate.is_some() {
+            policy.floor().min(threshold)
+        } else {
+            threshold
+        };
         Ok(Plan {
             keys,
             lookup,
             store: !no_store,
             semantic,
-            threshold: route.cache_threshold.unwrap_or(config.semantic.threshold),
+            threshold,
+            floor,
+            mode,
+            policy,
             guard: config.semantic.guard,
             tenant: tenant.clone(),
             route: route.name.clone(),
@@ -258,6 +306,7 @@ impl Cache {
             best_similarity: None,
             timing: None,
             rejected: Vec::new(),
+            shadow: None,
         })
     }
 
@@ -361,7 +410,7 @@ impl Cache {
         let query_features = Features::of(&query);
         let now = std::time::Instant::now();
         for (id, similarity) in found {
-            if similarity < plan.threshold {
+            if similarity < plan.floor {
                 break;
             }
             let Some(c) = self.store.candidate(id, &partition, now) else {
@@ -379,6 +428,14 @@ impl Cache {
                 self.rejected(reason.label());
                 plan.rejected.push(reason.label());
                 continue;
+            }
+            if plan.mode == SemanticMode::Shadow || similarity < plan.threshold {
+                plan.shadow = Some(ShadowHit {
+                    entry: c.id,
+                    similarity,
+                    cached: c.response,
+                });
+                return None;
             }
             self.metrics.cache_similarity.observe(f64::from(similarity));
             return Some(Hit {
@@ -543,27 +600,67 @@ impl Cache {
         self.verify_permits.clone().try_acquire_owned().ok()
     }
 
-    /// Judges a served semantic hit against a fresh upstream answer to the same request: the
-    /// answers must embed close together (`verify_agreement`) and state the same numbers.
+    /// Judges a served semantic hit against a fresh upstream answer to the same request.
     /// A disagreement raises the entry's learned threshold so that pair never hits again.
-    pub async fn judge(&self, entry: u64, similarity: f32, cached: &[u8], fresh: &[u8], config: &CacheConfig) {
-        let (Some(a), Some(b)) = (answer_text(cached), answer_text(fresh)) else {
+    pub async fn judge(
+        &self,
+        route: &Route,
+        entry: u64,
+        similarity: f32,
+        cached: &[u8],
+        fresh: &[u8],
+        config: &CacheConfig,
+    ) {
+        let Some(agree) = self.agree(entry, similarity, cached, fresh, config).await else {
             self.verification("failed");
             return;
         };
-        let (va, vb) = match (self.embed_now(&a, config).await, self.embed_now(&b, config).await) {
-            (Some(va), Some(vb)) => (va, vb),
-            _ => {
-                self.verification("failed");
-                return;
-            }
+        self.verification(if agree { "agree" } else { "disagree" });
+        self.judged(&route.name, similarity, agree, Judged::Served, &policy(route, config));
+    }
+
+    /// Judges a hit that was not served (`plan.shadow`) against the answer the request got
+    /// upstream, in the background; costs two embeddings and no upstream call.
+    pub fn judge_shadow(self: &Arc<Self>, plan: &mut Plan, fresh: Bytes, config: &CacheConfig) {
+        let Some(hit) = plan.shadow.take() else {
+            return;
         };
+        let (route, policy) = (plan.route.clone(), plan.policy);
+        let Ok(permit) = self.shadow_permits.clone().try_acquire_owned() else {
+            self.judgment(&route, Judged::Shadow, "skipped");
+            return;
+        };
+        let cache = self.clone();
+        let config = config.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            match cache
+                .agree(hit.entry, hit.similarity, &hit.cached, &fresh, &config)
+                .await
+            {
+                Some(agree) => cache.judged(&route, hit.similarity, agree, Judged::Shadow, &policy),
+                None => cache.judgment(&route, Judged::Shadow, "failed"),
+            }
+        });
+    }
+
+    /// Whether two answers to what the cache took for the same question agree: they must
+    /// embed close together (`verify_agreement`) and state the same numbers. `None` when they
+    /// cannot be compared. A disagreement tightens the entry's learned threshold.
+    async fn agree(
+        &self,
+        entry: u64,
+        similarity: f32,
+        cached: &[u8],
+        fresh: &[u8],
+        config: &CacheConfig,
+    ) -> Option<bool> {
+        let (a, b) = (answer_text(cached)?, answer_text(fresh)?);
+        let (va, vb) = (self.embed_now(&a, config).await?, self.embed_now(&b, config).await?);
         let agreement = crate::embed::cosine(&va, &vb);
         let same_numbers = guard::numbers_of(&a) == guard::numbers_of(&b);
-        if agreement >= config.semantic.verify_agreement && same_numbers {
-            self.verification("agree");
-        } else {
-            self.verification("disagree");
+        let agree = agreement >= config.semantic.verify_agreement && same_numbers;
+        if !agree {
             let learned = self.store.tighten(entry, similarity);
             tracing::warn!(
                 entry,
@@ -571,9 +668,63 @@ impl Cache {
                 agreement,
                 same_numbers,
                 learned = learned.unwrap_or(f32::NAN),
-                "cache verification: a semantic hit served a different answer; its threshold was raised"
+                "cache verification: a semantic hit would have served a different answer; its entry's threshold was raised"
             );
         }
+        Some(agree)
+    }
+
+    fn judged(&self, route: &Arc<str>, similarity: f32, agree: bool, how: Judged, policy: &Policy) {
+        self.judgment(route, how, if agree { "agree" } else { "disagree" });
+        let before = self.quality.threshold(route, policy);
+        let after = self.quality.record(route, similarity, agree, how, policy);
+        self.metrics
+            .cache_route_threshold
+            .get_or_create(&RouteLabels { route: route.clone() })
+            .set(f64::from(after));
+        if (after - before).abs() > 1e-6 {
+            tracing::info!(
+                route = &**route,
+                before,
+                after,
+                "cache: the route's semantic threshold moved to meet its max_wrong_rate"
+            );
+        }
+    }
+
+    fn judgment(&self, route: &Arc<str>, how: Judged, result: &'static str) {
+        self.metrics
+            .cache_judgments
+            .get_or_create(&JudgmentLabels {
+                route: route.clone(),
+                mode: how.label(),
+                result,
+            })
+            .inc();
+    }
+
+    /// Per-route semantic settings and measured quality, for `/admin/cache`.
+    pub fn report(&self, routes: &[Arc<Route>], config: &CacheConfig) -> serde_json::Value {
+        serde_json::json!({
+            "enabled": config.enabled,
+            "semantic": config.enabled && config.semantic.enabled && self.embedder.is_some(),
+            "entries": self.store.len(),
+            "bytes": self.store.bytes(),
+            "routes": routes.iter().map(|r| {
+                let p = policy(r, config);
+                serde_json::json!({
+                    "route": &*r.name,
+                    "enabled": r.cache.enabled != Some(false),
+                    "mode": r.cache.mode.unwrap_or(config.semantic.mode).label(),
+                    "threshold": p.configured,
+                    "threshold_in_force": self.quality.threshold(&r.name, &p),
+                    "max_wrong_rate": p.max_wrong_rate,
+                    "min_threshold": p.min,
+                    "max_threshold": p.max,
+                    "judged": self.quality.report(&r.name, &p),
+                })
+            }).collect::<Vec<_>>(),
+        })
     }
 
     pub fn verification(&self, result: &'static str) {

@@ -124,6 +124,12 @@ pub const DEFAULT_VERIFY_SAMPLE: f32 = 0.05;
 /// Two answers to the same question by the same model embed at ≥ 0.85 in practice; answers to
 /// different questions that share a topic fall below.
 pub const DEFAULT_VERIFY_AGREEMENT: f32 = 0.85;
+/// The lowest threshold `max_wrong_rate` may choose, and where shadow judging starts: below
+/// 0.80 the model's neighbours are mostly other questions on the same topic.
+pub const DEFAULT_MIN_THRESHOLD: f32 = 0.80;
+/// The highest threshold `max_wrong_rate` may choose: where a route with too little evidence,
+/// or one that cannot meet its bound, serves (in practice only near-identical wordings).
+pub const DEFAULT_MAX_THRESHOLD: f32 = 0.99;
 /// Lookups waiting for the embedder; beyond this the queue is full and lookups miss at once.
 pub const DEFAULT_EMBED_QUEUE: u64 = 256;
 /// Texts that are never cached (and never embedded): e-mail addresses, payment card numbers,
@@ -421,10 +427,8 @@ pub struct RouteConfig {
     pub latency_budget: Option<Duration>,
     pub semantic_threshold: f32,
     pub complexity_threshold: f64,
-    /// `routes[].cache.enabled`: `Some(false)` turns caching off for this route.
-    pub cache_enabled: Option<bool>,
-    /// `routes[].cache.threshold`: overrides `cache.semantic.threshold`.
-    pub cache_threshold: Option<f32>,
+    /// `routes[].cache`: overrides of `cache.semantic` for this route.
+    pub cache: RouteCacheConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -454,6 +458,44 @@ pub struct SemanticConfig {
     pub verify_sample: f32,
     /// Cosine between the cached and the fresh answer at or above which they agree.
     pub verify_agreement: f32,
+    /// `cache.semantic.mode`: the routes' default (a route may override it).
+    pub mode: SemanticMode,
+    /// `cache.semantic.max_wrong_rate`: the routes' default error bound (none: off).
+    pub max_wrong_rate: Option<f32>,
+    /// The range `max_wrong_rate` moves a route's threshold in.
+    pub min_threshold: f32,
+    pub max_threshold: f32,
+}
+
+/// What the semantic layer does with a hit it finds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SemanticMode {
+    /// Serves it (the default).
+    Serve,
+    /// Serves the upstream answer instead and compares the two, to measure how often the
+    /// semantic cache would be right on this route's traffic before turning it on.
+    Shadow,
+}
+
+impl SemanticMode {
+    pub fn label(self) -> &'static str {
+        match self {
+            SemanticMode::Serve => "serve",
+            SemanticMode::Shadow => "shadow",
+        }
+    }
+}
+
+/// `routes[].cache`: per-route overrides of `cache.semantic` (`None`: the global value).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RouteCacheConfig {
+    /// `Some(false)` turns caching off for this route.
+    pub enabled: Option<bool>,
+    pub threshold: Option<f32>,
+    pub mode: Option<SemanticMode>,
+    pub max_wrong_rate: Option<f32>,
+    pub min_threshold: Option<f32>,
+    pub max_threshold: Option<f32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

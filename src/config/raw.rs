@@ -201,6 +201,10 @@ pub struct RawSemantic {
     pub threads: Option<u64>,
     pub verify_sample: Option<f32>,
     pub verify_agreement: Option<f32>,
+    pub mode: Option<String>,
+    pub max_wrong_rate: Option<f32>,
+    pub min_threshold: Option<f32>,
+    pub max_threshold: Option<f32>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -208,6 +212,10 @@ pub struct RawSemantic {
 pub struct RawRouteCache {
     pub enabled: Option<bool>,
     pub threshold: Option<f32>,
+    pub mode: Option<String>,
+    pub max_wrong_rate: Option<f32>,
+    pub min_threshold: Option<f32>,
+    pub max_threshold: Option<f32>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]

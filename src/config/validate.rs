@@ -670,9 +670,7 @@ impl Validator<'_> {
                 );
             }
             let rc = r.cache.unwrap_or_default();
-            if let Some(t) = rc.threshold {
-                self.threshold(&format!("{path}.cache.threshold"), t);
-            }
+            let cache = self.route_cache(&format!("{path}.cache"), rc);
             routes.push(RouteConfig {
                 name: r.name.as_str().into(),
                 models: r.models,
@@ -684,8 +682,7 @@ impl Validator<'_> {
                 latency_budget,
                 semantic_threshold,
                 complexity_threshold,
-                cache_enabled: rc.enabled,
-                cache_threshold: rc.threshold,
+                cache,
             });
         }
         routes
@@ -1032,6 +1029,67 @@ impl Validator<'_> {
         }
     }
 
+    fn route_cache(&mut self, path: &str, rc: RawRouteCache) -> RouteCacheConfig {
+        for (key, t) in [
+            ("threshold", rc.threshold),
+            ("min_threshold", rc.min_threshold),
+            ("max_threshold", rc.max_threshold),
+        ] {
+            if let Some(t) = t {
+                self.threshold(&format!("{path}.{key}"), t);
+            }
+        }
+        if let Some(m) = rc.max_wrong_rate {
+            self.wrong_rate(&format!("{path}.max_wrong_rate"), m);
+        }
+        if let (Some(lo), Some(hi)) = (rc.min_threshold, rc.max_threshold) {
+            self.threshold_range(path, lo, hi);
+        }
+        RouteCacheConfig {
+            enabled: rc.enabled,
+            threshold: rc.threshold,
+            mode: rc
+                .mode
+                .as_deref()
+                .and_then(|m| self.semantic_mode(&format!("{path}.mode"), m)),
+            max_wrong_rate: rc.max_wrong_rate,
+            min_threshold: rc.min_threshold,
+            max_threshold: rc.max_threshold,
+        }
+    }
+
+    fn semantic_mode(&mut self, path: &str, m: &str) -> Option<SemanticMode> {
+        match m {
+            "serve" => Some(SemanticMode::Serve),
+            "shadow" => Some(SemanticMode::Shadow),
+            other => {
+                self.issue(
+                    path,
+                    format!("unknown mode {other:?}: use serve (semantic hits are served) or shadow (judged against the upstream answer, never served)"),
+                );
+                None
+            }
+        }
+    }
+
+    fn wrong_rate(&mut self, path: &str, m: f32) {
+        if !(m > 0.0 && m < 1.0) {
+            self.issue(
+                path,
+                format!("{m} is not an error bound: use a share between 0 and 1 (0.01 = at most 1 wrong answer in 100 semantic hits)"),
+            );
+        }
+    }
+
+    fn threshold_range(&mut self, path: &str, lo: f32, hi: f32) {
+        if lo > hi {
+            self.issue(
+                format!("{path}.min_threshold"),
+                format!("{lo} is above max_threshold {hi}: the range max_wrong_rate moves the threshold in must not be empty"),
+            );
+        }
+    }
+
     fn threshold(&mut self, path: &str, t: f32) {
         if !(0.0..=1.0).contains(&t) {
             self.issue(
@@ -1100,7 +1158,21 @@ impl Validator<'_> {
             threads: s.threads.unwrap_or(1).clamp(1, 16) as usize,
             verify_sample: s.verify_sample.unwrap_or(DEFAULT_VERIFY_SAMPLE),
             verify_agreement: s.verify_agreement.unwrap_or(DEFAULT_VERIFY_AGREEMENT),
+            mode: s
+                .mode
+                .as_deref()
+                .and_then(|m| self.semantic_mode("cache.semantic.mode", m))
+                .unwrap_or(SemanticMode::Serve),
+            max_wrong_rate: s.max_wrong_rate,
+            min_threshold: s.min_threshold.unwrap_or(DEFAULT_MIN_THRESHOLD),
+            max_threshold: s.max_threshold.unwrap_or(DEFAULT_MAX_THRESHOLD),
         };
+        if let Some(m) = semantic.max_wrong_rate {
+            self.wrong_rate("cache.semantic.max_wrong_rate", m);
+        }
+        self.threshold("cache.semantic.min_threshold", semantic.min_threshold);
+        self.threshold("cache.semantic.max_threshold", semantic.max_threshold);
+        self.threshold_range("cache.semantic", semantic.min_threshold, semantic.max_threshold);
         if !(0.0..=1.0).contains(&semantic.verify_sample) {
             self.issue(
                 "cache.semantic.verify_sample",
@@ -1323,6 +1395,46 @@ default_route: other
             assert!(paths.contains(&want), "missing {want} in {paths:?}");
         }
         assert!(!errs.to_string().contains("MISSING="));
+    }
+
+    #[test]
+    fn semantic_modes_and_error_bounds_are_checked_with_their_paths() {
+        let good = format!(
+            "{GOOD}cache:\n  semantic:\n    mode: shadow\n    max_wrong_rate: 0.02\n"
+        )
+        .replace(
+            "    targets: [{ model: gpt-4o-mini }]\n",
+            "    targets: [{ model: gpt-4o-mini }]\n    cache: { mode: serve, max_wrong_rate: 0.05, min_threshold: 0.85 }\n",
+        );
+        let c = Config::load(&good, &key_vars).unwrap();
+        assert_eq!(c.cache.semantic.mode, SemanticMode::Shadow);
+        assert_eq!(c.cache.semantic.max_wrong_rate, Some(0.02));
+        assert_eq!(c.cache.semantic.min_threshold, DEFAULT_MIN_THRESHOLD);
+        let r = &c.routes[0].cache;
+        assert_eq!(
+            (r.mode, r.max_wrong_rate, r.min_threshold),
+            (Some(SemanticMode::Serve), Some(0.05), Some(0.85))
+        );
+
+        let bad = format!(
+            "{GOOD}cache:\n  semantic:\n    mode: watch\n    max_wrong_rate: 1.5\n    min_threshold: 0.95\n    max_threshold: 0.9\n"
+        )
+        .replace(
+            "    targets: [{ model: gpt-4o-mini }]\n",
+            "    targets: [{ model: gpt-4o-mini }]\n    cache: { mode: paused, max_wrong_rate: 0 }\n",
+        );
+        let errs = Config::load(&bad, &key_vars).unwrap_err();
+        let paths: Vec<&str> = errs.0.iter().map(|i| i.path.as_str()).collect();
+        for want in [
+            "cache.semantic.mode",
+            "cache.semantic.max_wrong_rate",
+            "cache.semantic.min_threshold",
+            "routes[0].cache.mode",
+            "routes[0].cache.max_wrong_rate",
+        ] {
+            assert!(paths.contains(&want), "missing {want} in {paths:?}");
+        }
+        assert!(errs.to_string().contains("use serve"), "{errs}");
     }
 
     #[test]

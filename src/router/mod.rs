@@ -43,10 +43,8 @@ pub struct Route {
     pub name: Arc<str>,
     pub strategy: Strategy,
     pub targets: Vec<Target>,
-    /// `routes[].cache.enabled` (`None` for a catalogue model's own route).
-    pub cache_enabled: Option<bool>,
-    /// `routes[].cache.threshold`.
-    pub cache_threshold: Option<f32>,
+    /// `routes[].cache` (all `None` for a catalogue model's own route).
+    pub cache: crate::config::RouteCacheConfig,
     index: usize,
     matcher: Matcher,
     sticky: Sticky,
@@ -366,8 +364,7 @@ impl Router {
                 name: model.name.clone(),
                 strategy: Strategy::Ordered,
                 targets: vec![target(model, health)],
-                cache_enabled: None,
-                cache_threshold: None,
+                cache: Default::default(),
                 index: usize::MAX,
                 matcher: Matcher::default(),
                 sticky: Sticky::None,
@@ -489,8 +486,7 @@ impl Router {
             name: r.name.clone(),
             strategy: r.strategy,
             targets,
-            cache_enabled: r.cache_enabled,
-            cache_threshold: r.cache_threshold,
+            cache: r.cache,
             index,
             matcher,
             sticky: r.sticky,

@@ -178,6 +178,15 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Bod
             let body = serde_json::json!({"removed": removed, "tenant": tenant, "route": route});
             text(StatusCode::OK, "application/json", body.to_string())
         }
+        (&Method::GET, "/admin/cache") => {
+            let rt = shared.runtime.load();
+            let body = shared.cache.report(rt.router.routes(), &rt.config.cache);
+            text(
+                StatusCode::OK,
+                "application/json",
+                serde_json::to_string_pretty(&body).unwrap_or_default(),
+            )
+        }
         (&Method::GET, "/admin/usage") => {
             let rt = shared.runtime.load();
             let now = crate::limits::ledger::now_ms();
@@ -284,7 +293,7 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Bod
         _ => text(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /metrics, /healthz, /readyz, /admin/config, /dashboard, /admin/routing, /admin/usage, /admin/advice, /admin/events, POST /admin/cache/purge\n"
+            "not found: try /metrics, /healthz, /readyz, /admin/config, /dashboard, /admin/routing, /admin/cache, /admin/usage, /admin/advice, /admin/events, POST /admin/cache/purge\n"
                 .into(),
         ),
     }

@@ -103,7 +103,9 @@ struct CacheStore {
 }
 
 impl CacheStore {
-    fn store(self, response: Bytes, model: Arc<str>) {
+    fn store(mut self, response: Bytes, model: Arc<str>) {
+        self.cache
+            .judge_shadow(&mut self.plan, response.clone(), &self.config.cache);
         self.cache.store(self.plan, response, model, &self.config.cache);
     }
 }

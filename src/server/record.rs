@@ -276,6 +276,7 @@ impl RequestRecord {
                 status: self.status,
                 outcome,
                 cache: self.cache,
+                cache_skip: self.cache_skip,
                 stream: self.stream,
                 duration_ms: elapsed.as_secs_f64() * 1e3,
                 ttft_ms: self.ttft.map(|t| t.as_secs_f64() * 1e3),

@@ -39,7 +39,7 @@ pub fn spawn(shared: Arc<Shared>, rt: Arc<Runtime>, v: Verification, permit: Own
             Some(fresh) => {
                 shared
                     .cache
-                    .judge(v.entry, v.similarity, &v.served, &fresh, &rt.config.cache)
+                    .judge(&v.route, v.entry, v.similarity, &v.served, &fresh, &rt.config.cache)
                     .await
             }
             None => shared.cache.verification("failed"),

@@ -29,6 +29,8 @@ pub struct Recent {
     pub status: u16,
     pub outcome: &'static str,
     pub cache: &'static str,
+    /// Why the cache (or its semantic half) was skipped, if it was.
+    pub cache_skip: Option<&'static str>,
     pub stream: bool,
     pub duration_ms: f64,
     pub ttft_ms: Option<f64>,
@@ -92,9 +94,13 @@ impl Live {
         let mut cache: BTreeMap<&str, u64> = BTreeMap::new();
         let mut mix: BTreeMap<String, u64> = BTreeMap::new();
         let mut refused: BTreeMap<&str, u64> = BTreeMap::new();
+        let mut skipped: BTreeMap<&str, u64> = BTreeMap::new();
         let (mut errors, mut cost, mut tokens) = (0u64, 0.0f64, 0u64);
         for r in &recent {
             *cache.entry(r.cache).or_default() += 1;
+            if let Some(reason) = r.cache_skip {
+                *skipped.entry(reason).or_default() += 1;
+            }
             *mix.entry(format!("{} → {}", r.route, r.model)).or_default() += 1;
             if matches!(r.outcome, "rate_limited" | "over_budget" | "queue_timeout") {
                 *refused.entry(r.outcome).or_default() += 1;
@@ -113,7 +119,7 @@ impl Live {
             "error_ratio": if n > 0 { errors as f64 / n as f64 } else { 0.0 },
             "latency_ms": {"p50": percentile(&durations, 0.5), "p90": percentile(&durations, 0.9), "p99": percentile(&durations, 0.99)},
             "ttft_ms": {"p50": percentile(&ttfts, 0.5), "p99": percentile(&ttfts, 0.99)},
-            "cache": {"by_result": cache, "hit_rate": if lookups > 0 { hits as f64 / lookups as f64 } else { 0.0 }},
+            "cache": {"by_result": cache, "skipped": skipped, "hit_rate": if lookups > 0 { hits as f64 / lookups as f64 } else { 0.0 }},
             "mix": mix,
             "cost_usd_per_hour": cost / secs * 3600.0,
             "tokens_per_s": tokens as f64 / secs,
@@ -138,6 +144,7 @@ mod tests {
             status,
             outcome: if status == 429 { "rate_limited" } else { "ok" },
             cache,
+            cache_skip: (cache == "bypass").then_some("privacy"),
             stream: false,
             duration_ms: ms,
             ttft_ms: Some(ms / 2.0),
@@ -167,6 +174,7 @@ mod tests {
         assert_eq!(s["cache"]["hit_rate"], 0.4);
         assert_eq!(s["latency_ms"]["p50"], 50.0);
         assert_eq!(s["refused"]["rate_limited"], 1);
+        assert_eq!(s["cache"]["skipped"]["privacy"], 1);
         assert_eq!(s["tail"].as_array().unwrap().len(), 12);
         assert_eq!(s["tail"][0]["status"], 429);
     }

@@ -94,6 +94,20 @@ pub struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JudgmentLabels {
+    pub route: Arc<str>,
+    /// `served` (a sampled served hit, re-asked) or `shadow` (a hit not served, compared with
+    /// the upstream answer the request got anyway).
+    pub mode: &'static str,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DecisionLabels {
     pub route: Arc<str>,
     pub strategy: &'static str,
@@ -179,6 +193,8 @@ pub struct Metrics {
     pub cache_evictions: Family<ReasonLabels, Counter>,
     pub cache_inserts: Counter,
     pub cache_verifications: Family<ResultLabels, Counter>,
+    pub cache_judgments: Family<JudgmentLabels, Counter>,
+    pub cache_route_threshold: Family<RouteLabels, Gauge<f64, AtomicU64>>,
     pub cache_entries: Gauge,
     pub cache_bytes: Gauge,
     pub cache_similarity: Histogram,
@@ -335,6 +351,18 @@ impl Metrics {
             "llm_sidecar_cache_verifications",
             "Semantic hits re-asked upstream in the background (cache.semantic.verify_sample), by result: agree, disagree, failed",
             cache_verifications.clone(),
+        );
+        let cache_judgments = Family::default();
+        registry.register(
+            "llm_sidecar_cache_judgments",
+            "Semantic hits judged against a fresh upstream answer, per route: mode served (sampled, re-asked) or shadow (not served; compared with the answer the request got), result agree or disagree",
+            cache_judgments.clone(),
+        );
+        let cache_route_threshold = Family::<RouteLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "llm_sidecar_cache_route_threshold",
+            "The semantic threshold in force per route (moved by max_wrong_rate when set)",
+            cache_route_threshold.clone(),
         );
         let cache_inserts = Counter::default();
         registry.register(
@@ -503,6 +531,8 @@ impl Metrics {
             canary_reverted,
             health_checks,
             cache_verifications,
+            cache_judgments,
+            cache_route_threshold,
             cache_lookups,
             cache_skips,
             cache_guard_rejections,

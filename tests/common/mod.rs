@@ -271,7 +271,6 @@ impl Harness {
         req.send().await.expect("request sent")
     }
 
-    /// Polls `/metrics` until `series` is non-zero (or 4 s pass); returns its value.
     /// `GET` on the admin port, as JSON.
     pub async fn admin_get(&self, path: &str) -> serde_json::Value {
         self.client
@@ -291,6 +290,7 @@ impl Harness {
             .unwrap_or_else(|| panic!("no {key}={value} in {list}"))
     }
 
+    /// Polls `/metrics` until `series` is non-zero (or 4 s pass); returns its value.
     pub async fn wait_for_metric(&self, series: &str) -> f64 {
         for _ in 0..200 {
             let v = metric(&self.metrics().await, series);

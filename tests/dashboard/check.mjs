@@ -29,6 +29,7 @@ try {
     cost: document.getElementById("cost").textContent,
     circuits: document.getElementById("circuits").textContent,
     queues: document.getElementById("queues").textContent,
+    judged: document.querySelectorAll("#judged tr").length,
   }));
   const before = await read();
   await page.waitForTimeout(3500);
@@ -42,6 +43,7 @@ try {
   if (!after.cost.startsWith("$")) await fail("no cost burn");
   if (!after.circuits.includes("closed")) await fail("no circuit states: " + after.circuits);
   if (!after.queues.includes("in use")) await fail("no provider queues");
+  if (after.judged < 1) await fail("no per-route semantic cache row (/admin/cache)");
   if (external.length) await fail("the page fetched from elsewhere: " + external.join(" "));
   await page.screenshot({ path: screenshot, fullPage: true });
   console.log(JSON.stringify({ before, after }));
