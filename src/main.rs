@@ -85,6 +85,10 @@ enum Command {
         /// it, with how far the pairs can vouch for it.
         #[arg(long, default_value_t = 0.01)]
         max_false_hit_rate: f64,
+        /// Instead of the report, write each pair's signals (label, cosine, guard verdict,
+        /// token alignment) as tab-separated lines to this file, for scripts/fit-combiner.
+        #[arg(long)]
+        features: Option<PathBuf>,
         /// Folder with libonnxruntime.so, model(-q8).onnx and tokenizer.json.
         #[arg(long, env = "LLM_SIDECAR_ASSETS", default_value = "assets")]
         assets: PathBuf,
@@ -264,7 +268,8 @@ async fn run(command: Command) -> ExitCode {
             assets,
             explain,
             max_false_hit_rate,
-        } => calibrate(&pairs, &assets, explain, max_false_hit_rate),
+            features,
+        } => calibrate(&pairs, &assets, explain, max_false_hit_rate, features.as_deref()),
         Command::Inject(args) => inject(*args).await,
         Command::MockUpstream { listen, prose_words } => {
             let _log = init_logging(&default_logging());
@@ -346,7 +351,13 @@ async fn inject(a: InjectArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn calibrate(pairs: &std::path::Path, assets: &std::path::Path, explain: Option<f32>, max_rate: f64) -> ExitCode {
+fn calibrate(
+    pairs: &std::path::Path,
+    assets: &std::path::Path,
+    explain: Option<f32>,
+    max_rate: f64,
+    features: Option<&std::path::Path>,
+) -> ExitCode {
     use llm_sidecar::cache::calibrate;
     if !(0.0..1.0).contains(&max_rate) {
         eprintln!("--max-false-hit-rate {max_rate}: use a share from 0 to below 1 (e.g. 0.01 for 1 %)");
@@ -373,7 +384,22 @@ fn calibrate(pairs: &std::path::Path, assets: &std::path::Path, explain: Option<
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    match calibrate::run(&pairs, &mut model) {
+    if let Some(out) = features {
+        return match calibrate::features(&pairs, &mut model) {
+            Ok(rows) => match std::fs::write(out, calibrate::render_features(&rows)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("{}: cannot write: {e}", out.display());
+                    ExitCode::from(1)
+                }
+            },
+            Err(e) => {
+                eprintln!("calibrate: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    match calibrate::run(&pairs, &mut model, calibrate::Band::default()) {
         Ok(report) => {
             print!("{}", report.render());
             print!("{}", report.render_suggestion(max_rate));

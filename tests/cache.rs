@@ -513,3 +513,51 @@ async fn an_error_bound_serves_nothing_semantic_until_the_traffic_shows_it_is_me
     let report = h.admin_get("/admin/cache").await;
     assert_eq!(report["routes"][0]["judged"]["in_force"]["bound_met"], false);
 }
+
+#[tokio::test]
+async fn just_under_the_threshold_a_rewording_is_served_only_when_every_word_aligns() {
+    let h = cached_harness("").await;
+    // Cosine 0.895, just under the default 0.90; every content word of each finds a close
+    // partner in the other, in context (worst 0.65): served.
+    assert_eq!(
+        cache_header(&h.chat(chat_body("How do I change my email address?")).await),
+        "miss"
+    );
+    settle().await;
+    assert_eq!(
+        cache_header(&h.chat(chat_body("How can I update my email address?")).await),
+        "hit-semantic"
+    );
+    // Cosine 0.877 and the guard sees nothing, but "vertically" has no partner (0.40): a miss.
+    assert_eq!(
+        cache_header(&h.chat(chat_body("How do I center a div in CSS?")).await),
+        "miss"
+    );
+    settle().await;
+    assert_eq!(
+        cache_header(&h.chat(chat_body("How do I center a div vertically in CSS?")).await),
+        "miss"
+    );
+    let m = h.metrics().await;
+    assert_eq!(metric(&m, r#"llm_sidecar_cache_alignment_total{result="served"}"#), 1.0);
+    assert_eq!(
+        metric(&m, r#"llm_sidecar_cache_alignment_total{result="rejected"}"#),
+        1.0
+    );
+    assert_eq!(
+        metric(&m, r#"llm_sidecar_cache_guard_rejections_total{reason="alignment"}"#),
+        1.0
+    );
+
+    // Without the band, the same rewording misses.
+    let h = cached_harness("    alignment_band: 0\n").await;
+    assert_eq!(
+        cache_header(&h.chat(chat_body("How do I change my email address?")).await),
+        "miss"
+    );
+    settle().await;
+    assert_eq!(
+        cache_header(&h.chat(chat_body("How can I update my email address?")).await),
+        "miss"
+    );
+}

@@ -7,7 +7,7 @@
 use serde::Deserialize;
 
 use super::guard::{Features, check};
-use crate::embed::{EmbedError, Fit, MAX_TOKENS, Model, cosine};
+use crate::embed::{EmbedError, MAX_TOKENS, Model, cosine};
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Pair {
@@ -33,6 +33,18 @@ pub struct Report {
     pub guarded: Vec<Row>,
     /// (similarity, guard passed, label) per pair.
     pub scored: Vec<(f32, bool, u8)>,
+    /// Per pair, the worst-aligned word's score (empty: alignment not measured).
+    pub aligned: Vec<f32>,
+    pub band: Band,
+}
+
+impl Report {
+    /// Whether the cache, guard on, serves pair `i` at threshold `t`.
+    pub fn served(&self, i: usize, t: f32) -> bool {
+        let (s, ok, _) = self.scored[i];
+        ok && (s >= t
+            || (s >= t - self.band.width && self.aligned.get(i).is_some_and(|&a| a >= self.band.min_alignment)))
+    }
 }
 
 pub fn parse_pairs(text: &str) -> Result<Vec<Pair>, String> {
@@ -48,38 +60,121 @@ pub fn thresholds() -> Vec<f32> {
     (0..15).map(|i| 0.70 + 0.02 * i as f32).collect()
 }
 
-pub fn run(pairs: &[Pair], model: &mut Model) -> Result<Report, EmbedError> {
+/// The cache's decision with the guard on, as shipped: at or above the threshold, or in the
+/// token-alignment band below it with every content word aligned.
+#[derive(Debug, Clone, Copy)]
+pub struct Band {
+    pub width: f32,
+    pub min_alignment: f32,
+}
+
+impl Default for Band {
+    fn default() -> Self {
+        Band {
+            width: crate::config::DEFAULT_ALIGNMENT_BAND,
+            min_alignment: crate::config::DEFAULT_MIN_ALIGNMENT,
+        }
+    }
+}
+
+pub fn run(pairs: &[Pair], model: &mut Model, band: Band) -> Result<Report, EmbedError> {
     let mut scored = Vec::with_capacity(pairs.len());
+    let mut aligned = Vec::with_capacity(pairs.len());
     for p in pairs {
         // One text at a time: the quantized model's vectors depend slightly on batch
         // composition, and the cache embeds one query at a time. As in the cache, a text longer
         // than the model's window is exact-only, never a semantic hit (and is not embedded).
-        let sim = match (embed_whole(model, &p.a)?, embed_whole(model, &p.b)?) {
-            (Some(a), Some(b)) => cosine(&a, &b),
-            _ => TOO_LONG,
+        let (sim, worst) = match (model.embed_words(&p.a)?, model.embed_words(&p.b)?) {
+            (Some((a, wa)), Some((b, wb))) => (cosine(&a, &b), super::align::score(&wa, &wb).0),
+            _ => (TOO_LONG, 0.0),
         };
         let passed = check(&Features::of(&p.b), &Features::of(&p.a)).is_ok();
         scored.push((sim, passed, p.label));
+        aligned.push(worst);
     }
-    Ok(report(scored))
+    Ok(report_with(scored, &aligned, band))
 }
 
-/// The vector of `text` as a cache key would have it, or `None` past the window.
-fn embed_whole(model: &mut Model, text: &str) -> Result<Option<Vec<f32>>, EmbedError> {
-    if !model.push(text, Fit::Whole) {
-        return Ok(None);
+/// One labelled pair's signals, for fitting how to combine them (`scripts/fit-combiner`).
+pub struct PairFeatures {
+    pub label: u8,
+    pub cosine: f32,
+    /// `None` when the guard passes the pair.
+    pub guard: Option<&'static str>,
+    pub align_worst: f32,
+    pub align_mean: f32,
+}
+
+pub fn features(pairs: &[Pair], model: &mut Model) -> Result<Vec<PairFeatures>, EmbedError> {
+    let mut out = Vec::with_capacity(pairs.len());
+    for p in pairs {
+        let (Some((va, wa)), Some((vb, wb))) = (model.embed_words(&p.a)?, model.embed_words(&p.b)?) else {
+            continue;
+        };
+        let (align_worst, align_mean) = super::align::score(&wa, &wb);
+        out.push(PairFeatures {
+            label: p.label,
+            cosine: cosine(&va, &vb),
+            guard: check(&Features::of(&p.b), &Features::of(&p.a)).err().map(|r| r.label()),
+            align_worst,
+            align_mean,
+        });
     }
-    Ok(model.embed_pushed()?.pop())
+    Ok(out)
+}
+
+/// Tab-separated, one pair per line, with a header.
+pub fn render_features(rows: &[PairFeatures]) -> String {
+    let mut out = String::from("label\tcosine\tguard\talign_worst\talign_mean\n");
+    for r in rows {
+        out.push_str(&format!(
+            "{}\t{:.5}\t{}\t{:.5}\t{:.5}\n",
+            r.label,
+            r.cosine,
+            r.guard.unwrap_or("ok"),
+            r.align_worst,
+            r.align_mean
+        ));
+    }
+    out
 }
 
 /// The similarity given to a pair with a text the model cannot embed whole: below every threshold.
 const TOO_LONG: f32 = -2.0;
 
+/// The report without token alignment (no band).
 pub fn report(scored: Vec<(f32, bool, u8)>) -> Report {
+    let band = Band {
+        width: 0.0,
+        min_alignment: 1.0,
+    };
+    report_with(scored, &[], band)
+}
+
+/// `aligned[i]`: pair i's worst-aligned word score (missing: not aligned).
+pub fn report_with(scored: Vec<(f32, bool, u8)>, aligned: &[f32], band: Band) -> Report {
     let positives = scored.iter().filter(|s| s.2 == 1).count();
     let negatives = scored.len() - positives;
+    let mut report = Report {
+        positives,
+        negatives,
+        bare: Vec::new(),
+        guarded: Vec::new(),
+        scored,
+        aligned: aligned.to_vec(),
+        band,
+    };
     let row = |t: f32, guard: bool| {
-        let served: Vec<_> = scored.iter().filter(|(s, ok, _)| *s >= t && (!guard || *ok)).collect();
+        let served: Vec<_> = (0..report.scored.len())
+            .filter(|&i| {
+                if guard {
+                    report.served(i, t)
+                } else {
+                    report.scored[i].0 >= t
+                }
+            })
+            .map(|i| &report.scored[i])
+            .collect();
         let false_hits = served.iter().filter(|s| s.2 == 0).count();
         let true_hits = served.len() - false_hits;
         Row {
@@ -98,13 +193,11 @@ pub fn report(scored: Vec<(f32, bool, u8)>) -> Report {
             },
         }
     };
-    Report {
-        positives,
-        negatives,
-        bare: thresholds().into_iter().map(|t| row(t, false)).collect(),
-        guarded: thresholds().into_iter().map(|t| row(t, true)).collect(),
-        scored,
-    }
+    let bare = thresholds().into_iter().map(|t| row(t, false)).collect();
+    let guarded = thresholds().into_iter().map(|t| row(t, true)).collect();
+    report.bare = bare;
+    report.guarded = guarded;
+    report
 }
 
 /// The pairs a threshold gets wrong: wrong answers served (with the guard on) and
@@ -112,8 +205,13 @@ pub fn report(scored: Vec<(f32, bool, u8)>) -> Report {
 pub fn explain(pairs: &[Pair], report: &Report, threshold: f32) -> String {
     let mut served_wrong = String::new();
     let mut turned_down = String::new();
-    for (p, &(sim, passed, label)) in pairs.iter().zip(&report.scored) {
-        if sim < threshold {
+    for (i, (p, &(sim, _, label))) in pairs.iter().zip(&report.scored).enumerate() {
+        if sim < threshold - report.band.width {
+            continue;
+        }
+        let passed = report.served(i, threshold);
+        if sim < threshold && !(passed && label == 0) {
+            // In the band: only a wrong answer it serves is worth listing.
             continue;
         }
         match (label, passed) {

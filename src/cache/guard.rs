@@ -545,6 +545,8 @@ const DETERMINERS: &[&str] = &[
 #[derive(Debug, Default, PartialEq)]
 pub struct Features {
     numbers: BTreeMap<String, u32>,
+    /// The number 1 came from the word "one" (which an article can stand for).
+    spelled_one: bool,
     symbols: Vec<char>,
     /// [`STYLE`] words, sorted.
     style: Vec<String>,
@@ -726,6 +728,7 @@ impl Features {
                 continue;
             }
             if let Some(value) = number_word(&plain, &ws, i) {
+                f.spelled_one |= plain == "one";
                 *f.numbers.entry(value).or_default() += 1;
                 continue;
             }
@@ -851,9 +854,27 @@ pub fn numbers_of(text: &str) -> BTreeMap<String, u32> {
     Features::of(text).numbers
 }
 
+/// "calories in one banana" and "in a banana" ask the same: the numbers differ only by one
+/// "one", spelled out, on one side, where the other has no 1 at all (an article in its place).
+fn differ_by_an_article(a: &Features, b: &Features) -> bool {
+    let (more, less) = if a.numbers.len() > b.numbers.len() {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    more.spelled_one
+        && more.numbers.get("1") == Some(&1)
+        && !less.numbers.contains_key("1")
+        && more.numbers.len() == less.numbers.len() + 1
+        && more
+            .numbers
+            .iter()
+            .all(|(k, v)| k == "1" || less.numbers.get(k) == Some(v))
+}
+
 /// Whether `candidate` (a cached query) may answer `query`.
 pub fn check(query: &Features, candidate: &Features) -> Result<(), Reason> {
-    if query.numbers != candidate.numbers {
+    if query.numbers != candidate.numbers && !differ_by_an_article(query, candidate) {
         return Err(Reason::Number);
     }
     if query.negated != candidate.negated {
@@ -1367,6 +1388,7 @@ mod tests {
             ),
             ("How does one improve their memory?", "How do I improve my memory?"),
             ("What should I feed my 2 cats?", "What should I feed my two cats?"),
+            ("How many calories are in a banana?", "how many calories in one banana?"),
         ] {
             assert_eq!(verdict(a, b), Ok(()), "{a} / {b}");
         }
@@ -1377,7 +1399,19 @@ mod tests {
             ),
             Err(Reason::WordOrder)
         );
-        // Different numbers, however written, are different questions.
+        // Different numbers, however written, are different questions; "one" stands for an
+        // article only where the other side has no 1.
+        assert_eq!(
+            verdict(
+                "How many calories are in one banana?",
+                "How many calories are in two bananas?"
+            ),
+            Err(Reason::Number)
+        );
+        assert_eq!(
+            verdict("Add one cup of flour and 2 eggs", "Add a cup of flour and 3 eggs"),
+            Err(Reason::Number)
+        );
         assert_eq!(
             verdict("What should I feed my 2 cats?", "What should I feed my three cats?"),
             Err(Reason::Number)

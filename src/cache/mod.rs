@@ -10,6 +10,7 @@
 //! - `replay` — JSON ↔ SSE, so an answer is served in whichever shape is asked for.
 //! - `quality` — per-route judged pairs, the measured wrong rate, `max_wrong_rate`.
 
+pub mod align;
 pub mod calibrate;
 pub mod guard;
 pub mod key;
@@ -53,6 +54,10 @@ pub struct Plan {
     floor: f32,
     mode: SemanticMode,
     policy: Policy,
+    /// Candidates in `[threshold - band, threshold)` are served when token alignment says
+    /// every content word has a partner (0: off; see `align`).
+    band: f32,
+    min_alignment: f32,
     guard: bool,
     tenant: Arc<str>,
     route: Arc<str>,
@@ -283,10 +288,18 @@ impl Cache {
         let policy = policy(route, config);
         let threshold = self.quality.threshold(&route.name, &policy);
         let mode = route.cache.mode.unwrap_or(config.semantic.mode);
-        let floor = if mode == SemanticMode::Shadow || policy.max_wrong_rate.is_some() {
+        // The band was measured with the guard on, and a route that judges what it serves
+        // below its threshold (shadow, a bound) keeps to what it measures.
+        let judging = mode == SemanticMode::Shadow || policy.max_wrong_rate.is_some();
+        let band = if judging || !config.semantic.guard {
+            0.0
+        } else {
+            config.semantic.alignment_band
+        };
+        let floor = if judging {
             policy.floor().min(threshold)
         } else {
-            threshold
+            threshold - band
         };
         Ok(Plan {
             keys,
@@ -297,6 +310,8 @@ impl Cache {
             floor,
             mode,
             policy,
+            band,
+            min_alignment: config.semantic.min_alignment,
             guard: config.semantic.guard,
             tenant: tenant.clone(),
             route: route.name.clone(),
@@ -409,6 +424,7 @@ impl Cache {
         });
         let query_features = Features::of(&query);
         let now = std::time::Instant::now();
+        let mut band = None;
         for (id, similarity) in found {
             if similarity < plan.floor {
                 break;
@@ -429,6 +445,10 @@ impl Cache {
                 plan.rejected.push(reason.label());
                 continue;
             }
+            if similarity < plan.threshold && plan.band > 0.0 {
+                band = Some((c, similarity));
+                break;
+            }
             if plan.mode == SemanticMode::Shadow || similarity < plan.threshold {
                 plan.shadow = Some(ShadowHit {
                     entry: c.id,
@@ -445,7 +465,46 @@ impl Cache {
                 entry: c.id,
             });
         }
-        None
+        // The best candidate just under the threshold, guard passed: served only if each
+        // question's content words find close partners in the other, in context.
+        let (c, similarity) = band?;
+        let cached_query = c.query.clone()?;
+        let result = match self.alignment(embedder, query, cached_query, deadline).await {
+            Some(worst) if worst >= plan.min_alignment => "served",
+            Some(_) => "rejected",
+            None => "unavailable",
+        };
+        self.metrics
+            .cache_alignment
+            .get_or_create(&ResultLabels { result })
+            .inc();
+        if result != "served" {
+            if result == "rejected" {
+                self.rejected("alignment");
+                plan.rejected.push("alignment");
+            }
+            return None;
+        }
+        self.metrics.cache_similarity.observe(f64::from(similarity));
+        Some(Hit {
+            kind: HitKind::Semantic { similarity },
+            response: c.response,
+            model: c.model,
+            entry: c.id,
+        })
+    }
+
+    /// The worst-aligned content word's closest partner across the two questions (see
+    /// `align`), embedded on the request lane within the lookup's deadline.
+    async fn alignment(&self, embedder: &Embedder, a: String, b: String, deadline: Instant) -> Option<f32> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let then = Box::new(move |w: Result<[crate::embed::WordStates; 2], Unembedded>| {
+            let _ = tx.send(w.ok().map(|[wa, wb]| align::score(&wa, &wb).0));
+        });
+        embedder
+            .submit_pair(a, b, deadline.into_std(), Lane::Request, then)
+            .ok()?;
+        tokio::time::timeout_at(deadline, rx).await.ok()?.ok()?
     }
 
     /// Stores a complete, successful JSON answer. The vector goes into the partition index

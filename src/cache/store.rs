@@ -217,6 +217,8 @@ pub struct Cached {
     pub min_similarity: f32,
     /// Guard features of the cached query (semantic candidates only).
     pub features: Option<Features>,
+    /// The cached query's text (semantic candidates only), for token alignment.
+    pub query: Option<String>,
 }
 
 /// OpenAI's response JSON around the parts that vary, as a zstd dictionary: a cached answer's
@@ -600,6 +602,7 @@ impl Inner {
             model: e.labels.model.clone(),
             min_similarity: e.min_similarity,
             features: None,
+            query: None,
         };
         Some((cached, e.blob.clone()))
     }
@@ -731,7 +734,9 @@ impl Store {
         // Outside the lock: unpacking and feature extraction.
         let (answer, query) = blob.unpack()?;
         cached.response = answer;
-        cached.features = Some(Features::of(std::str::from_utf8(&query).ok()?));
+        let query = std::str::from_utf8(&query).ok()?;
+        cached.features = Some(Features::of(query));
+        cached.query = Some(query.to_owned());
         Some(cached)
     }
 

@@ -205,6 +205,8 @@ pub struct RawSemantic {
     pub max_wrong_rate: Option<f32>,
     pub min_threshold: Option<f32>,
     pub max_threshold: Option<f32>,
+    pub alignment_band: Option<f32>,
+    pub min_alignment: Option<f32>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]

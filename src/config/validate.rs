@@ -1166,7 +1166,19 @@ impl Validator<'_> {
             max_wrong_rate: s.max_wrong_rate,
             min_threshold: s.min_threshold.unwrap_or(DEFAULT_MIN_THRESHOLD),
             max_threshold: s.max_threshold.unwrap_or(DEFAULT_MAX_THRESHOLD),
+            alignment_band: s.alignment_band.unwrap_or(DEFAULT_ALIGNMENT_BAND),
+            min_alignment: s.min_alignment.unwrap_or(DEFAULT_MIN_ALIGNMENT),
         };
+        if !(0.0..=0.2).contains(&semantic.alignment_band) {
+            self.issue(
+                "cache.semantic.alignment_band",
+                format!(
+                    "{} is not a band: use a cosine distance from 0 (off) to 0.2 below the threshold (default 0.05)",
+                    semantic.alignment_band
+                ),
+            );
+        }
+        self.threshold("cache.semantic.min_alignment", semantic.min_alignment);
         if let Some(m) = semantic.max_wrong_rate {
             self.wrong_rate("cache.semantic.max_wrong_rate", m);
         }

@@ -7,7 +7,9 @@
 //! arrive together are embedded as one batch (micro-batching); a job whose deadline passed
 //! while queued is dropped unembedded. A full lane is reported at once — the caller treats it
 //! as a cache miss, never as an error or a wait. A text longer than the
-//! model's window is embedded from its start only when the caller allows it ([`Fit`]).
+//! model's window is embedded from its start only when the caller allows it ([`Fit`]). A pair
+//! job ([`Embedder::submit_pair`]) returns two texts' words in context instead of pooled
+//! vectors, for the cache's token alignment.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -177,8 +179,38 @@ impl Model {
 
     fn run_batch(&mut self) -> Result<Vec<Vec<f32>>, EmbedError> {
         let batch = self.ends.len();
+        self.infer(|hidden, seq, mask| {
+            (0..batch)
+                .map(|b| pool(hidden, seq, &mask[b * seq..(b + 1) * seq], b))
+                .collect()
+        })
+    }
+
+    /// Embeds one text whole and also returns its words as the model read them in context
+    /// (for token alignment, see `cache::align`); `None` past the window.
+    pub fn embed_words(&mut self, text: &str) -> Result<Option<(Vec<f32>, WordStates)>, EmbedError> {
+        self.tokens.clear();
+        self.ends.clear();
+        if !self.push(text, Fit::Whole) {
+            return Ok(None);
+        }
+        let ids = self.tokens.clone();
+        // One row, unpadded: its states are copied out (a few KiB) so the tokenizer can name
+        // the words after the session is done.
+        let result =
+            self.infer(|hidden, seq, mask| (pool(hidden, seq, &mask[..seq], 0), hidden[..seq * DIMENSIONS].to_vec()));
+        self.tokens.clear();
+        self.ends.clear();
+        let (pooled, hidden) = result?;
+        Ok(Some((pooled, WordStates::of(&self.tokenizer, &ids, &hidden))))
+    }
+
+    /// Runs the pushed rows as one batch and hands `f` the hidden states (`[batch, seq,
+    /// DIMENSIONS]`, row-major), the padded length and the attention mask.
+    fn infer<R>(&mut self, f: impl FnOnce(&[f32], usize, &[i64]) -> R) -> Result<R, EmbedError> {
+        let batch = self.ends.len();
         if batch == 0 {
-            return Ok(Vec::new());
+            return Ok(f(&[], 0, &[]));
         }
         let mut seq = 1;
         let mut start = 0;
@@ -214,25 +246,73 @@ impl Model {
         if dims != DIMENSIONS || hidden.len() != batch * seq * dims {
             return Err(EmbedError::Inference(format!("unexpected output shape {out_shape:?}")));
         }
-        let mut vectors = Vec::with_capacity(batch);
-        for b in 0..batch {
-            // Mean pooling over real tokens; dividing by their count is skipped because the L2
-            // normalisation below removes any scale.
-            let mut v = vec![0f32; dims];
-            for t in 0..seq {
-                if mask[b * seq + t] == 0 {
-                    continue;
+        Ok(f(hidden, seq, &mask))
+    }
+}
+
+/// Mean pooling of row `b` over its real tokens, then L2 normalisation (dividing by the
+/// count is skipped: the normalisation removes any scale).
+fn pool(hidden: &[f32], seq: usize, mask: &[i64], b: usize) -> Vec<f32> {
+    let mut v = vec![0f32; DIMENSIONS];
+    for (t, &m) in mask.iter().enumerate() {
+        if m == 0 {
+            continue;
+        }
+        let at = (b * seq + t) * DIMENSIONS;
+        for (acc, x) in v.iter_mut().zip(&hidden[at..at + DIMENSIONS]) {
+            *acc += x;
+        }
+    }
+    normalize(&mut v);
+    v
+}
+
+fn normalize(v: &mut [f32]) {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+    v.iter_mut().for_each(|x| *x /= norm);
+}
+
+/// A text's words in context: each word's token states (its WordPiece pieces averaged),
+/// L2-normalised, with the word's lower-case text.
+#[derive(Debug, Clone, Default)]
+pub struct WordStates {
+    pub words: Vec<String>,
+    /// `words.len() × DIMENSIONS`.
+    pub vectors: Vec<f32>,
+}
+
+impl WordStates {
+    fn of(tokenizer: &WordPiece, ids: &[u32], hidden: &[f32]) -> WordStates {
+        let mut out = WordStates::default();
+        // `[CLS]` first and `[SEP]` last are not words.
+        let n = ids.len();
+        for (t, &id) in ids.iter().enumerate().take(n.saturating_sub(1)).skip(1) {
+            let text = tokenizer.token_text(id);
+            let state = &hidden[t * DIMENSIONS..(t + 1) * DIMENSIONS];
+            match text.strip_prefix("##") {
+                Some(rest) if !out.words.is_empty() => {
+                    if let Some(w) = out.words.last_mut() {
+                        w.push_str(rest);
+                    }
+                    let at = out.vectors.len() - DIMENSIONS;
+                    for (acc, x) in out.vectors[at..].iter_mut().zip(state) {
+                        *acc += x;
+                    }
                 }
-                let row = &hidden[(b * seq + t) * dims..(b * seq + t + 1) * dims];
-                for (acc, x) in v.iter_mut().zip(row) {
-                    *acc += x;
+                _ => {
+                    out.words.push(text.to_owned());
+                    out.vectors.extend_from_slice(state);
                 }
             }
-            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-            v.iter_mut().for_each(|x| *x /= norm);
-            vectors.push(v);
         }
-        Ok(vectors)
+        for v in out.vectors.chunks_mut(DIMENSIONS) {
+            normalize(v);
+        }
+        out
+    }
+
+    pub fn vector(&self, i: usize) -> &[f32] {
+        &self.vectors[i * DIMENSIONS..(i + 1) * DIMENSIONS]
     }
 }
 
@@ -249,6 +329,8 @@ pub enum Unembedded {
 
 /// What the worker calls with the vector, on the embedder thread.
 pub type Then = Box<dyn FnOnce(Result<&[f32], Unembedded>) + Send>;
+/// What the worker calls with two texts' words in context ([`Embedder::submit_pair`]).
+pub type PairThen = Box<dyn FnOnce(Result<[WordStates; 2], Unembedded>) + Send>;
 
 /// What a caller needs the vector to stand for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -261,10 +343,24 @@ pub enum Fit {
 }
 
 struct Job {
-    text: String,
-    fit: Fit,
+    work: Work,
     deadline: Instant,
-    then: Then,
+}
+
+enum Work {
+    /// One text's pooled vector; texts queued together are embedded as one batch.
+    Vector { text: String, fit: Fit, then: Then },
+    /// Two whole texts' word states (token alignment), embedded one at a time.
+    Pair { a: String, b: String, then: PairThen },
+}
+
+impl Job {
+    fn fail(self, why: Unembedded) {
+        match self.work {
+            Work::Vector { then, .. } => then(Err(why)),
+            Work::Pair { then, .. } => then(Err(why)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -366,12 +462,25 @@ impl Embedder {
     /// Queues `text` in `lane`; `then` runs on the embedder thread with the vector. Never
     /// blocks (the lock is held for a push).
     pub fn submit(&self, text: String, fit: Fit, deadline: Instant, lane: Lane, then: Then) -> Result<(), SubmitError> {
-        let job = Job {
-            text,
-            fit,
-            deadline,
-            then,
-        };
+        let work = Work::Vector { text, fit, then };
+        self.push(Job { work, deadline }, lane)
+    }
+
+    /// Queues two texts whose words in context `then` gets (each embedded whole, or
+    /// [`Unembedded::TooLong`]): the two questions of a pair the cache judges by token alignment.
+    pub fn submit_pair(
+        &self,
+        a: String,
+        b: String,
+        deadline: Instant,
+        lane: Lane,
+        then: PairThen,
+    ) -> Result<(), SubmitError> {
+        let work = Work::Pair { a, b, then };
+        self.push(Job { work, deadline }, lane)
+    }
+
+    fn push(&self, job: Job, lane: Lane) -> Result<(), SubmitError> {
         let mut l = self.queue.state.lock().map_err(|_| SubmitError::Stopped)?;
         if l.closed {
             return Err(SubmitError::Stopped);
@@ -432,35 +541,57 @@ fn next_batch(queue: &Queue, jobs: &mut Vec<Job>, max_batch: usize) -> bool {
 
 fn worker(mut model: Model, queue: Arc<Queue>, max_batch: usize, observer: Arc<dyn EmbedObserver>) {
     let mut jobs: Vec<Job> = Vec::with_capacity(max_batch);
+    let mut live: Vec<Then> = Vec::with_capacity(max_batch);
+    let mut pairs: Vec<(String, String, PairThen)> = Vec::new();
     while next_batch(&queue, &mut jobs, max_batch) {
         let now = Instant::now();
-        // Each live job's text is tokenized here, once, into the batch.
-        let (live, unembedded): (Vec<Job>, Vec<Job>) = jobs
-            .drain(..)
-            .partition(|j| j.deadline > now && model.push(&j.text, j.fit));
-        for j in unembedded {
-            if j.deadline > now {
-                (j.then)(Err(Unembedded::TooLong));
-            } else {
+        for j in jobs.drain(..) {
+            if j.deadline <= now {
                 observer.expired();
-                (j.then)(Err(Unembedded::Expired));
+                j.fail(Unembedded::Expired);
+                continue;
+            }
+            match j.work {
+                // Each live text is tokenized here, once, into the batch.
+                Work::Vector { text, fit, then } => {
+                    if model.push(&text, fit) {
+                        live.push(then);
+                    } else {
+                        then(Err(Unembedded::TooLong));
+                    }
+                }
+                Work::Pair { a, b, then } => pairs.push((a, b, then)),
             }
         }
-        if live.is_empty() {
-            continue;
-        }
-        let start = Instant::now();
-        match model.embed_pushed() {
-            Ok(vectors) => {
-                observer.batch(live.len(), start.elapsed());
-                for (job, v) in live.into_iter().zip(vectors) {
-                    (job.then)(Ok(&v));
+        if !live.is_empty() {
+            let start = Instant::now();
+            match model.embed_pushed() {
+                Ok(vectors) => {
+                    observer.batch(live.len(), start.elapsed());
+                    for (then, v) in live.drain(..).zip(vectors) {
+                        then(Ok(&v));
+                    }
+                }
+                Err(e) => {
+                    observer.failed(&e);
+                    for then in live.drain(..) {
+                        then(Err(Unembedded::Failed));
+                    }
                 }
             }
-            Err(e) => {
-                observer.failed(&e);
-                for job in live {
-                    (job.then)(Err(Unembedded::Failed));
+        }
+        for (a, b, then) in pairs.drain(..) {
+            let start = Instant::now();
+            let result = model.embed_words(&a).and_then(|wa| Ok((wa, model.embed_words(&b)?)));
+            match result {
+                Ok((Some((_, wa)), Some((_, wb)))) => {
+                    observer.batch(2, start.elapsed());
+                    then(Ok([wa, wb]));
+                }
+                Ok(_) => then(Err(Unembedded::TooLong)),
+                Err(e) => {
+                    observer.failed(&e);
+                    then(Err(Unembedded::Failed));
                 }
             }
         }

@@ -184,6 +184,15 @@ impl WordPiece {
         self.starts.len() - 1
     }
 
+    /// A token's text (`##ing` for a continuation piece); empty for an unknown id.
+    pub fn token_text(&self, id: u32) -> &str {
+        if (id as usize) + 1 < self.starts.len() {
+            self.token(id)
+        } else {
+            ""
+        }
+    }
+
     fn token(&self, id: u32) -> &str {
         &self.text[self.starts[id as usize] as usize..self.starts[id as usize + 1] as usize]
     }

@@ -194,6 +194,7 @@ pub struct Metrics {
     pub cache_inserts: Counter,
     pub cache_verifications: Family<ResultLabels, Counter>,
     pub cache_judgments: Family<JudgmentLabels, Counter>,
+    pub cache_alignment: Family<ResultLabels, Counter>,
     pub cache_route_threshold: Family<RouteLabels, Gauge<f64, AtomicU64>>,
     pub cache_entries: Gauge,
     pub cache_bytes: Gauge,
@@ -357,6 +358,12 @@ impl Metrics {
             "llm_sidecar_cache_judgments",
             "Semantic hits judged against a fresh upstream answer, per route: mode served (sampled, re-asked) or shadow (not served; compared with the answer the request got), result agree or disagree",
             cache_judgments.clone(),
+        );
+        let cache_alignment = Family::default();
+        registry.register(
+            "llm_sidecar_cache_alignment",
+            "Candidates in the token-alignment band below the threshold (cache.semantic.alignment_band), by result: served, rejected (a content word without a close partner), unavailable (not embedded in time)",
+            cache_alignment.clone(),
         );
         let cache_route_threshold = Family::<RouteLabels, Gauge<f64, AtomicU64>>::default();
         registry.register(
@@ -532,6 +539,7 @@ impl Metrics {
             health_checks,
             cache_verifications,
             cache_judgments,
+            cache_alignment,
             cache_route_threshold,
             cache_lookups,
             cache_skips,
