@@ -20,8 +20,11 @@ async fn advice_names_cheaper_models_lower_thresholds_and_soft_budget_tiers_with
     let mock = MockUpstream::start().await.unwrap();
     let extra = format!(
         "tenants:\n  defaults: {{ budget: {{ daily_usd: 0.001, soft_ratio: 0.001 }} }}\n{}",
-        cache_section("  semantic_threshold_unused: 0\n")
-            .replace("  semantic_threshold_unused: 0\n", "    threshold: 0.99\n")
+        cache_section("  semantic_threshold_unused: 0\n").replace(
+            "  semantic_threshold_unused: 0\n",
+            // No alignment band: it would serve the paraphrase just under 0.99.
+            "    threshold: 0.99\n    alignment_band: 0\n",
+        )
     );
     // The route lists the cheap model only as a fallback.
     let text = config(&mock.base_url(), &extra)

@@ -68,6 +68,35 @@ fn environment(library: &Path) -> Result<&'static ort::environment::Environment,
     })
 }
 
+/// An ONNX Runtime session for `model`, set up for a sidecar: basic graph rewrites, its own
+/// threads not spinning, no memory patterns.
+pub(crate) fn session(library: &Path, model: &Path, intra_threads: usize) -> Result<Session, EmbedError> {
+    let env = environment(library)?;
+    let model_err = |e: ort::Error| EmbedError::Model(e.to_string());
+    Session::builder(env)
+        .map_err(model_err)?
+        // Basic graph rewrites only: the extended fusions (MatMulIntegerToFloat,
+        // attention, GELU) made the quantized model slower on this CPU, not faster: embed p50
+        // 2.86 → 2.26 ms and 337 → 448 lookups/s with them off (`cargo bench --bench semantic`);
+        // the original model is no slower either (6.7 vs 6.3 ms for 32 tokens).
+        .with_optimization_level(GraphOptimizationLevel::Level1)
+        .map_err(|e| EmbedError::Model(ort::Error::<()>::from(e).to_string()))?
+        .with_intra_threads(intra_threads.max(1))
+        .map_err(|e| EmbedError::Model(ort::Error::<()>::from(e).to_string()))?
+        .with_inter_threads(1)
+        .map_err(|e| EmbedError::Model(ort::Error::<()>::from(e).to_string()))?
+        // Spinning threads burn a core between requests; a sidecar must idle quietly.
+        .with_intra_op_spinning(false)
+        .map_err(|e| EmbedError::Model(ort::Error::<()>::from(e).to_string()))?
+        // A memory pattern is planned and kept per input shape, and queries come in every
+        // length up to the window: the patterns held 12 MiB more after 3,000 queries of mixed
+        // length (measured with a 256-token window), for no measurable speed.
+        .with_memory_pattern(false)
+        .map_err(|e| EmbedError::Model(ort::Error::<()>::from(e).to_string()))?
+        .commit_from_file(model)
+        .map_err(model_err)
+}
+
 /// The model and tokenizer, used by one thread at a time.
 pub struct Model {
     session: Session,
@@ -103,30 +132,7 @@ impl Model {
         // at 128 are not read: batches are padded to their longest text, cut at MAX_TOKENS.
         let tokenizer =
             WordPiece::from_json(&json).map_err(|e| EmbedError::Tokenizer(format!("{}: {e}", tokenizer.display())))?;
-        let env = environment(&library)?;
-        let model_err = |e: ort::Error| EmbedError::Model(e.to_string());
-        let session = Session::builder(env)
-            .map_err(model_err)?
-            // Basic graph rewrites only: the extended fusions (MatMulIntegerToFloat,
-            // attention, GELU) made the quantized model slower on this CPU, not faster: embed p50
-            // 2.86 → 2.26 ms and 337 → 448 lookups/s with them off (`cargo bench --bench semantic`);
-            // the original model is no slower either (6.7 vs 6.3 ms for 32 tokens).
-            .with_optimization_level(GraphOptimizationLevel::Level1)
-            .map_err(|e| EmbedError::Model(ort::Error::<()>::from(e).to_string()))?
-            .with_intra_threads(intra_threads.max(1))
-            .map_err(|e| EmbedError::Model(ort::Error::<()>::from(e).to_string()))?
-            .with_inter_threads(1)
-            .map_err(|e| EmbedError::Model(ort::Error::<()>::from(e).to_string()))?
-            // Spinning threads burn a core between requests; a sidecar must idle quietly.
-            .with_intra_op_spinning(false)
-            .map_err(|e| EmbedError::Model(ort::Error::<()>::from(e).to_string()))?
-            // A memory pattern is planned and kept per input shape, and queries come in every
-            // length up to the window: the patterns held 12 MiB more after 3,000 queries of mixed
-            // length (measured with a 256-token window), for no measurable speed.
-            .with_memory_pattern(false)
-            .map_err(|e| EmbedError::Model(ort::Error::<()>::from(e).to_string()))?
-            .commit_from_file(&model)
-            .map_err(model_err)?;
+        let session = session(&library, &model, intra_threads)?;
         Ok(Model {
             session,
             tokenizer,
