@@ -301,6 +301,7 @@ fn main() {
                     queue: 256,
                     max_batch: Some(max_batch),
                     intra_threads: 1,
+                    verifier: None,
                 },
                 Arc::new(Quiet),
             )

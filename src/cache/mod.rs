@@ -58,6 +58,8 @@ pub struct Plan {
     /// every content word has a partner (0: off; see `align`).
     band: f32,
     min_alignment: f32,
+    /// The pair verifier's score a hit needs (when one is loaded).
+    min_score: f32,
     guard: bool,
     tenant: Arc<str>,
     route: Arc<str>,
@@ -184,18 +186,20 @@ impl Cache {
                 queue: s.queue,
                 max_batch: s.max_batch,
                 intra_threads: s.threads,
+                verifier: s.verifier.as_ref().map(|v| (v.model.clone(), v.tokenizer.clone())),
             };
             match Embedder::start(&s.assets_dir, settings, Arc::new(Observer(metrics.clone()))) {
                 Ok(e) => {
                     tracing::info!(
                         assets = %s.assets_dir.display(), quantized = e.quantized, max_batch = e.max_batch,
+                        verifier = e.verifier,
                         "semantic cache on: embedding model loaded"
                     );
                     embedder = Some(e);
                 }
                 Err(error) => tracing::error!(
                     %error,
-                    "semantic cache OFF: the embedding model could not be loaded; the exact cache still works"
+                    "semantic cache OFF: the embedding model (or the configured verifier) could not be loaded; the exact cache still works"
                 ),
             }
         }
@@ -312,6 +316,7 @@ impl Cache {
             policy,
             band,
             min_alignment: config.semantic.min_alignment,
+            min_score: config.semantic.verifier.as_ref().map_or(0.0, |v| v.min_score),
             guard: config.semantic.guard,
             tenant: tenant.clone(),
             route: route.name.clone(),
@@ -425,6 +430,7 @@ impl Cache {
         let query_features = Features::of(&query);
         let now = std::time::Instant::now();
         let mut band = None;
+        let mut accepted = None;
         for (id, similarity) in found {
             if similarity < plan.floor {
                 break;
@@ -457,33 +463,52 @@ impl Cache {
                 });
                 return None;
             }
-            self.metrics.cache_similarity.observe(f64::from(similarity));
-            return Some(Hit {
-                kind: HitKind::Semantic { similarity },
-                response: c.response,
-                model: c.model,
-                entry: c.id,
-            });
+            accepted = Some((c, similarity));
+            break;
         }
-        // The best candidate just under the threshold, guard passed: served only if each
-        // question's content words find close partners in the other, in context.
-        let (c, similarity) = band?;
-        let cached_query = c.query.clone()?;
-        let result = match self.alignment(embedder, query, cached_query, deadline).await {
-            Some(worst) if worst >= plan.min_alignment => "served",
-            Some(_) => "rejected",
-            None => "unavailable",
-        };
-        self.metrics
-            .cache_alignment
-            .get_or_create(&ResultLabels { result })
-            .inc();
-        if result != "served" {
+        if accepted.is_none() {
+            // The best candidate just under the threshold, guard passed: served only if each
+            // question's content words find close partners in the other, in context.
+            let (c, similarity) = band?;
+            let cached_query = c.query.clone()?;
+            let result = match self.alignment(embedder, query.clone(), cached_query, deadline).await {
+                Some(worst) if worst >= plan.min_alignment => "served",
+                Some(_) => "rejected",
+                None => "unavailable",
+            };
+            self.metrics
+                .cache_alignment
+                .get_or_create(&ResultLabels { result })
+                .inc();
             if result == "rejected" {
                 self.rejected("alignment");
                 plan.rejected.push("alignment");
             }
-            return None;
+            if result != "served" {
+                return None;
+            }
+            accepted = Some((c, similarity));
+        }
+        let (c, similarity) = accepted?;
+        if embedder.verifier {
+            // The operator's pair model has the last word on every hit.
+            let cached_query = c.query.clone()?;
+            let result = match self.verify_pair(embedder, query, cached_query, deadline).await {
+                Some(score) if score >= plan.min_score => "agree",
+                Some(_) => "disagree",
+                None => "unavailable",
+            };
+            self.metrics
+                .cache_verifier
+                .get_or_create(&ResultLabels { result })
+                .inc();
+            if result == "disagree" {
+                self.rejected("verifier");
+                plan.rejected.push("verifier");
+            }
+            if result != "agree" {
+                return None;
+            }
         }
         self.metrics.cache_similarity.observe(f64::from(similarity));
         Some(Hit {
@@ -492,6 +517,18 @@ impl Cache {
             model: c.model,
             entry: c.id,
         })
+    }
+
+    /// The pair verifier's score for (query, cached query), within the lookup's deadline.
+    async fn verify_pair(&self, embedder: &Embedder, a: String, b: String, deadline: Instant) -> Option<f32> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let then = Box::new(move |score: Result<f32, Unembedded>| {
+            let _ = tx.send(score.ok());
+        });
+        embedder
+            .submit_verify(a, b, deadline.into_std(), Lane::Request, then)
+            .ok()?;
+        tokio::time::timeout_at(deadline, rx).await.ok()?.ok()?
     }
 
     /// The worst-aligned content word's closest partner across the two questions (see

@@ -130,6 +130,8 @@ pub const DEFAULT_VERIFY_AGREEMENT: f32 = 0.85;
 /// with no wrong answer added (docs/cache.md, "Token alignment").
 pub const DEFAULT_ALIGNMENT_BAND: f32 = 0.05;
 pub const DEFAULT_MIN_ALIGNMENT: f32 = 0.5;
+/// A pair verifier's score (a probability) a semantic hit needs: even odds.
+pub const DEFAULT_VERIFIER_MIN_SCORE: f32 = 0.5;
 /// The lowest threshold `max_wrong_rate` may choose, and where shadow judging starts: below
 /// 0.80 the model's neighbours are mostly other questions on the same topic.
 pub const DEFAULT_MIN_THRESHOLD: f32 = 0.80;
@@ -475,6 +477,18 @@ pub struct SemanticConfig {
     /// question finds a partner at `min_alignment` or closer (0: off).
     pub alignment_band: f32,
     pub min_alignment: f32,
+    /// `cache.semantic.verifier`: a pair model that must agree before a semantic hit is served.
+    pub verifier: Option<VerifierConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifierConfig {
+    /// A BERT WordPiece sequence-classification model, ONNX.
+    pub model: PathBuf,
+    /// Its `tokenizer.json` (default: beside the model).
+    pub tokenizer: PathBuf,
+    /// The score (0–1) a pair needs to be served.
+    pub min_score: f32,
 }
 
 /// What the semantic layer does with a hit it finds.

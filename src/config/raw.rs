@@ -207,6 +207,15 @@ pub struct RawSemantic {
     pub max_threshold: Option<f32>,
     pub alignment_band: Option<f32>,
     pub min_alignment: Option<f32>,
+    pub verifier: Option<RawVerifier>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawVerifier {
+    pub model: String,
+    pub tokenizer: Option<String>,
+    pub min_score: Option<f32>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]

@@ -1168,7 +1168,24 @@ impl Validator<'_> {
             max_threshold: s.max_threshold.unwrap_or(DEFAULT_MAX_THRESHOLD),
             alignment_band: s.alignment_band.unwrap_or(DEFAULT_ALIGNMENT_BAND),
             min_alignment: s.min_alignment.unwrap_or(DEFAULT_MIN_ALIGNMENT),
+            verifier: s.verifier.map(|v| {
+                let model = PathBuf::from(v.model);
+                let tokenizer = v.tokenizer.map(PathBuf::from).unwrap_or_else(|| {
+                    model
+                        .parent()
+                        .unwrap_or(std::path::Path::new("."))
+                        .join(crate::embed::TOKENIZER_FILE)
+                });
+                VerifierConfig {
+                    model,
+                    tokenizer,
+                    min_score: v.min_score.unwrap_or(DEFAULT_VERIFIER_MIN_SCORE),
+                }
+            }),
         };
+        if let Some(v) = &semantic.verifier {
+            self.threshold("cache.semantic.verifier.min_score", v.min_score);
+        }
         if !(0.0..=0.2).contains(&semantic.alignment_band) {
             self.issue(
                 "cache.semantic.alignment_band",

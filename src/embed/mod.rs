@@ -20,8 +20,10 @@ use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::Tensor;
 
+pub mod pair;
 pub mod wordpiece;
 
+use pair::PairModel;
 use wordpiece::WordPiece;
 
 /// Output width of all-MiniLM-L6-v2.
@@ -337,6 +339,8 @@ pub enum Unembedded {
 pub type Then = Box<dyn FnOnce(Result<&[f32], Unembedded>) + Send>;
 /// What the worker calls with two texts' words in context ([`Embedder::submit_pair`]).
 pub type PairThen = Box<dyn FnOnce(Result<[WordStates; 2], Unembedded>) + Send>;
+/// What the worker calls with the pair verifier's score ([`Embedder::submit_verify`]).
+pub type VerifyThen = Box<dyn FnOnce(Result<f32, Unembedded>) + Send>;
 
 /// What a caller needs the vector to stand for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -358,6 +362,8 @@ enum Work {
     Vector { text: String, fit: Fit, then: Then },
     /// Two whole texts' word states (token alignment), embedded one at a time.
     Pair { a: String, b: String, then: PairThen },
+    /// The pair verifier's score for two texts.
+    Verify { a: String, b: String, then: VerifyThen },
 }
 
 impl Job {
@@ -365,6 +371,7 @@ impl Job {
         match self.work {
             Work::Vector { then, .. } => then(Err(why)),
             Work::Pair { then, .. } => then(Err(why)),
+            Work::Verify { then, .. } => then(Err(why)),
         }
     }
 }
@@ -414,6 +421,8 @@ pub struct Embedder {
     queue: Arc<Queue>,
     pub quantized: bool,
     pub max_batch: usize,
+    /// A pair verifier is loaded ([`Embedder::submit_verify`]).
+    pub verifier: bool,
 }
 
 impl Drop for Embedder {
@@ -432,6 +441,8 @@ pub struct EmbedderSettings {
     /// the original (batching is exact there and doubles throughput).
     pub max_batch: Option<usize>,
     pub intra_threads: usize,
+    /// An optional pair verifier: (model, tokenizer.json).
+    pub verifier: Option<(PathBuf, PathBuf)>,
 }
 
 impl Embedder {
@@ -444,6 +455,11 @@ impl Embedder {
     ) -> Result<Embedder, EmbedError> {
         let model = Model::load(dir, settings.intra_threads)?;
         let quantized = model.quantized;
+        let pair = match &settings.verifier {
+            Some((m, t)) => Some(PairModel::load(&dir.join(LIBRARY_FILE), m, t)?),
+            None => None,
+        };
+        let verifier = pair.is_some();
         let queue = Arc::new(Queue {
             state: Mutex::new(Lanes::default()),
             ready: Condvar::new(),
@@ -456,12 +472,13 @@ impl Embedder {
         let q = queue.clone();
         std::thread::Builder::new()
             .name("llm-sidecar-embed".into())
-            .spawn(move || worker(model, q, max_batch, observer))
+            .spawn(move || worker(model, pair, q, max_batch, observer))
             .map_err(|e| EmbedError::Model(format!("cannot start the embedder thread: {e}")))?;
         Ok(Embedder {
             queue,
             quantized,
             max_batch,
+            verifier,
         })
     }
 
@@ -483,6 +500,20 @@ impl Embedder {
         then: PairThen,
     ) -> Result<(), SubmitError> {
         let work = Work::Pair { a, b, then };
+        self.push(Job { work, deadline }, lane)
+    }
+
+    /// Queues a pair for the verifier; `then` gets its score (or `Failed` without a verifier,
+    /// `TooLong` for a pair past its window).
+    pub fn submit_verify(
+        &self,
+        a: String,
+        b: String,
+        deadline: Instant,
+        lane: Lane,
+        then: VerifyThen,
+    ) -> Result<(), SubmitError> {
+        let work = Work::Verify { a, b, then };
         self.push(Job { work, deadline }, lane)
     }
 
@@ -545,7 +576,13 @@ fn next_batch(queue: &Queue, jobs: &mut Vec<Job>, max_batch: usize) -> bool {
     true
 }
 
-fn worker(mut model: Model, queue: Arc<Queue>, max_batch: usize, observer: Arc<dyn EmbedObserver>) {
+fn worker(
+    mut model: Model,
+    mut pair: Option<PairModel>,
+    queue: Arc<Queue>,
+    max_batch: usize,
+    observer: Arc<dyn EmbedObserver>,
+) {
     let mut jobs: Vec<Job> = Vec::with_capacity(max_batch);
     let mut live: Vec<Then> = Vec::with_capacity(max_batch);
     let mut pairs: Vec<(String, String, PairThen)> = Vec::new();
@@ -567,6 +604,20 @@ fn worker(mut model: Model, queue: Arc<Queue>, max_batch: usize, observer: Arc<d
                     }
                 }
                 Work::Pair { a, b, then } => pairs.push((a, b, then)),
+                Work::Verify { a, b, then } => {
+                    let Some(p) = pair.as_mut() else {
+                        then(Err(Unembedded::Failed));
+                        continue;
+                    };
+                    match p.score(&a, &b) {
+                        Ok(Some(score)) => then(Ok(score)),
+                        Ok(None) => then(Err(Unembedded::TooLong)),
+                        Err(e) => {
+                            observer.failed(&e);
+                            then(Err(Unembedded::Failed));
+                        }
+                    }
+                }
             }
         }
         if !live.is_empty() {
@@ -701,6 +752,7 @@ mod tests {
     #[test]
     fn request_jobs_overtake_queued_background_jobs() {
         let settings = EmbedderSettings {
+            verifier: None,
             queue: 256,
             max_batch: Some(1),
             intra_threads: 1,
@@ -739,6 +791,7 @@ mod tests {
         assert!(at <= 2, "the lookup came {at}th: {o:?}");
         // A full lane is refused at once, per lane.
         let small = EmbedderSettings {
+            verifier: None,
             queue: 1,
             max_batch: Some(1),
             intra_threads: 1,

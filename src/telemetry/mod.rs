@@ -195,6 +195,7 @@ pub struct Metrics {
     pub cache_verifications: Family<ResultLabels, Counter>,
     pub cache_judgments: Family<JudgmentLabels, Counter>,
     pub cache_alignment: Family<ResultLabels, Counter>,
+    pub cache_verifier: Family<ResultLabels, Counter>,
     pub cache_route_threshold: Family<RouteLabels, Gauge<f64, AtomicU64>>,
     pub cache_entries: Gauge,
     pub cache_bytes: Gauge,
@@ -364,6 +365,12 @@ impl Metrics {
             "llm_sidecar_cache_alignment",
             "Candidates in the token-alignment band below the threshold (cache.semantic.alignment_band), by result: served, rejected (a content word without a close partner), unavailable (not embedded in time)",
             cache_alignment.clone(),
+        );
+        let cache_verifier = Family::default();
+        registry.register(
+            "llm_sidecar_cache_verifier",
+            "Semantic hits put to the pair verifier (cache.semantic.verifier), by result: agree (served), disagree (a miss), unavailable (not scored in time: a miss)",
+            cache_verifier.clone(),
         );
         let cache_route_threshold = Family::<RouteLabels, Gauge<f64, AtomicU64>>::default();
         registry.register(
@@ -540,6 +547,7 @@ impl Metrics {
             cache_verifications,
             cache_judgments,
             cache_alignment,
+            cache_verifier,
             cache_route_threshold,
             cache_lookups,
             cache_skips,

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod faults;
+pub mod onnx;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
