@@ -85,7 +85,14 @@ pub fn run(pairs: &[Pair], model: &mut Model, band: Band) -> Result<Report, Embe
         // composition, and the cache embeds one query at a time. As in the cache, a text longer
         // than the model's window is exact-only, never a semantic hit (and is not embedded).
         let (sim, worst) = match (model.embed_words(&p.a)?, model.embed_words(&p.b)?) {
-            (Some((a, wa)), Some((b, wb))) => (cosine(&a, &b), super::align::score(&wa, &wb).0),
+            // As in the cache: keys one text at a time, alignment from one pair job.
+            (Some((a, _)), Some((b, _))) => {
+                let worst = match model.pair_words(&p.b, &p.a)? {
+                    Some([wb, wa]) => super::align::score(&wb, &wa).0,
+                    None => 0.0,
+                };
+                (cosine(&a, &b), worst)
+            }
             _ => (TOO_LONG, 0.0),
         };
         let passed = check(&Features::of(&p.b), &Features::of(&p.a)).is_ok();
@@ -108,7 +115,10 @@ pub struct PairFeatures {
 pub fn features(pairs: &[Pair], model: &mut Model) -> Result<Vec<PairFeatures>, EmbedError> {
     let mut out = Vec::with_capacity(pairs.len());
     for p in pairs {
-        let (Some((va, wa)), Some((vb, wb))) = (model.embed_words(&p.a)?, model.embed_words(&p.b)?) else {
+        let (Some((va, _)), Some((vb, _))) = (model.embed_words(&p.a)?, model.embed_words(&p.b)?) else {
+            continue;
+        };
+        let Some([wb, wa]) = model.pair_words(&p.b, &p.a)? else {
             continue;
         };
         let (align_worst, align_mean) = super::align::score(&wa, &wb);

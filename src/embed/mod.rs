@@ -213,6 +213,36 @@ impl Model {
         Ok(Some((pooled, WordStates::of(&self.tokenizer, &ids, &hidden))))
     }
 
+    /// Two whole texts' words in context, embedded as one batch of two (a little under two
+    /// runs: 5.9 vs 6.3 ms for two 24-word texts); `None` when either is past the window. With the quantized model a text's
+    /// states depend slightly on its batch partner — fine for alignment, which compares words,
+    /// never for a cache key.
+    pub fn pair_words(&mut self, a: &str, b: &str) -> Result<Option<[WordStates; 2]>, EmbedError> {
+        self.tokens.clear();
+        self.ends.clear();
+        if !self.push(a, Fit::Whole) || !self.push(b, Fit::Whole) {
+            self.tokens.clear();
+            self.ends.clear();
+            return Ok(None);
+        }
+        let ids = self.tokens.clone();
+        let split = self.ends[0];
+        let (la, lb) = (split, ids.len() - split);
+        let result = self.infer(|hidden, seq, _| {
+            (
+                hidden[..la * DIMENSIONS].to_vec(),
+                hidden[seq * DIMENSIONS..(seq + lb) * DIMENSIONS].to_vec(),
+            )
+        });
+        self.tokens.clear();
+        self.ends.clear();
+        let (ha, hb) = result?;
+        Ok(Some([
+            WordStates::of(&self.tokenizer, &ids[..split], &ha),
+            WordStates::of(&self.tokenizer, &ids[split..], &hb),
+        ]))
+    }
+
     /// Runs the pushed rows as one batch and hands `f` the hidden states (`[batch, seq,
     /// DIMENSIONS]`, row-major), the padded length and the attention mask.
     fn infer<R>(&mut self, f: impl FnOnce(&[f32], usize, &[i64]) -> R) -> Result<R, EmbedError> {
@@ -639,13 +669,12 @@ fn worker(
         }
         for (a, b, then) in pairs.drain(..) {
             let start = Instant::now();
-            let result = model.embed_words(&a).and_then(|wa| Ok((wa, model.embed_words(&b)?)));
-            match result {
-                Ok((Some((_, wa)), Some((_, wb)))) => {
+            match model.pair_words(&a, &b) {
+                Ok(Some(words)) => {
                     observer.batch(2, start.elapsed());
-                    then(Ok([wa, wb]));
+                    then(Ok(words));
                 }
-                Ok(_) => then(Err(Unembedded::TooLong)),
+                Ok(None) => then(Err(Unembedded::TooLong)),
                 Err(e) => {
                     observer.failed(&e);
                     then(Err(Unembedded::Failed));
