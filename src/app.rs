@@ -314,7 +314,7 @@ async fn upkeep(shared: Arc<Shared>) {
             let (s, r) = (shared.clone(), rt.clone());
             tokio::spawn(async move {
                 for route in r.router.routes().iter().filter(|r| !r.examples.is_empty()) {
-                    if !server::proxy::prepare_examples(&s, route).await {
+                    if !s.cache.prepare_examples(route).await {
                         tracing::warn!(
                             route = &*route.name,
                             "semantic route examples could not be embedded (no embedder?): the route falls through"

@@ -2,28 +2,37 @@
 //!
 //! # Layout
 //!
-//! Modules depend downward only: each may use the ones listed before it.
+//! Modules depend downward only: each may use the ones listed before it, never one after it.
+//! `scripts/check-layers` (run by CI) reads every `crate::` path and fails on an upward one.
 //!
 //! - [`config`] — the YAML schema, `${VAR}` interpolation, validation into an immutable
 //!   [`config::Config`] with precise key paths, and the watched file source.
-//! - [`openai`] — the slices of the OpenAI wire format we read: request head, usage, SSE.
+//! - [`openai`] — the slices of the OpenAI wire format we read: endpoints, request head, usage,
+//!   SSE, the check of a provider's answer.
+//! - [`embed`] — the sentence embedder (ONNX Runtime, WordPiece) on its own thread, its two-lane
+//!   queue, word states for token alignment, the optional pair verifier.
 //! - [`telemetry`] — the Prometheus registry and metric families; the JSON log line; request
 //!   traces and their OTLP export; the live dashboard's ring and cost advice.
 //! - [`scheduler`] — per-provider concurrency slots and the priority queue in front of them.
-//! - [`upstream`] — provider clients over rustls, timeouts; the Anthropic translation.
+//! - [`upstream`] — provider clients over rustls, timeouts; the Anthropic translation; the
+//!   header allowlist and secret redaction.
 //! - [`resilience`] — backoff with jitter, the retry budget, circuit breakers, latency EWMAs,
 //!   active health checks.
 //! - [`router`] — route matching and strategies → ordered candidate models, with a reason.
-//! - [`limits`] — tenant identification (rate limits and budgets arrive here).
+//! - [`redis_link`] — the Redis connection the fleet features share (URL, connect, backoff).
+//! - [`limits`] — tenant identification, rate limits and budgets (the ledger), fleet sync.
+//! - [`cache`] — the exact and semantic cache: keys, the guard, token alignment, the store and
+//!   its indexes, replay in either shape, the Redis L2, per-route measured quality.
 //! - [`state`] — the live [`state::Runtime`] snapshot behind one `ArcSwap`, and reload.
-//! - [`server`] — HTTP: the OpenAI endpoints, passthrough, the relay/tee, errors, admin port.
 //! - [`mock`] — an in-process OpenAI-compatible upstream for the demo, benches and tests.
+//! - [`server`] — HTTP: the OpenAI endpoints, passthrough, the relay/tee, errors, admin port.
 //! - [`app`] — start-up, signals and graceful shutdown of one sidecar.
 //! - [`inject`] — the mutating admission webhook (a separate process: `llm-sidecar inject`).
 //!
 //! The request path, in files: `server/mod.rs` (routing of URLs) → `server/proxy.rs`
 //! (tenant, body, cache, route, retries and failover) → `router/mod.rs` (decision) →
-//! `server/attempt.rs` (breaker, queue, one attempt) → `upstream/mod.rs` (send) → `server/relay.rs` (stream
+//! `server/attempt.rs` (breaker, queue, one attempt) → `upstream/mod.rs` (send) →
+//! `server/response.rs` (the body read whole or kept as a stream) → `server/relay.rs` (stream
 //! back, account) → `server/record.rs` (log line, metrics, the trace's root span). What each
 //! stage adds to a sampled request's trace is in `server/traced.rs`.
 
@@ -37,6 +46,7 @@ pub mod inject;
 pub mod limits;
 pub mod mock;
 pub mod openai;
+pub mod redis_link;
 pub mod resilience;
 pub mod router;
 pub mod scheduler;

@@ -21,8 +21,8 @@ use tokio::sync::mpsc;
 use super::Cache;
 use super::key::Key;
 use crate::config::{CacheConfig, RedisConfig};
-use crate::limits::fleet::{Link, connect, prefix};
 use crate::limits::ledger::now_ms;
+use crate::redis_link::{Link, connect, prefix};
 use crate::telemetry::{Metrics, ResultLabels};
 
 /// Publications waiting for Redis; beyond this they are dropped (Redis is slow or down).

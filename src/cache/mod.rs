@@ -38,6 +38,9 @@ use crate::telemetry::{JudgmentLabels, Metrics, ReasonLabels, ResultLabels, Rout
 
 /// How often expired entries are swept (they are also dropped when met on lookup).
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+/// Time for embedding one `semantic` route example on first use (the model is warm; this only
+/// bounds a stalled embedder).
+const EXAMPLE_EMBED_BUDGET: Duration = Duration::from_secs(2);
 /// An insert waits at most this long for its embedding before the entry stays exact-only.
 const INSERT_EMBED_BUDGET: Duration = Duration::from_secs(10);
 
@@ -233,6 +236,24 @@ impl Cache {
             .submit(text.to_owned(), Fit::Start, deadline.into_std(), Lane::Request, then)
             .ok()?;
         tokio::time::timeout_at(deadline, rx).await.ok()?.ok()?
+    }
+
+    /// Embeds a `semantic` route's examples once (on first use or after a reload; concurrent
+    /// first requests may both compute, the first to finish is kept); `false`
+    /// when the embedder cannot (the route then falls through).
+    pub async fn prepare_examples(&self, route: &Route) -> bool {
+        if route.example_vectors.get().is_some() {
+            return true;
+        }
+        let mut vectors = Vec::with_capacity(route.examples.len());
+        for (target, text) in &route.examples {
+            match self.embed(text, EXAMPLE_EMBED_BUDGET).await {
+                Some(v) => vectors.push((*target, v)),
+                None => return false,
+            }
+        }
+        let _ = route.example_vectors.set(vectors);
+        true
     }
 
     /// Decides whether and how the cache applies to a request; counts why when it does not.

@@ -491,6 +491,14 @@ pub struct VerifierConfig {
     pub min_score: f32,
 }
 
+/// The semantic cache's assets folder when `cache.semantic.assets_dir` is not set:
+/// `$LLM_SIDECAR_ASSETS`, else `./assets` (where `scripts/fetch-assets` puts them).
+pub fn default_assets_dir() -> PathBuf {
+    std::env::var_os("LLM_SIDECAR_ASSETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("assets"))
+}
+
 /// What the semantic layer does with a hit it finds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SemanticMode {

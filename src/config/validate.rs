@@ -1148,10 +1148,7 @@ impl Validator<'_> {
             enabled: s.enabled.unwrap_or(true),
             threshold,
             guard: s.guard.unwrap_or(true),
-            assets_dir: s
-                .assets_dir
-                .map(PathBuf::from)
-                .unwrap_or_else(crate::embed::default_assets_dir),
+            assets_dir: s.assets_dir.map(PathBuf::from).unwrap_or_else(default_assets_dir),
             timeout: self.duration("cache.semantic.timeout", s.timeout.as_deref(), DEFAULT_SEMANTIC_TIMEOUT),
             queue: s.queue.unwrap_or(DEFAULT_EMBED_QUEUE).max(1) as usize,
             max_batch: s.max_batch.map(|b| b.max(1) as usize),
@@ -1174,7 +1171,7 @@ impl Validator<'_> {
                     model
                         .parent()
                         .unwrap_or(std::path::Path::new("."))
-                        .join(crate::embed::TOKENIZER_FILE)
+                        .join("tokenizer.json")
                 });
                 VerifierConfig {
                     model,

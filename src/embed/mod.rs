@@ -689,13 +689,6 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
-/// The default assets folder: `$LLM_SIDECAR_ASSETS`, else `./assets`.
-pub fn default_assets_dir() -> PathBuf {
-    std::env::var_os("LLM_SIDECAR_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("assets"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,20 +22,18 @@
 //! shard does the fleet's accounting); Sentinel is not supported by this build.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 
 use super::ledger::{FleetTotals, Ledger, now_ms};
 use crate::config::RedisConfig;
-use crate::telemetry::{Metrics, ReasonLabels};
+use crate::redis_link::{Link, prefix};
+use crate::telemetry::Metrics;
 
 /// Per-minute windows live a little over two minutes (the previous minute is still read).
 const RATE_TTL_MS: u64 = 150_000;
 const DAY_TTL_S: u64 = 2 * 86_400;
 const MONTH_TTL_S: u64 = 40 * 86_400;
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Pushes deltas and returns totals for every key in one round trip, atomically.
 /// KEYS: per rate key (current-minute hash, previous-minute hash, active-pods zset), then per
@@ -73,102 +71,6 @@ for j = 1, m do
 end
 return out
 "#;
-
-/// The connection URL with the password put in (never logged).
-pub fn url(cfg: &RedisConfig) -> String {
-    match &cfg.password {
-        None => cfg.url.clone(),
-        Some(p) => {
-            let enc: String =
-                p.0.bytes()
-                    .map(|b| {
-                        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                            (b as char).to_string()
-                        } else {
-                            format!("%{b:02X}")
-                        }
-                    })
-                    .collect();
-            // Redis 6+ ACL user `default` is what a plain `requirepass` authenticates.
-            cfg.url.replacen("://", &format!("://default:{enc}@"), 1)
-        }
-    }
-}
-
-/// Opens a connection within the configured timeout.
-pub async fn connect(cfg: &RedisConfig) -> Result<MultiplexedConnection, String> {
-    let client = redis::Client::open(url(cfg)).map_err(|e| e.to_string())?;
-    match tokio::time::timeout(
-        cfg.timeout.max(Duration::from_secs(1)),
-        client.get_multiplexed_async_connection(),
-    )
-    .await
-    {
-        Ok(Ok(c)) => Ok(c),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("timed out".into()),
-    }
-}
-
-/// Key prefix with a hash tag, so every key of a fleet lands in one Redis Cluster slot.
-pub fn prefix(cfg: &RedisConfig) -> String {
-    format!("{{{}}}", cfg.key_prefix)
-}
-
-/// Tracks Redis health for one background task: logs the first failure and the recovery.
-pub struct Link {
-    pub metrics: Arc<Metrics>,
-    what: &'static str,
-    down_since: Option<std::time::Instant>,
-}
-
-impl Link {
-    pub fn new(metrics: Arc<Metrics>, what: &'static str) -> Self {
-        Link {
-            metrics,
-            what,
-            down_since: None,
-        }
-    }
-
-    pub fn failed(&mut self, reason: &'static str, error: &str) {
-        self.metrics.redis_errors.get_or_create(&ReasonLabels { reason }).inc();
-        self.metrics.redis_up.set(0);
-        if self.down_since.is_none() {
-            self.down_since = Some(std::time::Instant::now());
-            tracing::warn!(task = self.what, %error, "Redis unreachable: serving on local state, reconnecting in the background");
-        }
-    }
-
-    /// Connects, retrying with exponential backoff (logged once per outage) until it works.
-    pub async fn connect(&mut self, cfg: &RedisConfig) -> MultiplexedConnection {
-        let mut backoff = BACKOFF_MIN;
-        loop {
-            match connect(cfg).await {
-                Ok(c) => {
-                    self.ok();
-                    return c;
-                }
-                Err(e) => {
-                    self.failed("connect", &e);
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
-                }
-            }
-        }
-    }
-
-    pub fn ok(&mut self) {
-        self.metrics.redis_up.set(1);
-        if let Some(since) = self.down_since.take() {
-            tracing::info!(
-                task = self.what,
-                down_for_ms = since.elapsed().as_millis() as u64,
-                "Redis reachable again: fleet state resumed"
-            );
-        }
-    }
-}
 
 /// The current config's tenants, read at each sync.
 pub type TenantsSource = Arc<dyn Fn() -> Arc<crate::config::Config> + Send + Sync>;

@@ -20,3 +20,33 @@ pub fn error_body(message: &str, kind: &str, param: Option<&str>, code: Option<&
     // Serialising a `Value` built from strings cannot fail.
     serde_json::to_vec(&body).unwrap_or_default()
 }
+
+/// The OpenAI endpoints the sidecar serves itself (the rest pass through).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Chat,
+    Completions,
+    Embeddings,
+}
+
+impl Endpoint {
+    pub fn path(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "/chat/completions",
+            Endpoint::Completions => "/completions",
+            Endpoint::Embeddings => "/embeddings",
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "chat",
+            Endpoint::Completions => "completions",
+            Endpoint::Embeddings => "embeddings",
+        }
+    }
+
+    pub fn streams(self) -> bool {
+        !matches!(self, Endpoint::Embeddings)
+    }
+}

@@ -18,11 +18,12 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::error::ApiError;
-use super::proxy::{Endpoint, Received, full, internal, receive};
 use super::record::{RequestRecord, operation_name};
 use super::relay::MAX_CAPTURE;
+use super::response::{Received, full, internal, receive};
 use super::traced;
 use crate::config::Config;
+use crate::openai::Endpoint;
 use crate::openai::answer::{self, Expect};
 use crate::openai::{RequestHead, SseScanner, Usage};
 use crate::resilience::{backoff, parse_retry_after};

@@ -10,6 +10,7 @@ pub mod error;
 pub mod proxy;
 pub mod record;
 pub mod relay;
+pub mod response;
 mod traced;
 pub mod verify;
 
@@ -31,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::body::Body;
 use self::error::ApiError;
-use self::proxy::Endpoint;
+use crate::openai::Endpoint;
 use crate::state::Shared;
 
 /// A client has this long to send its request headers; slow-loris connections are closed.

@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
@@ -19,6 +19,7 @@ use super::body::{Body, RateGuard, ReadError, drain_after, read_request};
 use super::error::ApiError;
 use super::record::{Account, AdviceInput, RequestRecord, operation_name};
 use super::relay::{Mode, OnComplete, RelayBody, RelayParams};
+use super::response::{Received, internal, receive};
 use super::traced;
 use super::verify::{self, Verification};
 use crate::cache::{Cache, Hit, HitKind, Plan, replay};
@@ -26,54 +27,19 @@ use crate::config::ModelConfig;
 use crate::config::{Config, ProviderKind, ServerSettings};
 use crate::limits::ledger::{self, now_ms};
 use crate::openai::usage::{finish_reasons, parse_usage};
-use crate::openai::{RequestHead, SseScanner, Usage};
-use crate::router::{self, Decision, Route, Signals, Step};
+use crate::openai::{Endpoint, RequestHead, SseScanner, Usage};
+use crate::router::{self, Decision, Signals, Step};
 use crate::scheduler::Permit;
 use crate::state::{Runtime, Shared};
 use crate::telemetry::trace::{Kind, RequestTrace, Span};
 use crate::telemetry::{DecisionLabels, LimitLabels, Metrics};
 use crate::upstream::adapter::StreamTranslate;
 use crate::upstream::redact::Redactor;
-use crate::upstream::{BodyFailure, BodyRead, ClientBody, Provider, UpstreamError, is_hop_header, read_body};
+use crate::upstream::{BodyRead, ClientBody, Provider, UpstreamError, is_hop_header, read_body};
 use tokio_util::sync::CancellationToken;
 
 /// The header an app sends to pick its priority class.
 pub const PRIORITY_HEADER: &str = "x-llm-sidecar-priority";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endpoint {
-    Chat,
-    Completions,
-    Embeddings,
-}
-
-impl Endpoint {
-    pub(super) fn path(self) -> &'static str {
-        match self {
-            Endpoint::Chat => "/chat/completions",
-            Endpoint::Completions => "/completions",
-            Endpoint::Embeddings => "/embeddings",
-        }
-    }
-
-    pub fn label(self) -> &'static str {
-        match self {
-            Endpoint::Chat => "chat",
-            Endpoint::Completions => "completions",
-            Endpoint::Embeddings => "embeddings",
-        }
-    }
-
-    fn streams(self) -> bool {
-        !matches!(self, Endpoint::Embeddings)
-    }
-}
-
-/// Response bodies up to this size are read whole before the app gets the response: the app
-/// cannot use half a JSON document, usage is read from the whole, the response goes out in one
-/// write with a `content-length`, and a provider failing mid-body can still be failed over.
-/// A larger body (a huge embeddings batch) streams.
-pub const MAX_HELD_BODY: usize = 8 << 20;
 
 /// What came back from the provider, ready to give to the app.
 struct Answer {
@@ -120,52 +86,6 @@ enum Reply {
         include_usage: bool,
         route: HeaderValue,
     },
-}
-
-pub(super) enum Received {
-    /// The whole body.
-    Complete(Bytes),
-    /// To relay as it arrives: SSE, or a body larger than [`MAX_HELD_BODY`] (its start in `prefix`).
-    Stream {
-        incoming: Incoming,
-        prefix: Option<Bytes>,
-        sse: bool,
-    },
-}
-
-/// Turns response headers into an [`Answer`]'s body: SSE streams; anything else is read whole
-/// (up to [`MAX_HELD_BODY`]).
-pub(super) async fn receive(
-    response: http::Response<Incoming>,
-    idle: Duration,
-    deadline: Instant,
-) -> Result<(http::response::Parts, Received), BodyFailure> {
-    let (parts, mut incoming) = response.into_parts();
-    let sse = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-    if sse {
-        return Ok((
-            parts,
-            Received::Stream {
-                incoming,
-                prefix: None,
-                sse,
-            },
-        ));
-    }
-    match read_body(&mut incoming, idle, deadline, MAX_HELD_BODY).await? {
-        BodyRead::Complete(b) => Ok((parts, Received::Complete(b))),
-        BodyRead::TooLarge(prefix) => Ok((
-            parts,
-            Received::Stream {
-                incoming,
-                prefix: Some(prefix),
-                sse,
-            },
-        )),
-    }
 }
 
 pub async fn openai(
@@ -357,10 +277,6 @@ pub async fn openai(
     }
 }
 
-/// Time for embedding one `semantic` route example on first use (the model is warm; this only
-/// bounds a stalled embedder).
-const EXAMPLE_EMBED_BUDGET: Duration = Duration::from_secs(2);
-
 /// Runs the router, embedding the last user turn when a `semantic` route asks for it.
 #[allow(clippy::too_many_arguments)]
 async fn decide(
@@ -387,7 +303,7 @@ async fn decide(
             Step::NeedsEmbedding(route) => {
                 let started = std::time::Instant::now();
                 let query = match signals.text.as_deref() {
-                    Some(text) if prepare_examples(shared, &route).await => {
+                    Some(text) if shared.cache.prepare_examples(&route).await => {
                         shared.cache.embed(text, rt.config.cache.semantic.timeout).await
                     }
                     _ => None,
@@ -399,23 +315,6 @@ async fn decide(
             }
         }
     }
-}
-
-/// Embeds a `semantic` route's examples once. Concurrent first requests may both compute;
-/// the first to finish is kept.
-pub async fn prepare_examples(shared: &Shared, route: &Route) -> bool {
-    if route.example_vectors.get().is_some() {
-        return true;
-    }
-    let mut vectors = Vec::with_capacity(route.examples.len());
-    for (target, text) in &route.examples {
-        match shared.cache.embed(text, EXAMPLE_EMBED_BUDGET).await {
-            Some(v) => vectors.push((*target, v)),
-            None => return false,
-        }
-    }
-    let _ = route.example_vectors.set(vectors);
-    true
 }
 
 /// A refusal by the tenant's limits: 429 in OpenAI's shape, with `retry-after` and the
@@ -896,10 +795,6 @@ pub(super) fn expects_continue(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
-pub(super) fn full(b: Bytes) -> ClientBody {
-    Full::new(b).map_err(|never| match never {}).boxed()
-}
-
 fn route_header(name: &str) -> HeaderValue {
     HeaderValue::from_str(name).unwrap_or_else(|_| HeaderValue::from_static("invalid-name"))
 }
@@ -910,14 +805,4 @@ fn status_kind(status: StatusCode) -> &'static str {
         500.. => "status_5xx",
         _ => "status_4xx",
     }
-}
-
-pub(super) fn internal(e: impl std::fmt::Display) -> ApiError {
-    tracing::error!(error = %e, "internal error");
-    ApiError::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "server_error",
-        None,
-        format!("Internal error in llm-sidecar: {e}"),
-    )
 }

@@ -54,7 +54,7 @@ pub struct RequestRecord {
     /// semantic near-miss, and whether a soft-budget tenant went unrouted.
     pub advice: Option<AdviceInput>,
     /// The live dashboard's ring of recent requests.
-    pub live: Option<Arc<Live>>,
+    pub live: Option<Arc<Live<crate::router::Reason>>>,
     /// The prompt's first words, only when `server.dashboard_prompts` is on.
     pub prompt: Option<String>,
     /// The request's spans, when tracing is on and the request sampled.

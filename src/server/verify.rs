@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, Full};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
-use super::proxy::MAX_HELD_BODY;
+use super::response::MAX_HELD_BODY;
 use crate::openai::usage::parse_usage;
 use crate::router::Route;
 use crate::state::{Runtime, Shared};

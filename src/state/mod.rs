@@ -163,7 +163,7 @@ pub struct Shared {
     /// What the traffic says could be saved (`/admin/advice`).
     pub advisor: Arc<crate::telemetry::advice::Advisor>,
     /// Recent requests for the live dashboard.
-    pub live: Arc<crate::telemetry::live::Live>,
+    pub live: Arc<crate::telemetry::live::Live<crate::router::Reason>>,
     /// OpenTelemetry: the sampler's settings and the queue to the exporter, across reloads.
     pub tracer: Arc<crate::telemetry::trace::Tracer>,
     /// Cancelled when the shutdown grace period ends: open streams end with an error event.

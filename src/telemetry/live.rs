@@ -17,8 +17,11 @@ pub const TAIL: usize = 25;
 
 /// Kept cheap to record (no formatting, no string copies on the request path): ids and
 /// reasons are turned into text only when a snapshot is taken.
+/// `R`: why the request went where it did (the router's reason; generic so that telemetry
+/// does not depend on the router, which sits above it).
 #[derive(Debug, Clone, Serialize)]
-pub struct Recent {
+#[serde(bound(serialize = "R: std::fmt::Display"))]
+pub struct Recent<R> {
     pub at_ms: u64,
     #[serde(serialize_with = "header_str")]
     pub request_id: http::HeaderValue,
@@ -38,7 +41,7 @@ pub struct Recent {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     #[serde(serialize_with = "display")]
-    pub reason: Option<crate::router::Reason>,
+    pub reason: Option<R>,
     /// Only with `server.dashboard_prompts: true`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prompt: Option<String>,
@@ -48,16 +51,23 @@ fn header_str<S: serde::Serializer>(v: &http::HeaderValue, s: S) -> Result<S::Ok
     s.serialize_str(v.to_str().unwrap_or(""))
 }
 
-fn display<S: serde::Serializer>(v: &Option<crate::router::Reason>, s: S) -> Result<S::Ok, S::Error> {
+fn display<R: std::fmt::Display, S: serde::Serializer>(v: &Option<R>, s: S) -> Result<S::Ok, S::Error> {
     match v {
         Some(r) => s.collect_str(r),
         None => s.serialize_none(),
     }
 }
 
-#[derive(Default)]
-pub struct Live {
-    ring: Mutex<VecDeque<Recent>>,
+pub struct Live<R> {
+    ring: Mutex<VecDeque<Recent<R>>>,
+}
+
+impl<R> Default for Live<R> {
+    fn default() -> Self {
+        Live {
+            ring: Mutex::new(VecDeque::new()),
+        }
+    }
 }
 
 fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
@@ -68,8 +78,8 @@ fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
     sorted.get(i).copied()
 }
 
-impl Live {
-    pub fn record(&self, r: Recent) {
+impl<R: std::fmt::Display> Live<R> {
+    pub fn record(&self, r: Recent<R>) {
         if let Ok(mut ring) = self.ring.lock() {
             if ring.len() >= RING {
                 ring.pop_front();
@@ -84,7 +94,7 @@ impl Live {
             return serde_json::json!({});
         };
         let since = now_ms.saturating_sub(window_ms);
-        let recent: Vec<&Recent> = ring.iter().filter(|r| r.at_ms >= since).collect();
+        let recent: Vec<&Recent<R>> = ring.iter().filter(|r| r.at_ms >= since).collect();
         let n = recent.len();
         let secs = window_ms as f64 / 1000.0;
         let mut durations: Vec<f64> = recent.iter().map(|r| r.duration_ms).collect();
@@ -133,7 +143,7 @@ impl Live {
 mod tests {
     use super::*;
 
-    fn req(at_ms: u64, ms: f64, cache: &'static str, status: u16) -> Recent {
+    fn req(at_ms: u64, ms: f64, cache: &'static str, status: u16) -> Recent<&'static str> {
         Recent {
             at_ms,
             request_id: http::HeaderValue::from_static("r"),
