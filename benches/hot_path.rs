@@ -1,3 +1,5 @@
+// A benchmark is a measurement script: a failed assumption should stop it loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! Micro-benchmarks of the per-request work the sidecar adds: reading the request head,
 //! rewriting it, scanning SSE frames, the route decision, tenant identification and the
 //! request id. `cargo bench --bench hot_path`.

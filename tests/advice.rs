@@ -1,3 +1,5 @@
+// Test helpers may unwrap: a failed assumption is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! `GET /admin/advice`: savings computed from the traffic actually served.
 
 mod common;

@@ -1,3 +1,5 @@
+// Test helpers may unwrap: a failed assumption is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! The cache end to end, with the real embedding model: exact and semantic hits, the guard,
 //! what is never cached, tenant isolation, JSON/SSE in either direction, purge and version.
 

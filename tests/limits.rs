@@ -1,3 +1,5 @@
+// Test helpers may unwrap: a failed assumption is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! Tenant limits and budgets end to end (one sidecar; fleet mode is in tests/fleet.rs).
 
 mod common;

@@ -1,3 +1,5 @@
+// Test helpers may unwrap: a failed assumption is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! Routing, resilience and scheduling end to end: a sidecar in front of mock providers that
 //! misbehave on demand.
 
