@@ -100,6 +100,52 @@ pub struct SemanticTiming {
     pub candidates: usize,
 }
 
+/// What the cache did for one request: the `x-llm-sidecar-cache` header, the log line's
+/// `cache` field, the trace attribute and the lookup metric's label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheStatus {
+    /// The cache did not apply (off, endpoint, privacy, temperature, `no-cache`…).
+    Bypass,
+    Miss,
+    HitExact,
+    HitSemantic,
+}
+
+impl CacheStatus {
+    /// As the app sees it (`x-llm-sidecar-cache`) and as logs and traces show it.
+    pub fn header(self) -> &'static str {
+        match self {
+            CacheStatus::Bypass => "bypass",
+            CacheStatus::Miss => "miss",
+            CacheStatus::HitExact => "hit-exact",
+            CacheStatus::HitSemantic => "hit-semantic",
+        }
+    }
+
+    /// As metric labels have it.
+    pub fn label(self) -> &'static str {
+        match self {
+            CacheStatus::Bypass => "bypass",
+            CacheStatus::Miss => "miss",
+            CacheStatus::HitExact => "hit_exact",
+            CacheStatus::HitSemantic => "hit_semantic",
+        }
+    }
+
+    pub fn is_hit(self) -> bool {
+        matches!(self, CacheStatus::HitExact | CacheStatus::HitSemantic)
+    }
+}
+
+impl From<HitKind> for CacheStatus {
+    fn from(kind: HitKind) -> Self {
+        match kind {
+            HitKind::Exact => CacheStatus::HitExact,
+            HitKind::Semantic { .. } => CacheStatus::HitSemantic,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum HitKind {
     Exact,
@@ -356,7 +402,7 @@ impl Cache {
         let now = Instant::now();
         match self.store.get_exact(&plan.keys.exact, now.into_std()) {
             Ok(Some(c)) => {
-                self.metrics.cache_lookup("hit_exact");
+                self.metrics.cache_lookup(CacheStatus::HitExact.label());
                 return Some(Hit {
                     kind: HitKind::Exact,
                     response: c.response,
@@ -372,8 +418,12 @@ impl Cache {
         } else {
             None
         };
-        self.metrics
-            .cache_lookup(if hit.is_some() { "hit_semantic" } else { "miss" });
+        let status = if hit.is_some() {
+            CacheStatus::HitSemantic
+        } else {
+            CacheStatus::Miss
+        };
+        self.metrics.cache_lookup(status.label());
         hit
     }
 

@@ -181,19 +181,65 @@ struct RateKey {
     model: Option<Arc<str>>,
 }
 
+/// Which limit refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitKind {
+    Requests,
+    Tokens,
+    ModelRequests,
+    ModelTokens,
+    BudgetDaily,
+    BudgetMonthly,
+}
+
+impl LimitKind {
+    /// The metric label and the reason in logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            LimitKind::Requests => "requests_per_minute",
+            LimitKind::Tokens => "tokens_per_minute",
+            LimitKind::ModelRequests => "model_requests_per_minute",
+            LimitKind::ModelTokens => "model_tokens_per_minute",
+            LimitKind::BudgetDaily => "budget_daily",
+            LimitKind::BudgetMonthly => "budget_monthly",
+        }
+    }
+
+    /// What a rate limit counts: `requests` or `tokens`.
+    pub fn unit(self) -> &'static str {
+        match self {
+            LimitKind::Tokens | LimitKind::ModelTokens => "tokens",
+            _ => "requests",
+        }
+    }
+
+    /// A per-model limit (not the tenant's overall one).
+    pub fn per_model(self) -> bool {
+        matches!(self, LimitKind::ModelRequests | LimitKind::ModelTokens)
+    }
+
+    /// A budget's period: `daily` or `monthly`.
+    pub fn period(self) -> &'static str {
+        match self {
+            LimitKind::BudgetMonthly => "monthly",
+            _ => "daily",
+        }
+    }
+}
+
 /// Why a request was refused.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Limited {
     Rate {
-        /// `requests_per_minute`, `tokens_per_minute`, or the same prefixed `model_`.
-        reason: &'static str,
+        /// Requests or tokens per minute, the tenant's or per model.
+        reason: LimitKind,
         limit: u64,
         reset: Duration,
         headers: RateHeaders,
     },
     Budget {
-        /// `budget_daily` or `budget_monthly`.
-        reason: &'static str,
+        /// Daily or monthly.
+        reason: LimitKind,
         limit_usd: f64,
         spent_usd: f64,
         reset: Duration,
@@ -203,7 +249,7 @@ pub enum Limited {
 impl Limited {
     pub fn reason(&self) -> &'static str {
         match self {
-            Limited::Rate { reason, .. } | Limited::Budget { reason, .. } => reason,
+            Limited::Rate { reason, .. } | Limited::Budget { reason, .. } => reason.label(),
         }
     }
 }
@@ -320,7 +366,7 @@ impl Ledger {
             let (today, month) = (s.today(), s.this_month());
             if let Some(limit) = b.daily_usd.filter(|l| today >= *l) {
                 return Err(Limited::Budget {
-                    reason: "budget_daily",
+                    reason: LimitKind::BudgetDaily,
                     limit_usd: limit,
                     spent_usd: today,
                     reset: Duration::from_millis(DAY_MS - now % DAY_MS),
@@ -328,7 +374,7 @@ impl Ledger {
             }
             if let Some(limit) = b.monthly_usd.filter(|l| month >= *l) {
                 return Err(Limited::Budget {
-                    reason: "budget_monthly",
+                    reason: LimitKind::BudgetMonthly,
                     limit_usd: limit,
                     spent_usd: month,
                     reset: Duration::from_millis(to_next_month(now)),
@@ -386,9 +432,9 @@ impl Ledger {
             {
                 return Err(Limited::Rate {
                     reason: if prefix.is_empty() {
-                        "requests_per_minute"
+                        LimitKind::Requests
                     } else {
-                        "model_requests_per_minute"
+                        LimitKind::ModelRequests
                     },
                     limit: *l,
                     reset,
@@ -403,9 +449,9 @@ impl Ledger {
             {
                 return Err(Limited::Rate {
                     reason: if prefix.is_empty() {
-                        "tokens_per_minute"
+                        LimitKind::Tokens
                     } else {
-                        "model_tokens_per_minute"
+                        LimitKind::ModelTokens
                     },
                     limit: *l,
                     reset,
@@ -752,7 +798,7 @@ tenants:
         else {
             panic!()
         };
-        assert_eq!((reason, limit), ("requests_per_minute", 3));
+        assert_eq!((reason.label(), limit), ("requests_per_minute", 3));
         assert_eq!(reset, Duration::from_secs(59));
         assert_eq!(headers.pairs()[2], ("x-ratelimit-reset-requests", "59s".to_owned()));
         // The sliding window: half-way through the next minute half the old count still weighs.
@@ -819,7 +865,7 @@ tenants:
         else {
             panic!()
         };
-        assert_eq!(reason, "budget_daily");
+        assert_eq!(reason.label(), "budget_daily");
         assert!((spent_usd - 1.1).abs() < 1e-9);
         assert_eq!(reset, Duration::from_millis(DAY_MS - 3_600_000));
         // Tomorrow the daily budget is fresh; the month keeps counting.

@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::error::ApiError;
-use super::record::{RequestRecord, operation_name};
+use super::record::{Outcome as RecordOutcome, RequestRecord, operation_name};
 use super::relay::MAX_CAPTURE;
 use super::response::{Received, full, internal, receive};
 use super::traced;
@@ -267,7 +267,7 @@ impl Attempt<'_> {
             match &outcome {
                 Outcome::Done(d) => span.set("http.response.status_code", d.parts.status.as_u16()),
                 Outcome::Retry(e) | Outcome::Next(e) => traced::attempt_failed(&mut span, e, &self.rt.redact),
-                Outcome::Fatal(e) => span.error(e.outcome, Some(e.message.clone())),
+                Outcome::Fatal(e) => span.error(e.outcome.label(), Some(e.message.clone())),
             }
             t.close(span);
         }
@@ -656,7 +656,7 @@ fn canary(metrics: &Metrics, route: &Route, target: &Target, success: bool, late
 fn queue_timeout(provider: &Arc<str>, after: Duration) -> ApiError {
     ApiError {
         retry_after: Some(after.as_secs().clamp(1, 60)),
-        outcome: "queue_timeout",
+        outcome: RecordOutcome::QueueTimeout,
         ..ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "server_error",

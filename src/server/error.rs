@@ -1,6 +1,7 @@
 //! The one place where failures become HTTP: every module's typed error is classified here
 //! into a status, an OpenAI-shaped body, and whether it is the app's fault or ours.
 
+use super::record::Outcome;
 use http::{HeaderValue, Response, StatusCode, header};
 
 use super::body::Body;
@@ -17,8 +18,8 @@ pub struct ApiError {
     pub param: Option<&'static str>,
     pub message: String,
     pub retry_after: Option<u64>,
-    /// Short label for logs and metrics.
-    pub outcome: &'static str,
+    /// How the request ended, for its log line and metrics.
+    pub outcome: Outcome,
 }
 
 impl ApiError {
@@ -30,7 +31,7 @@ impl ApiError {
             param: None,
             message: message.into(),
             retry_after: None,
-            outcome: "rejected",
+            outcome: Outcome::Rejected,
         }
     }
 
@@ -150,7 +151,7 @@ impl From<UpstreamError> for ApiError {
         };
         ApiError {
             retry_after,
-            outcome: "upstream_error",
+            outcome: Outcome::UpstreamError,
             ..ApiError::new(status, "upstream_error", Some(code), e.to_string())
         }
     }

@@ -17,12 +17,12 @@ use tokio::time::Instant;
 use super::attempt::{Attempt, Committed};
 use super::body::{Body, RateGuard, ReadError, drain_after, read_request};
 use super::error::ApiError;
-use super::record::{Account, AdviceInput, RequestRecord, operation_name};
+use super::record::{Account, AdviceInput, Outcome, RequestRecord, operation_name};
 use super::relay::{Mode, OnComplete, RelayBody, RelayParams};
 use super::response::{Received, internal, receive};
 use super::traced;
 use super::verify::{self, Verification};
-use crate::cache::{Cache, Hit, HitKind, Plan, replay};
+use crate::cache::{Cache, CacheStatus, Hit, HitKind, Plan, replay};
 use crate::config::ModelConfig;
 use crate::config::{Config, ProviderKind, ServerSettings};
 use crate::limits::ledger::{self, now_ms};
@@ -187,8 +187,8 @@ pub async fn openai(
             }
         };
         rec.cache = match &plan {
-            Some(p) if p.lookup => "miss",
-            _ => "bypass",
+            Some(p) if p.lookup => CacheStatus::Miss,
+            _ => CacheStatus::Bypass,
         };
         let light =
             sampled.then(|| crate::router::complexity::score(signals.text.as_deref().unwrap_or("")).total < 0.5);
@@ -336,19 +336,11 @@ fn limit_error(shared: &Shared, rec: &mut RequestRecord, tenant: &Arc<str>, limi
             headers,
         } => {
             rec.ratelimit = Some(headers);
-            let what = if reason.contains("tokens") {
-                "tokens"
-            } else {
-                "requests"
-            };
-            let scope = if reason.starts_with("model_") {
-                "for this model "
-            } else {
-                ""
-            };
+            let what = reason.unit();
+            let scope = if reason.per_model() { "for this model " } else { "" };
             ApiError {
                 retry_after: Some(reset.as_secs().max(1)),
-                outcome: "rate_limited",
+                outcome: Outcome::RateLimited,
                 ..ApiError::new(
                     StatusCode::TOO_MANY_REQUESTS,
                     "requests",
@@ -366,10 +358,10 @@ fn limit_error(shared: &Shared, rec: &mut RequestRecord, tenant: &Arc<str>, limi
             spent_usd,
             reset,
         } => {
-            let period = if reason == "budget_daily" { "daily" } else { "monthly" };
+            let period = reason.period();
             ApiError {
                 retry_after: Some(reset.as_secs().max(1)),
-                outcome: "over_budget",
+                outcome: Outcome::OverBudget,
                 ..ApiError::new(
                     StatusCode::TOO_MANY_REQUESTS,
                     "insufficient_quota",
@@ -441,16 +433,13 @@ fn serve_cached(
         h.insert("x-llm-sidecar-model", v);
     }
     h.insert("x-llm-sidecar-attempts", HeaderValue::from(0));
-    rec.cache = match hit.kind {
-        HitKind::Exact => "hit-exact",
-        HitKind::Semantic { similarity } => {
-            if let Ok(v) = HeaderValue::from_str(&format!("{similarity:.4}")) {
-                h.insert("x-llm-sidecar-cache-similarity", v);
-            }
-            "hit-semantic"
-        }
-    };
-    h.insert("x-llm-sidecar-cache", HeaderValue::from_static(rec.cache));
+    rec.cache = CacheStatus::from(hit.kind);
+    if let HitKind::Semantic { similarity } = hit.kind
+        && let Ok(v) = HeaderValue::from_str(&format!("{similarity:.4}"))
+    {
+        h.insert("x-llm-sidecar-cache-similarity", v);
+    }
+    h.insert("x-llm-sidecar-cache", HeaderValue::from_static(rec.cache.header()));
     if let Some(t) = rec.trace.as_deref_mut() {
         t.finish_reasons = finish_reasons(&hit.response);
     }
@@ -459,7 +448,7 @@ fn serve_cached(
     rec.response_headers(h);
     rec.model = rt.config.models.get(&*hit.model).cloned();
     rec.status = 200;
-    rec.finish("cache_hit");
+    rec.finish(Outcome::CacheHit);
     resp
 }
 
@@ -654,11 +643,11 @@ fn relay(mut rec: RequestRecord, answer: Answer) -> Response<Body> {
         h.insert("x-llm-sidecar-model", v);
     }
     h.insert("x-llm-sidecar-attempts", HeaderValue::from(rec.attempts));
-    h.insert("x-llm-sidecar-cache", HeaderValue::from_static(rec.cache));
+    h.insert("x-llm-sidecar-cache", HeaderValue::from_static(rec.cache.header()));
     rec.response_headers(h);
     rec.status = parts.status.as_u16();
     let success = parts.status.is_success();
-    let outcome = if success { "ok" } else { "upstream_status" };
+    let outcome = if success { Outcome::Ok } else { Outcome::UpstreamStatus };
     match body {
         Received::Complete(bytes) => {
             drop(permit);
@@ -772,7 +761,7 @@ async fn read_request_body(
         Err(e @ (ReadError::TooSlow { .. } | ReadError::Timeout(_))) => {
             metrics.slow_bodies.inc();
             Err(ApiError {
-                outcome: "body_timeout",
+                outcome: Outcome::BodyTimeout,
                 ..ApiError::new(
                     StatusCode::REQUEST_TIMEOUT,
                     "invalid_request_error",

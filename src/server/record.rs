@@ -9,6 +9,7 @@ use std::time::Duration;
 use http::HeaderValue;
 use tokio::time::Instant;
 
+use crate::cache::CacheStatus;
 use crate::config::{Capabilities, Config, ModelConfig};
 use crate::limits::ledger::{Admission, Ledger, RateHeaders, now_ms};
 use crate::openai::Usage;
@@ -17,6 +18,7 @@ use crate::telemetry::advice::{Advisor, Observation};
 use crate::telemetry::live::{Live, Recent};
 use crate::telemetry::trace::{Kind, RequestTrace};
 use crate::telemetry::{BudgetLabels, CostLabels, Metrics, OperationLabels, RequestLabels, TokenLabels};
+use crate::upstream::BodyFailure;
 
 /// Label for requests that never reached a route (bad JSON, unknown model).
 const NONE: &str = "none";
@@ -36,7 +38,7 @@ pub struct RequestRecord {
     pub status: u16,
     pub usage: Option<Usage>,
     /// `x-llm-sidecar-cache` as answered: hit-exact, hit-semantic, miss, bypass.
-    pub cache: &'static str,
+    pub cache: CacheStatus,
     /// Why the cache lookup (or its semantic half) did not run: a `llm_sidecar_cache_skips`
     /// reason, in the log line.
     pub cache_skip: Option<&'static str>,
@@ -93,7 +95,7 @@ impl RequestRecord {
             ttft: None,
             status: 0,
             usage: None,
-            cache: "bypass",
+            cache: CacheStatus::Bypass,
             cache_skip: None,
             reason: None,
             priority: None,
@@ -145,9 +147,8 @@ impl RequestRecord {
         }
     }
 
-    /// Writes the log line and the metrics. `outcome` is a short label: ok, rejected,
-    /// upstream_error, upstream_status, timeout_idle, timeout_total, reset, client_gone.
-    pub fn finish(&mut self, outcome: &'static str) {
+    /// Writes the log line and the metrics.
+    pub fn finish(&mut self, outcome: Outcome) {
         if std::mem::replace(&mut self.finished, true) {
             return;
         }
@@ -175,7 +176,7 @@ impl RequestRecord {
             })
             .inc();
         let mut cost = 0.0;
-        let served_by_cache = self.cache.starts_with("hit");
+        let served_by_cache = self.cache.is_hit();
         if let Some(model) = self.model.as_ref().filter(|_| !served_by_cache) {
             let op = OperationLabels {
                 gen_ai_operation_name: operation_name(self.endpoint),
@@ -274,8 +275,8 @@ impl RequestRecord {
                 route: self.route.clone().unwrap_or_else(|| none.clone()),
                 model: model_name.clone(),
                 status: self.status,
-                outcome,
-                cache: self.cache,
+                outcome: outcome.label(),
+                cache: self.cache.header(),
                 cache_skip: self.cache_skip,
                 stream: self.stream,
                 duration_ms: elapsed.as_secs_f64() * 1e3,
@@ -287,13 +288,7 @@ impl RequestRecord {
                 prompt: self.prompt.take(),
             });
         }
-        // Warn when we or the provider failed the app; a cache hit, a rejected request or an
-        // app that hung up is routine.
-        let failed = self.status >= 500
-            || matches!(
-                outcome,
-                "upstream_error" | "reset" | "timeout_idle" | "timeout_total" | "incomplete" | "upstream_stream_error"
-            );
+        let failed = self.status >= 500 || outcome.failed();
         if let Some(trace) = self.trace.take() {
             self.finish_trace(trace, outcome, failed, cost);
         }
@@ -311,8 +306,8 @@ impl RequestRecord {
                     model = &*model_name,
                     provider = &*provider,
                     status = self.status,
-                    outcome,
-                    cache = self.cache,
+                    outcome = outcome.label(),
+                    cache = self.cache.header(),
                     cache_skip = self.cache_skip,
                     stream = self.stream,
                     attempts = self.attempts,
@@ -340,7 +335,8 @@ impl RequestRecord {
 impl RequestRecord {
     /// The root span's attributes (GenAI semantic conventions where they exist, `llm_sidecar.*`
     /// otherwise), the stream span, and the hand-off to the exporter.
-    fn finish_trace(&self, mut t: Box<RequestTrace>, outcome: &'static str, failed: bool, cost: f64) {
+    fn finish_trace(&self, mut t: Box<RequestTrace>, outcome: Outcome, failed: bool, cost: f64) {
+        let outcome = outcome.label();
         let finish_reasons = std::mem::take(&mut t.finish_reasons);
         if let Some(start) = t.stream_start {
             let mut s = t.open("stream", Kind::Internal);
@@ -357,7 +353,7 @@ impl RequestRecord {
         let r = &mut t.root;
         r.set("http.response.status_code", self.status);
         r.set("llm_sidecar.outcome", outcome);
-        r.set("llm_sidecar.cache.result", self.cache);
+        r.set("llm_sidecar.cache.result", self.cache.header());
         r.set("gen_ai.request.stream", self.stream);
         if let Some(v) = &self.tenant {
             r.set("llm_sidecar.tenant", v);
@@ -404,6 +400,95 @@ impl RequestRecord {
     }
 }
 
+/// How a request ended: the log line's and the trace's `outcome`, whether it is logged as a
+/// failure, what the dashboard counts as a refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A complete answer from the provider.
+    Ok,
+    /// Served from the cache.
+    CacheHit,
+    /// The provider's own non-200 answer, relayed.
+    UpstreamStatus,
+    /// Refused before any provider was asked (bad request, unknown model, auth…).
+    Rejected,
+    /// Every candidate failed before answering.
+    UpstreamError,
+    RateLimited,
+    OverBudget,
+    QueueTimeout,
+    /// The app's request body came too slowly.
+    BodyTimeout,
+    /// The app hung up first.
+    ClientGone,
+    /// The provider's stream carried an error event.
+    UpstreamStreamError,
+    /// The provider's body broke after its headers (see `BodyFailure`).
+    Reset,
+    TimeoutIdle,
+    TimeoutTotal,
+    TimeoutFirstByte,
+    Malformed,
+    StreamError,
+    Incomplete,
+    Shutdown,
+}
+
+impl Outcome {
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::CacheHit => "cache_hit",
+            Outcome::UpstreamStatus => "upstream_status",
+            Outcome::Rejected => "rejected",
+            Outcome::UpstreamError => "upstream_error",
+            Outcome::RateLimited => "rate_limited",
+            Outcome::OverBudget => "over_budget",
+            Outcome::QueueTimeout => "queue_timeout",
+            Outcome::BodyTimeout => "body_timeout",
+            Outcome::ClientGone => "client_gone",
+            Outcome::UpstreamStreamError => "upstream_stream_error",
+            Outcome::Reset => "reset",
+            Outcome::TimeoutIdle => "timeout_idle",
+            Outcome::TimeoutTotal => "timeout_total",
+            Outcome::TimeoutFirstByte => "timeout_first_byte",
+            Outcome::Malformed => "malformed",
+            Outcome::StreamError => "stream_error",
+            Outcome::Incomplete => "incomplete",
+            Outcome::Shutdown => "shutdown",
+        }
+    }
+
+    /// We or the provider failed the app (a warning); a cache hit, a refusal or an app that
+    /// hung up is routine.
+    fn failed(self) -> bool {
+        matches!(
+            self,
+            Outcome::UpstreamError
+                | Outcome::Reset
+                | Outcome::TimeoutIdle
+                | Outcome::TimeoutTotal
+                | Outcome::Incomplete
+                | Outcome::UpstreamStreamError
+        )
+    }
+}
+
+impl From<&BodyFailure> for Outcome {
+    fn from(f: &BodyFailure) -> Self {
+        match f {
+            BodyFailure::Reset(_) => Outcome::Reset,
+            BodyFailure::IdleTimeout(_) => Outcome::TimeoutIdle,
+            BodyFailure::TotalTimeout => Outcome::TimeoutTotal,
+            BodyFailure::FirstEventTimeout(_) => Outcome::TimeoutFirstByte,
+            BodyFailure::Malformed(_) => Outcome::Malformed,
+            BodyFailure::ErrorEvent(_) => Outcome::StreamError,
+            BodyFailure::Unterminated | BodyFailure::Empty => Outcome::Incomplete,
+            BodyFailure::Shutdown => Outcome::Shutdown,
+        }
+    }
+}
+
 impl Drop for RequestRecord {
     fn drop(&mut self) {
         if !self.finished {
@@ -411,7 +496,7 @@ impl Drop for RequestRecord {
             if self.status == 0 {
                 self.status = 499;
             }
-            self.finish("client_gone");
+            self.finish(Outcome::ClientGone);
         }
     }
 }

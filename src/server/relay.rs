@@ -21,7 +21,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::attempt::Settle;
-use super::record::RequestRecord;
+use super::record::{Outcome, RequestRecord};
 use crate::openai::{SseScanner, error_body};
 use crate::scheduler::Permit;
 use crate::upstream::adapter::StreamTranslate;
@@ -61,7 +61,7 @@ pin_project_lite::pin_project! {
         idle: Duration,
         deadline: Instant,
         record: RequestRecord,
-        outcome: &'static str,
+        outcome: Outcome,
         state: State,
         failure: Option<BodyFailure>,
         permit: Option<Permit>,
@@ -82,7 +82,7 @@ pub struct RelayParams {
     pub prefix: Option<Bytes>,
     /// The OpenAI-shaped bytes already read, the start of the cached copy.
     pub seen: Option<Bytes>,
-    pub outcome: &'static str,
+    pub outcome: Outcome,
     pub on_complete: Option<OnComplete>,
     /// Rewrites another provider's event stream into OpenAI's before anything else sees it.
     pub translate: Option<Box<dyn StreamTranslate>>,
@@ -201,14 +201,14 @@ impl HttpBody for RelayBody {
                                 }
                                 let strict = this.settle.is_some();
                                 if strict && let Some(what) = scanner.malformed {
-                                    (tail, "malformed", Some(BodyFailure::Malformed(what)))
+                                    (tail, Outcome::Malformed, Some(BodyFailure::Malformed(what)))
                                 } else if scanner.saw_error {
-                                    (tail, "upstream_stream_error", None)
+                                    (tail, Outcome::UpstreamStreamError, None)
                                 } else if !scanner.done {
                                     // OpenAI-compatible streams end with `[DONE]`; without it the
                                     // stream was cut, and the app must not take it as whole.
                                     let f = strict.then_some(BodyFailure::Unterminated);
-                                    (tail, "incomplete", f)
+                                    (tail, Outcome::Incomplete, f)
                                 } else {
                                     (tail, *this.outcome, None)
                                 }
@@ -226,12 +226,12 @@ impl HttpBody for RelayBody {
                         *this.state = State::Done;
                         if let Some(settle) = this.settle.take() {
                             match outcome {
-                                "ok" => settle.answered(true),
-                                "upstream_stream_error" => settle.failed("stream_error"),
+                                Outcome::Ok => settle.answered(true),
+                                Outcome::UpstreamStreamError => settle.failed("stream_error"),
                                 _ => settle.failed("incomplete"),
                             }
                         }
-                        if outcome == "ok"
+                        if outcome == Outcome::Ok
                             && let Some((buf, on_complete)) = this.capture.take()
                         {
                             on_complete(&buf);
@@ -256,7 +256,7 @@ impl HttpBody for RelayBody {
             };
             // The upstream failed mid-body, or its stream broke the promise of its first event.
             this.permit.take();
-            let outcome = failure.kind();
+            let (outcome, kind) = (Outcome::from(&failure), failure.kind());
             let message = match failure {
                 BodyFailure::Shutdown => format!("The stream was cut: {failure}"),
                 _ => this
@@ -267,12 +267,12 @@ impl HttpBody for RelayBody {
             match this.settle.take() {
                 // The sidecar's shutdown is not the provider's failure.
                 Some(_) if matches!(failure, BodyFailure::Shutdown) => {}
-                Some(settle) => settle.failed(outcome),
+                Some(settle) => settle.failed(kind),
                 None if matches!(failure, BodyFailure::Shutdown) => {}
                 None => {
                     if let Some(m) = &this.record.model {
                         // Counted here because the handler already returned.
-                        this.record.metrics().upstream_error(&m.provider, outcome);
+                        this.record.metrics().upstream_error(&m.provider, kind);
                     }
                 }
             }
@@ -281,7 +281,7 @@ impl HttpBody for RelayBody {
                 this.record.usage = scanner.usage;
                 this.record.finish(outcome);
                 *this.state = State::Ending;
-                return Poll::Ready(Some(Ok(Frame::data(error_event(&message, outcome)))));
+                return Poll::Ready(Some(Ok(Frame::data(error_event(&message, kind)))));
             }
             this.record.finish(outcome);
             *this.state = State::Done;

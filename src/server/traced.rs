@@ -8,7 +8,7 @@
 use http::Uri;
 
 use super::error::ApiError;
-use crate::cache::{Hit, HitKind, Plan};
+use crate::cache::{CacheStatus, Hit, HitKind, Plan};
 use crate::config::{ModelConfig, ProviderKind};
 use crate::openai::RequestHead;
 use crate::router::Decision;
@@ -44,15 +44,11 @@ pub(super) fn http(t: &mut RequestTrace, method: &http::Method, path: &str) {
 
 /// The cache lookup span and, for a semantic lookup, its embedding and search children.
 pub(super) fn cache(t: &mut RequestTrace, mut span: Span, plan: &Plan, hit: Option<&Hit>) {
-    let result = match hit.map(|h| h.kind) {
-        Some(HitKind::Exact) => "hit-exact",
-        Some(HitKind::Semantic { similarity }) => {
-            span.set("llm_sidecar.cache.similarity", similarity);
-            "hit-semantic"
-        }
-        None => "miss",
-    };
-    span.set("llm_sidecar.cache.result", result);
+    if let Some(HitKind::Semantic { similarity }) = hit.map(|h| h.kind) {
+        span.set("llm_sidecar.cache.similarity", similarity);
+    }
+    let result = hit.map_or(CacheStatus::Miss, |h| CacheStatus::from(h.kind));
+    span.set("llm_sidecar.cache.result", result.header());
     if let Some(best) = plan.best_similarity.filter(|_| hit.is_none()) {
         span.set("llm_sidecar.cache.best_similarity", best);
     }
@@ -99,7 +95,7 @@ pub(super) fn route(t: &mut RequestTrace, mut span: Span, decided: &Result<Decis
                 span.set("llm_sidecar.route.forced", true);
             }
         }
-        Err(e) => span.error(e.outcome, Some(e.message.clone())),
+        Err(e) => span.error(e.outcome.label(), Some(e.message.clone())),
     }
     t.close(span);
 }
