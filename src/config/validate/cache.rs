@@ -1,0 +1,195 @@
+//! `cache`: TTL, bounds, privacy patterns, the semantic layer and its per-route overrides.
+
+use super::*;
+
+impl Validator<'_> {
+    pub(super) fn route_cache(&mut self, path: &str, rc: RawRouteCache) -> RouteCacheConfig {
+        for (key, t) in [
+            ("threshold", rc.threshold),
+            ("min_threshold", rc.min_threshold),
+            ("max_threshold", rc.max_threshold),
+        ] {
+            if let Some(t) = t {
+                self.threshold(&format!("{path}.{key}"), t);
+            }
+        }
+        if let Some(m) = rc.max_wrong_rate {
+            self.wrong_rate(&format!("{path}.max_wrong_rate"), m);
+        }
+        if let (Some(lo), Some(hi)) = (rc.min_threshold, rc.max_threshold) {
+            self.threshold_range(path, lo, hi);
+        }
+        RouteCacheConfig {
+            enabled: rc.enabled,
+            threshold: rc.threshold,
+            mode: rc
+                .mode
+                .as_deref()
+                .and_then(|m| self.semantic_mode(&format!("{path}.mode"), m)),
+            max_wrong_rate: rc.max_wrong_rate,
+            min_threshold: rc.min_threshold,
+            max_threshold: rc.max_threshold,
+        }
+    }
+
+    pub(super) fn semantic_mode(&mut self, path: &str, m: &str) -> Option<SemanticMode> {
+        match m {
+            "serve" => Some(SemanticMode::Serve),
+            "shadow" => Some(SemanticMode::Shadow),
+            other => {
+                self.issue(
+                    path,
+                    format!("unknown mode {other:?}: use serve (semantic hits are served) or shadow (judged against the upstream answer, never served)"),
+                );
+                None
+            }
+        }
+    }
+
+    pub(super) fn wrong_rate(&mut self, path: &str, m: f32) {
+        if !(m > 0.0 && m < 1.0) {
+            self.issue(
+                path,
+                format!("{m} is not an error bound: use a share between 0 and 1 (0.01 = at most 1 wrong answer in 100 semantic hits)"),
+            );
+        }
+    }
+
+    pub(super) fn threshold_range(&mut self, path: &str, lo: f32, hi: f32) {
+        if lo > hi {
+            self.issue(
+                format!("{path}.min_threshold"),
+                format!("{lo} is above max_threshold {hi}: the range max_wrong_rate moves the threshold in must not be empty"),
+            );
+        }
+    }
+
+    pub(super) fn threshold(&mut self, path: &str, t: f32) {
+        if !(0.0..=1.0).contains(&t) {
+            self.issue(
+                path,
+                format!("{t} is not a cosine similarity threshold: use a number between 0 and 1 (e.g. 0.92)"),
+            );
+        }
+    }
+
+    pub(super) fn cache(&mut self, raw: Option<RawCache>) -> CacheConfig {
+        // No `cache:` section: caching is off. A section, even empty, turns it on with defaults.
+        let present = raw.is_some();
+        let raw = raw.unwrap_or_default();
+        let version = match &raw.version {
+            None => String::new(),
+            Some(serde_yaml_ng::Value::String(s)) => s.clone(),
+            Some(serde_yaml_ng::Value::Number(n)) => n.to_string(),
+            Some(serde_yaml_ng::Value::Bool(b)) => b.to_string(),
+            Some(_) => {
+                self.issue("cache.version", "must be a string or a number");
+                String::new()
+            }
+        };
+        let ttl = self.duration("cache.ttl", raw.ttl.as_deref(), DEFAULT_CACHE_TTL);
+        let max_entries = raw.max_entries.unwrap_or(DEFAULT_CACHE_MAX_ENTRIES);
+        let max_bytes = raw.max_bytes.unwrap_or(DEFAULT_CACHE_MAX_BYTES);
+        if max_entries == 0 {
+            self.issue("cache.max_entries", "must be at least 1 (or set cache.enabled: false)");
+        }
+        if max_bytes == 0 {
+            self.issue("cache.max_bytes", "must be at least 1 (or set cache.enabled: false)");
+        }
+        let max_temperature = raw.max_temperature.unwrap_or(DEFAULT_MAX_TEMPERATURE);
+        if !(max_temperature.is_finite() && max_temperature >= 0.0) {
+            self.issue(
+                "cache.max_temperature",
+                "must be a number ≥ 0 (0 serves only temperature-0 requests)",
+            );
+        }
+        let privacy_patterns: Vec<String> = raw
+            .privacy_patterns
+            .unwrap_or_else(|| DEFAULT_PRIVACY_PATTERNS.iter().map(|p| (*p).to_owned()).collect());
+        for (i, p) in privacy_patterns.iter().enumerate() {
+            if let Err(e) = regex::Regex::new(p) {
+                self.issue(
+                    format!("cache.privacy_patterns[{i}]"),
+                    format!("is not a valid regex: {e}"),
+                );
+            }
+        }
+        let privacy = regex::RegexSet::new(&privacy_patterns).unwrap_or_else(|_| regex::RegexSet::empty());
+        let s = raw.semantic.unwrap_or_default();
+        let threshold = s.threshold.unwrap_or(DEFAULT_SEMANTIC_THRESHOLD);
+        self.threshold("cache.semantic.threshold", threshold);
+        let semantic = SemanticConfig {
+            enabled: s.enabled.unwrap_or(true),
+            threshold,
+            guard: s.guard.unwrap_or(true),
+            assets_dir: s.assets_dir.map(PathBuf::from).unwrap_or_else(default_assets_dir),
+            timeout: self.duration("cache.semantic.timeout", s.timeout.as_deref(), DEFAULT_SEMANTIC_TIMEOUT),
+            queue: s.queue.unwrap_or(DEFAULT_EMBED_QUEUE).max(1) as usize,
+            max_batch: s.max_batch.map(|b| b.max(1) as usize),
+            threads: s.threads.unwrap_or(1).clamp(1, 16) as usize,
+            verify_sample: s.verify_sample.unwrap_or(DEFAULT_VERIFY_SAMPLE),
+            verify_agreement: s.verify_agreement.unwrap_or(DEFAULT_VERIFY_AGREEMENT),
+            mode: s
+                .mode
+                .as_deref()
+                .and_then(|m| self.semantic_mode("cache.semantic.mode", m))
+                .unwrap_or(SemanticMode::Serve),
+            max_wrong_rate: s.max_wrong_rate,
+            min_threshold: s.min_threshold.unwrap_or(DEFAULT_MIN_THRESHOLD),
+            max_threshold: s.max_threshold.unwrap_or(DEFAULT_MAX_THRESHOLD),
+            alignment_band: s.alignment_band.unwrap_or(DEFAULT_ALIGNMENT_BAND),
+            min_alignment: s.min_alignment.unwrap_or(DEFAULT_MIN_ALIGNMENT),
+            verifier: s.verifier.map(|v| {
+                let model = PathBuf::from(v.model);
+                let tokenizer = v.tokenizer.map(PathBuf::from).unwrap_or_else(|| {
+                    model
+                        .parent()
+                        .unwrap_or(std::path::Path::new("."))
+                        .join("tokenizer.json")
+                });
+                VerifierConfig {
+                    model,
+                    tokenizer,
+                    min_score: v.min_score.unwrap_or(DEFAULT_VERIFIER_MIN_SCORE),
+                }
+            }),
+        };
+        if let Some(v) = &semantic.verifier {
+            self.threshold("cache.semantic.verifier.min_score", v.min_score);
+        }
+        if !(0.0..=0.2).contains(&semantic.alignment_band) {
+            self.issue(
+                "cache.semantic.alignment_band",
+                format!(
+                    "{} is not a band: use a cosine distance from 0 (off) to 0.2 below the threshold (default 0.05)",
+                    semantic.alignment_band
+                ),
+            );
+        }
+        self.threshold("cache.semantic.min_alignment", semantic.min_alignment);
+        if let Some(m) = semantic.max_wrong_rate {
+            self.wrong_rate("cache.semantic.max_wrong_rate", m);
+        }
+        self.threshold("cache.semantic.min_threshold", semantic.min_threshold);
+        self.threshold("cache.semantic.max_threshold", semantic.max_threshold);
+        self.threshold_range("cache.semantic", semantic.min_threshold, semantic.max_threshold);
+        if !(0.0..=1.0).contains(&semantic.verify_sample) {
+            self.issue(
+                "cache.semantic.verify_sample",
+                "must be a share between 0 (off) and 1 (every semantic hit)",
+            );
+        }
+        self.threshold("cache.semantic.verify_agreement", semantic.verify_agreement);
+        CacheConfig {
+            enabled: present && raw.enabled.unwrap_or(true),
+            version,
+            ttl,
+            max_entries: max_entries as usize,
+            max_bytes: usize::try_from(max_bytes).unwrap_or(usize::MAX),
+            max_temperature,
+            privacy_patterns,
+            privacy,
+            semantic,
+        }
+    }
+}

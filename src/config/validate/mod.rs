@@ -1,0 +1,518 @@
+//! Raw config → typed [`Config`]. Collects every issue rather than stopping at the first, so
+//! one `check-config` run shows the platform team everything to fix. One file per section:
+//! `providers`, `routes`, `tenants` (with `redis`), `traffic` (`resilience`, `scheduling`) and
+//! `cache`; the top level, `server` and `logging` are here.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Uri};
+use sha2::{Digest, Sha256};
+
+use super::interpolate::{VarLookup, interpolate};
+use super::raw::*;
+use super::*;
+
+mod cache;
+mod providers;
+mod routes;
+mod tenants;
+mod traffic;
+
+pub(super) fn load(text: &str, vars: &dyn VarLookup) -> Result<Config, ConfigErrors> {
+    let mut issues = Vec::new();
+    let mut value: serde_yaml_ng::Value = match serde_yaml_ng::from_str(text) {
+        Ok(serde_yaml_ng::Value::Null) => serde_yaml_ng::Value::Mapping(Default::default()),
+        Ok(v) => v,
+        Err(e) => {
+            let at = e
+                .location()
+                .map(|l| format!("line {}, column {}", l.line(), l.column()));
+            return Err(ConfigErrors(vec![ConfigIssue::new(
+                at.unwrap_or_default(),
+                format!("the YAML does not parse: {e}"),
+            )]));
+        }
+    };
+    interpolate(&mut value, vars, &mut issues);
+    if !issues.is_empty() {
+        return Err(ConfigErrors(issues));
+    }
+    let raw: RawConfig = match serde_path_to_error::deserialize(value) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let path = e.path().to_string();
+            let path = if path == "." { String::new() } else { path };
+            return Err(ConfigErrors(vec![ConfigIssue::new(path, e.into_inner().to_string())]));
+        }
+    };
+    let mut v = Validator { issues, vars };
+    let config = v.config(raw, text);
+    if v.issues.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors(v.issues))
+    }
+}
+
+pub(super) struct Validator<'a> {
+    pub(super) issues: Vec<ConfigIssue>,
+    pub(super) vars: &'a dyn VarLookup,
+}
+
+impl Validator<'_> {
+    pub(super) fn issue(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.issues.push(ConfigIssue::new(path, message));
+    }
+
+    pub(super) fn config(&mut self, raw: RawConfig, text: &str) -> Config {
+        let listen = self.addr("listen", raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN));
+        let admin_listen = self.addr(
+            "admin_listen",
+            raw.admin_listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN),
+        );
+        if listen == admin_listen && listen.port() != 0 {
+            self.issue(
+                "admin_listen",
+                format!("must differ from listen ({listen}): give the admin endpoints their own port"),
+            );
+        }
+        let server = self.server(raw.server.unwrap_or_default());
+        let logging = self.logging(raw.logging.unwrap_or_default());
+
+        // Providers that are defined but invalid were already reported; models naming them
+        // should not add a second, misleading "unknown provider" error.
+        let defined: BTreeSet<String> = raw.providers.keys().cloned().collect();
+        let mut providers = BTreeMap::new();
+        for (name, p) in raw.providers {
+            if let Some(p) = self.provider(&name, p) {
+                providers.insert(name, Arc::new(p));
+            }
+        }
+        let mut models = BTreeMap::new();
+        for (name, m) in raw.models {
+            let path = format!("models.{name}");
+            if !defined.contains(&m.provider) {
+                self.issue(
+                    format!("{path}.provider"),
+                    format!(
+                        "unknown provider {:?}: define it under `providers` or use one of {}",
+                        m.provider,
+                        names(defined.iter())
+                    ),
+                );
+            }
+            let pricing = m.pricing.unwrap_or_default();
+            let mut check_price = |field: &str, v: Option<f64>| -> f64 {
+                match v {
+                    Some(p) if !(p.is_finite() && p >= 0.0) => {
+                        self.issue(
+                            format!("{path}.pricing.{field}"),
+                            "must be a non-negative number of USD per million tokens",
+                        );
+                        0.0
+                    }
+                    Some(p) => p,
+                    None => 0.0,
+                }
+            };
+            let input = check_price("input", pricing.input);
+            let output = check_price("output", pricing.output);
+            let cached_input = match pricing.cached_input {
+                None => input,
+                some => check_price("cached_input", some),
+            };
+            let upstream_model = m.upstream_model.unwrap_or_else(|| name.clone());
+            if upstream_model.is_empty() {
+                self.issue(
+                    format!("{path}.upstream_model"),
+                    "must not be empty: omit it to use the model's own name",
+                );
+            }
+            if m.context_window == Some(0) {
+                self.issue(format!("{path}.context_window"), "must be a positive number of tokens");
+            }
+            let capabilities = match &m.capabilities {
+                None => Capabilities::ALL,
+                Some(list) => {
+                    let mut caps = Capabilities::NONE;
+                    for (j, c) in list.iter().enumerate() {
+                        match Capabilities::NAMES.iter().find(|(n, _)| n == c) {
+                            Some((_, cap)) => caps = caps.union(*cap),
+                            None => self.issue(
+                                format!("{path}.capabilities[{j}]"),
+                                format!("{c:?} is not a capability: use tools, vision or json"),
+                            ),
+                        }
+                    }
+                    caps
+                }
+            };
+            models.insert(
+                name.clone(),
+                Arc::new(ModelConfig {
+                    name: name.as_str().into(),
+                    provider: m.provider.as_str().into(),
+                    upstream_model: upstream_model.into(),
+                    pricing: Pricing {
+                        input,
+                        output,
+                        cached_input,
+                    },
+                    context_window: m.context_window,
+                    capabilities,
+                }),
+            );
+        }
+
+        let routes = self.routes(raw.routes, &models);
+        if let Some(d) = &raw.default_route
+            && !routes.iter().any(|r| &*r.name == d.as_str())
+        {
+            self.issue(
+                "default_route",
+                format!(
+                    "unknown route {d:?}: name one of the routes ({})",
+                    names(routes.iter().map(|r| &*r.name))
+                ),
+            );
+        }
+        let scheduling = self.scheduling(raw.scheduling.unwrap_or_default());
+        let tenants = self.tenants(raw.tenants.unwrap_or_default(), &scheduling);
+        let cache = self.cache(raw.cache);
+        let routing = RoutingSettings {
+            allow_route_header: raw.routing.unwrap_or_default().allow_route_header.unwrap_or(false),
+        };
+        let resilience = self.resilience(raw.resilience.unwrap_or_default());
+        let redis = raw.redis.and_then(|r| self.redis(r));
+        let tracing = self.tracing(raw.tracing.unwrap_or_default());
+
+        Config {
+            version: raw.version,
+            listen,
+            admin_listen,
+            server,
+            logging,
+            providers,
+            models,
+            routes,
+            default_route: raw.default_route,
+            tenants,
+            cache,
+            routing,
+            resilience,
+            scheduling,
+            redis,
+            tracing,
+            digest: hex::encode(Sha256::digest(text.as_bytes())),
+        }
+    }
+
+    pub(super) fn addr(&mut self, path: &str, s: &str) -> SocketAddr {
+        s.parse().unwrap_or_else(|_| {
+            self.issue(
+                path,
+                format!("{s:?} is not an address: write IP:PORT, e.g. 127.0.0.1:8080"),
+            );
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        })
+    }
+
+    pub(super) fn duration(&mut self, path: &str, s: Option<&str>, default: Duration) -> Duration {
+        let Some(s) = s else { return default };
+        match humantime::parse_duration(s) {
+            Ok(d) => d,
+            Err(e) => {
+                self.issue(
+                    path,
+                    format!("{s:?} is not a duration ({e}): write e.g. 500ms, 30s, 5m"),
+                );
+                default
+            }
+        }
+    }
+
+    pub(super) fn server(&mut self, raw: RawServer) -> ServerSettings {
+        let max_body_bytes = raw.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
+        if max_body_bytes == 0 || max_body_bytes > (1 << 32) {
+            self.issue("server.max_body_bytes", "must be between 1 and 4294967296 bytes");
+        }
+        let body_timeout = self.duration("server.body_timeout", raw.body_timeout.as_deref(), DEFAULT_BODY_TIMEOUT);
+        if body_timeout.is_zero() {
+            self.issue("server.body_timeout", "must be longer than 0s, e.g. 30s");
+        }
+        ServerSettings {
+            max_body_bytes: usize::try_from(max_body_bytes).unwrap_or(usize::MAX),
+            body_timeout,
+            body_min_rate: raw.body_min_rate.unwrap_or(DEFAULT_BODY_MIN_RATE),
+            shutdown_grace: self.duration(
+                "server.shutdown_grace",
+                raw.shutdown_grace.as_deref(),
+                DEFAULT_SHUTDOWN_GRACE,
+            ),
+            drain_delay: self.duration("server.drain_delay", raw.drain_delay.as_deref(), DEFAULT_DRAIN_DELAY),
+            admin_token: match raw.admin_token {
+                Some(t) if t.len() < 16 => {
+                    self.issue(
+                        "server.admin_token",
+                        "must be at least 16 characters (use ${ADMIN_TOKEN} from a Secret)",
+                    );
+                    None
+                }
+                t => t.map(SecretString),
+            },
+            dashboard_prompts: raw.dashboard_prompts.unwrap_or(false),
+        }
+    }
+
+    pub(super) fn logging(&mut self, raw: RawLogging) -> LoggingSettings {
+        let format = match raw.format.as_deref() {
+            None | Some("auto") => LogFormat::Auto,
+            Some("json") => LogFormat::Json,
+            Some("text") => LogFormat::Text,
+            Some(other) => {
+                self.issue(
+                    "logging.format",
+                    format!("{other:?} is not a log format: use auto, json or text"),
+                );
+                LogFormat::Auto
+            }
+        };
+        let level = raw.level.unwrap_or_else(|| "info".into());
+        if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+            self.issue("logging.level", format!("{level:?} is not a log filter: use error, warn, info, debug or a directive like `info,llm_sidecar=debug`"));
+        }
+        LoggingSettings { format, level }
+    }
+}
+
+pub(super) fn names<'a>(it: impl IntoIterator<Item = &'a (impl AsRef<str> + ?Sized + 'a)>) -> String {
+    let list: Vec<&str> = it.into_iter().map(|s| s.as_ref()).collect();
+    if list.is_empty() {
+        "(none defined)".into()
+    } else {
+        list.join(", ")
+    }
+}
+
+pub(super) fn encode_query(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_vars(_: &str) -> Option<String> {
+        None
+    }
+
+    fn key_vars(name: &str) -> Option<String> {
+        (name == "KEY").then(|| "sk-test".into())
+    }
+
+    const GOOD: &str = r#"
+providers:
+  openai:
+    base_url: https://api.openai.com/v1
+    auth: { key_env: KEY }
+    query: { api-version: "2024-10-21" }
+models:
+  gpt-4o-mini:
+    provider: openai
+    pricing: { input: 0.15, output: 0.6 }
+routes:
+  - name: chat
+    models: [auto]
+    targets: [{ model: gpt-4o-mini }]
+default_route: chat
+tenants:
+  list:
+    team-a: { api_key_sha256: ["5E884898DA28047151D0E56F8DC6292773603D0D6AABBDD62A11EF721D1542D8"] }
+"#;
+
+    #[test]
+    fn a_good_config_loads_with_defaults() {
+        let c = Config::load(GOOD, &key_vars).unwrap();
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        let p = &c.providers["openai"];
+        assert_eq!(p.query, "api-version=2024-10-21");
+        assert_eq!(p.timeouts.connect, DEFAULT_CONNECT_TIMEOUT);
+        let m = &c.models["gpt-4o-mini"];
+        assert_eq!(&*m.upstream_model, "gpt-4o-mini");
+        assert_eq!(m.pricing.cached_input, 0.15);
+        assert!(c.tenants.api_key);
+        assert!(
+            c.tenants
+                .key_hashes
+                .contains_key("5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8")
+        );
+        assert_eq!(c.default_route().unwrap().targets.len(), 1);
+    }
+
+    #[test]
+    fn secrets_do_not_show_in_debug_output() {
+        let c = Config::load(GOOD, &key_vars).unwrap();
+        let dump = format!("{c:?}");
+        assert!(!dump.contains("sk-test"), "{dump}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_path() {
+        let bad = r#"
+listen: "localhost"
+providers:
+  p:
+    base_url: "ftp://x"
+    auth: { key_env: MISSING }
+    timeouts: { connect: "soon" }
+models:
+  m: { provider: q, pricing: { input: -1 } }
+routes:
+  - name: r
+    targets: [{ model: nope }]
+default_route: other
+"#;
+        let errs = Config::load(bad, &no_vars).unwrap_err();
+        let paths: Vec<&str> = errs.0.iter().map(|i| i.path.as_str()).collect();
+        for want in [
+            "listen",
+            "providers.p.base_url",
+            "providers.p.auth.key_env",
+            "providers.p.timeouts.connect",
+            "models.m.provider",
+            "models.m.pricing.input",
+            "routes[0].targets[0].model",
+            "default_route",
+        ] {
+            assert!(paths.contains(&want), "missing {want} in {paths:?}");
+        }
+        assert!(!errs.to_string().contains("MISSING="));
+    }
+
+    #[test]
+    fn semantic_modes_and_error_bounds_are_checked_with_their_paths() {
+        let good = format!(
+            "{GOOD}cache:\n  semantic:\n    mode: shadow\n    max_wrong_rate: 0.02\n"
+        )
+        .replace(
+            "    targets: [{ model: gpt-4o-mini }]\n",
+            "    targets: [{ model: gpt-4o-mini }]\n    cache: { mode: serve, max_wrong_rate: 0.05, min_threshold: 0.85 }\n",
+        );
+        let c = Config::load(&good, &key_vars).unwrap();
+        assert_eq!(c.cache.semantic.mode, SemanticMode::Shadow);
+        assert_eq!(c.cache.semantic.max_wrong_rate, Some(0.02));
+        assert_eq!(c.cache.semantic.min_threshold, DEFAULT_MIN_THRESHOLD);
+        let r = &c.routes[0].cache;
+        assert_eq!(
+            (r.mode, r.max_wrong_rate, r.min_threshold),
+            (Some(SemanticMode::Serve), Some(0.05), Some(0.85))
+        );
+
+        let bad = format!(
+            "{GOOD}cache:\n  semantic:\n    mode: watch\n    max_wrong_rate: 1.5\n    min_threshold: 0.95\n    max_threshold: 0.9\n"
+        )
+        .replace(
+            "    targets: [{ model: gpt-4o-mini }]\n",
+            "    targets: [{ model: gpt-4o-mini }]\n    cache: { mode: paused, max_wrong_rate: 0 }\n",
+        );
+        let errs = Config::load(&bad, &key_vars).unwrap_err();
+        let paths: Vec<&str> = errs.0.iter().map(|i| i.path.as_str()).collect();
+        for want in [
+            "cache.semantic.mode",
+            "cache.semantic.max_wrong_rate",
+            "cache.semantic.min_threshold",
+            "routes[0].cache.mode",
+            "routes[0].cache.max_wrong_rate",
+        ] {
+            assert!(paths.contains(&want), "missing {want} in {paths:?}");
+        }
+        assert!(errs.to_string().contains("use serve"), "{errs}");
+    }
+
+    #[test]
+    fn unknown_keys_and_wrong_types_name_the_path() {
+        let errs = Config::load("providers:\n  p:\n    base_url: http://x\n    timout: 1\n", &no_vars).unwrap_err();
+        assert_eq!(errs.0[0].path, "providers.p.timout");
+        assert!(
+            errs.0[0].message.contains("unknown field `timout`"),
+            "{}",
+            errs.0[0].message
+        );
+        let errs = Config::load("server:\n  max_body_bytes: lots\n", &no_vars).unwrap_err();
+        assert_eq!(errs.0[0].path, "server.max_body_bytes");
+    }
+
+    #[test]
+    fn yaml_syntax_errors_give_a_location() {
+        let errs = Config::load("routes: [\n", &no_vars).unwrap_err();
+        assert!(errs.0[0].path.starts_with("line "), "{:?}", errs.0);
+    }
+
+    #[test]
+    fn default_privacy_patterns_catch_real_formats_with_and_without_spaces() {
+        let set = regex::RegexSet::new(DEFAULT_PRIVACY_PATTERNS).unwrap();
+        for private in [
+            "mail jane.doe+news@example.co.uk about it",
+            "card 4111 1111 1111 1111 exp 12/27",
+            "card 4111-1111-1111-1111",
+            "card 4111111111111111",
+            "amex 378282246310005",
+            "amex 3782 822463 10005",
+            "ssn 123-45-6789",
+            // IBANs of several lengths, printed and electronic forms.
+            "DE89370400440532013000",
+            "DE89 3704 0044 0532 0130 00",
+            "GB29NWBK60161331926819",
+            "GB29 NWBK 6016 1331 9268 19",
+            "FR1420041010050500013M02606",
+            "FR14 2004 1010 0505 0001 3M02 606",
+            "NL91ABNA0417164300",
+            "NL91 ABNA 0417 1643 00",
+            "BE68539007547034",
+            "NO9386011117947",
+            "pay to CH9300762011623852957 today",
+        ] {
+            assert!(set.is_match(private), "{private:?} was not caught");
+        }
+        for public in [
+            "How do I reset my password?",
+            "order 12345 shipped on 2024-05-01",
+            "version 2.10.3 of the SDK",
+            "call 555-1234",
+            "What is the capital of France?",
+            "ISO 3166 code DE and GB",
+            "use @Override in Java",
+        ] {
+            assert!(!set.is_match(public), "{public:?} was taken for private data");
+        }
+    }
+
+    #[test]
+    fn empty_config_is_valid() {
+        let c = Config::load("", &no_vars).unwrap();
+        assert!(c.models.is_empty());
+    }
+
+    #[test]
+    fn pricing_cost() {
+        let p = Pricing {
+            input: 1.0,
+            output: 2.0,
+            cached_input: 0.5,
+        };
+        let c = p.cost(1_000_000, 200_000, 500_000);
+        assert!((c - (0.8 + 0.1 + 1.0)).abs() < 1e-9);
+    }
+}
