@@ -12,6 +12,7 @@
 //! "change my e-mail" and "set up" / "configure a VPN" still meet.
 
 use std::collections::BTreeMap;
+use std::sync::LazyLock;
 
 /// Why a candidate was rejected (a metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,213 +55,25 @@ impl Reason {
     }
 }
 
+/// A word list from `data/guard/`: one entry per line, `#` comments. The lists are data, not
+/// code: a reviewer reads and edits them without reading Rust.
+fn word_list(text: &'static str) -> Vec<&'static str> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect()
+}
+
 /// One word count may be this many times the other's before the pair is too different in
 /// scope to share an answer ("what is Rust" vs a three-paragraph question about Rust).
 const MAX_LENGTH_RATIO: f32 = 2.5;
 
-const NEGATIONS: &[&str] = &[
-    "not", "no", "never", "none", "nobody", "nothing", "neither", "nor", "without", "cannot", "cant", "dont", "doesnt",
-    "didnt", "isnt", "arent", "wasnt", "werent", "wont", "wouldnt", "shouldnt", "couldnt", "hasnt", "havent", "hadnt",
-    "except", "avoid", "unlike",
-];
+static NEGATIONS: LazyLock<Vec<&'static str>> =
+    LazyLock::new(|| word_list(include_str!("../../data/guard/negations.txt")));
 
 /// Words whose identity changes the answer even in lower case: natural and programming
 /// languages, units, currencies, days, months, and direction/comparison words.
-const TERMS: &[&str] = &[
-    "english",
-    "german",
-    "french",
-    "spanish",
-    "italian",
-    "portuguese",
-    "dutch",
-    "russian",
-    "polish",
-    "ukrainian",
-    "chinese",
-    "mandarin",
-    "cantonese",
-    "japanese",
-    "korean",
-    "arabic",
-    "hebrew",
-    "hindi",
-    "turkish",
-    "greek",
-    "swedish",
-    "norwegian",
-    "danish",
-    "finnish",
-    "czech",
-    "hungarian",
-    "romanian",
-    "vietnamese",
-    "thai",
-    "indonesian",
-    "latin",
-    "python",
-    "javascript",
-    "typescript",
-    "java",
-    "rust",
-    "golang",
-    "ruby",
-    "php",
-    "swift",
-    "kotlin",
-    "scala",
-    "haskell",
-    "perl",
-    "sql",
-    "bash",
-    "powershell",
-    "html",
-    "css",
-    "c++",
-    "c#",
-    "celsius",
-    "fahrenheit",
-    "kelvin",
-    "meters",
-    "metres",
-    "feet",
-    "inches",
-    "miles",
-    "kilometers",
-    "kilometres",
-    "km",
-    "kg",
-    "kilograms",
-    "pounds",
-    "lbs",
-    "ounces",
-    "grams",
-    "liters",
-    "litres",
-    "gallons",
-    "dollars",
-    "usd",
-    "euros",
-    "eur",
-    "yen",
-    "pounds",
-    "gbp",
-    "yuan",
-    "rupees",
-    "bitcoin",
-    "monday",
-    "tuesday",
-    "wednesday",
-    "thursday",
-    "friday",
-    "saturday",
-    "sunday",
-    "january",
-    "february",
-    "march",
-    "april",
-    "may",
-    "june",
-    "july",
-    "august",
-    "september",
-    "october",
-    "november",
-    "december",
-    "yesterday",
-    "today",
-    "tomorrow",
-    "before",
-    "after",
-    "above",
-    "below",
-    "more",
-    "less",
-    "most",
-    "least",
-    "best",
-    "worst",
-    "min",
-    "max",
-    "minimum",
-    "maximum",
-    "first",
-    "last",
-    "north",
-    "south",
-    "east",
-    "west",
-    "left",
-    "right",
-    "up",
-    "down",
-    "increase",
-    "decrease",
-    "buy",
-    "sell",
-    // Time units, common animals and vehicles: "days in a leap year" is not "weeks in a leap
-    // year", "can cats eat chocolate" is not "can dogs eat chocolate".
-    "second",
-    "seconds",
-    "minute",
-    "minutes",
-    "hour",
-    "hours",
-    "day",
-    "days",
-    "week",
-    "weeks",
-    "month",
-    "months",
-    "year",
-    "years",
-    "decade",
-    "decades",
-    "century",
-    "centuries",
-    "cat",
-    "cats",
-    "dog",
-    "dogs",
-    "horse",
-    "horses",
-    "cow",
-    "cows",
-    "pig",
-    "pigs",
-    "bird",
-    "birds",
-    "fish",
-    "chicken",
-    "chickens",
-    "rabbit",
-    "rabbits",
-    "car",
-    "cars",
-    "bike",
-    "bikes",
-    "bicycle",
-    "motorcycle",
-    "bus",
-    "train",
-    "plane",
-    "truck",
-    "boat",
-    "vertically",
-    "horizontally",
-    "vertical",
-    "horizontal",
-    "male",
-    "female",
-    "men",
-    "women",
-    "man",
-    "woman",
-    "child",
-    "children",
-    "adult",
-    "adults",
-];
+static TERMS: LazyLock<Vec<&'static str>> = LazyLock::new(|| word_list(include_str!("../../data/guard/terms.txt")));
 
 /// Opposites: a query with one side and a candidate with the other ask different things.
 /// Antonym pairs: Princeton WordNet's direct antonyms (`scripts/wordnet-antonyms` generates the
@@ -348,28 +161,16 @@ fn number_word(plain: &str, ws: &[Word<'_>], i: usize) -> Option<String> {
     Some(digits.to_owned())
 }
 
-const NUMBER_WORDS: &[&str] = &[
-    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
-    "twenty", "thirty", "forty", "fifty", "hundred", "thousand", "million", "billion", "half", "double", "twice",
-];
+static NUMBER_WORDS: LazyLock<Vec<&'static str>> =
+    LazyLock::new(|| word_list(include_str!("../../data/guard/number-words.txt")));
 
 /// Words that make the order of the two words around them matter ("X to Y", "X vs Y").
-const RELATIONS: &[&str] = &[
-    "to", "from", "into", "than", "vs", "versus", "over", "against", "beat", "beats", "like", "likes", "dislike",
-    "dislikes", "love", "loves", "hate", "hates", "before", "after", "minus", "divided", "per",
-];
+static RELATIONS: LazyLock<Vec<&'static str>> =
+    LazyLock::new(|| word_list(include_str!("../../data/guard/relations.txt")));
 
 /// Function words: ignored for content-word order and never taken as entities.
-const STOPWORDS: &[&str] = &[
-    "a", "an", "the", "and", "or", "but", "if", "of", "to", "in", "on", "at", "by", "for", "with", "from", "into",
-    "about", "as", "is", "are", "was", "were", "be", "been", "being", "do", "does", "did", "have", "has", "had", "i",
-    "you", "he", "she", "it", "we", "they", "me", "my", "your", "our", "their", "his", "her", "its", "this", "that",
-    "these", "those", "what", "which", "who", "whom", "whose", "why", "how", "when", "where", "can", "could", "should",
-    "would", "will", "shall", "may", "might", "must", "please", "tell", "explain", "give", "show", "so", "than",
-    "then", "there", "here", "some", "any", "all", "each", "every", "also", "just", "very", "really",
-    // Contractions, as written without the apostrophe.
-    "whats", "whos", "hows", "wheres", "whens", "whys", "thats", "theres", "heres", "im", "ive", "id", "youre",
-];
+static STOPWORDS: LazyLock<Vec<&'static str>> =
+    LazyLock::new(|| word_list(include_str!("../../data/guard/stopwords.txt")));
 
 /// A word that carries no content of its own: a stop word, or punctuation.
 pub fn is_function_word(w: &str) -> bool {
@@ -379,141 +180,27 @@ pub fn is_function_word(w: &str) -> bool {
 /// Words that reword a question without changing what it asks ("what's the best way to",
 /// "what are the steps to", "which documents are required"): left out when two texts' content
 /// words are compared one for one.
-const FILLERS: &[&str] = &[
-    "way",
-    "ways",
-    "step",
-    "steps",
-    "process",
-    "method",
-    "procedure",
-    "possible",
-    "proper",
-    "properly",
-    "correct",
-    "correctly",
-    "need",
-    "needed",
-    "required",
-    "require",
-    "requires",
-    "necessary",
-    "want",
-    "able",
-    "go",
-    "about",
-    "actually",
-    "exactly",
-    "good",
-    "help",
-    "helps",
-    "know",
-    "let",
-    "like",
-    "mean",
-    "means",
-    "meaning",
-    "someone",
-    "something",
-    "thing",
-    "things",
-    "using",
-    "use",
-    "used",
-    "ok",
-    "okay",
-    "hi",
-    "hello",
-    "thanks",
-    "best",
-    "ideal",
-    "recommended",
-    "get",
-    "gets",
-    "getting",
-    "got",
-];
+static FILLERS: LazyLock<Vec<&'static str>> = LazyLock::new(|| word_list(include_str!("../../data/guard/fillers.txt")));
 
 /// Groups of words that ask the same thing, folded to the group's first word before a one-word
 /// difference is judged: "change" / "update" my e-mail, "make" / "create" a branch, "reach" /
 /// "contact" support. Only words that stay synonyms in every common question belong here.
-const SYNONYMS: &[&[&str]] = &[
-    &["change", "update", "modify", "edit", "alter"],
-    &["contact", "reach"],
-    &["create", "make", "build", "generate"],
-    &["check", "see", "view", "find", "look"],
-    &["merge", "combine", "join"],
-    &["read", "load", "open"],
-    &["connect", "pair", "link", "hook"],
-    &["write", "compose", "draft"],
-    &["fix", "repair", "solve", "resolve", "troubleshoot"],
-    &["stop", "prevent", "keep", "avoid"],
-    &["enable", "activate"],
-    &["disable", "deactivate"],
-    &["setup", "configure", "set"],
-    &["login", "signin"],
-    &["register", "signup"],
-    &["start", "begin"],
-    &["quick", "quickly", "fast", "rapidly"],
-    &["big", "large"],
-    &["small", "little", "tiny"],
-    &["cause", "causes", "reason", "reasons", "happen", "happens"],
-    &["remove", "rid", "eliminate"],
-    &["author", "wrote", "writer"],
-    &["height", "tall"],
-    &["price", "cost", "costs"],
-    &["purchase", "buy"],
-    &["document", "documents", "paperwork"],
-    &["car", "vehicle", "auto"],
-    &["phone", "smartphone", "mobile"],
-    &["picture", "photo", "image"],
-    &["movie", "film"],
-    &["shut", "close"],
-    &["often", "frequently"],
-    &["always", "constantly", "continuously"],
-    &["improve", "raise", "boost"],
-    &["convert", "turn", "transform"],
-    &["translate", "say"],
-    &["summarize", "summary", "summarise", "sum"],
-];
+static SYNONYMS: LazyLock<Vec<Vec<&'static str>>> = LazyLock::new(|| {
+    word_list(include_str!("../../data/guard/synonyms.txt"))
+        .into_iter()
+        .map(|group| group.split_whitespace().collect())
+        .collect()
+});
 
 /// Prepositions that, before a content word one text has and the other lacks, narrow the
 /// question: "side effects of ibuprofen" / "… in children", "store basil" / "… in the freezer".
-const NARROWING: &[&str] = &[
-    "in", "for", "on", "with", "during", "after", "before", "under", "over", "at", "from", "while", "since", "via",
-    "using", "inside", "outside", "near", "between", "through", "without", "against", "per",
-];
+static NARROWING: LazyLock<Vec<&'static str>> =
+    LazyLock::new(|| word_list(include_str!("../../data/guard/narrowing.txt")));
 
 /// Words that ask for an answer's manner or register: on one side only, the answers differ
 /// ("translate 'good morning' into Japanese" / "…, formally"). Fillers like "simply" or
 /// "quickly" ("how do I quickly reset…") are not here: they rarely change the answer.
-const STYLE: &[&str] = &[
-    "formally",
-    "formal",
-    "informally",
-    "informal",
-    "casually",
-    "casual",
-    "politely",
-    "polite",
-    "rudely",
-    "briefly",
-    "brief",
-    "concisely",
-    "concise",
-    "succinctly",
-    "tersely",
-    "thoroughly",
-    "verbosely",
-    "humorously",
-    "funny",
-    "sarcastically",
-    "sarcastic",
-    "poetically",
-    "professionally",
-    "persuasively",
-    "eli5",
-];
+static STYLE: LazyLock<Vec<&'static str>> = LazyLock::new(|| word_list(include_str!("../../data/guard/style.txt")));
 
 /// Operators whose identity changes the answer in code and arithmetic ("3 + 4" / "3 * 4",
 /// "17 > 12" / "17 < 12"). `-`, `/` and `&` between two letters join words ("e-mail",
@@ -537,9 +224,8 @@ fn symbols(text: &str) -> Vec<char> {
 }
 
 /// Determiners and possessives skipped between a narrowing preposition and its word.
-const DETERMINERS: &[&str] = &[
-    "a", "an", "the", "my", "your", "our", "their", "his", "her", "its", "this", "that", "these", "those", "some",
-];
+static DETERMINERS: LazyLock<Vec<&'static str>> =
+    LazyLock::new(|| word_list(include_str!("../../data/guard/determiners.txt")));
 
 /// The features of one text that must agree.
 #[derive(Debug, Default, PartialEq)]
