@@ -8,6 +8,8 @@ FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+# The guard's word lists and antonym tables are compiled in (include_str!).
+COPY data/guard ./data/guard
 COPY benches ./benches
 RUN cargo build --release --locked --bin llm-sidecar \
  && strip target/release/llm-sidecar
