@@ -61,14 +61,26 @@ pub enum StartError {
     Kube(#[from] crate::config::kube::KubeSourceError),
 }
 
+/// Exit statuses (sysexits.h), so an operator or a restart policy can tell what went wrong.
+pub mod exit {
+    /// EX_USAGE: the operator must fix the invocation or the config.
+    pub const CONFIG: u8 = 64;
+    /// EX_UNAVAILABLE: a service it needs (the Kubernetes API for the ConfigMap) is not there.
+    pub const UNAVAILABLE: u8 = 69;
+    /// EX_OSERR: the system refused something (a port to bind, threads, a file to write).
+    pub const OS: u8 = 71;
+    /// Anything else that failed (a calibration run, a broken assets folder).
+    pub const FAILED: u8 = 1;
+}
+
 impl StartError {
-    /// Process exit code: 64 (EX_USAGE) for a config the operator must fix, 71 (EX_OSERR) otherwise.
-    pub fn exit_code(&self) -> i32 {
+    /// [`exit::CONFIG`] for a config the operator must fix, [`exit::OS`] otherwise.
+    pub fn exit_code(&self) -> u8 {
         match self {
             StartError::Config(_)
             | StartError::Source(SourceError::Read { .. })
-            | StartError::Kube(crate::config::kube::KubeSourceError::NoKey { .. }) => 64,
-            _ => 71,
+            | StartError::Kube(crate::config::kube::KubeSourceError::NoKey { .. }) => exit::CONFIG,
+            _ => exit::OS,
         }
     }
 }

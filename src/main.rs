@@ -153,8 +153,9 @@ struct InjectArgs {
     native_sidecar: bool,
 }
 
-/// sysexits.h EX_USAGE: the operator must fix the invocation or config.
-const EXIT_CONFIG: u8 = 64;
+use llm_sidecar::app::exit::{
+    CONFIG as EXIT_CONFIG, FAILED as EXIT_FAILED, OS as EXIT_OS, UNAVAILABLE as EXIT_UNAVAILABLE,
+};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -169,7 +170,7 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("llm-sidecar: cannot start the async runtime: {e}");
-            return ExitCode::from(71);
+            return ExitCode::from(EXIT_OS);
         }
     };
     rt.block_on(run(cli.command))
@@ -200,7 +201,7 @@ async fn run(command: Command) -> ExitCode {
                     Ok(k) => ConfigInput::Kube(Box::new(k)),
                     Err(e) => {
                         eprintln!("llm-sidecar: {e}");
-                        return ExitCode::from(69);
+                        return ExitCode::from(EXIT_UNAVAILABLE);
                     }
                 },
                 (None, None) => {
@@ -232,7 +233,7 @@ async fn run(command: Command) -> ExitCode {
                 Ok(m) => m,
                 Err(e) => {
                     eprintln!("llm-sidecar demo: cannot start the mock upstream: {e}");
-                    return ExitCode::from(71);
+                    return ExitCode::from(EXIT_OS);
                 }
             };
             let upstream = mock.base_url();
@@ -282,7 +283,7 @@ async fn run(command: Command) -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("mock-upstream: cannot listen on {listen}: {e}");
-                    ExitCode::from(71)
+                    ExitCode::from(EXIT_OS)
                 }
             }
         }
@@ -328,7 +329,7 @@ async fn inject(a: InjectArgs) -> ExitCode {
         Ok(l) => l,
         Err(e) => {
             eprintln!("llm-sidecar inject: cannot listen: {e}");
-            return ExitCode::from(71);
+            return ExitCode::from(EXIT_OS);
         }
     };
     let metrics = Arc::new(llm_sidecar::telemetry::Metrics::new());
@@ -339,7 +340,7 @@ async fn inject(a: InjectArgs) -> ExitCode {
         Ok(t) => t,
         Err(e) => {
             eprintln!("llm-sidecar inject: cannot handle SIGTERM: {e}");
-            return ExitCode::from(71);
+            return ExitCode::from(EXIT_OS);
         }
     };
     tokio::select! {
@@ -390,12 +391,12 @@ fn calibrate(
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("{}: cannot write: {e}", out.display());
-                    ExitCode::from(1)
+                    ExitCode::from(EXIT_FAILED)
                 }
             },
             Err(e) => {
                 eprintln!("calibrate: {e}");
-                ExitCode::from(1)
+                ExitCode::from(EXIT_FAILED)
             }
         };
     }
@@ -410,7 +411,7 @@ fn calibrate(
         }
         Err(e) => {
             eprintln!("calibrate: {e}");
-            ExitCode::from(1)
+            ExitCode::from(EXIT_FAILED)
         }
     }
 }
@@ -434,13 +435,13 @@ async fn start_and_run_with(opts: Options, on_start: impl FnOnce(&Sidecar)) -> E
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("llm-sidecar: signal handling failed: {e}");
-                    ExitCode::from(71)
+                    ExitCode::from(EXIT_OS)
                 }
             }
         }
         Err(e) => {
             eprintln!("llm-sidecar: {e}");
-            ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
+            ExitCode::from(e.exit_code())
         }
     }
 }
@@ -474,7 +475,7 @@ fn check_config(file: &PathBuf) -> ExitCode {
             for i in issues {
                 eprintln!("  - {i}");
             }
-            ExitCode::from(1)
+            ExitCode::from(EXIT_FAILED)
         }
     }
 }
