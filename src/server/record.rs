@@ -152,21 +152,31 @@ impl RequestRecord {
         if std::mem::replace(&mut self.finished, true) {
             return;
         }
-        let m = &self.metrics;
-        m.inflight.dec();
+        self.metrics.inflight.dec();
         let elapsed = self.start.elapsed();
         let none: Arc<str> = NONE_LABEL.clone();
+        let model_name = self.model.as_ref().map_or_else(|| none.clone(), |m| m.name.clone());
+        let provider = self.model.as_ref().map_or_else(|| none.clone(), |m| m.provider.clone());
+        let served_by_cache = self.cache.is_hit();
+        let cost = self.count(elapsed, &model_name, &provider, served_by_cache);
+        if !served_by_cache {
+            self.advise(cost);
+        }
+        self.settle(cost, served_by_cache);
+        self.dashboard_row(outcome, elapsed, &model_name, cost);
+        let failed = self.status >= 500 || outcome.failed();
+        if let Some(trace) = self.trace.take() {
+            self.finish_trace(trace, outcome, failed, cost);
+        }
+        self.log_line(outcome, failed, elapsed, &model_name, &provider, cost);
+    }
+
+    /// The request's metrics (count, duration, TTFT, tokens, cost); returns its cost in USD
+    /// (0 when the cache answered: nothing was spent).
+    fn count(&self, elapsed: Duration, model_name: &Arc<str>, provider: &Arc<str>, served_by_cache: bool) -> f64 {
+        let m = &self.metrics;
+        let none: Arc<str> = NONE_LABEL.clone();
         let route = self.route.clone().unwrap_or_else(|| none.clone());
-        let model_name = self
-            .model
-            .as_ref()
-            .map(|m| m.name.clone())
-            .unwrap_or_else(|| none.clone());
-        let provider = self
-            .model
-            .as_ref()
-            .map(|m| m.provider.clone())
-            .unwrap_or_else(|| none.clone());
         m.requests
             .get_or_create(&RequestLabels {
                 endpoint: self.endpoint,
@@ -176,7 +186,6 @@ impl RequestRecord {
             })
             .inc();
         let mut cost = 0.0;
-        let served_by_cache = self.cache.is_hit();
         if let Some(model) = self.model.as_ref().filter(|_| !served_by_cache) {
             let op = OperationLabels {
                 gen_ai_operation_name: operation_name(self.endpoint),
@@ -219,9 +228,13 @@ impl RequestRecord {
                 }
             }
         }
+        cost
+    }
+
+    /// What the cost advisor learns from a request the provider answered.
+    fn advise(&mut self, cost: f64) {
         if let (Some(adv), Some(model), Some(route), Some(u)) =
             (self.advice.take(), &self.model, &self.route, self.usage)
-            && !served_by_cache
             && (200..300).contains(&self.status)
         {
             adv.advisor.record(Observation {
@@ -237,6 +250,12 @@ impl RequestRecord {
                 soft_unrouted: adv.soft_unrouted.then(|| self.tenant.clone()).flatten(),
             });
         }
+    }
+
+    /// Settles the tenant's admission (real usage and cost against the estimate) and updates
+    /// the budget gauges.
+    fn settle(&mut self, cost: f64, served_by_cache: bool) {
+        let m = &self.metrics;
         if let Some(a) = self.account.take() {
             let served = self.model.as_ref().filter(|_| !served_by_cache).map(|m| &m.name);
             let usage = self.usage.filter(|_| !served_by_cache);
@@ -265,6 +284,11 @@ impl RequestRecord {
                 }
             }
         }
+    }
+
+    /// The request's row in the live dashboard's ring.
+    fn dashboard_row(&mut self, outcome: Outcome, elapsed: Duration, model_name: &Arc<str>, cost: f64) {
+        let none: Arc<str> = NONE_LABEL.clone();
         if let Some(live) = self.live.take() {
             let u = self.usage.unwrap_or_default();
             live.record(Recent {
@@ -288,10 +312,10 @@ impl RequestRecord {
                 prompt: self.prompt.take(),
             });
         }
-        let failed = self.status >= 500 || outcome.failed();
-        if let Some(trace) = self.trace.take() {
-            self.finish_trace(trace, outcome, failed, cost);
-        }
+    }
+
+    /// The request's JSON log line: a warning when we or the provider failed the app.
+    fn log_line(&self, outcome: Outcome, failed: bool, elapsed: Duration, model_name: &str, provider: &str, cost: f64) {
         let usage = self.usage.unwrap_or_default();
         let request_id = self.request_id.to_str().unwrap_or("");
         macro_rules! line {
