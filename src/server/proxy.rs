@@ -97,66 +97,147 @@ pub async fn openai(
     let rt = shared.runtime.load_full();
     let mut rec = RequestRecord::new(shared.metrics.clone(), request_id, endpoint.label());
     rec.live = Some(shared.live.clone());
-    let operation = operation_name(endpoint.label());
-    rec.trace = shared.tracer.start(req.headers(), operation);
+    rec.trace = shared.tracer.start(req.headers(), operation_name(endpoint.label()));
     if let Some(t) = rec.trace.as_deref_mut() {
         traced::http(t, req.method(), req.uri().path());
     }
     let (parts, mut incoming) = req.into_parts();
-    let result = async {
-        let tenant = rt.tenants.identify(&parts.headers)?;
+    let stages = Stages {
+        shared: &shared,
+        rt: &rt,
+        endpoint,
+        headers: &parts.headers,
+    };
+    match stages.run(&mut rec, &mut incoming).await {
+        Ok(Reply::Upstream(answer)) => relay(rec, answer),
+        Ok(Reply::Cached {
+            hit,
+            stream,
+            include_usage,
+            route,
+        }) => serve_cached(rec, &rt, hit, stream, include_usage, route),
+        Err(e) => drain_after(fail(rec, e, &rt.redact), incoming, expects_continue(&parts.headers)),
+    }
+}
+
+/// One OpenAI request's stages, in order: identify the tenant → read the body → admit (limits,
+/// budget, priority) → route → plan the cache → look it up → attempt the candidates → reply.
+/// What every stage reads: the sidecar, this request's config snapshot, the endpoint and the
+/// app's headers.
+struct Stages<'a> {
+    shared: &'a Arc<Shared>,
+    rt: &'a Arc<Runtime>,
+    endpoint: Endpoint,
+    headers: &'a HeaderMap,
+}
+
+/// What admission decided.
+struct Admitted<'b> {
+    /// Index into `scheduling.classes`.
+    class: usize,
+    /// The tenant is past its soft budget (`budget: soft` routes apply).
+    budget_soft: bool,
+    /// Sampled for the cost advisor's complexity score.
+    sampled: bool,
+    signals: Signals<'b>,
+}
+
+impl Stages<'_> {
+    async fn run(&self, rec: &mut RequestRecord, incoming: &mut Incoming) -> Result<Reply, ApiError> {
+        let tenant = self.rt.tenants.identify(self.headers)?;
         rec.tenant = Some(tenant.clone());
-        let body = read_request_body(&mut incoming, &parts.headers, &rt.config.server, &shared.metrics).await?;
+        let body = read_request_body(incoming, self.headers, &self.rt.config.server, &self.shared.metrics).await?;
         let head = RequestHead::parse(&body)?;
-        rec.stream = head.stream && endpoint.streams();
+        rec.stream = head.stream && self.endpoint.streams();
         if let Some(t) = rec.trace.as_deref_mut() {
-            traced::request(t, operation, &head);
+            traced::request(t, operation_name(self.endpoint.label()), &head);
         }
-        let class = priority_class(&rt, &parts.headers, &tenant)?;
+        let admitted = self.admit(rec, &tenant, &head, body.len())?;
+        let decision = self.route(rec, &tenant, &head, &admitted).await?;
+        let mut plan = self.cache_plan(rec, &decision, &tenant, &head, &body);
+        self.advice_input(rec, &admitted, &decision);
+        if let Some(p) = plan.as_mut().filter(|p| p.lookup) {
+            if let Some(hit) = self.lookup(rec, p).await {
+                return Ok(self.cached(rec, hit, &tenant, &decision, &head, &body));
+            }
+            if let Some(a) = rec.advice.as_mut() {
+                a.best_miss = p.best_similarity;
+            }
+        }
+        self.attempt(rec, &decision, &head, &body, admitted.class, plan).await
+    }
+
+    /// Priority class, the request's signals, and the tenant's limits and budget.
+    fn admit<'b>(
+        &self,
+        rec: &mut RequestRecord,
+        tenant: &Arc<str>,
+        head: &RequestHead<'b>,
+        body_len: usize,
+    ) -> Result<Admitted<'b>, ApiError> {
+        let rt = self.rt;
+        let class = priority_class(rt, self.headers, tenant)?;
         rec.priority = rt.config.scheduling.classes.get(class).map(|(n, _)| n.clone());
         // The last user turn is read once, when the router, the dashboard or a sampled
         // complexity score (cost advice) needs it.
-        let sampled = shared.advisor.sample();
+        let sampled = self.shared.advisor.sample();
         let want_text = rt.router.needs_text() || rt.config.server.dashboard_prompts || sampled;
-        let signals = Signals::read(&head, body.len(), want_text);
+        let signals = Signals::read(head, body_len, want_text);
         if rt.config.server.dashboard_prompts {
             rec.prompt = Some(signals.text.as_deref().unwrap_or("").chars().take(120).collect());
         }
         let estimate = signals.prompt_tokens + signals.completion_estimate();
-        let admission = match shared
+        let admission = match self
+            .shared
             .ledger
-            .admit(&rt.config.tenants, &tenant, &head.model, estimate, now_ms())
+            .admit(&rt.config.tenants, tenant, &head.model, estimate, now_ms())
         {
             Ok(a) => a,
-            Err(limited) => return Err(limit_error(&shared, &mut rec, &tenant, limited)),
+            Err(limited) => return Err(limit_error(self.shared, rec, tenant, limited)),
         };
         rec.ratelimit = admission.headers;
         let budget_soft = admission.soft;
         rec.account = Some(Account {
-            ledger: shared.ledger.clone(),
+            ledger: self.shared.ledger.clone(),
             config: rt.config.clone(),
             admission,
         });
-        let route_span = rec.trace.as_deref().map(|t| t.open("route", Kind::Internal));
-        let decided = decide(
-            &shared,
-            &rt,
-            &head,
-            &signals,
-            &tenant,
-            &parts.headers,
+        Ok(Admitted {
+            class,
             budget_soft,
-            rec.trace.as_deref_mut().zip(route_span.as_ref()),
+            sampled,
+            signals,
+        })
+    }
+
+    /// The route and its ordered candidates.
+    async fn route(
+        &self,
+        rec: &mut RequestRecord,
+        tenant: &str,
+        head: &RequestHead<'_>,
+        admitted: &Admitted<'_>,
+    ) -> Result<Decision, ApiError> {
+        let span = rec.trace.as_deref().map(|t| t.open("route", Kind::Internal));
+        let decided = decide(
+            self.shared,
+            self.rt,
+            head,
+            &admitted.signals,
+            tenant,
+            self.headers,
+            admitted.budget_soft,
+            rec.trace.as_deref_mut().zip(span.as_ref()),
         )
         .await;
-        if let (Some(t), Some(span)) = (rec.trace.as_deref_mut(), route_span) {
+        if let (Some(t), Some(span)) = (rec.trace.as_deref_mut(), span) {
             traced::route(t, span, &decided);
         }
         let decision = decided?;
         rec.route = Some(decision.route.name.clone());
         rec.reason = Some(decision.reason);
         if let Some(first) = decision.candidates.first() {
-            shared
+            self.shared
                 .metrics
                 .route_decisions
                 .get_or_create(&DecisionLabels {
@@ -166,17 +247,28 @@ pub async fn openai(
                 })
                 .inc();
         }
-        let route = &decision.route;
-        let planned = shared.cache.plan(
-            &rt.config.cache,
-            route,
-            endpoint.label(),
-            &tenant,
-            &head,
-            &parts.headers,
-            &body,
+        Ok(decision)
+    }
+
+    /// Whether and how the cache applies; `None` (and why, in the record) when it does not.
+    fn cache_plan(
+        &self,
+        rec: &mut RequestRecord,
+        decision: &Decision,
+        tenant: &Arc<str>,
+        head: &RequestHead<'_>,
+        body: &Bytes,
+    ) -> Option<Plan> {
+        let planned = self.shared.cache.plan(
+            &self.rt.config.cache,
+            &decision.route,
+            self.endpoint.label(),
+            tenant,
+            head,
+            self.headers,
+            body,
         );
-        let mut plan = match planned {
+        let plan = match planned {
             Ok(p) => {
                 rec.cache_skip = p.skipped;
                 Some(p)
@@ -190,68 +282,94 @@ pub async fn openai(
             Some(p) if p.lookup => CacheStatus::Miss,
             _ => CacheStatus::Bypass,
         };
-        let light =
-            sampled.then(|| crate::router::complexity::score(signals.text.as_deref().unwrap_or("")).total < 0.5);
+        plan
+    }
+
+    /// What the cost advisor will learn from this request when it ends.
+    fn advice_input(&self, rec: &mut RequestRecord, admitted: &Admitted<'_>, decision: &Decision) {
+        let light = admitted
+            .sampled
+            .then(|| crate::router::complexity::score(admitted.signals.text.as_deref().unwrap_or("")).total < 0.5);
         rec.advice = Some(AdviceInput {
-            advisor: shared.advisor.clone(),
-            needs: signals.needs,
+            advisor: self.shared.advisor.clone(),
+            needs: admitted.signals.needs,
             light,
             best_miss: None,
-            soft_unrouted: budget_soft && !decision.route.for_soft_budget(),
+            soft_unrouted: admitted.budget_soft && !decision.route.for_soft_budget(),
         });
-        let mut hit = None;
-        if let Some(p) = plan.as_mut().filter(|p| p.lookup) {
-            let span = rec.trace.as_deref().map(|t| t.open("cache lookup", Kind::Internal));
-            hit = shared.cache.lookup(p, &rt.config.cache).await;
-            rec.cache_skip = p.skipped;
-            if let (Some(t), Some(span)) = (rec.trace.as_deref_mut(), span) {
-                traced::cache(t, span, p, hit.as_ref());
-            }
+    }
+
+    async fn lookup(&self, rec: &mut RequestRecord, plan: &mut Plan) -> Option<Hit> {
+        let span = rec.trace.as_deref().map(|t| t.open("cache lookup", Kind::Internal));
+        let hit = self.shared.cache.lookup(plan, &self.rt.config.cache).await;
+        rec.cache_skip = plan.skipped;
+        if let (Some(t), Some(span)) = (rec.trace.as_deref_mut(), span) {
+            traced::cache(t, span, plan, hit.as_ref());
         }
-        if let Some(hit) = hit {
-            if let HitKind::Semantic { similarity } = hit.kind
-                && let Some(permit) = shared.cache.should_verify(&rt.config.cache)
-            {
-                let v = Verification {
-                    tenant: tenant.clone(),
-                    route: route.clone(),
-                    body: body.clone(),
-                    entry: hit.entry,
-                    similarity,
-                    served: hit.response.clone(),
-                };
-                verify::spawn(shared.clone(), rt.clone(), v, permit);
-            }
-            return Ok(Reply::Cached {
-                hit,
-                stream: rec.stream,
-                include_usage: head.include_usage,
-                route: route_header(&route.name),
-            });
+        hit
+    }
+
+    /// A cache hit's reply; a sampled semantic hit is also re-asked upstream in the background.
+    fn cached(
+        &self,
+        rec: &RequestRecord,
+        hit: Hit,
+        tenant: &Arc<str>,
+        decision: &Decision,
+        head: &RequestHead<'_>,
+        body: &Bytes,
+    ) -> Reply {
+        if let HitKind::Semantic { similarity } = hit.kind
+            && let Some(permit) = self.shared.cache.should_verify(&self.rt.config.cache)
+        {
+            let v = Verification {
+                tenant: tenant.clone(),
+                route: decision.route.clone(),
+                body: body.clone(),
+                entry: hit.entry,
+                similarity,
+                served: hit.response.clone(),
+            };
+            verify::spawn(self.shared.clone(), self.rt.clone(), v, permit);
         }
-        if let (Some(a), Some(p)) = (rec.advice.as_mut(), plan.as_ref()) {
-            a.best_miss = p.best_similarity;
+        Reply::Cached {
+            hit,
+            stream: rec.stream,
+            include_usage: head.include_usage,
+            route: route_header(&decision.route.name),
         }
+    }
+
+    /// The candidates in order (retries, failover) until one answers.
+    async fn attempt(
+        &self,
+        rec: &mut RequestRecord,
+        decision: &Decision,
+        head: &RequestHead<'_>,
+        body: &Bytes,
+        class: usize,
+        plan: Option<Plan>,
+    ) -> Result<Reply, ApiError> {
         let attempt = Attempt {
-            shared: &shared,
-            rt: &rt,
-            endpoint,
-            head: &head,
-            body: &body,
-            app_headers: &parts.headers,
+            shared: self.shared,
+            rt: self.rt,
+            endpoint: self.endpoint,
+            head,
+            body,
+            app_headers: self.headers,
             class,
         };
-        let s = attempt.run(&mut rec, &decision).await?;
-        let cache = plan.take().map(|plan| CacheStore {
-            cache: shared.cache.clone(),
+        let s = attempt.run(rec, decision).await?;
+        let cache = plan.map(|plan| CacheStore {
+            cache: self.shared.cache.clone(),
             plan,
-            config: rt.config.clone(),
+            config: self.rt.config.clone(),
         });
         Ok(Reply::Upstream(Answer {
             parts: s.parts,
             body: s.body,
             permit: s.permit,
-            route: route_header(&route.name),
+            route: route_header(&decision.route.name),
             model: s.target.model,
             strip_usage: s.strip_usage,
             idle: s.idle,
@@ -260,20 +378,9 @@ pub async fn openai(
             translate: s.translate,
             checked: s.committed.is_none().then_some(s.usage),
             committed: s.committed,
-            redact: rt.redact.clone(),
-            stop: shared.streams_cut.clone(),
+            redact: self.rt.redact.clone(),
+            stop: self.shared.streams_cut.clone(),
         }))
-    }
-    .await;
-    match result {
-        Ok(Reply::Upstream(answer)) => relay(rec, answer),
-        Ok(Reply::Cached {
-            hit,
-            stream,
-            include_usage,
-            route,
-        }) => serve_cached(rec, &rt, hit, stream, include_usage, route),
-        Err(e) => drain_after(fail(rec, e, &rt.redact), incoming, expects_continue(&parts.headers)),
     }
 }
 
