@@ -83,6 +83,15 @@ pub struct Plan {
     pub shadow: Option<ShadowHit>,
 }
 
+/// What the candidate search found worth serving.
+enum Choice {
+    /// At or above the threshold, guard passed.
+    Serve(store::Cached, f32),
+    /// Just under the threshold (the alignment band), guard passed.
+    Band(store::Cached, f32),
+    None,
+}
+
 /// A semantic hit that was found and passed the guard but was not served.
 pub struct ShadowHit {
     pub entry: u64,
@@ -439,6 +448,35 @@ impl Cache {
         // An empty partition has nothing to find: skip the embedding (the insert embeds).
         let index = self.store.partition(&partition)?;
         let deadline = Instant::now() + budget;
+        let found = self.embed_and_search(plan, embedder, index, &query, deadline).await?;
+        let (c, similarity) = match self.choose(plan, found, &partition, &query) {
+            Choice::Serve(c, similarity) => (c, similarity),
+            Choice::Band(c, similarity) => self.in_band(plan, embedder, c, similarity, &query, deadline).await?,
+            Choice::None => return None,
+        };
+        if embedder.verifier && !self.verified(plan, embedder, &c, query, deadline).await {
+            return None;
+        }
+        self.metrics.cache_similarity.observe(f64::from(similarity));
+        Some(Hit {
+            kind: HitKind::Semantic { similarity },
+            response: c.response,
+            model: c.model,
+            entry: c.id,
+        })
+    }
+
+    /// Embeds the query on the request lane and searches the partition; the vector stays in
+    /// the plan for the insert. `None` (and why, in the plan) when the embedder cannot answer
+    /// in time.
+    async fn embed_and_search(
+        &self,
+        plan: &mut Plan,
+        embedder: &Embedder,
+        index: Arc<store::PartitionIndex>,
+        query: &str,
+        deadline: Instant,
+    ) -> Option<Vec<(u64, f32)>> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let metrics = self.metrics.clone();
         let submitted = std::time::Instant::now();
@@ -457,7 +495,7 @@ impl Cache {
             });
             let _ = tx.send(result);
         });
-        match embedder.submit(query.clone(), Fit::Whole, deadline.into_std(), Lane::Request, then) {
+        match embedder.submit(query.to_owned(), Fit::Whole, deadline.into_std(), Lane::Request, then) {
             Ok(()) => {}
             Err(SubmitError::QueueFull) => {
                 self.metrics.cache_skip("embed_queue_full");
@@ -498,15 +536,19 @@ impl Cache {
             searched,
             candidates: found.len(),
         });
-        let query_features = Features::of(&query);
+        Some(found)
+    }
+
+    /// The best candidate that passes the learned threshold and the guard: served at or above
+    /// the threshold, checked by alignment just under it, judged in shadow below that.
+    fn choose(&self, plan: &mut Plan, found: Vec<(u64, f32)>, partition: &key::Key, query: &str) -> Choice {
+        let query_features = Features::of(query);
         let now = std::time::Instant::now();
-        let mut band = None;
-        let mut accepted = None;
         for (id, similarity) in found {
             if similarity < plan.floor {
                 break;
             }
-            let Some(c) = self.store.candidate(id, &partition, now) else {
+            let Some(c) = self.store.candidate(id, partition, now) else {
                 continue;
             };
             if similarity < c.min_similarity {
@@ -523,8 +565,7 @@ impl Cache {
                 continue;
             }
             if similarity < plan.threshold && plan.band > 0.0 {
-                band = Some((c, similarity));
-                break;
+                return Choice::Band(c, similarity);
             }
             if plan.mode == SemanticMode::Shadow || similarity < plan.threshold {
                 plan.shadow = Some(ShadowHit {
@@ -532,62 +573,67 @@ impl Cache {
                     similarity,
                     cached: c.response,
                 });
-                return None;
+                return Choice::None;
             }
-            accepted = Some((c, similarity));
-            break;
+            return Choice::Serve(c, similarity);
         }
-        if accepted.is_none() {
-            // The best candidate just under the threshold, guard passed: served only if each
-            // question's content words find close partners in the other, in context.
-            let (c, similarity) = band?;
-            let cached_query = c.query.clone()?;
-            let result = match self.alignment(embedder, query.clone(), cached_query, deadline).await {
-                Some(worst) if worst >= plan.min_alignment => "served",
-                Some(_) => "rejected",
-                None => "unavailable",
-            };
-            self.metrics
-                .cache_alignment
-                .get_or_create(&ResultLabels { result })
-                .inc();
-            if result == "rejected" {
-                self.rejected("alignment");
-                plan.rejected.push("alignment");
-            }
-            if result != "served" {
-                return None;
-            }
-            accepted = Some((c, similarity));
+        Choice::None
+    }
+
+    /// A candidate just under the threshold, guard passed: served only if each question's
+    /// content words find close partners in the other, in context.
+    async fn in_band(
+        &self,
+        plan: &mut Plan,
+        embedder: &Embedder,
+        c: store::Cached,
+        similarity: f32,
+        query: &str,
+        deadline: Instant,
+    ) -> Option<(store::Cached, f32)> {
+        let cached_query = c.query.clone()?;
+        let result = match self.alignment(embedder, query.to_owned(), cached_query, deadline).await {
+            Some(worst) if worst >= plan.min_alignment => "served",
+            Some(_) => "rejected",
+            None => "unavailable",
+        };
+        self.metrics
+            .cache_alignment
+            .get_or_create(&ResultLabels { result })
+            .inc();
+        if result == "rejected" {
+            self.rejected("alignment");
+            plan.rejected.push("alignment");
         }
-        let (c, similarity) = accepted?;
-        if embedder.verifier {
-            // The operator's pair model has the last word on every hit.
-            let cached_query = c.query.clone()?;
-            let result = match self.verify_pair(embedder, query, cached_query, deadline).await {
-                Some(score) if score >= plan.min_score => "agree",
-                Some(_) => "disagree",
-                None => "unavailable",
-            };
-            self.metrics
-                .cache_verifier
-                .get_or_create(&ResultLabels { result })
-                .inc();
-            if result == "disagree" {
-                self.rejected("verifier");
-                plan.rejected.push("verifier");
-            }
-            if result != "agree" {
-                return None;
-            }
+        (result == "served").then_some((c, similarity))
+    }
+
+    /// The operator's pair model has the last word on every hit.
+    async fn verified(
+        &self,
+        plan: &mut Plan,
+        embedder: &Embedder,
+        c: &store::Cached,
+        query: String,
+        deadline: Instant,
+    ) -> bool {
+        let Some(cached_query) = c.query.clone() else {
+            return false;
+        };
+        let result = match self.verify_pair(embedder, query, cached_query, deadline).await {
+            Some(score) if score >= plan.min_score => "agree",
+            Some(_) => "disagree",
+            None => "unavailable",
+        };
+        self.metrics
+            .cache_verifier
+            .get_or_create(&ResultLabels { result })
+            .inc();
+        if result == "disagree" {
+            self.rejected("verifier");
+            plan.rejected.push("verifier");
         }
-        self.metrics.cache_similarity.observe(f64::from(similarity));
-        Some(Hit {
-            kind: HitKind::Semantic { similarity },
-            response: c.response,
-            model: c.model,
-            entry: c.id,
-        })
+        result == "agree"
     }
 
     /// The pair verifier's score for (query, cached query), within the lookup's deadline.
