@@ -121,7 +121,6 @@ pub(super) struct Attempt<'a> {
 impl Attempt<'_> {
     pub async fn run(&self, rec: &mut RequestRecord, decision: &Decision) -> Result<Success, ApiError> {
         let res = &self.rt.config.resilience;
-        let metrics = &self.shared.metrics;
         self.shared.retry_budget.request(&res.retry_budget);
         let mut failures: Vec<(Arc<str>, UpstreamError)> = Vec::new();
         for target in &decision.candidates {
@@ -130,30 +129,12 @@ impl Attempt<'_> {
             };
             let mut retry_after = None;
             for attempt in 0..res.retries.max_attempts {
-                if attempt > 0 {
-                    if retry_after.is_some_and(|ra| ra > res.retries.max_retry_after) {
-                        break;
-                    }
-                    if !self.shared.retry_budget.try_retry(&res.retry_budget) {
-                        metrics.retry_budget_exhausted.inc();
-                        break;
-                    }
-                    let reason = failures.last().map_or("unknown", |(_, e)| e.kind());
-                    metrics.retry(provider.name(), &target.model.name, reason);
-                    rec.retries += 1;
-                    let delay = backoff(&res.retries, attempt, retry_after);
-                    if let Some(t) = rec.trace.as_deref_mut() {
-                        traced::event(
-                            t,
-                            "retry",
-                            vec![
-                                ("llm_sidecar.model", (&target.model.name).into()),
-                                ("llm_sidecar.retry.reason", reason.into()),
-                                ("llm_sidecar.retry.delay_s", delay.as_secs_f64().into()),
-                            ],
-                        );
-                    }
-                    tokio::time::sleep(delay).await;
+                if attempt > 0
+                    && !self
+                        .wait_to_retry(rec, target, provider, attempt, retry_after, &failures)
+                        .await
+                {
+                    break;
                 }
                 match self.once(rec, &decision.route, target, provider).await {
                     Outcome::Done(s) => return Ok(*s),
@@ -173,6 +154,46 @@ impl Attempt<'_> {
             }
         }
         Err(all_failed(failures))
+    }
+
+    /// Before another try on the same candidate: `false` (go to the next candidate) when the
+    /// provider asked to wait longer than allowed or the retry budget is spent; otherwise
+    /// counts the retry and sleeps its backoff.
+    async fn wait_to_retry(
+        &self,
+        rec: &mut RequestRecord,
+        target: &Target,
+        provider: &Provider,
+        attempt: u32,
+        retry_after: Option<Duration>,
+        failures: &[(Arc<str>, UpstreamError)],
+    ) -> bool {
+        let res = &self.rt.config.resilience;
+        let metrics = &self.shared.metrics;
+        if retry_after.is_some_and(|ra| ra > res.retries.max_retry_after) {
+            return false;
+        }
+        if !self.shared.retry_budget.try_retry(&res.retry_budget) {
+            metrics.retry_budget_exhausted.inc();
+            return false;
+        }
+        let reason = failures.last().map_or("unknown", |(_, e)| e.kind());
+        metrics.retry(provider.name(), &target.model.name, reason);
+        rec.retries += 1;
+        let delay = backoff(&res.retries, attempt, retry_after);
+        if let Some(t) = rec.trace.as_deref_mut() {
+            traced::event(
+                t,
+                "retry",
+                vec![
+                    ("llm_sidecar.model", (&target.model.name).into()),
+                    ("llm_sidecar.retry.reason", reason.into()),
+                    ("llm_sidecar.retry.delay_s", delay.as_secs_f64().into()),
+                ],
+            );
+        }
+        tokio::time::sleep(delay).await;
+        true
     }
 
     /// One attempt on one candidate.

@@ -28,7 +28,7 @@ use crate::config::{Config, ProviderKind, ServerSettings};
 use crate::limits::ledger::{self, now_ms};
 use crate::openai::usage::{finish_reasons, parse_usage};
 use crate::openai::{Endpoint, RequestHead, SseScanner, Usage};
-use crate::router::{self, Decision, Signals, Step};
+use crate::router::{self, Decision, Route, Signals, Step};
 use crate::scheduler::Permit;
 use crate::state::{Runtime, Shared};
 use crate::telemetry::trace::{Kind, RequestTrace, Span};
@@ -622,8 +622,52 @@ pub async fn passthrough(
                     .map(|p| (&t.model, p))
             })
             .ok_or_else(|| internal("the default route has no OpenAI-compatible target"))?;
-        let class = priority_class(&rt, &parts.headers, rec.tenant.as_deref().unwrap_or(""))?;
-        let sched = &rt.config.scheduling;
+        let upstream = Upstream {
+            shared: &shared,
+            rt: &rt,
+            model,
+            provider,
+        };
+        upstream
+            .send(&mut rec, &parts, &path, route, &mut incoming)
+            .await
+    }
+    .await;
+    match result {
+        Ok(answer) => relay(rec, answer),
+        Err(e) => {
+            let resp = fail(rec, e, &rt.redact);
+            match incoming {
+                Some(body) => drain_after(resp, body, expects_continue(&parts.headers)),
+                None => resp,
+            }
+        }
+    }
+}
+
+/// The passthrough's one attempt: the default route's first OpenAI-compatible target.
+struct Upstream<'a> {
+    shared: &'a Arc<Shared>,
+    rt: &'a Arc<Runtime>,
+    model: &'a Arc<ModelConfig>,
+    provider: &'a Arc<Provider>,
+}
+
+impl Upstream<'_> {
+    /// Queues for a slot, sends the app's body as it is (rate-guarded), and reads the answer's
+    /// head; a provider refusing the sidecar's key becomes `upstream_auth`.
+    async fn send(
+        &self,
+        rec: &mut RequestRecord,
+        parts: &http::request::Parts,
+        path: &str,
+        route: &Arc<Route>,
+        // Taken only when the body is sent: after an earlier error it is still there, to be drained.
+        incoming: &mut Option<Incoming>,
+    ) -> Result<Answer, ApiError> {
+        let class = priority_class(self.rt, &parts.headers, rec.tenant.as_deref().unwrap_or(""))?;
+        let sched = &self.rt.config.scheduling;
+        let provider = self.provider;
         let permit = provider
             .scheduler
             .acquire(class, sched.queue_timeout, sched.max_queued)
@@ -635,37 +679,46 @@ pub async fn passthrough(
                     reason,
                 })
             })?;
-        rec.model = Some(model.clone());
+        rec.model = Some(self.model.clone());
         rec.attempts = 1;
-        let suffix = path.strip_prefix("/v1").unwrap_or(&path);
+        let suffix = path.strip_prefix("/v1").unwrap_or(path);
         let uri = provider.uri(suffix, parts.uri.query()).map_err(internal)?;
         let mut headers = HeaderMap::with_capacity(parts.headers.len() + 2);
         provider.forward_headers(&parts.headers, &mut headers, true);
         headers.insert("x-request-id", rec.request_id.clone());
-        let mut span = rec.trace.as_deref().map(|t| traced::passthrough_attempt(t, &parts.method, provider));
+        let mut span = rec
+            .trace
+            .as_deref()
+            .map(|t| traced::passthrough_attempt(t, &parts.method, provider));
         if let (Some(t), Some(span)) = (rec.trace.as_deref(), span.as_ref()) {
             headers.insert("traceparent", t.traceparent(span));
         }
-        let body = incoming.take().ok_or_else(|| internal("the request body was already sent"))?;
-        let body: ClientBody = RateGuard::new(body, &rt.config.server).boxed();
+        let body = incoming
+            .take()
+            .ok_or_else(|| internal("the request body was already sent"))?;
+        let body: ClientBody = RateGuard::new(body, &self.rt.config.server).boxed();
         let deadline = Instant::now() + provider.config.timeouts.total;
-        let sent = provider.send(parts.method.clone(), uri, headers, body, deadline, permit).await;
+        let sent = provider
+            .send(parts.method.clone(), uri, headers, body, deadline, permit)
+            .await;
         if let (Some(t), Some(mut span)) = (rec.trace.as_deref_mut(), span.take()) {
             match &sent {
                 Ok(up) => span.set("http.response.status_code", up.response.status().as_u16()),
-                Err(e) => traced::attempt_failed(&mut span, e, &rt.redact),
+                Err(e) => traced::attempt_failed(&mut span, e, &self.rt.redact),
             }
             t.close(span);
         }
         let up = sent.map_err(|e| {
-            shared.metrics.upstream_error(provider.name(), e.kind());
+            self.shared.metrics.upstream_error(provider.name(), e.kind());
             ApiError::from(e)
         })?;
         let status = up.response.status();
         if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
             // The provider refused the sidecar's key, not the app's: say so, and count it.
-            shared.metrics.upstream_error(provider.name(), "auth");
-            shared.metrics.upstream_auth_failure(provider.name(), status.as_u16());
+            self.shared.metrics.upstream_error(provider.name(), "auth");
+            self.shared
+                .metrics
+                .upstream_auth_failure(provider.name(), status.as_u16());
             let (_, mut incoming) = up.response.into_parts();
             let until = deadline.min(Instant::now() + Duration::from_secs(2));
             let detail = match read_body(&mut incoming, provider.config.timeouts.idle, until, 64 << 10).await {
@@ -679,20 +732,23 @@ pub async fn passthrough(
             }));
         }
         if !status.is_success() {
-            shared.metrics.upstream_error(provider.name(), status_kind(status));
+            self.shared.metrics.upstream_error(provider.name(), status_kind(status));
         }
         rec.first_byte();
         let idle = provider.config.timeouts.idle;
         let (parts, body) = receive(up.response, idle, deadline).await.map_err(|failure| {
-            shared.metrics.upstream_error(provider.name(), failure.kind());
-            ApiError::from(UpstreamError::Body { provider: provider.name().clone(), failure })
+            self.shared.metrics.upstream_error(provider.name(), failure.kind());
+            ApiError::from(UpstreamError::Body {
+                provider: provider.name().clone(),
+                failure,
+            })
         })?;
         Ok(Answer {
             parts,
             body,
             permit: up.permit,
             route: route_header(&route.name),
-            model: model.clone(),
+            model: self.model.clone(),
             strip_usage: false,
             idle,
             deadline,
@@ -700,20 +756,9 @@ pub async fn passthrough(
             translate: None,
             checked: None,
             committed: None,
-            redact: rt.redact.clone(),
-            stop: shared.streams_cut.clone(),
+            redact: self.rt.redact.clone(),
+            stop: self.shared.streams_cut.clone(),
         })
-    }
-    .await;
-    match result {
-        Ok(answer) => relay(rec, answer),
-        Err(e) => {
-            let resp = fail(rec, e, &rt.redact);
-            match incoming {
-                Some(body) => drain_after(resp, body, expects_continue(&parts.headers)),
-                None => resp,
-            }
-        }
     }
 }
 
