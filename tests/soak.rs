@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::faults::{Seen, ask, cases};
+use common::faults::{Seen, ask, cases, judge};
 use common::{UPSTREAM_KEY, client};
 use llm_sidecar::mock::MockUpstream;
 use tokio::sync::Semaphore;
@@ -183,11 +183,18 @@ async fn soak() {
                 format!("soak {n}")
             };
             sent.fetch_add(1, Ordering::Relaxed);
-            let (seen, _, text) = ask(&http, &url, &q, n.is_multiple_of(2)).await;
+            let stream = n.is_multiple_of(2);
+            let (mut seen, _, text) = ask(&http, &url, &q, stream).await;
+            // The faulty provider's modes that are harmless for a request's shape answer
+            // well-formed, but to the question the fault was built with ("soak"): relayed as
+            // they are, they are the provider's answers, not breakage.
+            if seen == Seen::Broken && judge(200, stream, &text, "soak") == Seen::Answered {
+                seen = Seen::Answered;
+            }
             if matches!(seen, Seen::Broken | Seen::Lost) {
                 eprintln!(
                     "soak: {seen:?} for {q:?}: {}",
-                    text.chars().take(300).collect::<String>()
+                    text.chars().take(600).collect::<String>()
                 );
             }
             let i = match seen {
