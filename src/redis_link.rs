@@ -36,18 +36,23 @@ pub fn url(cfg: &RedisConfig) -> String {
     }
 }
 
+/// Why a Redis call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisError {
+    #[error(transparent)]
+    Redis(#[from] redis::RedisError),
+    #[error("no answer within {0:?} (redis.timeout)")]
+    Timeout(Duration),
+}
+
 /// Opens a connection within the configured timeout.
-pub async fn connect(cfg: &RedisConfig) -> Result<MultiplexedConnection, String> {
-    let client = redis::Client::open(url(cfg)).map_err(|e| e.to_string())?;
-    match tokio::time::timeout(
-        cfg.timeout.max(Duration::from_secs(1)),
-        client.get_multiplexed_async_connection(),
-    )
-    .await
-    {
+pub async fn connect(cfg: &RedisConfig) -> Result<MultiplexedConnection, RedisError> {
+    let client = redis::Client::open(url(cfg))?;
+    let within = cfg.timeout.max(Duration::from_secs(1));
+    match tokio::time::timeout(within, client.get_multiplexed_async_connection()).await {
         Ok(Ok(c)) => Ok(c),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("timed out".into()),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => Err(RedisError::Timeout(within)),
     }
 }
 
@@ -72,7 +77,7 @@ impl Link {
         }
     }
 
-    pub fn failed(&mut self, reason: &'static str, error: &str) {
+    pub fn failed(&mut self, reason: &'static str, error: &dyn std::fmt::Display) {
         self.metrics.redis_errors.get_or_create(&ReasonLabels { reason }).inc();
         self.metrics.redis_up.set(0);
         if self.down_since.is_none() {

@@ -201,12 +201,12 @@ async fn publish(mut rx: mpsc::Receiver<Outgoing>, cfg: RedisConfig, origin: Arc
                 count(&metrics, "published", 1);
             }
             Ok(Err(e)) => {
-                link.failed("publish", &e.to_string());
+                link.failed("publish", &e);
                 count(&metrics, "dropped", 1);
                 conn = None;
             }
             Err(_) => {
-                link.failed("publish", "timed out");
+                link.failed("publish", &"timed out");
                 count(&metrics, "dropped", 1);
                 conn = None;
             }
@@ -253,7 +253,7 @@ async fn follow(
                     }
                 }
                 Err(e) => {
-                    link.failed("warm", &e.to_string());
+                    link.failed("warm", &e);
                     continue;
                 }
             }
@@ -274,7 +274,7 @@ async fn follow(
                 Ok(Some(streams)) => streams.into_iter().flat_map(|(_, e)| e).collect::<Vec<_>>(),
                 Ok(None) => continue,
                 Err(e) => {
-                    link.failed("consume", &e.to_string());
+                    link.failed("consume", &e);
                     break;
                 }
             };

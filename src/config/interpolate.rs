@@ -38,7 +38,7 @@ fn walk(value: &mut Value, path: &mut String, vars: &dyn VarLookup, issues: &mut
     match value {
         Value::String(s) if s.contains('$') => match expand(s, vars) {
             Ok(expanded) => *s = expanded,
-            Err(message) => issues.push(ConfigIssue::new(path.as_str(), message)),
+            Err(e) => issues.push(ConfigIssue::new(path.as_str(), e.to_string())),
         },
         Value::Mapping(map) => {
             for (key, child) in map.iter_mut() {
@@ -68,8 +68,19 @@ fn walk(value: &mut Value, path: &mut String, vars: &dyn VarLookup, issues: &mut
     }
 }
 
+/// Why a `${…}` reference could not be expanded; each says how to fix it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ExpandError {
+    #[error("unterminated `${{` in {0:?}: close it with `}}` or write `$${{` for a literal")]
+    Unterminated(String),
+    #[error("`${{{0}}}` is not a valid variable reference: names use letters, digits and `_`")]
+    BadName(String),
+    #[error("environment variable {0} is not set: set it, or give a fallback as `${{{0}:-value}}`")]
+    Unset(String),
+}
+
 /// Expands one string. Errors say which variable and how to fix it.
-pub fn expand(input: &str, vars: &dyn VarLookup) -> Result<String, String> {
+pub fn expand(input: &str, vars: &dyn VarLookup) -> Result<String, ExpandError> {
     let mut out = String::with_capacity(input.len());
     let mut rest = input;
     while let Some(pos) = rest.find('$') {
@@ -79,26 +90,22 @@ pub fn expand(input: &str, vars: &dyn VarLookup) -> Result<String, String> {
             out.push_str("${");
             rest = stripped;
         } else if let Some(body) = after.strip_prefix("${") {
-            let end = body.find('}').ok_or_else(|| {
-                format!("unterminated `${{` in {input:?}: close it with `}}` or write `$${{` for a literal")
-            })?;
+            let end = body
+                .find('}')
+                .ok_or_else(|| ExpandError::Unterminated(input.to_owned()))?;
             let expr = &body[..end];
             let (name, fallback) = match expr.split_once(":-") {
                 Some((n, f)) => (n, Some(f)),
                 None => (expr, None),
             };
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(format!(
-                    "`${{{expr}}}` is not a valid variable reference: names use letters, digits and `_`"
-                ));
+                return Err(ExpandError::BadName(expr.to_owned()));
             }
             match (vars.var(name).filter(|v| !v.is_empty()), fallback) {
                 (Some(v), _) => out.push_str(&v),
                 (None, Some(f)) => out.push_str(f),
                 (None, None) => {
-                    return Err(format!(
-                        "environment variable {name} is not set: set it, or give a fallback as `${{{name}:-value}}`"
-                    ));
+                    return Err(ExpandError::Unset(name.to_owned()));
                 }
             }
             rest = &body[end + 1..];
@@ -136,9 +143,19 @@ mod tests {
 
     #[test]
     fn missing_and_malformed_are_errors() {
-        assert!(expand("${NOPE}", &vars).unwrap_err().contains("NOPE is not set"));
-        assert!(expand("${HOST", &vars).unwrap_err().contains("unterminated"));
-        assert!(expand("${a-b}", &vars).unwrap_err().contains("not a valid"));
+        assert!(
+            expand("${NOPE}", &vars)
+                .unwrap_err()
+                .to_string()
+                .contains("NOPE is not set")
+        );
+        assert!(
+            expand("${HOST", &vars)
+                .unwrap_err()
+                .to_string()
+                .contains("unterminated")
+        );
+        assert!(expand("${a-b}", &vars).unwrap_err().to_string().contains("not a valid"));
     }
 
     #[test]

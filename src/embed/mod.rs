@@ -56,6 +56,8 @@ pub enum EmbedError {
 }
 
 /// ONNX Runtime can be initialised once per process; later loads reuse it.
+// The error is kept as text: a OnceLock hands the same result to every later caller, and
+// ort's error is not Clone.
 static ENVIRONMENT: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
 
 fn environment(library: &Path) -> Result<&'static ort::environment::Environment, EmbedError> {

@@ -27,7 +27,7 @@ use redis::aio::MultiplexedConnection;
 
 use super::ledger::{FleetTotals, Ledger, now_ms};
 use crate::config::RedisConfig;
-use crate::redis_link::{Link, prefix};
+use crate::redis_link::{Link, RedisError, prefix};
 use crate::telemetry::Metrics;
 
 /// Per-minute windows live a little over two minutes (the previous minute is still read).
@@ -109,7 +109,7 @@ pub async fn sync(
     pod: &str,
     conn: &mut MultiplexedConnection,
     cfg: &RedisConfig,
-) -> Result<(), String> {
+) -> Result<(), RedisError> {
     let now = now_ms();
     let pending = ledger.drain_pending(now);
     if pending.rates.is_empty() && pending.spend.is_empty() {
@@ -149,11 +149,11 @@ pub async fn sync(
         Ok(Ok(v)) => v,
         Ok(Err(e)) => {
             ledger.restore_pending(pending);
-            return Err(e.to_string());
+            return Err(e.into());
         }
         Err(_) => {
             ledger.restore_pending(pending);
-            return Err(format!("no answer within {:?} (redis.timeout)", cfg.timeout));
+            return Err(RedisError::Timeout(cfg.timeout));
         }
     };
     let num = |i: usize| out.get(i).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);

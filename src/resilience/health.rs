@@ -11,19 +11,26 @@ use tokio::time::Instant;
 
 use crate::config::HealthCheck;
 use crate::scheduler::QueueError;
-use crate::upstream::{ClientBody, Provider};
+use crate::upstream::{ClientBody, Provider, UpstreamError};
+
+/// Why a health probe failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("bad probe URL: {0}")]
+    Url(#[from] http::Error),
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error("HTTP {0}")]
+    Status(http::StatusCode),
+}
 
 /// Probes `provider` once. `Err` says why it failed.
-pub async fn probe(provider: &Provider, check: &HealthCheck) -> Result<(), String> {
-    let uri = provider.uri(&check.path, None).map_err(|e| e.to_string())?;
+pub async fn probe(provider: &Provider, check: &HealthCheck) -> Result<(), ProbeError> {
+    let uri = provider.uri(&check.path, None)?;
     let deadline = Instant::now() + check.timeout;
     // Probes skip the priority queue's waiting line: a probe stuck behind a full queue would
     // report the sidecar's own load as the provider's failure.
-    let permit = provider
-        .scheduler
-        .acquire(0, Duration::ZERO, 0)
-        .await
-        .map_err(|e: QueueError| e.to_string());
+    let permit: Result<_, QueueError> = provider.scheduler.acquire(0, Duration::ZERO, 0).await;
     let permit = match permit {
         Ok(p) => p,
         // Every slot busy with real traffic: the provider is answering, nothing to learn.
@@ -32,11 +39,10 @@ pub async fn probe(provider: &Provider, check: &HealthCheck) -> Result<(), Strin
     let body: ClientBody = Empty::new().map_err(|never| match never {}).boxed();
     let up = provider
         .send(Method::GET, uri, HeaderMap::new(), body, deadline, permit)
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     let status = up.response.status();
     if status.is_server_error() {
-        return Err(format!("HTTP {status}"));
+        return Err(ProbeError::Status(status));
     }
     Ok(())
 }

@@ -317,11 +317,11 @@ impl Attempt<'_> {
         };
         let path = match adapter.path(self.endpoint.path()) {
             Ok(p) => p,
-            Err(detail) => return unsupported(detail),
+            Err(e) => return unsupported(e.to_string()),
         };
         let send_body = match adapter.request(self.head, self.body, &model.upstream_model, strip_usage) {
             Ok(b) => b,
-            Err(detail) => return unsupported(detail),
+            Err(e) => return unsupported(e.to_string()),
         };
         let mut headers = HeaderMap::with_capacity(self.app_headers.len() + 4);
         provider.forward_headers(self.app_headers, &mut headers, false);

@@ -15,10 +15,24 @@ pub trait StreamTranslate: Send {
     fn feed(&mut self, data: &[u8]) -> Bytes;
 }
 
+/// Why a provider cannot take a request (the attempt moves on to the next candidate).
+#[derive(Debug, thiserror::Error)]
+pub enum Unsupported {
+    /// The provider has no such endpoint.
+    #[error("{provider} serves chat completions only, not {endpoint}")]
+    Endpoint {
+        provider: &'static str,
+        endpoint: &'static str,
+    },
+    /// The request cannot be said in the provider's protocol.
+    #[error(transparent)]
+    Translate(#[from] super::anthropic::TranslateError),
+}
+
 pub trait Adapter: Send + Sync + 'static {
     /// The provider's path for an OpenAI endpoint path (`/chat/completions`, `/completions`,
     /// `/embeddings`), or why it has none.
-    fn path(&self, endpoint: &'static str) -> Result<&'static str, String>;
+    fn path(&self, endpoint: &'static str) -> Result<&'static str, Unsupported>;
 
     /// The body to send: the app's request for `upstream_model`. `add_usage` asks an
     /// OpenAI-style stream to report usage.
@@ -28,7 +42,7 @@ pub trait Adapter: Send + Sync + 'static {
         body: &Bytes,
         upstream_model: &str,
         add_usage: bool,
-    ) -> Result<Bytes, String>;
+    ) -> Result<Bytes, Unsupported>;
 
     /// Whether this provider's streams report usage in a chunk the app did not ask for, which
     /// the relay must hide (`inject_stream_usage` for OpenAI-compatible providers).

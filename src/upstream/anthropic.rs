@@ -11,27 +11,31 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, StatusCode};
 use serde_json::{Map, Value, json};
 
-use super::adapter::{Adapter, StreamTranslate};
+use super::adapter::{Adapter, StreamTranslate, Unsupported};
 use crate::openai::{RequestHead, error_body};
 
 /// The Messages API behind [`Adapter`].
 pub struct Anthropic;
 
 impl Adapter for Anthropic {
-    fn path(&self, endpoint: &'static str) -> Result<&'static str, String> {
+    fn path(&self, endpoint: &'static str) -> Result<&'static str, Unsupported> {
         match endpoint {
             "/chat/completions" => Ok("/messages"),
-            other => Err(format!(
-                "Anthropic serves chat completions only, not {}",
-                other.trim_start_matches('/')
-            )),
+            other => Err(Unsupported::Endpoint {
+                provider: "Anthropic",
+                endpoint: other.trim_start_matches('/'),
+            }),
         }
     }
 
-    fn request(&self, _head: &RequestHead<'_>, body: &Bytes, upstream_model: &str, _: bool) -> Result<Bytes, String> {
-        request(body, upstream_model)
-            .map(Bytes::from)
-            .map_err(|e| e.to_string())
+    fn request(
+        &self,
+        _head: &RequestHead<'_>,
+        body: &Bytes,
+        upstream_model: &str,
+        _: bool,
+    ) -> Result<Bytes, Unsupported> {
+        Ok(Bytes::from(request(body, upstream_model)?))
     }
 
     fn adds_usage_chunk(&self, _inject_stream_usage: bool) -> bool {

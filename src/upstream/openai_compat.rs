@@ -4,13 +4,13 @@
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 
-use super::adapter::{Adapter, StreamTranslate};
+use super::adapter::{Adapter, StreamTranslate, Unsupported};
 use crate::openai::RequestHead;
 
 pub struct OpenAiCompat;
 
 impl Adapter for OpenAiCompat {
-    fn path(&self, endpoint: &'static str) -> Result<&'static str, String> {
+    fn path(&self, endpoint: &'static str) -> Result<&'static str, Unsupported> {
         Ok(endpoint)
     }
 
@@ -20,7 +20,7 @@ impl Adapter for OpenAiCompat {
         body: &Bytes,
         upstream_model: &str,
         add_usage: bool,
-    ) -> Result<Bytes, String> {
+    ) -> Result<Bytes, Unsupported> {
         Ok(if head.needs_rewrite(upstream_model, add_usage) {
             Bytes::from(head.rewrite(upstream_model, add_usage))
         } else {
