@@ -55,9 +55,8 @@ pub enum EmbedError {
     Inference(String),
 }
 
-/// ONNX Runtime can be initialised once per process; later loads reuse it.
-// The error is kept as text: a OnceLock hands the same result to every later caller, and
-// ort's error is not Clone.
+/// ONNX Runtime can be initialised once per process; later loads reuse it. The error is kept
+/// as text: the OnceLock hands the same result to every later caller, and ort's is not Clone.
 static ENVIRONMENT: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
 
 fn environment(library: &Path) -> Result<&'static ort::environment::Environment, EmbedError> {
