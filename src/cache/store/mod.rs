@@ -8,192 +8,24 @@
 //!
 //! The store's lock is only held for map updates; usearch searches and inserts run outside it
 //! on the embedder thread (or the blocking pool), never on the event loop.
+//!
+//! - `vectors` — the flat lists and usearch indexes, per partition.
+//! - `pack` — an entry's query and answer as one zstd-packed block.
 
-use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use bytes::Bytes;
-use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
 
 use super::guard::Features;
 use super::key::Key;
-use crate::embed::DIMENSIONS;
 
-/// Candidates fetched per semantic search: the best few, so a guard rejection of the nearest
-/// can still fall back to a verified runner-up.
-pub const SEARCH_CANDIDATES: usize = 4;
-/// HNSW connectivity. usearch's default (16) doubles graph memory for no recall gain at the
-/// partition sizes seen here (measured: 100k vectors, recall@1 unchanged at 12).
-const CONNECTIVITY: usize = 12;
+mod pack;
+mod vectors;
 
-/// Partitions up to this many vectors are searched by brute force over a flat list; a usearch
-/// index costs ~58 KB of RSS even when nearly empty, and requests with unique context (a
-/// timestamp in the system prompt) would each create one. Scanning 256 vectors takes ~0.1 ms.
-pub const FLAT_MAX: usize = 256;
-
-/// A vector of a flat list: i8 components scaled to the largest one (four times smaller than
-/// f32; the cosine it gives is within ~0.001 of the exact one, finer than usearch's fixed
-/// ×127 i8 because the scale follows the vector).
-struct FlatVector {
-    id: u64,
-    /// Euclidean norm of `v` as stored, so a search divides once instead of re-summing.
-    norm: f32,
-    v: [i8; DIMENSIONS],
-}
-
-impl FlatVector {
-    fn new(id: u64, x: &[f32]) -> Self {
-        let max = x.iter().fold(0f32, |m, c| m.max(c.abs()));
-        let scale = if max > 0.0 { 127.0 / max } else { 0.0 };
-        let mut v = [0i8; DIMENSIONS];
-        for (q, c) in v.iter_mut().zip(x) {
-            *q = (c * scale).round().clamp(-127.0, 127.0) as i8;
-        }
-        let norm = v.iter().map(|&c| f32::from(c) * f32::from(c)).sum::<f32>().sqrt();
-        FlatVector { id, norm, v }
-    }
-
-    /// Cosine similarity to a unit-length query.
-    fn cosine(&self, query: &[f32]) -> f32 {
-        if self.norm == 0.0 {
-            return 0.0;
-        }
-        let dot: f32 = self.v.iter().zip(query).map(|(&c, q)| f32::from(c) * q).sum();
-        dot / self.norm
-    }
-
-    /// The vector at unit length, as usearch expects it.
-    fn unit(&self) -> Vec<f32> {
-        let n = if self.norm == 0.0 { 1.0 } else { self.norm };
-        self.v.iter().map(|&c| f32::from(c) / n).collect()
-    }
-}
-
-enum Vectors {
-    Flat(Vec<FlatVector>),
-    Hnsw(Index),
-}
-
-/// The vectors of one partition.
-pub struct PartitionIndex {
-    /// The partition key, so an entry holding its index also knows its partition.
-    key: Key,
-    vectors: RwLock<Vectors>,
-}
-
-fn new_index(capacity: usize) -> Option<Index> {
-    let options = IndexOptions {
-        dimensions: DIMENSIONS,
-        metric: MetricKind::Cos,
-        quantization: ScalarKind::I8,
-        connectivity: CONNECTIVITY,
-        ..Default::default()
-    };
-    let index = Index::new(&options).ok()?;
-    index.reserve(capacity).ok()?;
-    Some(index)
-}
-
-impl PartitionIndex {
-    fn new(key: Key) -> Self {
-        PartitionIndex {
-            key,
-            vectors: RwLock::new(Vectors::Flat(Vec::new())),
-        }
-    }
-
-    /// Adds a vector (blocking: call off the event loop).
-    pub fn add(&self, id: u64, vector: &[f32]) -> bool {
-        if vector.len() != DIMENSIONS {
-            return false;
-        }
-        {
-            let Ok(v) = self.vectors.read() else { return false };
-            if let Vectors::Hnsw(index) = &*v
-                && index.size() < index.capacity()
-            {
-                return index.add(id, vector).is_ok();
-            }
-        }
-        // Growing (or leaving the flat list) is not safe alongside other operations.
-        let Ok(mut v) = self.vectors.write() else { return false };
-        match &mut *v {
-            Vectors::Flat(list) if list.len() < FLAT_MAX => {
-                // Most partitions hold one or a few vectors: grow by a half, not to 4 at once.
-                if list.len() == list.capacity() {
-                    list.reserve_exact((list.len() / 2).max(1));
-                }
-                list.push(FlatVector::new(id, vector));
-                true
-            }
-            Vectors::Flat(list) => {
-                let Some(index) = new_index(FLAT_MAX * 2) else {
-                    return false;
-                };
-                for x in list.iter() {
-                    let _ = index.add(x.id, &x.unit());
-                }
-                let ok = index.add(id, vector).is_ok();
-                *v = Vectors::Hnsw(index);
-                ok
-            }
-            Vectors::Hnsw(index) => {
-                // Grow by a quarter: doubling would leave up to half of a large index unused.
-                let capacity = index.capacity() + (index.capacity() / 4).max(64);
-                index.reserve(capacity).is_ok() && index.add(id, vector).is_ok()
-            }
-        }
-    }
-
-    /// The nearest entries: (id, cosine similarity), best first (blocking).
-    pub fn search(&self, vector: &[f32], count: usize) -> Vec<(u64, f32)> {
-        let Ok(v) = self.vectors.read() else { return Vec::new() };
-        match &*v {
-            Vectors::Flat(list) => {
-                let mut scored: Vec<(u64, f32)> = list.iter().map(|x| (x.id, x.cosine(vector))).collect();
-                scored.sort_by(|a, b| b.1.total_cmp(&a.1));
-                scored.truncate(count);
-                scored
-            }
-            Vectors::Hnsw(index) => match index.search(vector, count) {
-                Ok(m) => m.keys.into_iter().zip(m.distances).map(|(k, d)| (k, 1.0 - d)).collect(),
-                Err(_) => Vec::new(),
-            },
-        }
-    }
-
-    fn remove(&self, id: u64) {
-        let Ok(mut v) = self.vectors.write() else { return };
-        match &mut *v {
-            Vectors::Flat(list) => list.retain(|x| x.id != id),
-            Vectors::Hnsw(index) => {
-                let _ = index.remove(id);
-            }
-        }
-    }
-
-    pub fn memory_usage(&self) -> usize {
-        match self.vectors.read().as_deref() {
-            Ok(Vectors::Flat(list)) => list.capacity() * std::mem::size_of::<FlatVector>(),
-            Ok(Vectors::Hnsw(index)) => index.memory_usage(),
-            Err(_) => 0,
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        match self.vectors.read().as_deref() {
-            Ok(Vectors::Flat(list)) => list.len(),
-            Ok(Vectors::Hnsw(index)) => index.size(),
-            Err(_) => 0,
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
+use self::pack::*;
+pub use self::vectors::{FLAT_MAX, PartitionIndex, SEARCH_CANDIDATES};
 
 /// What is stored for one answer.
 pub struct NewEntry {
@@ -219,151 +51,6 @@ pub struct Cached {
     pub features: Option<Features>,
     /// The cached query's text (semantic candidates only), for token alignment.
     pub query: Option<String>,
-}
-
-/// OpenAI's response JSON around the parts that vary, as a zstd dictionary: a cached answer's
-/// keys and boilerplate then cost a few bytes each, and its text compresses against itself.
-/// Answers are held packed (they are most of the cache's memory) and unpacked on a hit (an
-/// exact hit end to end stays at p50 70 µs, `benches/load.sh`).
-const PACK_DICT: &[u8] = br#"{"id":"msg_01","type":"message","role":"assistant","content":[{"type":"text","text":""}],"stop_reason":"end_turn","tool_calls":[{"id":"call_","type":"function","function":{"name":"","arguments":"{\""}}],"object":"text_completion","choices":[{"text":"","index":0,"logprobs":null,"finish_reason":"length"}],"usage":{"prompt_tokens":12,"completion_tokens":10,"total_tokens":22,"prompt_tokens_details":{"cached_tokens":0,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":0,"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}},"service_tier":"default","system_fingerprint":"fp_"}
- the of and to in is that for it with as on this are be you can by or your from which will an at if not have more can use also when each their one other into how the following The This In To For It You is a are the and the of the to the in the"},{"id":"chatcmpl-","object":"chat.completion","created":17,"model":"gpt-4o-mini-2024-07-18","choices":[{"index":0,"message":{"role":"assistant","content":"","refusal":null,"annotations":[]},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":"#;
-
-/// The embedded query and the answer of an entry, as one allocation: the query bytes, then
-/// the answer, zstd-packed together when that saves at least an eighth (tiny or
-/// incompressible ones stay plain). Holding both in one block saves a pointer and an
-/// allocation per entry, and the query's words often recur in the answer.
-#[derive(Clone)]
-struct Blob {
-    data: Box<[u8]>,
-    query_len: u32,
-    answer_len: u32,
-    packed: bool,
-}
-
-impl Blob {
-    fn new(query: Option<&str>, answer: &[u8]) -> Option<Blob> {
-        let query = query.unwrap_or_default().as_bytes();
-        let query_len = u32::try_from(query.len()).ok()?;
-        let answer_len = u32::try_from(answer.len()).ok()?;
-        // Either way the block is allocated at its final size: a buffer shrunk after the fact
-        // leaves its freed tail as a hole beside a long-lived entry, one per entry.
-        let (data, packed) = match zstd_pack(query, answer) {
-            Some(packed) => (packed, true),
-            None => {
-                let mut plain = Vec::with_capacity(query.len() + answer.len());
-                plain.extend_from_slice(query);
-                plain.extend_from_slice(answer);
-                (plain.into_boxed_slice(), false)
-            }
-        };
-        Some(Blob {
-            data,
-            query_len,
-            answer_len,
-            packed,
-        })
-    }
-
-    fn size(&self) -> usize {
-        self.data.len()
-    }
-
-    /// The answer and the query; `None` only if the packed bytes were corrupted. Takes the
-    /// blob (a copy made under the store's lock) so a plain one is handed on without a copy.
-    fn unpack(self) -> Option<(Bytes, Bytes)> {
-        let len = self.query_len as usize + self.answer_len as usize;
-        let both = if self.packed {
-            Bytes::from(zstd_unpack(&self.data, len).filter(|v| v.len() == len)?)
-        } else {
-            Bytes::from(self.data)
-        };
-        let q = self.query_len as usize;
-        Some((both.slice(q..), both.slice(..q)))
-    }
-}
-
-/// zstd level for cached answers: 3 packs prose to ~47 % (LZ4 with the same dictionary: ~63 %)
-/// in a few microseconds; higher levels gain ~2 % more at several times the cost.
-const PACK_LEVEL: i32 = 3;
-
-static PACK_CDICT: LazyLock<zstd::dict::EncoderDictionary<'static>> =
-    LazyLock::new(|| zstd::dict::EncoderDictionary::copy(PACK_DICT, PACK_LEVEL));
-static PACK_DDICT: LazyLock<zstd::dict::DecoderDictionary<'static>> =
-    LazyLock::new(|| zstd::dict::DecoderDictionary::copy(PACK_DICT));
-
-/// A packer's work buffers are kept between calls up to this size; a larger answer's are
-/// released after it.
-const PACK_SCRATCH_MAX: usize = 256 * 1024;
-
-/// One thread's zstd context and work buffers: the query and answer side by side, and the
-/// frame before it is copied out at its exact size.
-struct Packer {
-    zstd: zstd::bulk::Compressor<'static>,
-    plain: Vec<u8>,
-    frame: Vec<u8>,
-}
-
-thread_local! {
-    // One context per thread that packs or unpacks (the event loop, the fleet inserter): making
-    // one per call would allocate its tables every time.
-    static PACKER: RefCell<Option<Packer>> = const { RefCell::new(None) };
-    static UNPACKER: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
-}
-
-/// `query` then `answer` as a bare zstd frame against [`PACK_DICT`] (no checksum, size or
-/// dictionary id: the entry keeps the size, and memory is not a channel that corrupts), if
-/// that saves at least an eighth; `None` for tiny or incompressible texts.
-fn zstd_pack(query: &[u8], answer: &[u8]) -> Option<Box<[u8]>> {
-    use zstd::zstd_safe::CParameter;
-    let len = query.len() + answer.len();
-    if len < 64 {
-        return None;
-    }
-    PACKER.with(|cell| {
-        let mut slot = cell.try_borrow_mut().ok()?;
-        if slot.is_none() {
-            let mut zstd = zstd::bulk::Compressor::with_prepared_dictionary(&PACK_CDICT).ok()?;
-            for p in [
-                CParameter::ChecksumFlag(false),
-                CParameter::ContentSizeFlag(false),
-                CParameter::DictIdFlag(false),
-            ] {
-                zstd.set_parameter(p).ok()?;
-            }
-            *slot = Some(Packer {
-                zstd,
-                plain: Vec::new(),
-                frame: Vec::new(),
-            });
-        }
-        let p = slot.as_mut()?;
-        p.plain.clear();
-        p.plain.extend_from_slice(query);
-        p.plain.extend_from_slice(answer);
-        p.frame.clear();
-        p.frame.reserve(zstd::zstd_safe::compress_bound(len));
-        let packed = match p.zstd.compress_to_buffer(&p.plain, &mut p.frame) {
-            Ok(n) if n * 8 <= len * 7 => Some(Box::<[u8]>::from(&p.frame[..n])),
-            _ => None,
-        };
-        if p.plain.capacity() > PACK_SCRATCH_MAX {
-            p.plain = Vec::new();
-        }
-        if p.frame.capacity() > PACK_SCRATCH_MAX {
-            p.frame = Vec::new();
-        }
-        packed
-    })
-}
-
-fn zstd_unpack(packed: &[u8], len: usize) -> Option<Vec<u8>> {
-    UNPACKER.with(|cell| {
-        let mut slot = cell.try_borrow_mut().ok()?;
-        if slot.is_none() {
-            *slot = Some(zstd::bulk::Decompressor::with_prepared_dictionary(&PACK_DDICT).ok()?);
-        }
-        slot.as_mut()?.decompress(packed, len).ok()
-    })
 }
 
 /// What an entry is filed under: shared by every entry with the same three, so an entry pays
@@ -877,6 +564,7 @@ fn finish_removals(removals: Removals) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::embed::DIMENSIONS;
     use std::time::Duration;
 
     fn entry(exact: u8, partition: Option<u8>, tenant: &str) -> NewEntry {
@@ -1141,7 +829,9 @@ mod tests {
 
 #[cfg(test)]
 mod partition_tests {
+    use super::vectors::*;
     use super::*;
+    use crate::embed::DIMENSIONS;
 
     /// Distinct random unit vectors.
     fn unit(i: usize) -> Vec<f32> {
