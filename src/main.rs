@@ -334,7 +334,8 @@ async fn inject(a: InjectArgs) -> ExitCode {
     };
     let metrics = Arc::new(llm_sidecar::telemetry::Metrics::new());
     tracing::info!(listen = %a.listen, admin = %a.admin_listen, image = &*settings.image, "injection webhook serving");
-    let webhook = tokio::spawn(server::serve(listener, tls, settings, metrics.clone()));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let webhook = tokio::spawn(server::serve(listener, tls, settings, metrics.clone(), stop.clone()));
     let admin = tokio::spawn(server::serve_admin(admin, metrics));
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(t) => t,
@@ -347,7 +348,9 @@ async fn inject(a: InjectArgs) -> ExitCode {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
-    webhook.abort();
+    // Reviews in flight finish (bounded by server::DRAIN); then the admin port goes.
+    stop.cancel();
+    let _ = webhook.await;
     admin.abort();
     ExitCode::SUCCESS
 }

@@ -253,7 +253,14 @@ async fn the_https_server_answers_reviews_and_picks_up_a_rotated_certificate() {
         .unwrap();
     let (addr, admin_addr) = (listener.local_addr().unwrap(), admin.local_addr().unwrap());
     let metrics = Arc::new(llm_sidecar::telemetry::Metrics::new());
-    let _webhook = tokio::spawn(server::serve(listener, tls, Arc::new(settings()), metrics.clone()));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let webhook = tokio::spawn(server::serve(
+        listener,
+        tls,
+        Arc::new(settings()),
+        metrics.clone(),
+        stop.clone(),
+    ));
     let _admin = tokio::spawn(server::serve_admin(admin, metrics));
 
     let client = |ca: &str| {
@@ -315,4 +322,23 @@ async fn the_https_server_answers_reviews_and_picks_up_a_rotated_certificate() {
             .is_err(),
         "the old CA no longer verifies"
     );
+
+    // Shutdown: a kept-alive connection is closed gracefully, the server returns (well within
+    // its drain period) and refuses new connections.
+    let kept = client(&ca2);
+    assert_eq!(
+        kept.post(&url)
+            .body(read("plain.review.json"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    stop.cancel();
+    tokio::time::timeout(std::time::Duration::from_secs(5), webhook)
+        .await
+        .expect("the webhook drains and returns")
+        .unwrap();
+    assert!(kept.post(&url).body(read("plain.review.json")).send().await.is_err());
 }

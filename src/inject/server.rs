@@ -16,9 +16,12 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::graceful::GracefulShutdown;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::{Mode, Settings, review};
 use crate::telemetry::{Metrics, ResultLabels};
@@ -212,15 +215,34 @@ pub async fn admin(metrics: Arc<Metrics>, req: Request<Incoming>) -> Response<Fu
     }
 }
 
-/// Serves the webhook on `listener` (TLS) until the task is dropped.
-pub async fn serve(listener: TcpListener, tls: rustls::ServerConfig, settings: Arc<Settings>, metrics: Arc<Metrics>) {
+/// How long the admission reviews in flight may take to finish at shutdown: the API server's
+/// own default webhook timeout.
+pub const DRAIN: Duration = Duration::from_secs(10);
+
+/// Serves the webhook on `listener` (TLS) until `stop` is cancelled; then it stops accepting
+/// and lets the admission reviews in flight finish (a pod admitted half-way would be created
+/// without its sidecar, or refused, by `failurePolicy`), for at most [`DRAIN`].
+pub async fn serve(
+    listener: TcpListener,
+    tls: rustls::ServerConfig,
+    settings: Arc<Settings>,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let graceful = GracefulShutdown::new();
+    let conns = TaskTracker::new();
     loop {
-        let Ok((stream, peer)) = listener.accept().await else {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let Ok((stream, peer)) = accepted else {
             continue;
         };
         let (acceptor, settings, metrics) = (acceptor.clone(), settings.clone(), metrics.clone());
-        tokio::spawn(async move {
+        let watcher = graceful.watcher();
+        conns.spawn(async move {
             let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
@@ -233,10 +255,18 @@ pub async fn serve(listener: TcpListener, tls: rustls::ServerConfig, settings: A
                 let (s, m) = (settings.clone(), metrics.clone());
                 async move { Ok::<_, std::convert::Infallible>(handle(s, m, req).await) }
             });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tls), svc)
-                .await;
+            let http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let _ = watcher.watch(http.serve_connection(TokioIo::new(tls), svc)).await;
         });
+    }
+    drop(listener);
+    conns.close();
+    let drained = async {
+        graceful.shutdown().await;
+        conns.wait().await;
+    };
+    if tokio::time::timeout(DRAIN, drained).await.is_err() {
+        tracing::warn!("webhook: admission reviews still open after the drain period; closing them");
     }
 }
 
