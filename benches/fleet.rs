@@ -1,5 +1,5 @@
-// A benchmark is a measurement script: a failed assumption should stop it loudly.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// A benchmark is a measurement script: a failed assumption should stop it loudly; it spawns freely.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::disallowed_methods)]
 //! Fleet-mode figures (needs `redis-server`): `cargo bench --bench fleet`.
 //!
 //! 1. Accuracy: two sidecars share a tenant limit of L requests per minute through Redis;

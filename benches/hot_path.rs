@@ -1,5 +1,5 @@
-// A benchmark is a measurement script: a failed assumption should stop it loudly.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// A benchmark is a measurement script: a failed assumption should stop it loudly; it spawns freely.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::disallowed_methods)]
 //! Micro-benchmarks of the per-request work the sidecar adds: reading the request head,
 //! rewriting it, scanning SSE frames, the route decision, tenant identification and the
 //! request id. `cargo bench --bench hot_path`.

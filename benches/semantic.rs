@@ -1,5 +1,5 @@
-// A benchmark is a measurement script: a failed assumption should stop it loudly.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// A benchmark is a measurement script: a failed assumption should stop it loudly; it spawns freely.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::disallowed_methods)]
 //! Semantic cache figures on this machine, with the real model (run `scripts/fetch-assets`):
 //! - one lookup = embed a ~32-token query + search a 100k-entry partition, on one core: p50/p99;
 //! - throughput of concurrent lookups through the embedder service (queue + micro-batching);

@@ -94,11 +94,6 @@ pub struct Sidecar {
     stop_admin: watch::Sender<Option<Duration>>,
     app_task: JoinHandle<()>,
     admin_task: JoinHandle<()>,
-    watch_task: Option<JoinHandle<()>>,
-    sweep_task: JoinHandle<()>,
-    upkeep_task: JoinHandle<()>,
-    /// Fleet mode: the limits sync and the L2 cache publisher and follower.
-    fleet_tasks: Vec<JoinHandle<()>>,
     /// The span exporter; flushed after the drain.
     trace_task: JoinHandle<()>,
     stop_trace: watch::Sender<bool>,
@@ -137,6 +132,8 @@ impl Sidecar {
         let (stop_app, app_rx) = watch::channel(None);
         let (stop_admin, admin_rx) = watch::channel(None);
         let s = shared.clone();
+        // The servers and the span exporter are awaited, in order, by `shutdown`.
+        #[allow(clippy::disallowed_methods)]
         let app_task = tokio::spawn(server::serve(
             app_listener,
             move |req| server::handle(s.clone(), req),
@@ -144,6 +141,7 @@ impl Sidecar {
             shared.streams_cut.clone(),
         ));
         let s = shared.clone();
+        #[allow(clippy::disallowed_methods)]
         let admin_task = tokio::spawn(server::serve(
             admin_listener,
             move |req| server::admin::handle(s.clone(), req),
@@ -152,19 +150,18 @@ impl Sidecar {
         ));
 
         let mut reloader = None;
-        let mut watch_task = None;
         if let Some(source) = source {
             let r = Arc::new(Reloader::new(shared.clone(), Some(source), opts.vars.clone()));
             match r.source().map(FileSource::watch) {
                 Some(Ok(mut changes)) => {
                     let r2 = r.clone();
-                    watch_task = Some(tokio::spawn(async move {
+                    shared.background.spawn(async move {
                         while changes.next().await.is_some() {
                             let r3 = r2.clone();
                             let _ = tokio::task::spawn_blocking(move || r3.reload(false)).await;
                         }
                         tracing::warn!("the config watch ended; reload with SIGHUP");
-                    }));
+                    });
                 }
                 // Still serve: SIGHUP reloads work without the watch.
                 Some(Err(e)) => tracing::error!(error = %e, "cannot watch the config for changes; reload with SIGHUP"),
@@ -178,7 +175,7 @@ impl Sidecar {
             let what = format!("{}/{}", kube.namespace, kube.name);
             tracing::info!(configmap = %what, key = %kube.key, "watching the config through the Kubernetes API");
             let mut changes = kube.watch();
-            watch_task = Some(tokio::spawn(async move {
+            shared.background.spawn(async move {
                 while let Some(change) = changes.recv().await {
                     match change {
                         crate::config::kube::Change::Text(text) => {
@@ -191,20 +188,21 @@ impl Sidecar {
                         }
                     }
                 }
-            }));
+            });
             reloader = Some(r);
         }
         let cache = shared.cache.clone();
-        let sweep_task = tokio::spawn(async move {
+        shared.background.spawn(async move {
             let mut tick = tokio::time::interval(crate::cache::SWEEP_INTERVAL);
             loop {
                 tick.tick().await;
                 cache.sweep();
             }
         });
-        let upkeep_task = tokio::spawn(upkeep(shared.clone()));
-        let fleet_tasks = start_fleet(&shared);
+        shared.background.spawn(upkeep(shared.clone()));
+        start_fleet(&shared);
         let (stop_trace, trace_rx) = watch::channel(false);
+        #[allow(clippy::disallowed_methods)]
         let trace_task = tokio::spawn(crate::telemetry::trace::export::run(shared.tracer.clone(), trace_rx));
         shared.health.set_ready(true);
         let rt = shared.runtime.load();
@@ -223,10 +221,6 @@ impl Sidecar {
             stop_admin,
             app_task,
             admin_task,
-            watch_task,
-            sweep_task,
-            upkeep_task,
-            fleet_tasks,
             trace_task,
             stop_trace,
         })
@@ -256,13 +250,13 @@ impl Sidecar {
         let server = self.shared.runtime.load().config.server.clone();
         self.shared.health.set_ready(false);
         tracing::info!(grace = ?server.shutdown_grace, drain_delay = ?server.drain_delay, "shutting down: readiness is now false");
-        if let Some(t) = &self.watch_task {
-            t.abort();
-        }
-        self.sweep_task.abort();
-        self.upkeep_task.abort();
-        for t in &self.fleet_tasks {
-            t.abort();
+        // Config watches, sweeps, upkeep and probes, fleet sync, background verifications and
+        // shadow judgments, dashboard streams: all stopped, and awaited.
+        if !self.shared.background.stop(BACKGROUND_STOP).await {
+            tracing::warn!(
+                remaining = self.shared.background.len(),
+                "background tasks still running after {BACKGROUND_STOP:?}"
+            );
         }
         tokio::time::sleep(server.drain_delay).await;
         let _ = self.stop_app.send(Some(server.shutdown_grace));
@@ -281,31 +275,37 @@ impl Sidecar {
 
 /// Starts fleet mode when the config has a `redis` section (read at start; a reload that
 /// changes it applies at the next restart).
-fn start_fleet(shared: &Arc<Shared>) -> Vec<JoinHandle<()>> {
+fn start_fleet(shared: &Arc<Shared>) {
     let rt = shared.runtime.load();
     let Some(redis) = rt.config.redis.clone() else {
-        return Vec::new();
+        return;
     };
     tracing::info!(url = %redis.url, prefix = %redis.key_prefix, cache = redis.cache, "fleet mode: limits, budgets and cache shared through Redis");
     let s = shared.clone();
     let tenants: crate::limits::fleet::TenantsSource = Arc::new(move || s.runtime.load().config.clone());
-    let mut tasks = vec![tokio::spawn(crate::limits::fleet::run(
+    shared.background.spawn(crate::limits::fleet::run(
         shared.ledger.clone(),
         redis.clone(),
         tenants,
         shared.metrics.clone(),
-    ))];
+    ));
     if redis.cache && rt.config.cache.enabled {
         let s = shared.clone();
         let settings = Arc::new(move || s.runtime.load().config.cache.clone());
-        let (p, f) = crate::cache::l2::spawn(shared.cache.clone(), redis, settings, shared.metrics.clone());
-        tasks.push(p);
-        tasks.push(f);
+        crate::cache::l2::spawn(
+            &shared.background,
+            shared.cache.clone(),
+            redis,
+            settings,
+            shared.metrics.clone(),
+        );
     }
-    tasks
 }
 
 /// How often the upkeep task looks for due health checks and new snapshots.
+/// How long shutdown waits for the background tasks once they are told to stop (they stop at
+/// their next await point; this only bounds a task stuck in blocking code).
+const BACKGROUND_STOP: Duration = Duration::from_secs(1);
 const UPKEEP_TICK: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Background upkeep that follows the live snapshot: active provider health checks (each at
@@ -324,7 +324,7 @@ async fn upkeep(shared: Arc<Shared>) {
         if rt.generation != generation {
             generation = rt.generation;
             let (s, r) = (shared.clone(), rt.clone());
-            tokio::spawn(async move {
+            shared.background.spawn(async move {
                 for route in r.router.routes().iter().filter(|r| !r.examples.is_empty()) {
                     if !s.cache.prepare_examples(route).await {
                         tracing::warn!(
@@ -349,7 +349,7 @@ async fn upkeep(shared: Arc<Shared>) {
                 r.insert(name.clone());
             }
             let (s, r, p, running) = (shared.clone(), rt.clone(), provider.clone(), running.clone());
-            tokio::spawn(async move {
+            shared.background.spawn(async move {
                 let result = crate::resilience::health::probe(&p, &check).await;
                 let label = if result.is_ok() { "ok" } else { "failed" };
                 s.metrics

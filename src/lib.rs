@@ -5,6 +5,7 @@
 //! Modules depend downward only: each may use the ones listed before it, never one after it.
 //! `scripts/check-layers` (run by CI) reads every `crate::` path and fails on an upward one.
 //!
+//! - [`tasks`] — the background tasks, stopped and awaited together at shutdown.
 //! - [`config`] — the YAML schema, `${VAR}` interpolation, validation into an immutable
 //!   [`config::Config`] with precise key paths, and the watched file source.
 //! - [`openai`] — the slices of the OpenAI wire format we read: endpoints, request head, usage,
@@ -52,6 +53,7 @@ pub mod router;
 pub mod scheduler;
 pub mod server;
 pub mod state;
+pub mod tasks;
 pub mod telemetry;
 pub mod upstream;
 

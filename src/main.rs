@@ -335,7 +335,10 @@ async fn inject(a: InjectArgs) -> ExitCode {
     let metrics = Arc::new(llm_sidecar::telemetry::Metrics::new());
     tracing::info!(listen = %a.listen, admin = %a.admin_listen, image = &*settings.image, "injection webhook serving");
     let stop = tokio_util::sync::CancellationToken::new();
+    // Both handles are awaited (the webhook drains) or aborted below.
+    #[allow(clippy::disallowed_methods)]
     let webhook = tokio::spawn(server::serve(listener, tls, settings, metrics.clone(), stop.clone()));
+    #[allow(clippy::disallowed_methods)]
     let admin = tokio::spawn(server::serve_admin(admin, metrics));
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(t) => t,

@@ -1,5 +1,5 @@
-// Test helpers may unwrap: a failed assumption is a failed test.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// Test helpers may unwrap (a failed assumption is a failed test) and spawn freely.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::disallowed_methods)]
 //! The cache end to end, with the real embedding model: exact and semantic hits, the guard,
 //! what is never cached, tenant isolation, JSON/SSE in either direction, purge and version.
 

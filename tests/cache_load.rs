@@ -1,5 +1,5 @@
-// Test helpers may unwrap: a failed assumption is a failed test.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// Test helpers may unwrap (a failed assumption is a failed test) and spawn freely.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::disallowed_methods)]
 //! The semantic cache under load (ignored by `cargo test`; run with
 //! `cargo test --release --test cache_load -- --ignored --nocapture`): 16 concurrent clients
 //! each ask the rewording of a question already answered (it should hit) between fresh

@@ -1,5 +1,5 @@
-// Test helpers may unwrap: a failed assumption is a failed test.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// Test helpers may unwrap (a failed assumption is a failed test) and spawn freely.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::disallowed_methods)]
 //! The live dashboard for real: a headless Chromium (Debian's package, driven by
 //! playwright-core) loads `/dashboard` from a sidecar under traffic, checks that the numbers
 //! move and every panel has content, and saves a screenshot that this test then inspects.

@@ -1,5 +1,5 @@
-// Test helpers may unwrap: a failed assumption is a failed test.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// Test helpers may unwrap (a failed assumption is a failed test) and spawn freely.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::disallowed_methods)]
 //! The fault suite: a provider misbehaving in every way the fault list in
 //! `tests/common/faults.rs` names, with and without a healthy fallback, for JSON and SSE
 //! requests, OpenAI and Anthropic kinds. Each answer the app gets is counted as answered,

@@ -1,5 +1,5 @@
-// Test helpers may unwrap: a failed assumption is a failed test.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// Test helpers may unwrap (a failed assumption is a failed test) and spawn freely.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::disallowed_methods)]
 //! The injection webhook: golden AdmissionReviews in, patches and patched pods out (the pods
 //! are validated against the Kubernetes schemas by `scripts/k8s-check`), and the HTTPS server
 //! with certificate rotation. `UPDATE_GOLDEN=1 cargo test --test inject` rewrites the goldens.

@@ -1,5 +1,5 @@
-// Test helpers may unwrap: a failed assumption is a failed test.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// Test helpers may unwrap (a failed assumption is a failed test) and spawn freely.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::disallowed_methods)]
 //! The config from a ConfigMap watched through the Kubernetes API, against an in-process fake
 //! API server that does what a real one does for one ConfigMap: get, list (with a resource
 //! version), chunked watch that replays events newer than the requested version, bookmarks,

@@ -1,5 +1,5 @@
-// Test helpers may unwrap: a failed assumption is a failed test.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// Test helpers may unwrap (a failed assumption is a failed test) and spawn freely.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::disallowed_methods)]
 //! The official OpenAI Python SDK, pointed at an in-process sidecar, must work unchanged.
 //! `scripts/test` installs the SDK into a venv and sets `LLM_SIDECAR_PYTHON`; with
 //! `LLM_SIDECAR_REQUIRE_SDK=1` (as in CI) a missing SDK is a failure, not a skip.

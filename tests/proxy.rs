@@ -1,5 +1,5 @@
-// Test helpers may unwrap: a failed assumption is a failed test.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// Test helpers may unwrap (a failed assumption is a failed test) and spawn freely.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::disallowed_methods)]
 //! The request path end to end: OpenAI endpoints, streaming passthrough, errors, failover,
 //! passthrough of other /v1 paths, tenants, TLS to the provider.
 

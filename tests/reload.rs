@@ -1,5 +1,5 @@
-// Test helpers may unwrap: a failed assumption is a failed test.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// Test helpers may unwrap (a failed assumption is a failed test) and spawn freely.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::disallowed_methods)]
 //! Hot reload from a kubelet-style mounted ConfigMap: the `..data` symlink swap, a rejected
 //! bad edit, an in-place edit, SIGHUP's path, and in-flight requests finishing on their
 //! snapshot.

@@ -1,5 +1,5 @@
-// Test helpers may unwrap: a failed assumption is a failed test.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// Test helpers may unwrap (a failed assumption is a failed test) and spawn freely.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::disallowed_methods)]
 //! The soak (run by `benches/soak.sh`, ignored by `cargo test`): the real binary, serving a
 //! config file, in front of a provider that cycles through every fault mode of the fault suite
 //! and a healthy fallback, under a steady load of JSON and SSE requests (repeats included, so

@@ -1,5 +1,5 @@
-// Test helpers may unwrap: a failed assumption is a failed test.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// Test helpers may unwrap (a failed assumption is a failed test) and spawn freely.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::disallowed_methods)]
 //! OpenTelemetry traces, checked at an in-process OTLP receiver: an OTLP/HTTP endpoint and a
 //! tonic OTLP/gRPC server, both decoding with the official generated protobuf types. Nothing
 //! here mocks the exporter: spans travel over TCP as a collector would receive them.

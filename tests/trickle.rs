@@ -1,5 +1,5 @@
-// Test helpers may unwrap: a failed assumption is a failed test.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// Test helpers may unwrap (a failed assumption is a failed test) and spawn freely.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::disallowed_methods)]
 //! Memory held for slow request bodies is bounded by the bytes received. Before the fix, each
 //! trickled byte pinned a whole read buffer (~4 KiB per byte: 8 connections sending 114 KB
 //! took the sidecar from 18 to 473 MB). This binary holds one test, so the process's resident

@@ -1,5 +1,5 @@
-// Test helpers may unwrap: a failed assumption is a failed test.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// Test helpers may unwrap (a failed assumption is a failed test) and spawn freely.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::disallowed_methods)]
 //! The optional pair verifier (`cache.semantic.verifier`), with a tiny ONNX model the test
 //! builds itself (tests/common/onnx.rs): loading, pair encoding with segment ids, the score,
 //! and its last word on semantic hits end to end. Quality is not tested here: no pair model can

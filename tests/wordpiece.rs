@@ -1,5 +1,5 @@
-// Test helpers may unwrap: a failed assumption is a failed test.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// Test helpers may unwrap (a failed assumption is a failed test) and spawn freely.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::disallowed_methods)]
 //! The hand-written WordPiece tokenizer (`embed::wordpiece`) against the `tokenizers` crate
 //! reading the same `tokenizer.json`, token for token: every text of the shipped paraphrase
 //! sets, hand-picked hard cases (accents, CJK, scripts without case, emoji, control and

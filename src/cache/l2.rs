@@ -128,20 +128,20 @@ fn decode(payload: &str) -> Option<Incoming> {
     })
 }
 
-/// Starts publishing and following. `settings` reads the cache settings of the current
-/// config snapshot. Returns the two tasks.
+/// Starts publishing and following, as background tasks. `settings` reads the cache settings
+/// of the current config snapshot.
 pub fn spawn(
+    background: &crate::tasks::Background,
     cache: Arc<Cache>,
     redis: RedisConfig,
     settings: Arc<dyn Fn() -> CacheConfig + Send + Sync>,
     metrics: Arc<Metrics>,
-) -> (tokio::task::JoinHandle<()>, tokio::task::JoinHandle<()>) {
+) {
     let origin: Arc<str> = format!("{:016x}", fastrand::u64(..)).into();
     let (tx, rx) = mpsc::channel(OUTBOX);
     cache.attach_l2(tx);
-    let publisher = tokio::spawn(publish(rx, redis.clone(), origin.clone(), metrics.clone()));
-    let follower = tokio::spawn(follow(cache, redis, origin, settings, metrics));
-    (publisher, follower)
+    background.spawn(publish(rx, redis.clone(), origin.clone(), metrics.clone()));
+    background.spawn(follow(cache, redis, origin, settings, metrics));
 }
 
 fn count(metrics: &Metrics, result: &'static str, n: u64) {
@@ -357,7 +357,7 @@ mod tests {
             .unwrap()
             .cache;
         let metrics = Arc::new(Metrics::new());
-        let cache = Cache::new(&config, false, metrics.clone());
+        let cache = Cache::new(&config, false, metrics.clone(), Default::default());
         let entry = |exact: u8, response: &'static [u8]| Outgoing {
             exact: [exact; 32],
             partition: None,

@@ -178,6 +178,8 @@ pub struct Cache {
     /// Bounds shadow judgments in flight (two embeddings each, no upstream call).
     shadow_permits: Arc<tokio::sync::Semaphore>,
     quality: Quality,
+    /// Where shadow judgments run (stopped with the sidecar's other background work).
+    background: crate::tasks::Background,
     /// Fleet mode: new entries go to Redis through this (see `l2`).
     l2: std::sync::OnceLock<tokio::sync::mpsc::Sender<l2::Outgoing>>,
 }
@@ -236,7 +238,12 @@ impl Cache {
     /// assets turn the semantic cache off (one log line, a metric), never the sidecar.
     /// `for_routing`: some route uses the `semantic` strategy, so the embedder is loaded even
     /// when the semantic cache is off.
-    pub fn new(config: &CacheConfig, for_routing: bool, metrics: Arc<Metrics>) -> Cache {
+    pub fn new(
+        config: &CacheConfig,
+        for_routing: bool,
+        metrics: Arc<Metrics>,
+        background: crate::tasks::Background,
+    ) -> Cache {
         let mut embedder = None;
         if (config.enabled && config.semantic.enabled) || for_routing {
             let s = &config.semantic;
@@ -269,6 +276,7 @@ impl Cache {
             verify_permits: Arc::new(tokio::sync::Semaphore::new(MAX_VERIFICATIONS)),
             shadow_permits: Arc::new(tokio::sync::Semaphore::new(MAX_SHADOW_JUDGMENTS)),
             quality: Quality::default(),
+            background,
             l2: std::sync::OnceLock::new(),
         }
     }
@@ -845,7 +853,7 @@ impl Cache {
         };
         let cache = self.clone();
         let config = config.clone();
-        tokio::spawn(async move {
+        self.background.spawn(async move {
             let _permit = permit;
             match cache
                 .agree(hit.entry, hit.similarity, &hit.cached, &fresh, &config)

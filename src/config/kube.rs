@@ -109,6 +109,8 @@ impl KubeSource {
     /// Watches the ConfigMap until the receiver is dropped; sends every state it sees.
     pub fn watch(self) -> mpsc::Receiver<Change> {
         let (tx, rx) = mpsc::channel(8);
+        // Ends by itself when the receiver (the sidecar's watch, a background task) is dropped.
+        #[allow(clippy::disallowed_methods)]
         tokio::spawn(async move {
             let config = watcher::Config::default().fields(&format!("metadata.name={}", self.name));
             let mut events = watcher::watcher(self.api.clone(), config).default_backoff().boxed();

@@ -277,6 +277,8 @@ pub async fn serve_admin(listener: TcpListener, metrics: Arc<Metrics>) {
             continue;
         };
         let metrics = metrics.clone();
+        // Metrics and health probes, aborted with the process (nothing to drain).
+        #[allow(clippy::disallowed_methods)]
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let m = metrics.clone();

@@ -3,6 +3,8 @@
 //! load benchmark's "fast upstream", and the integration tests' provider that misbehaves on
 //! demand (status errors, slow first byte, connection reset, stream cut or stall mid-way).
 //! Answers are derived from the request, so tests can assert exactly what comes back.
+// A test double: its connection tasks live as long as the mock; no shutdown to honour.
+#![allow(clippy::disallowed_methods)]
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;

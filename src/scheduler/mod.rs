@@ -270,6 +270,7 @@ impl Scheduler {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
 

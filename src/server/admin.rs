@@ -124,7 +124,7 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Bod
 fn events(shared: &Arc<Shared>) -> Response<Body> {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let s = shared.clone();
-    tokio::spawn(async move {
+    shared.background.spawn(async move {
         let mut tick = tokio::time::interval(EVENTS_EVERY);
         loop {
             tick.tick().await;

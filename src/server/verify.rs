@@ -33,7 +33,8 @@ pub struct Verification {
 
 /// Starts a verification; it holds `permit` until done.
 pub fn spawn(shared: Arc<Shared>, rt: Arc<Runtime>, v: Verification, permit: OwnedSemaphorePermit) {
-    tokio::spawn(async move {
+    let background = shared.background.clone();
+    background.spawn(async move {
         let _permit = permit;
         match ask(&shared, &rt, &v).await {
             Some(fresh) => {

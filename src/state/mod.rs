@@ -168,6 +168,8 @@ pub struct Shared {
     pub tracer: Arc<crate::telemetry::trace::Tracer>,
     /// Cancelled when the shutdown grace period ends: open streams end with an error event.
     pub streams_cut: tokio_util::sync::CancellationToken,
+    /// Every background task (see `tasks`), stopped together at shutdown.
+    pub background: crate::tasks::Background,
 }
 
 impl Shared {
@@ -179,7 +181,13 @@ impl Shared {
             .routes
             .iter()
             .any(|r| r.strategy == crate::config::Strategy::Semantic);
-        let cache = Arc::new(Cache::new(&runtime.config.cache, semantic_routes, metrics.clone()));
+        let background = crate::tasks::Background::default();
+        let cache = Arc::new(Cache::new(
+            &runtime.config.cache,
+            semantic_routes,
+            metrics.clone(),
+            background.clone(),
+        ));
         let tracer = crate::telemetry::trace::Tracer::new(metrics.clone());
         tracer.configure(runtime.config.tracing.clone());
         Arc::new(Shared {
@@ -194,6 +202,7 @@ impl Shared {
             live: Arc::default(),
             tracer,
             streams_cut: tokio_util::sync::CancellationToken::new(),
+            background,
         })
     }
 }
