@@ -1,5 +1,11 @@
 //! The integration harness: a mock upstream and a sidecar, both in-process on port 0.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::disallowed_methods)]
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)]
 
 pub mod faults;
 pub mod onnx;
