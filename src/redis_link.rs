@@ -12,8 +12,9 @@ use redis::aio::MultiplexedConnection;
 use crate::config::RedisConfig;
 use crate::telemetry::{Metrics, ReasonLabels};
 
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Reconnect backoff of every Redis task: doubling from MIN, capped at MAX.
+pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// The connection URL with the password put in (never logged).
 pub fn url(cfg: &RedisConfig) -> String {

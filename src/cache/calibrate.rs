@@ -7,7 +7,7 @@
 use serde::Deserialize;
 
 use super::guard::{Features, check};
-use crate::embed::{EmbedError, MAX_TOKENS, Model, cosine};
+use crate::embed::{EmbedError, Fit, MAX_TOKENS, Model, cosine};
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Pair {
@@ -84,9 +84,9 @@ pub fn run(pairs: &[Pair], model: &mut Model, band: Band) -> Result<Report, Embe
         // One text at a time: the quantized model's vectors depend slightly on batch
         // composition, and the cache embeds one query at a time. As in the cache, a text longer
         // than the model's window is exact-only, never a semantic hit (and is not embedded).
-        let (sim, worst) = match (model.embed_words(&p.a)?, model.embed_words(&p.b)?) {
+        let (sim, worst) = match (embed_whole(model, &p.a)?, embed_whole(model, &p.b)?) {
             // As in the cache: keys one text at a time, alignment from one pair job.
-            (Some((a, _)), Some((b, _))) => {
+            (Some(a), Some(b)) => {
                 let worst = match model.pair_words(&p.b, &p.a)? {
                     Some([wb, wa]) => super::align::score(&wb, &wa).0,
                     None => 0.0,
@@ -115,7 +115,7 @@ pub struct PairFeatures {
 pub fn features(pairs: &[Pair], model: &mut Model) -> Result<Vec<PairFeatures>, EmbedError> {
     let mut out = Vec::with_capacity(pairs.len());
     for p in pairs {
-        let (Some((va, _)), Some((vb, _))) = (model.embed_words(&p.a)?, model.embed_words(&p.b)?) else {
+        let (Some(va), Some(vb)) = (embed_whole(model, &p.a)?, embed_whole(model, &p.b)?) else {
             continue;
         };
         let Some([wb, wa]) = model.pair_words(&p.b, &p.a)? else {
@@ -147,6 +147,14 @@ pub fn render_features(rows: &[PairFeatures]) -> String {
         ));
     }
     out
+}
+
+/// The vector of `text` as a cache key would have it, or `None` past the window.
+fn embed_whole(model: &mut Model, text: &str) -> Result<Option<Vec<f32>>, EmbedError> {
+    if !model.push(text, Fit::Whole) {
+        return Ok(None);
+    }
+    Ok(model.embed_pushed()?.pop())
 }
 
 /// The similarity given to a pair with a text the model cannot embed whole: below every threshold.

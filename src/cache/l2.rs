@@ -22,13 +22,11 @@ use super::Cache;
 use super::key::Key;
 use crate::config::{CacheConfig, RedisConfig};
 use crate::limits::ledger::now_ms;
-use crate::redis_link::{Link, connect, prefix};
+use crate::redis_link::{BACKOFF_MAX, BACKOFF_MIN, Link, connect, prefix};
 use crate::telemetry::{Metrics, ResultLabels};
 
 /// Publications waiting for Redis; beyond this they are dropped (Redis is slow or down).
 pub const OUTBOX: usize = 1024;
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How long one stream read blocks in Redis before looping.
 const BLOCK_MS: usize = 1000;
 

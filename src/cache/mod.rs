@@ -35,6 +35,8 @@ use crate::embed::{EmbedError, EmbedObserver, Embedder, EmbedderSettings, Fit, L
 use crate::openai::RequestHead;
 use crate::router::Route;
 use crate::telemetry::{JudgmentLabels, Metrics, ReasonLabels, ResultLabels, RouteLabels};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 
 /// How often expired entries are swept (they are also dropped when met on lookup).
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
@@ -205,6 +207,12 @@ pub fn policy(route: &Route, config: &CacheConfig) -> Policy {
 /// ~4-6 bytes per token (CJK 3), so 4 KiB is several times the embedder's 128-token window.
 /// Below it, the embedder decides by tokenizing (`Fit::Whole`).
 const QUERY_MAX_BYTES: usize = 4096;
+
+/// A cached query's text (checked as UTF-8 when the candidate was read) as the owned string
+/// an embedder job takes.
+fn text_of(query: &Bytes) -> Option<String> {
+    std::str::from_utf8(query).ok().map(str::to_owned)
+}
 
 /// The text of the first choice of a chat or completions JSON response.
 fn answer_text(json: &[u8]) -> Option<String> {
@@ -599,21 +607,12 @@ impl Cache {
         query: &str,
         deadline: Instant,
     ) -> Option<(store::Cached, f32)> {
-        let cached_query = c.query.clone()?;
-        let result = match self.alignment(embedder, query.to_owned(), cached_query, deadline).await {
-            Some(worst) if worst >= plan.min_alignment => "served",
-            Some(_) => "rejected",
-            None => "unavailable",
-        };
-        self.metrics
-            .cache_alignment
-            .get_or_create(&ResultLabels { result })
-            .inc();
-        if result == "rejected" {
-            self.rejected("alignment");
-            plan.rejected.push("alignment");
-        }
-        (result == "served").then_some((c, similarity))
+        let cached_query = text_of(c.query.as_ref()?)?;
+        let worst = self.alignment(embedder, query.to_owned(), cached_query, deadline).await;
+        let min = plan.min_alignment;
+        let metric = &self.metrics.cache_alignment;
+        self.pair_verdict(plan, worst, min, metric, ["served", "rejected"], "alignment")
+            .then_some((c, similarity))
     }
 
     /// The operator's pair model has the last word on every hit.
@@ -625,23 +624,38 @@ impl Cache {
         query: String,
         deadline: Instant,
     ) -> bool {
-        let Some(cached_query) = c.query.clone() else {
+        let Some(cached_query) = c.query.as_ref().and_then(text_of) else {
             return false;
         };
-        let result = match self.verify_pair(embedder, query, cached_query, deadline).await {
-            Some(score) if score >= plan.min_score => "agree",
-            Some(_) => "disagree",
+        let score = self.verify_pair(embedder, query, cached_query, deadline).await;
+        let min = plan.min_score;
+        let metric = &self.metrics.cache_verifier;
+        self.pair_verdict(plan, score, min, metric, ["agree", "disagree"], "verifier")
+    }
+
+    /// A pair check's verdict: `score` at or above `min` passes. Counted in `metric` as the
+    /// pass or fail label (or `unavailable` without a score); a fail is also a guard
+    /// rejection named `reason`.
+    fn pair_verdict(
+        &self,
+        plan: &mut Plan,
+        score: Option<f32>,
+        min: f32,
+        metric: &Family<ResultLabels, Counter>,
+        [pass, fail]: [&'static str; 2],
+        reason: &'static str,
+    ) -> bool {
+        let result = match score {
+            Some(s) if s >= min => pass,
+            Some(_) => fail,
             None => "unavailable",
         };
-        self.metrics
-            .cache_verifier
-            .get_or_create(&ResultLabels { result })
-            .inc();
-        if result == "disagree" {
-            self.rejected("verifier");
-            plan.rejected.push("verifier");
+        metric.get_or_create(&ResultLabels { result }).inc();
+        if result == fail {
+            self.rejected(reason);
+            plan.rejected.push(reason);
         }
-        result == "agree"
+        result == pass
     }
 
     /// The pair verifier's score for (query, cached query), within the lookup's deadline.

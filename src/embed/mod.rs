@@ -195,25 +195,6 @@ impl Model {
         })
     }
 
-    /// Embeds one text whole and also returns its words as the model read them in context
-    /// (for token alignment, see `cache::align`); `None` past the window.
-    pub fn embed_words(&mut self, text: &str) -> Result<Option<(Vec<f32>, WordStates)>, EmbedError> {
-        self.tokens.clear();
-        self.ends.clear();
-        if !self.push(text, Fit::Whole) {
-            return Ok(None);
-        }
-        let ids = self.tokens.clone();
-        // One row, unpadded: its states are copied out (a few KiB) so the tokenizer can name
-        // the words after the session is done.
-        let result =
-            self.infer(|hidden, seq, mask| (pool(hidden, seq, &mask[..seq], 0), hidden[..seq * DIMENSIONS].to_vec()));
-        self.tokens.clear();
-        self.ends.clear();
-        let (pooled, hidden) = result?;
-        Ok(Some((pooled, WordStates::of(&self.tokenizer, &ids, &hidden))))
-    }
-
     /// Two whole texts' words in context, embedded as one batch of two (a little under two
     /// runs: 5.9 vs 6.3 ms for two 24-word texts); `None` when either is past the window. With the quantized model a text's
     /// states depend slightly on its batch partner — fine for alignment, which compares words,

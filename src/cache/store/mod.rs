@@ -49,8 +49,9 @@ pub struct Cached {
     pub min_similarity: f32,
     /// Guard features of the cached query (semantic candidates only).
     pub features: Option<Features>,
-    /// The cached query's text (semantic candidates only), for token alignment.
-    pub query: Option<String>,
+    /// The cached query's text (semantic candidates only, UTF-8 checked), for token alignment
+    /// and the pair verifier: a slice of the unpacked block, not a copy.
+    pub query: Option<Bytes>,
 }
 
 /// What an entry is filed under: shared by every entry with the same three, so an entry pays
@@ -421,9 +422,8 @@ impl Store {
         // Outside the lock: unpacking and feature extraction.
         let (answer, query) = blob.unpack()?;
         cached.response = answer;
-        let query = std::str::from_utf8(&query).ok()?;
-        cached.features = Some(Features::of(query));
-        cached.query = Some(query.to_owned());
+        cached.features = Some(Features::of(std::str::from_utf8(&query).ok()?));
+        cached.query = Some(query);
         Some(cached)
     }
 
