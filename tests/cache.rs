@@ -22,27 +22,10 @@ async fn cached_harness_with(top: &str, extra: &str) -> Harness {
     Harness::with_text(mock, text).await
 }
 
-fn cache_header(r: &reqwest::Response) -> String {
-    r.headers()
-        .get("x-llm-sidecar-cache")
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default()
-}
-
-/// Inserts go into the index off the request path; give them a moment.
-async fn settle() {
-    tokio::time::sleep(Duration::from_millis(150)).await;
-}
-
 /// A fresh question misses, and once stored its paraphrase is served from the semantic cache.
 async fn paraphrase_hits(h: &Harness) {
     assert_eq!(
-        cache_header(&h.chat(chat_body("How do I reset my password?")).await),
-        "miss"
-    );
-    settle().await;
-    assert_eq!(
-        cache_header(&h.chat(chat_body("how can I reset my password")).await),
+        ask_after(h, "How do I reset my password?", "how can I reset my password").await,
         "hit-semantic"
     );
 }
@@ -443,12 +426,7 @@ async fn shadow_mode_judges_would_be_hits_and_never_serves_them() {
     assert_eq!(wrong, 1.0);
 
     assert_eq!(
-        cache_header(&h.chat(chat_body("How do I reset my password?")).await),
-        "miss"
-    );
-    settle().await;
-    assert_eq!(
-        cache_header(&h.chat(chat_body("how can I reset my password")).await),
+        ask_after(&h, "How do I reset my password?", "how can I reset my password").await,
         "miss"
     );
     let right = h
@@ -522,22 +500,22 @@ async fn just_under_the_threshold_a_rewording_is_served_only_when_every_word_ali
     // Cosine 0.895, just under the default 0.90; every content word of each finds a close
     // partner in the other, in context (worst 0.65): served.
     assert_eq!(
-        cache_header(&h.chat(chat_body("How do I change my email address?")).await),
-        "miss"
-    );
-    settle().await;
-    assert_eq!(
-        cache_header(&h.chat(chat_body("How can I update my email address?")).await),
+        ask_after(
+            &h,
+            "How do I change my email address?",
+            "How can I update my email address?"
+        )
+        .await,
         "hit-semantic"
     );
     // Cosine 0.877 and the guard sees nothing, but "vertically" has no partner (0.40): a miss.
     assert_eq!(
-        cache_header(&h.chat(chat_body("How do I center a div in CSS?")).await),
-        "miss"
-    );
-    settle().await;
-    assert_eq!(
-        cache_header(&h.chat(chat_body("How do I center a div vertically in CSS?")).await),
+        ask_after(
+            &h,
+            "How do I center a div in CSS?",
+            "How do I center a div vertically in CSS?"
+        )
+        .await,
         "miss"
     );
     let m = h.metrics().await;
@@ -554,12 +532,12 @@ async fn just_under_the_threshold_a_rewording_is_served_only_when_every_word_ali
     // Without the band, the same rewording misses.
     let h = cached_harness("    alignment_band: 0\n").await;
     assert_eq!(
-        cache_header(&h.chat(chat_body("How do I change my email address?")).await),
-        "miss"
-    );
-    settle().await;
-    assert_eq!(
-        cache_header(&h.chat(chat_body("How can I update my email address?")).await),
+        ask_after(
+            &h,
+            "How do I change my email address?",
+            "How can I update my email address?"
+        )
+        .await,
         "miss"
     );
 }

@@ -7,8 +7,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::onnx::write_pair_model;
 use common::*;
 use llm_sidecar::embed::pair::PairModel;
@@ -64,11 +62,7 @@ async fn harness(min_score: f32, model: &std::path::Path) -> Harness {
 }
 
 async fn ask_paraphrase(h: &Harness) -> String {
-    let first = h.chat(chat_body("How do I reset my password?")).await;
-    assert_eq!(first.headers()["x-llm-sidecar-cache"], "miss");
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    let r = h.chat(chat_body("how can I reset my password")).await;
-    r.headers()["x-llm-sidecar-cache"].to_str().unwrap().to_owned()
+    ask_after(h, "How do I reset my password?", "how can I reset my password").await
 }
 
 #[tokio::test]

@@ -310,6 +310,27 @@ impl Harness {
     }
 }
 
+/// The `x-llm-sidecar-cache` header of a response ("" when absent).
+pub fn cache_header(r: &reqwest::Response) -> String {
+    r.headers()
+        .get("x-llm-sidecar-cache")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+/// Inserts go into the index off the request path; give them a moment.
+pub async fn settle() {
+    tokio::time::sleep(Duration::from_millis(150)).await;
+}
+
+/// Asks `first` (a fresh question: it must miss), lets its answer be stored, then asks `then`;
+/// returns `then`'s cache header.
+pub async fn ask_after(h: &Harness, first: &str, then: &str) -> String {
+    assert_eq!(cache_header(&h.chat(chat_body(first)).await), "miss", "{first}");
+    settle().await;
+    cache_header(&h.chat(chat_body(then)).await)
+}
+
 /// A real `redis-server` (Debian's package) on a free port, for fleet-mode tests. Killed on
 /// drop. `kill` and `restart` simulate an outage (no persistence: a restart is empty).
 pub struct RedisServer {
