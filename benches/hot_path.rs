@@ -6,6 +6,9 @@
 
 use std::hint::black_box;
 
+#[path = "support/otlp_prost.rs"]
+mod otlp_prost;
+
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue};
@@ -282,6 +285,27 @@ fn traces(c: &mut Criterion) {
             t.root.set("gen_ai.usage.output_tokens", 40u64);
             otlp::encode(resource, std::slice::from_ref(&*t)).len()
         })
+    });
+    let batch: Vec<_> = (0..64)
+        .map(|_| {
+            let mut t = sampled.start(&headers, "chat").unwrap();
+            for name in ["route", "cache lookup", "queue wait", "chat gpt-4o-mini", "stream"] {
+                let mut s = t.open(name, Kind::Internal);
+                s.set("llm_sidecar.route", &model);
+                s.set("gen_ai.request.model", &model);
+                t.close(s);
+            }
+            t.root.set("gen_ai.usage.input_tokens", 120u64);
+            *t
+        })
+        .collect();
+    // Same bytes both ways, or the comparison means nothing.
+    assert_eq!(otlp::encode(resource, &batch), otlp_prost::encode(resource, &batch));
+    c.bench_function("tracing/encode_64_traces_hand", |b| {
+        b.iter(|| otlp::encode(resource, black_box(&batch)).len())
+    });
+    c.bench_function("tracing/encode_64_traces_prost", |b| {
+        b.iter(|| otlp_prost::encode(resource, black_box(&batch)).len())
     });
 }
 

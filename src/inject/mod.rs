@@ -49,6 +49,17 @@ pub enum ConfigSource {
     Mount,
 }
 
+impl ConfigSource {
+    /// `kube` or `mount`, as the command line and the pod annotation spell them.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "kube" => Some(ConfigSource::Kube),
+            "mount" => Some(ConfigSource::Mount),
+            _ => None,
+        }
+    }
+}
+
 /// The webhook's defaults (from its command line; the chart sets them).
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -198,11 +209,9 @@ pub fn plan(pod: &Value, s: &Settings, mode: Mode) -> Result<Vec<Value>, Outcome
         Some("true") => true,
         _ => s.native_sidecar,
     };
-    let source = match annotation(pod, ANNOTATION_CONFIG_SOURCE) {
-        Some("mount") => ConfigSource::Mount,
-        Some("kube") => ConfigSource::Kube,
-        _ => s.config_source,
-    };
+    let source = annotation(pod, ANNOTATION_CONFIG_SOURCE)
+        .and_then(ConfigSource::parse)
+        .unwrap_or(s.config_source);
     // Without a service account token the sidecar cannot read the ConfigMap through the API.
     let source = if spec["automountServiceAccountToken"] == false {
         ConfigSource::Mount

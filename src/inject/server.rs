@@ -295,3 +295,53 @@ pub async fn serve_admin(listener: TcpListener, metrics: Arc<Metrics>) {
 pub async fn bind(listen: SocketAddr, admin: SocketAddr) -> std::io::Result<(TcpListener, TcpListener)> {
     Ok((TcpListener::bind(listen).await?, TcpListener::bind(admin).await?))
 }
+
+/// The `inject` command: serve the webhook and its admin port until SIGTERM or Ctrl-C, then
+/// drain the reviews in flight (bounded by [`DRAIN`]) and stop the admin port last.
+pub async fn run(
+    settings: Settings,
+    tls_cert: PathBuf,
+    tls_key: PathBuf,
+    listen: SocketAddr,
+    admin_listen: SocketAddr,
+) -> std::process::ExitCode {
+    use crate::app::exit;
+    use std::process::ExitCode;
+    let tls = match ReloadingCert::new(tls_cert, tls_key).map(Arc::new).and_then(tls_config) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("llm-sidecar inject: {e}");
+            return ExitCode::from(exit::CONFIG);
+        }
+    };
+    let (listener, admin) = match bind(listen, admin_listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("llm-sidecar inject: cannot listen: {e}");
+            return ExitCode::from(exit::OS);
+        }
+    };
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("llm-sidecar inject: cannot handle SIGTERM: {e}");
+            return ExitCode::from(exit::OS);
+        }
+    };
+    let metrics = Arc::new(Metrics::new());
+    tracing::info!(%listen, admin = %admin_listen, image = &*settings.image, "injection webhook serving");
+    let stop = CancellationToken::new();
+    // Both handles are awaited (the webhook drains) or aborted below.
+    #[allow(clippy::disallowed_methods)]
+    let webhook = tokio::spawn(serve(listener, tls, Arc::new(settings), metrics.clone(), stop.clone()));
+    #[allow(clippy::disallowed_methods)]
+    let admin = tokio::spawn(serve_admin(admin, metrics));
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    stop.cancel();
+    let _ = webhook.await;
+    admin.abort();
+    ExitCode::SUCCESS
+}

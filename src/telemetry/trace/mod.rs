@@ -320,7 +320,14 @@ impl RequestTrace {
         tracer.submit(self);
     }
 
-    fn unix_ns(&self, t: Instant) -> u64 {
+    /// Every span, the root first, each with whether its parent is in another process (only
+    /// the root's can be).
+    pub fn each_span(&self) -> impl Iterator<Item = (&Span, bool)> {
+        std::iter::once((&self.root, self.remote_parent.is_some())).chain(self.spans.iter().map(|s| (s, false)))
+    }
+
+    /// The wall-clock time of `t`, in nanoseconds since the epoch, as OTLP wants it.
+    pub fn unix_ns(&self, t: Instant) -> u64 {
         let offset = t.saturating_duration_since(self.root.start);
         self.start_unix_ns
             .saturating_add(u64::try_from(offset.as_nanos()).unwrap_or(u64::MAX))

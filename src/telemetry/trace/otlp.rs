@@ -3,6 +3,12 @@
 //! directly avoids a protobuf code generator and its runtime in the binary. The field numbers
 //! are those of `opentelemetry/proto/trace/v1/trace.proto` and `common/v1/common.proto`
 //! (stable since OTLP 1.0); the tests decode the output with the official generated types.
+//!
+//! Kept against opentelemetry-proto + prost by measurement (2026-12-07, `cargo bench --bench
+//! hot_path -- tracing/encode`, which asserts both give the same bytes): 64 traces of 6 spans
+//! encode in 57 µs here and 174 µs through the generated types (3.0x: they need an owned copy
+//! of every string and id), and prost makes the stripped binary 58 KB larger. The exporter runs
+//! on the same event-loop thread as requests, so at full sampling that is ~1.8 µs a request.
 
 use super::{Event, RequestTrace, Span, Value};
 
@@ -156,9 +162,8 @@ pub fn encode(resource: &[(String, String)], traces: &[RequestTrace]) -> Vec<u8>
                 string(b, 2, env!("CARGO_PKG_VERSION"));
             });
             for t in traces {
-                span(b, t, &t.root, t.remote_parent.is_some());
-                for s in &t.spans {
-                    span(b, t, s, false);
+                for (s, remote_parent) in t.each_span() {
+                    span(b, t, s, remote_parent);
                 }
             }
         });

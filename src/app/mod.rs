@@ -4,6 +4,8 @@
 //! and streams within the grace period → stop the admin port last, so probes and metrics
 //! answer throughout the drain.
 
+pub mod commands;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
