@@ -33,28 +33,34 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// (year, month 1–12) of a day number since 1970-01-01 (H. Hinnant's civil_from_days).
-pub fn civil_month(days: u64) -> (i64, u32) {
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m)
+/// The UTC date of `ms` since the epoch (the last representable one past year 9999).
+fn utc_date(ms: u64) -> jiff::civil::Date {
+    let ts = i64::try_from(ms)
+        .ok()
+        .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
+        .unwrap_or(jiff::Timestamp::MAX);
+    jiff::tz::TimeZone::UTC.to_datetime(ts).date()
 }
 
-/// Milliseconds from `now` to the start of the next UTC month.
+/// (year, month 1–12) of a day number since 1970-01-01.
+pub fn civil_month(days: u64) -> (i64, u32) {
+    let d = utc_date(days.saturating_mul(DAY_MS));
+    (i64::from(d.year()), d.month().unsigned_abs().into())
+}
+
+/// Milliseconds from `now` to the start of the next UTC month (a month if there is none).
 fn to_next_month(now: u64) -> u64 {
-    let (y, m) = civil_month(now / DAY_MS);
-    let mut day = now / DAY_MS + 1;
-    // At most 31 steps; a loop is clearer than the inverse calendar formula.
-    while civil_month(day) == (y, m) {
-        day += 1;
-    }
-    day * DAY_MS - now
+    let next = utc_date(now)
+        .first_of_month()
+        .checked_add(jiff::ToSpan::month(1))
+        .ok()
+        .and_then(|d| {
+            jiff::tz::TimeZone::UTC
+                .to_timestamp(d.to_datetime(jiff::civil::Time::midnight()))
+                .ok()
+        })
+        .and_then(|t| u64::try_from(t.as_millisecond()).ok());
+    next.map_or(31 * DAY_MS, |n| n.saturating_sub(now))
 }
 
 fn month_id(now: u64) -> u64 {

@@ -43,19 +43,21 @@ pub fn parse_traceparent(v: &[u8]) -> Option<Parent> {
     if v.len() < 55 || v[2] != b'-' || v[35] != b'-' || v[52] != b'-' {
         return None;
     }
-    let version = hex_byte(&v[0..2])?;
+    // The spec's hex is lowercase only; `hex` also takes uppercase.
+    if v[..55].iter().any(u8::is_ascii_uppercase) {
+        return None;
+    }
+    let [mut version, mut flags] = [[0u8; 1]; 2];
+    let (mut trace_id, mut span_id) = ([0u8; 16], [0u8; 8]);
+    hex::decode_to_slice(&v[0..2], &mut version).ok()?;
+    let version = version[0];
     if version == 0xff || (version == 0 && v.len() != 55) || (version > 0 && v.len() > 55 && v[55] != b'-') {
         return None;
     }
-    let mut trace_id = [0u8; 16];
-    for (i, b) in trace_id.iter_mut().enumerate() {
-        *b = hex_byte(&v[3 + 2 * i..5 + 2 * i])?;
-    }
-    let mut span_id = [0u8; 8];
-    for (i, b) in span_id.iter_mut().enumerate() {
-        *b = hex_byte(&v[36 + 2 * i..38 + 2 * i])?;
-    }
-    let flags = hex_byte(&v[53..55])?;
+    hex::decode_to_slice(&v[3..35], &mut trace_id).ok()?;
+    hex::decode_to_slice(&v[36..52], &mut span_id).ok()?;
+    hex::decode_to_slice(&v[53..55], &mut flags).ok()?;
+    let flags = flags[0];
     if trace_id == [0; 16] || span_id == [0; 8] {
         return None;
     }
@@ -64,15 +66,6 @@ pub fn parse_traceparent(v: &[u8]) -> Option<Parent> {
         span_id,
         sampled: flags & 1 == 1,
     })
-}
-
-fn hex_byte(two: &[u8]) -> Option<u8> {
-    let d = |c: u8| match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
-    };
-    Some(d(two[0])? << 4 | d(two[1])?)
 }
 
 /// `00-{trace}-{span}-01`.
