@@ -399,6 +399,43 @@ async fn online_verification_learns_from_a_wrong_semantic_hit() {
 }
 
 #[tokio::test]
+async fn online_verification_takes_the_attempt_path_to_any_provider() {
+    // An Anthropic provider: the verification goes through its adapter (the answer comes back
+    // in OpenAI's shape, comparable with the one served), marked as the sidecar's own request.
+    let mock = MockUpstream::start().await.unwrap();
+    let text = config(&mock.base_url(), &cache_section("    verify_sample: 1.0\n")).replacen(
+        "    base_url:",
+        "    kind: anthropic\n    base_url:",
+        1,
+    );
+    let h = Harness::with_text(mock, text).await;
+    h.mock.set_answer(
+        "reset my password",
+        "Open Settings, then Security, then choose Reset password.",
+    );
+    paraphrase_hits(&h).await;
+    let agree = h
+        .wait_for_metric(r#"llm_sidecar_cache_verifications_total{result="agree"}"#)
+        .await;
+    assert_eq!(agree, 1.0);
+    let asked = h.mock.requests();
+    assert_eq!(asked.len(), 2, "the miss, then the verification");
+    let check = &asked[1];
+    assert_eq!(check.path_and_query, "/v1/messages");
+    assert_eq!(check.headers["x-llm-sidecar-purpose"], "cache-verification");
+    assert_eq!(check.json()["model"], "mock-upstream-name");
+    assert_ne!(check.json()["stream"], true);
+    // Not one of the app's requests: two of those were counted, no more.
+    let m = h.metrics().await;
+    let requests: f64 = m
+        .lines()
+        .filter(|l| l.starts_with("llm_sidecar_requests_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(requests, 2.0);
+}
+
+#[tokio::test]
 async fn shadow_mode_judges_would_be_hits_and_never_serves_them() {
     // Guard off, so that a wrong pairing ("sun rise"/"sun set", 0.955) is a would-be hit too.
     let h = cached_harness("    guard: false\n    mode: shadow\n").await;

@@ -10,6 +10,14 @@ pub struct Usage {
     pub cached_tokens: u64,
 }
 
+impl Usage {
+    /// What this usage costs in USD at `pricing`: the one place a request's cost is computed
+    /// (the response header, the metrics and budgets, background verifications).
+    pub fn cost(&self, pricing: &crate::config::Pricing) -> f64 {
+        pricing.cost(self.prompt_tokens, self.cached_tokens, self.completion_tokens)
+    }
+}
+
 #[derive(Deserialize)]
 pub(super) struct RawUsage {
     #[serde(default, alias = "input_tokens")]

@@ -116,6 +116,9 @@ pub(super) struct Attempt<'a> {
     pub body: &'a Bytes,
     pub app_headers: &'a HeaderMap,
     pub class: usize,
+    /// Sent as `x-llm-sidecar-purpose` on requests the sidecar makes on its own, so a
+    /// provider's logs can tell them from the app's.
+    pub purpose: Option<&'static str>,
 }
 
 impl Attempt<'_> {
@@ -154,6 +157,24 @@ impl Attempt<'_> {
             }
         }
         Err(all_failed(failures))
+    }
+
+    /// One try on one candidate, no retry nor failover: what a background request the app is
+    /// not waiting for gets (it goes through the same breaker, queue, adapter and answer check
+    /// as the app's requests, and counts towards the candidate's health the same way).
+    pub async fn single(&self, rec: &mut RequestRecord, route: &Arc<Route>, target: &Target) -> Option<Success> {
+        let provider = self.rt.providers.get(&target.model.provider)?;
+        match self.once(rec, route, target, provider).await {
+            Outcome::Done(s) => Some(*s),
+            Outcome::Retry(e) | Outcome::Next(e) => {
+                tracing::debug!(model = &*target.model.name, error = %error_chain(&e), "background request failed");
+                None
+            }
+            Outcome::Fatal(e) => {
+                tracing::debug!(model = &*target.model.name, error = %e.message, "background request failed");
+                None
+            }
+        }
     }
 
     /// Before another try on the same candidate: `false` (go to the next candidate) when the
@@ -329,6 +350,9 @@ impl Attempt<'_> {
         headers.remove(header::ACCEPT_ENCODING);
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert("x-request-id", rec.request_id.clone());
+        if let Some(purpose) = self.purpose {
+            headers.insert("x-llm-sidecar-purpose", HeaderValue::from_static(purpose));
+        }
         if let Some(tp) = traceparent {
             // The app's own `traceparent` was copied above; upstream, the parent is this attempt.
             headers.insert("traceparent", tp);

@@ -155,14 +155,8 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
             return v.clone();
         }
     }
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut n = fastrand::u128(..);
-    let mut buf = [0u8; 32];
-    for b in buf.iter_mut() {
-        *b = HEX[(n & 0xf) as usize];
-        n >>= 4;
-    }
-    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    HeaderValue::try_from(hex::encode(fastrand::u128(..).to_le_bytes()))
+        .unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 /// Idle keep-alive connections are closed when no new request starts within

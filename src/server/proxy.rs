@@ -358,6 +358,7 @@ impl Stages<'_> {
             body,
             app_headers: self.headers,
             class,
+            purpose: None,
         };
         let s = attempt.run(rec, decision).await?;
         let cache = plan.map(|plan| CacheStore {
@@ -813,9 +814,7 @@ fn relay(mut rec: RequestRecord, answer: Answer) -> Response<Body> {
                     t.finish_reasons = finish_reasons(&bytes);
                 }
                 if let Some(u) = rec.usage {
-                    let cost = model
-                        .pricing
-                        .cost(u.prompt_tokens, u.cached_tokens, u.completion_tokens);
+                    let cost = u.cost(&model.pricing);
                     if let Ok(v) = HeaderValue::from_str(&format!("{cost:.8}")) {
                         resp.headers_mut().insert("x-llm-sidecar-cost-usd", v);
                     }

@@ -17,7 +17,7 @@ use crate::router::Reason;
 use crate::telemetry::advice::{Advisor, Observation};
 use crate::telemetry::live::{Live, Recent};
 use crate::telemetry::trace::{Kind, RequestTrace};
-use crate::telemetry::{BudgetLabels, CostLabels, Metrics, OperationLabels, RequestLabels, TokenLabels};
+use crate::telemetry::{BudgetLabels, Metrics, OperationLabels, RequestLabels, TokenLabels};
 use crate::upstream::BodyFailure;
 
 /// Label for requests that never reached a route (bad JSON, unknown model).
@@ -82,6 +82,17 @@ pub struct Account {
 impl RequestRecord {
     pub fn new(metrics: Arc<Metrics>, request_id: HeaderValue, endpoint: &'static str) -> Self {
         metrics.inflight.inc();
+        Self::blank(metrics, request_id, endpoint, false)
+    }
+
+    /// The record of a request the sidecar makes on its own (a cache verification): the
+    /// attempt path keeps its account of attempts, model and timings, but it is not one of
+    /// the app's requests, so it is neither counted in flight nor logged or measured as one.
+    pub fn background(metrics: Arc<Metrics>, request_id: HeaderValue, endpoint: &'static str) -> Self {
+        Self::blank(metrics, request_id, endpoint, true)
+    }
+
+    fn blank(metrics: Arc<Metrics>, request_id: HeaderValue, endpoint: &'static str, finished: bool) -> Self {
         RequestRecord {
             metrics,
             request_id,
@@ -106,7 +117,7 @@ impl RequestRecord {
             live: None,
             prompt: None,
             trace: None,
-            finished: false,
+            finished,
         }
     }
 
@@ -197,9 +208,7 @@ impl RequestRecord {
                 m.ttft.get_or_create(&op).observe(t.as_secs_f64());
             }
             if let Some(u) = self.usage {
-                cost = model
-                    .pricing
-                    .cost(u.prompt_tokens, u.cached_tokens, u.completion_tokens);
+                cost = u.cost(&model.pricing);
                 for (kind, n, histogram) in [
                     ("input", u.prompt_tokens, true),
                     ("output", u.completion_tokens, true),
@@ -217,15 +226,8 @@ impl RequestRecord {
                         m.tokens.get_or_create(&labels).inc_by(n);
                     }
                 }
-                if cost > 0.0 {
-                    let tenant = self.tenant.clone().unwrap_or_else(|| none.clone());
-                    m.cost
-                        .get_or_create(&CostLabels {
-                            tenant,
-                            model: model_name.clone(),
-                        })
-                        .inc_by(cost);
-                }
+                let tenant = self.tenant.clone().unwrap_or_else(|| none.clone());
+                m.spend(tenant, model_name.clone(), cost);
             }
         }
         cost

@@ -6,21 +6,17 @@
 //! has its answer.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderValue};
-use http::{Method, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http::HeaderMap;
 use tokio::sync::OwnedSemaphorePermit;
-use tokio::time::Instant;
 
-use super::response::MAX_HELD_BODY;
-use crate::openai::usage::parse_usage;
+use super::attempt::Attempt;
+use super::record::RequestRecord;
+use super::response::Received;
+use crate::openai::{Endpoint, RequestHead};
 use crate::router::Route;
 use crate::state::{Runtime, Shared};
-use crate::telemetry::CostLabels;
-use crate::upstream::{BodyRead, read_body};
 
 pub struct Verification {
     pub tenant: Arc<str>,
@@ -48,75 +44,50 @@ pub fn spawn(shared: Arc<Shared>, rt: Arc<Runtime>, v: Verification, permit: Own
     });
 }
 
-/// The same request, non-streaming, to the route's first target.
+/// The same request, as a whole answer (not a stream), to the route's first target, through
+/// the path the app's requests take: its breaker (an open circuit is not asked), its queue at
+/// the lowest priority, its protocol adapter (an Anthropic answer comes back in OpenAI's
+/// shape, comparable with the one served) and the answer check. One try only: the app
+/// already has its answer, and a fallback model's answer would not say whether the cached
+/// one was right for this route.
 async fn ask(shared: &Shared, rt: &Runtime, v: &Verification) -> Option<Bytes> {
-    let model = &v.route.targets.first()?.model;
-    let provider = rt.providers.get(&model.provider)?;
-    // Anthropic answers would need translating before comparing; verification keeps to
-    // OpenAI-compatible providers.
-    if provider.kind() != crate::config::ProviderKind::OpenAi {
-        return None;
-    }
+    let target = v.route.targets.first()?;
     let mut body: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&v.body).ok()?;
-    body.insert(
-        "model".into(),
-        serde_json::Value::String(model.upstream_model.to_string()),
-    );
     body.insert("stream".into(), serde_json::Value::Bool(false));
     body.remove("stream_options");
-    let bytes = Bytes::from(serde_json::to_vec(&body).ok()?);
-    let mut headers = HeaderMap::new();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    headers.insert("x-llm-sidecar-purpose", HeaderValue::from_static("cache-verification"));
-    let path = if body.contains_key("messages") {
-        "/chat/completions"
+    let endpoint = if body.contains_key("messages") {
+        Endpoint::Chat
     } else {
-        "/completions"
+        Endpoint::Completions
     };
-    let uri = provider.uri(path, None).ok()?;
-    let deadline = Instant::now() + provider.config.timeouts.total;
-    let body = Full::new(bytes).map_err(|never| match never {}).boxed();
-    // Background work takes the lowest priority class and never waits long.
-    let sched = &rt.config.scheduling;
-    let lowest = sched.classes.len().saturating_sub(1);
-    let permit = provider
-        .scheduler
-        .acquire(
-            lowest,
-            sched.queue_timeout.min(Duration::from_secs(5)),
-            sched.max_queued,
-        )
-        .await
-        .ok()?;
-    let up = provider
-        .send(Method::POST, uri, headers, body, deadline, permit)
-        .await
-        .ok()?;
-    if up.response.status() != StatusCode::OK {
+    let body = Bytes::from(serde_json::to_vec(&body).ok()?);
+    let head = RequestHead::parse(&body).ok()?;
+    let no_headers = HeaderMap::new();
+    let attempt = Attempt {
+        shared,
+        rt,
+        endpoint,
+        head: &head,
+        body: &body,
+        app_headers: &no_headers,
+        // Background work takes the lowest priority class.
+        class: rt.config.scheduling.classes.len().saturating_sub(1),
+        purpose: Some("cache-verification"),
+    };
+    let request_id = super::request_id(&no_headers);
+    let mut rec = RequestRecord::background(shared.metrics.clone(), request_id, endpoint.label());
+    let answer = attempt.single(&mut rec, &v.route, target).await?;
+    if answer.parts.status != http::StatusCode::OK {
         return None;
     }
-    let (_, mut incoming) = up.response.into_parts();
-    let BodyRead::Complete(fresh) = read_body(&mut incoming, provider.config.timeouts.idle, deadline, MAX_HELD_BODY)
-        .await
-        .ok()?
-    else {
+    let Received::Complete(fresh) = answer.body else {
+        // Too large to hold: nothing to compare with.
         return None;
     };
     // Verification is real spend: account it to the tenant.
-    if let Some(u) = parse_usage(&fresh).map(|r| r.usage) {
-        let cost = model
-            .pricing
-            .cost(u.prompt_tokens, u.cached_tokens, u.completion_tokens);
-        if cost > 0.0 {
-            shared
-                .metrics
-                .cost
-                .get_or_create(&CostLabels {
-                    tenant: v.tenant.clone(),
-                    model: model.name.clone(),
-                })
-                .inc_by(cost);
-        }
+    if let Some(u) = answer.usage {
+        let cost = u.cost(&target.model.pricing);
+        shared.metrics.spend(v.tenant.clone(), target.model.name.clone(), cost);
     }
     Some(fresh)
 }

@@ -241,6 +241,13 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Counts `usd` spent by `tenant` on `model` (nothing for a free answer).
+    pub fn spend(&self, tenant: Arc<str>, model: Arc<str>, usd: f64) {
+        if usd > 0.0 {
+            self.cost.get_or_create(&CostLabels { tenant, model }).inc_by(usd);
+        }
+    }
+
     pub fn new() -> Self {
         let mut registry = Registry::default();
         let requests = Family::default();
