@@ -49,4 +49,12 @@ impl Endpoint {
     pub fn streams(self) -> bool {
         !matches!(self, Endpoint::Embeddings)
     }
+
+    /// What a whole answer of this endpoint must hold.
+    pub fn expect(self) -> answer::Expect {
+        match self {
+            Endpoint::Embeddings => answer::Expect::Data,
+            Endpoint::Chat | Endpoint::Completions => answer::Expect::Choices,
+        }
+    }
 }

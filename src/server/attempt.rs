@@ -10,31 +10,29 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, StatusCode};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
+use super::commit::{Committed, first_event};
 use super::error::ApiError;
 use super::record::{Outcome as RecordOutcome, RequestRecord, operation_name};
-use super::relay::MAX_CAPTURE;
 use super::response::{Received, full, internal, receive};
+use super::settle::{Settle, transition};
 use super::traced;
-use crate::config::Config;
 use crate::openai::Endpoint;
-use crate::openai::answer::{self, Expect};
+use crate::openai::answer;
 use crate::openai::{RequestHead, SseScanner, Usage};
 use crate::resilience::{backoff, parse_retry_after};
 use crate::router::{Decision, Route, Target};
 use crate::scheduler::{Permit, QueueError};
 use crate::state::{Runtime, Shared};
-use crate::telemetry::Metrics;
 use crate::telemetry::trace::Kind;
 use crate::telemetry::{PriorityLabels, QueueRejectLabels};
 use crate::upstream::adapter::StreamTranslate;
-use crate::upstream::{BodyFailure, BodyRead, Provider, UpstreamError, error_chain, error_detail, read_body};
+use crate::upstream::{BodyFailure, BodyRead, Provider, Upstream, UpstreamError, error_chain, error_detail, read_body};
 
 /// Error bodies of failed attempts are read for their message, up to this size and time.
 const ERROR_BODY_MAX: usize = 64 << 10;
@@ -56,46 +54,43 @@ pub(super) struct Success {
     pub committed: Option<Committed>,
 }
 
-/// A stream that has shown its first content event. Until then nothing went to the app, so a
-/// stream that failed earlier was failed over like any other failure.
-pub(super) struct Committed {
-    /// The scanner that read the events so far; the relay goes on with it.
-    pub scanner: SseScanner,
-    /// What goes to the app first (the scanner's output so far).
-    pub prefix: Bytes,
-    /// The OpenAI-shaped bytes read so far, for the cached copy.
-    pub seen: Bytes,
-    /// The breaker's verdict on this attempt, given when the stream ends.
-    pub settle: Settle,
-}
-
-/// Reports how one attempt on one (provider, model) went — to its circuit breaker, its
-/// latency EWMA, the route's canary and the error metrics. A whole answer is settled before
-/// it is relayed; a stream when it ends, since a stream that breaks after its first event is
-/// a failure of that provider too.
-pub struct Settle {
-    metrics: Arc<Metrics>,
-    config: Arc<Config>,
-    route: Arc<Route>,
-    target: Target,
+/// The timing and shape of one exchange with a provider.
+struct Exchange {
     started: Instant,
+    deadline: Instant,
+    idle: Duration,
+    strip_usage: bool,
 }
 
-impl Settle {
-    /// The provider answered; `good` is false for a status that is the request's fault.
-    pub fn answered(self, good: bool) {
-        let breaker = &self.config.resilience.breaker;
-        let t = self.target.health.record(breaker, true);
-        transition(&self.metrics, &self.target, t);
-        canary(&self.metrics, &self.route, &self.target, good, self.started.elapsed());
+impl Exchange {
+    fn new(provider: &Provider, strip_usage: bool) -> Self {
+        let started = Instant::now();
+        Exchange {
+            started,
+            deadline: started + provider.config.timeouts.total,
+            idle: provider.config.timeouts.idle,
+            strip_usage,
+        }
     }
+}
 
-    pub fn failed(self, kind: &'static str) {
-        self.metrics.upstream_error(&self.target.model.provider, kind);
-        let t = self.target.health.record(&self.config.resilience.breaker, false);
-        transition(&self.metrics, &self.target, t);
-        canary(&self.metrics, &self.route, &self.target, false, self.started.elapsed());
-    }
+/// What a checked 2xx carries besides its body.
+struct Checked {
+    translate: Option<Box<dyn StreamTranslate>>,
+    /// A whole answer's usage, read when it was checked.
+    usage: Option<Usage>,
+    committed: Option<Committed>,
+}
+
+/// A 2xx (or an error body) the app must not get: a failure of the provider, retried.
+fn malformed(settle: Settle, provider: &Provider, status: StatusCode, detail: String) -> Outcome {
+    let e = UpstreamError::Malformed {
+        provider: provider.name().clone(),
+        status,
+        detail,
+    };
+    settle.failed(e.kind());
+    Outcome::Retry(e)
 }
 
 enum Outcome {
@@ -226,7 +221,6 @@ impl Attempt<'_> {
         provider: &Arc<Provider>,
     ) -> Outcome {
         let shared = self.shared;
-        let metrics = &shared.metrics;
         let breaker = &self.rt.config.resilience.breaker;
         match target.health.admit(breaker) {
             Err(retry_in) => {
@@ -245,6 +239,33 @@ impl Attempt<'_> {
             }
             Ok((_, t)) => transition(&shared.metrics, target, t),
         }
+        let permit = match self.acquire(rec, provider).await {
+            Ok(p) => p,
+            Err(outcome) => return outcome,
+        };
+        rec.attempts += 1;
+        rec.model = Some(target.model.clone());
+        let operation = operation_name(self.endpoint.label());
+        let span = rec
+            .trace
+            .as_deref()
+            .map(|t| traced::attempt(t, operation, provider, &target.model, rec.attempts));
+        let traceparent = rec.trace.as_deref().zip(span.as_ref()).map(|(t, s)| t.traceparent(s));
+        let outcome = self.send(rec, route, target, provider, permit, traceparent).await;
+        if let (Some(t), Some(mut span)) = (rec.trace.as_deref_mut(), span) {
+            match &outcome {
+                Outcome::Done(d) => span.set("http.response.status_code", d.parts.status.as_u16()),
+                Outcome::Retry(e) | Outcome::Next(e) => traced::attempt_failed(&mut span, e, &self.rt.redact),
+                Outcome::Fatal(e) => span.error(e.outcome.label(), Some(e.message.clone())),
+            }
+            t.close(span);
+        }
+        outcome
+    }
+
+    /// A slot in the provider's priority queue, timed into the queue-wait metric and span.
+    async fn acquire(&self, rec: &mut RequestRecord, provider: &Provider) -> Result<Permit, Outcome> {
+        let metrics = &self.shared.metrics;
         let sched = &self.rt.config.scheduling;
         let waited = Instant::now();
         let queue_span = rec.trace.as_deref().map(|t| t.open("queue wait", Kind::Internal));
@@ -279,14 +300,14 @@ impl Attempt<'_> {
                         reason,
                     })
                     .inc();
-                return match outcome {
+                return Err(match outcome {
                     Some(api) => Outcome::Fatal(api),
                     None => Outcome::Next(UpstreamError::Busy {
                         provider: provider.name().clone(),
                         limit: provider.scheduler.limit(),
                         reason: e,
                     }),
-                };
+                });
             }
         };
         metrics
@@ -295,25 +316,7 @@ impl Attempt<'_> {
                 priority: self.class_name(),
             })
             .observe(waited.elapsed().as_secs_f64());
-
-        rec.attempts += 1;
-        rec.model = Some(target.model.clone());
-        let operation = operation_name(self.endpoint.label());
-        let span = rec
-            .trace
-            .as_deref()
-            .map(|t| traced::attempt(t, operation, provider, &target.model, rec.attempts));
-        let traceparent = rec.trace.as_deref().zip(span.as_ref()).map(|(t, s)| t.traceparent(s));
-        let outcome = self.send(rec, route, target, provider, permit, traceparent).await;
-        if let (Some(t), Some(mut span)) = (rec.trace.as_deref_mut(), span) {
-            match &outcome {
-                Outcome::Done(d) => span.set("http.response.status_code", d.parts.status.as_u16()),
-                Outcome::Retry(e) | Outcome::Next(e) => traced::attempt_failed(&mut span, e, &self.rt.redact),
-                Outcome::Fatal(e) => span.error(e.outcome.label(), Some(e.message.clone())),
-            }
-            t.close(span);
-        }
-        outcome
+        Ok(permit)
     }
 
     /// Sends the request to one candidate with a slot in hand and reads its answer.
@@ -326,24 +329,77 @@ impl Attempt<'_> {
         permit: Permit,
         traceparent: Option<HeaderValue>,
     ) -> Outcome {
-        let model = &target.model;
+        let strip_usage = rec.stream
+            && !self.head.include_usage
+            && provider.adapter().adds_usage_chunk(provider.config.inject_stream_usage);
+        let (uri, headers, send_body) = match self.upstream_request(rec, provider, target, strip_usage, traceparent) {
+            Ok(r) => r,
+            Err(outcome) => return outcome,
+        };
+        let exchange = Exchange::new(provider, strip_usage);
+        let settle = Settle::new(self.shared, self.rt, route, target, exchange.started);
+        let up = match provider
+            .send(Method::POST, uri, headers, full(send_body), exchange.deadline, permit)
+            .await
+        {
+            Ok(up) => up,
+            Err(e) => {
+                settle.failed(e.kind());
+                // A refused connection or a reset may be one bad connection: worth a retry.
+                let again = matches!(e, UpstreamError::Connect { .. } | UpstreamError::Protocol { .. });
+                return if again { Outcome::Retry(e) } else { Outcome::Next(e) };
+            }
+        };
+        let status = up.response.status();
+        if is_refusal(status) {
+            return self.refused(up, provider, settle, &exchange).await;
+        }
+        let headers_at = exchange.started.elapsed();
+        let (parts, body) = match receive(up.response, exchange.idle, exchange.deadline).await {
+            Ok(r) => r,
+            Err(failure) => return self.body_failed(settle, provider, failure),
+        };
+        let checked = if status.is_success() {
+            self.check(rec, target, provider, &parts, body, settle, &exchange).await
+        } else {
+            self.request_refused(target, provider, status, body, settle)
+                .map(|body| (body, None))
+        };
+        match checked {
+            Ok((body, answer)) => {
+                rec.first_byte();
+                if answer.as_ref().is_none_or(|a| a.committed.is_none()) {
+                    target.health.observe_latency(headers_at);
+                }
+                self.done(parts, body, up.permit, target, &exchange, answer)
+            }
+            Err(outcome) => outcome,
+        }
+    }
+
+    /// The provider's path, body and headers for this request: through its protocol adapter,
+    /// with the app's headers that may go upstream, this attempt's `traceparent` and id.
+    fn upstream_request(
+        &self,
+        rec: &RequestRecord,
+        provider: &Provider,
+        target: &Target,
+        strip_usage: bool,
+        traceparent: Option<HeaderValue>,
+    ) -> Result<(http::Uri, HeaderMap, Bytes), Outcome> {
         let adapter = provider.adapter();
-        let strip_usage =
-            rec.stream && !self.head.include_usage && adapter.adds_usage_chunk(provider.config.inject_stream_usage);
         let unsupported = |detail: String| {
             Outcome::Next(UpstreamError::Unsupported {
                 provider: provider.name().clone(),
                 detail,
             })
         };
-        let path = match adapter.path(self.endpoint.path()) {
-            Ok(p) => p,
-            Err(e) => return unsupported(e.to_string()),
-        };
-        let send_body = match adapter.request(self.head, self.body, &model.upstream_model, strip_usage) {
-            Ok(b) => b,
-            Err(e) => return unsupported(e.to_string()),
-        };
+        let path = adapter
+            .path(self.endpoint.path())
+            .map_err(|e| unsupported(e.to_string()))?;
+        let send_body = adapter
+            .request(self.head, self.body, &target.model.upstream_model, strip_usage)
+            .map_err(|e| unsupported(e.to_string()))?;
         let mut headers = HeaderMap::with_capacity(self.app_headers.len() + 4);
         provider.forward_headers(self.app_headers, &mut headers, false);
         // The tee reads the body; compression would hide usage from it.
@@ -357,213 +413,195 @@ impl Attempt<'_> {
             // The app's own `traceparent` was copied above; upstream, the parent is this attempt.
             headers.insert("traceparent", tp);
         }
-        let uri = match provider.uri(path, None) {
-            Ok(u) => u,
-            Err(e) => return Outcome::Fatal(internal(e)),
-        };
-        let started = Instant::now();
-        let deadline = started + provider.config.timeouts.total;
-        let idle = provider.config.timeouts.idle;
-        let settle = Settle {
-            metrics: self.shared.metrics.clone(),
-            config: self.rt.config.clone(),
-            route: route.clone(),
-            target: target.clone(),
-            started,
-        };
-        let up = match provider
-            .send(Method::POST, uri, headers, full(send_body), deadline, permit)
-            .await
-        {
-            Ok(up) => up,
-            Err(e) => {
-                settle.failed(e.kind());
-                return match e {
-                    UpstreamError::Connect { .. } | UpstreamError::Protocol { .. } => Outcome::Retry(e),
-                    _ => Outcome::Next(e),
-                };
-            }
-        };
+        let uri = provider.uri(path, None).map_err(|e| Outcome::Fatal(internal(e)))?;
+        Ok((uri, headers, send_body))
+    }
+
+    /// A 429, a 5xx or a refused credential: the error body is read for its message, and the
+    /// attempt is retried (429, 5xx) or the next candidate asked (401/403: another provider
+    /// may answer, and retrying the same key is pointless).
+    async fn refused(&self, up: Upstream, provider: &Provider, settle: Settle, x: &Exchange) -> Outcome {
         let status = up.response.status();
-        let auth = matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN);
-        if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() || auth {
-            let retry_after = up
-                .response
-                .headers()
-                .get(header::RETRY_AFTER)
-                .and_then(parse_retry_after);
-            let (_, mut incoming) = up.response.into_parts();
-            let read_until = deadline.min(Instant::now() + ERROR_BODY_TIME);
-            let detail = match read_body(&mut incoming, idle, read_until, ERROR_BODY_MAX).await {
-                Ok(BodyRead::Complete(b)) => error_detail(&b),
-                _ => String::new(),
-            };
-            drop(up.permit);
-            let provider_name = provider.name().clone();
-            if auth {
-                // The sidecar's key for this provider is refused: another provider may answer,
-                // and retrying the same key is pointless.
-                self.shared
-                    .metrics
-                    .upstream_auth_failure(&provider_name, status.as_u16());
-                tracing::error!(
-                    provider = &*provider_name,
-                    status = status.as_u16(),
-                    "the provider refused the sidecar's credential; check its key in the config"
-                );
-                let e = UpstreamError::Auth {
-                    provider: provider_name,
-                    status,
-                    detail,
-                };
-                settle.failed(e.kind());
-                return Outcome::Next(e);
+        let retry_after = up
+            .response
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(parse_retry_after);
+        let (_, mut incoming) = up.response.into_parts();
+        let read_until = x.deadline.min(Instant::now() + ERROR_BODY_TIME);
+        let detail = match read_body(&mut incoming, x.idle, read_until, ERROR_BODY_MAX).await {
+            Ok(BodyRead::Complete(b)) => error_detail(&b),
+            _ => String::new(),
+        };
+        drop(up.permit);
+        let provider_name = provider.name().clone();
+        let e = if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+            self.shared
+                .metrics
+                .upstream_auth_failure(&provider_name, status.as_u16());
+            tracing::error!(
+                provider = &*provider_name,
+                status = status.as_u16(),
+                "the provider refused the sidecar's credential; check its key in the config"
+            );
+            UpstreamError::Auth {
+                provider: provider_name,
+                status,
+                detail,
             }
-            let e = UpstreamError::Status {
+        } else {
+            UpstreamError::Status {
                 provider: provider_name,
                 status,
                 retry_after,
                 detail,
-            };
-            settle.failed(e.kind());
-            return Outcome::Retry(e);
+            }
+        };
+        settle.failed(e.kind());
+        match e {
+            UpstreamError::Auth { .. } => Outcome::Next(e),
+            _ => Outcome::Retry(e),
         }
-        let headers_at = started.elapsed();
-        let (parts, body) = match receive(up.response, idle, deadline).await {
-            Ok(r) => r,
-            Err(failure) => return self.body_failed(settle, provider, failure),
-        };
-        let malformed = |settle: Settle, detail: String| {
-            let e = UpstreamError::Malformed {
-                provider: provider.name().clone(),
-                status,
-                detail,
-            };
-            settle.failed(e.kind());
-            Outcome::Retry(e)
-        };
-        if !status.is_success() {
-            // Another 4xx is the request's fault, not the provider's: relayed (in OpenAI's shape).
-            let body = match body {
-                Received::Complete(bytes) => match adapter.response(status, bytes, &model.name) {
-                    Some(b) => Received::Complete(b),
-                    None => {
-                        return malformed(
-                            settle,
-                            "an error body in no shape the provider's protocol allows".into(),
-                        );
-                    }
-                },
-                other => other,
-            };
-            rec.first_byte();
-            target.health.observe_latency(headers_at);
-            settle.answered(false);
-            return self.done(parts, body, up.permit, target, strip_usage, (idle, deadline), None);
-        }
-        let expect = match self.endpoint {
-            Endpoint::Embeddings => Expect::Data,
-            Endpoint::Chat | Endpoint::Completions => Expect::Choices,
-        };
-        let mut translate = None;
-        let mut usage = None;
-        let mut committed = None;
+    }
+
+    /// Another 4xx is the request's fault, not the provider's: relayed (in OpenAI's shape).
+    fn request_refused(
+        &self,
+        target: &Target,
+        provider: &Provider,
+        status: StatusCode,
+        body: Received,
+        settle: Settle,
+    ) -> Result<Received, Outcome> {
         let body = match body {
-            Received::Complete(_) if rec.stream => {
-                return malformed(settle, "a whole JSON body for a stream request".into());
-            }
-            Received::Complete(bytes) => {
-                let Some(bytes) = adapter.response(status, bytes, &model.name) else {
-                    return malformed(settle, "a body in no shape the provider's protocol allows".into());
-                };
-                match answer::check(&bytes, expect) {
-                    Ok(u) => usage = u,
-                    Err(m) => return malformed(settle, m.to_string()),
+            Received::Complete(bytes) => match provider.adapter().response(status, bytes, &target.model.name) {
+                Some(b) => Received::Complete(b),
+                None => {
+                    let detail = "an error body in no shape the provider's protocol allows";
+                    return Err(malformed(settle, provider, status, detail.into()));
                 }
-                rec.first_byte();
-                target.health.observe_latency(headers_at);
+            },
+            other => other,
+        };
+        settle.answered(false);
+        Ok(body)
+    }
+
+    /// A 2xx answer, checked before anything goes to the app: a whole answer must be one the
+    /// endpoint allows, a stream must show its first content event (it is then committed).
+    #[allow(clippy::too_many_arguments)]
+    async fn check(
+        &self,
+        rec: &RequestRecord,
+        target: &Target,
+        provider: &Provider,
+        parts: &http::response::Parts,
+        body: Received,
+        settle: Settle,
+        x: &Exchange,
+    ) -> Result<(Received, Option<Checked>), Outcome> {
+        let status = parts.status;
+        let bad = |settle, detail: &str| Err(malformed(settle, provider, status, detail.into()));
+        match body {
+            Received::Complete(_) if rec.stream => bad(settle, "a whole JSON body for a stream request"),
+            Received::Complete(bytes) => {
+                let Some(bytes) = provider.adapter().response(status, bytes, &target.model.name) else {
+                    return bad(settle, "a body in no shape the provider's protocol allows");
+                };
+                let usage = match answer::check(&bytes, self.endpoint.expect()) {
+                    Ok(u) => u,
+                    Err(m) => return bad(settle, &m.to_string()),
+                };
                 settle.answered(true);
-                Received::Complete(bytes)
+                let checked = Checked {
+                    translate: None,
+                    usage,
+                    committed: None,
+                };
+                Ok((Received::Complete(bytes), Some(checked)))
             }
-            Received::Stream { sse: true, .. } if !rec.stream => {
-                return malformed(settle, "an event stream for a JSON request".into());
-            }
-            Received::Stream { .. } if rec.stream && !is_sse(&parts) => {
-                return malformed(settle, "a body too large to be a stream's answer".into());
+            Received::Stream { sse: true, .. } if !rec.stream => bad(settle, "an event stream for a JSON request"),
+            Received::Stream { .. } if rec.stream && !is_sse(parts) => {
+                bad(settle, "a body too large to be a stream's answer")
             }
             Received::Stream {
                 mut incoming,
                 prefix,
                 sse: true,
             } => {
-                translate = adapter.stream(&model.name, self.head.include_usage);
-                let first_byte = provider.config.timeouts.first_byte;
-                let mut scanner = SseScanner::new(strip_usage);
-                if rec.trace.is_some() {
-                    scanner.track_finish_reason();
-                }
-                let limits = (idle, started + first_byte, first_byte, deadline);
-                let read = first_event(&mut incoming, &mut translate, &mut scanner, limits).await;
-                let (prefix_out, seen) = match read {
-                    Ok(r) => r,
-                    Err(failure) => return self.body_failed(settle, provider, failure),
-                };
-                rec.first_byte();
-                target.health.observe_latency(started.elapsed());
                 debug_assert!(prefix.is_none());
-                committed = Some(Committed {
-                    scanner,
-                    prefix: prefix_out,
-                    seen,
-                    settle,
-                });
-                Received::Stream {
+                let checked = self
+                    .commit_stream(rec, target, provider, &mut incoming, settle, x)
+                    .await?;
+                let body = Received::Stream {
                     incoming,
                     prefix: None,
                     sse: true,
-                }
+                };
+                Ok((body, Some(checked)))
             }
             other => {
                 // A JSON answer too large to hold (a huge embeddings batch): relayed as it comes.
-                rec.first_byte();
-                target.health.observe_latency(headers_at);
                 settle.answered(true);
-                other
+                Ok((other, None))
             }
-        };
-        let answer = (translate, usage, committed);
-        self.done(
-            parts,
-            body,
-            up.permit,
-            target,
-            strip_usage,
-            (idle, deadline),
-            Some(answer),
-        )
+        }
     }
 
-    /// The attempt's answer, ready to relay; `answer` holds what a 2xx carries besides its body.
-    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    /// Reads a stream up to its first content event and commits it there.
+    async fn commit_stream(
+        &self,
+        rec: &RequestRecord,
+        target: &Target,
+        provider: &Provider,
+        incoming: &mut Incoming,
+        settle: Settle,
+        x: &Exchange,
+    ) -> Result<Checked, Outcome> {
+        let mut translate = provider.adapter().stream(&target.model.name, self.head.include_usage);
+        let first_byte = provider.config.timeouts.first_byte;
+        let mut scanner = SseScanner::new(x.strip_usage);
+        if rec.trace.is_some() {
+            scanner.track_finish_reason();
+        }
+        let limits = (x.idle, x.started + first_byte, first_byte, x.deadline);
+        let (prefix, seen) = match first_event(incoming, &mut translate, &mut scanner, limits).await {
+            Ok(r) => r,
+            Err(failure) => return Err(self.body_failed(settle, provider, failure)),
+        };
+        // A stream's first byte worth counting is its first content event.
+        target.health.observe_latency(x.started.elapsed());
+        Ok(Checked {
+            translate,
+            usage: None,
+            committed: Some(Committed {
+                scanner,
+                prefix,
+                seen,
+                settle,
+            }),
+        })
+    }
+
+    /// The attempt's answer, ready to relay; `checked` holds what a 2xx carries besides its body.
     fn done(
         &self,
         parts: http::response::Parts,
         body: Received,
         permit: Permit,
         target: &Target,
-        strip_usage: bool,
-        (idle, deadline): (Duration, Instant),
-        answer: Option<(Option<Box<dyn StreamTranslate>>, Option<Usage>, Option<Committed>)>,
+        x: &Exchange,
+        checked: Option<Checked>,
     ) -> Outcome {
-        let (translate, usage, committed) = answer.unwrap_or((None, None, None));
+        let (translate, usage, committed) = checked.map_or((None, None, None), |c| (c.translate, c.usage, c.committed));
         Outcome::Done(Box::new(Success {
             parts,
             body,
             permit,
             target: target.clone(),
-            strip_usage,
-            idle,
-            deadline,
+            strip_usage: x.strip_usage,
+            idle: x.idle,
+            deadline: x.deadline,
             translate,
             usage,
             committed,
@@ -593,109 +631,18 @@ impl Attempt<'_> {
     }
 }
 
+/// The provider would not answer (429, 5xx) or would not take the sidecar's key (401, 403).
+fn is_refusal(status: StatusCode) -> bool {
+    status == StatusCode::TOO_MANY_REQUESTS
+        || status.is_server_error()
+        || matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
+}
+
 fn is_sse(parts: &http::response::Parts) -> bool {
     parts
         .headers
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
-}
-
-/// Reads a stream up to its first content event: an event that is a well-formed answer chunk.
-/// Returns what to send the app first and the OpenAI-shaped bytes read. A stream that ends,
-/// breaks, stalls, reports an error or sends something else before that has sent the app
-/// nothing, so it fails like a 5xx would.
-async fn first_event(
-    incoming: &mut Incoming,
-    translate: &mut Option<Box<dyn StreamTranslate>>,
-    scanner: &mut SseScanner,
-    (idle, first_event_by, first_byte, deadline): (Duration, Instant, Duration, Instant),
-) -> Result<(Bytes, Bytes), BodyFailure> {
-    let mut out = BytesMut::new();
-    let mut seen = BytesMut::new();
-    loop {
-        let wake = (Instant::now() + idle).min(first_event_by).min(deadline);
-        let frame = match tokio::time::timeout_at(wake, incoming.frame()).await {
-            Err(_) => {
-                let now = Instant::now();
-                return Err(if now >= deadline {
-                    BodyFailure::TotalTimeout
-                } else if now >= first_event_by {
-                    BodyFailure::FirstEventTimeout(first_byte)
-                } else {
-                    BodyFailure::IdleTimeout(idle)
-                });
-            }
-            Ok(None) => {
-                let tail = scanner.finish();
-                return Err(if scanner.malformed.is_some() {
-                    BodyFailure::Malformed("an event that is not a JSON object")
-                } else if scanner.content_events > 0 && !tail.is_empty() {
-                    // One last unterminated content event and no `[DONE]`.
-                    BodyFailure::Unterminated
-                } else {
-                    BodyFailure::Empty
-                });
-            }
-            Ok(Some(Err(e))) => return Err(BodyFailure::Reset(error_chain(&e))),
-            Ok(Some(Ok(frame))) => frame,
-        };
-        let Ok(data) = frame.into_data() else { continue };
-        let data = match translate.as_mut() {
-            Some(t) => t.feed(&data),
-            None => data,
-        };
-        if data.is_empty() {
-            continue;
-        }
-        seen.extend_from_slice(&data);
-        out.extend_from_slice(&scanner.push(data));
-        if let Some(what) = scanner.malformed {
-            return Err(BodyFailure::Malformed(what));
-        }
-        if scanner.content_events > 0 {
-            return Ok((out.freeze(), seen.freeze()));
-        }
-        if scanner.saw_error {
-            return Err(BodyFailure::ErrorEvent(
-                scanner.error_message.clone().unwrap_or_default(),
-            ));
-        }
-        if seen.len() > MAX_CAPTURE {
-            return Err(BodyFailure::Malformed("over 1 MiB before its first content event"));
-        }
-    }
-}
-
-fn transition(metrics: &Metrics, target: &Target, t: Option<crate::resilience::Transition>) {
-    let Some(t) = t else { return };
-    let h = &target.health;
-    metrics.circuit_transition(&h.provider, &h.model, t.to.gauge(), t.to.label());
-    tracing::warn!(
-        provider = &*h.provider,
-        model = &*h.model,
-        state = t.to.label(),
-        "circuit breaker changed state"
-    );
-}
-
-fn canary(metrics: &Metrics, route: &Route, target: &Target, success: bool, latency: Duration) {
-    if let Some(r) = route.canary_report(&target.model.name, success, latency) {
-        metrics
-            .canary_reverted
-            .get_or_create(&crate::telemetry::CanaryLabels {
-                route: route.name.clone(),
-                model: r.model.clone(),
-            })
-            .set(1);
-        tracing::warn!(
-            route = &*route.name,
-            model = &*r.model,
-            requests = r.requests,
-            error_rate = r.error_rate,
-            mean_latency_ms = r.mean_latency.as_secs_f64() * 1e3,
-            "canary reverted: all traffic back on the stable targets until the canary config changes"
-        );
-    }
 }
 
 fn queue_timeout(provider: &Arc<str>, after: Duration) -> ApiError {

@@ -6,11 +6,13 @@
 pub mod admin;
 mod attempt;
 pub mod body;
+mod commit;
 pub mod error;
 pub mod proxy;
 pub mod record;
 pub mod relay;
 pub mod response;
+mod settle;
 mod traced;
 pub mod verify;
 

@@ -14,8 +14,9 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::attempt::{Attempt, Committed};
+use super::attempt::Attempt;
 use super::body::{Body, RateGuard, ReadError, drain_after, read_request};
+use super::commit::Committed;
 use super::error::ApiError;
 use super::record::{Account, AdviceInput, Outcome, RequestRecord, operation_name};
 use super::relay::{Mode, OnComplete, RelayBody, RelayParams};

@@ -20,8 +20,8 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use super::attempt::Settle;
 use super::record::{Outcome, RequestRecord};
+use super::settle::Settle;
 use crate::openai::{SseScanner, error_body};
 use crate::scheduler::Permit;
 use crate::upstream::adapter::StreamTranslate;
