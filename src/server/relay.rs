@@ -51,6 +51,7 @@ enum State {
 }
 
 pin_project_lite::pin_project! {
+    #[project = RelayProj]
     pub struct RelayBody {
         #[pin]
         inner: Incoming,
@@ -142,150 +143,36 @@ impl HttpBody for RelayBody {
                     *this.state = State::Done;
                     return Poll::Ready(None);
                 }
-                State::Failing => {}
+                State::Failing => {
+                    let failure = this.failure.take().unwrap_or(BodyFailure::Unterminated);
+                    return Poll::Ready(Some(this.fail(failure)));
+                }
                 State::Streaming => {}
             }
-            let failure = if *this.state == State::Failing {
-                this.failure.take().unwrap_or(BodyFailure::Unterminated)
-            } else {
-                match this.inner.as_mut().poll_frame(cx) {
-                    Poll::Ready(Some(Ok(frame))) => {
-                        let data = match frame.into_data() {
-                            Ok(d) => d,
-                            Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
-                        };
-                        this.record.first_byte();
-                        let next = (Instant::now() + *this.idle).min(*this.deadline);
-                        this.timer.as_mut().reset(next);
-                        let data = match this.translate.as_mut() {
-                            Some(t) => t.feed(&data),
-                            None => data,
-                        };
-                        if data.is_empty() {
-                            continue;
-                        }
-                        if let Some((buf, _)) = this.capture.as_mut() {
-                            if buf.len() + data.len() <= MAX_CAPTURE {
-                                buf.extend_from_slice(&data);
-                            } else {
-                                *this.capture = None;
-                            }
-                        }
-                        let out = match this.mode {
-                            Mode::Sse(scanner) => {
-                                let out = scanner.push(data);
-                                if let Some(what) = scanner.malformed {
-                                    // What came before the bad event goes out first.
-                                    *this.failure = Some(BodyFailure::Malformed(what));
-                                    *this.state = State::Failing;
-                                }
-                                out
-                            }
-                            Mode::Raw => data,
-                        };
-                        if out.is_empty() {
-                            continue;
-                        }
-                        return Poll::Ready(Some(Ok(Frame::data(this.redact.bytes(out)))));
-                    }
-                    Poll::Ready(None) => {
-                        this.permit.take();
-                        let (tail, outcome, failure) = match this.mode {
-                            Mode::Sse(scanner) => {
-                                let tail = scanner.finish();
-                                this.record.usage = scanner.usage;
-                                if let (Some(t), Some(r)) =
-                                    (this.record.trace.as_deref_mut(), scanner.finish_reason.take())
-                                {
-                                    t.finish_reasons = vec![r];
-                                }
-                                let strict = this.settle.is_some();
-                                if strict && let Some(what) = scanner.malformed {
-                                    (tail, Outcome::Malformed, Some(BodyFailure::Malformed(what)))
-                                } else if scanner.saw_error {
-                                    (tail, Outcome::UpstreamStreamError, None)
-                                } else if !scanner.done {
-                                    // OpenAI-compatible streams end with `[DONE]`; without it the
-                                    // stream was cut, and the app must not take it as whole.
-                                    let f = strict.then_some(BodyFailure::Unterminated);
-                                    (tail, Outcome::Incomplete, f)
-                                } else {
-                                    (tail, *this.outcome, None)
-                                }
-                            }
-                            Mode::Raw => (Bytes::new(), *this.outcome, None),
-                        };
-                        if let Some(f) = failure {
-                            *this.failure = Some(f);
-                            *this.state = State::Failing;
-                            if !tail.is_empty() {
-                                return Poll::Ready(Some(Ok(Frame::data(this.redact.bytes(tail)))));
-                            }
-                            continue;
-                        }
-                        *this.state = State::Done;
-                        if let Some(settle) = this.settle.take() {
-                            match outcome {
-                                Outcome::Ok => settle.answered(true),
-                                Outcome::UpstreamStreamError => settle.failed("stream_error"),
-                                _ => settle.failed("incomplete"),
-                            }
-                        }
-                        if outcome == Outcome::Ok
-                            && let Some((buf, on_complete)) = this.capture.take()
-                        {
-                            on_complete(&buf);
-                        }
-                        this.record.finish(outcome);
-                        if tail.is_empty() {
-                            return Poll::Ready(None);
-                        }
-                        return Poll::Ready(Some(Ok(Frame::data(this.redact.bytes(tail)))));
-                    }
-                    Poll::Ready(Some(Err(e))) => BodyFailure::Reset(error_chain(&e)),
-                    Poll::Pending if this.stop.as_mut().poll(cx).is_ready() => BodyFailure::Shutdown,
-                    Poll::Pending => {
-                        ready!(this.timer.as_mut().poll(cx));
-                        if Instant::now() >= *this.deadline {
-                            BodyFailure::TotalTimeout
-                        } else {
-                            BodyFailure::IdleTimeout(*this.idle)
-                        }
+            let failure = match this.inner.as_mut().poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
+                    Ok(data) => match this.pass(data) {
+                        Some(out) => return Poll::Ready(Some(Ok(Frame::data(out)))),
+                        None => continue,
+                    },
+                },
+                Poll::Ready(None) => match this.end() {
+                    Some(last) => return Poll::Ready(last),
+                    None => continue,
+                },
+                Poll::Ready(Some(Err(e))) => BodyFailure::Reset(error_chain(&e)),
+                Poll::Pending if this.stop.as_mut().poll(cx).is_ready() => BodyFailure::Shutdown,
+                Poll::Pending => {
+                    ready!(this.timer.as_mut().poll(cx));
+                    if Instant::now() >= *this.deadline {
+                        BodyFailure::TotalTimeout
+                    } else {
+                        BodyFailure::IdleTimeout(*this.idle)
                     }
                 }
             };
-            // The upstream failed mid-body, or its stream broke the promise of its first event.
-            this.permit.take();
-            let (outcome, kind) = (Outcome::from(&failure), failure.kind());
-            let message = match failure {
-                BodyFailure::Shutdown => format!("The stream was cut: {failure}"),
-                _ => this
-                    .redact
-                    .text(&format!("The provider failed mid-response: {failure}"))
-                    .into_owned(),
-            };
-            match this.settle.take() {
-                // The sidecar's shutdown is not the provider's failure.
-                Some(_) if matches!(failure, BodyFailure::Shutdown) => {}
-                Some(settle) => settle.failed(kind),
-                None if matches!(failure, BodyFailure::Shutdown) => {}
-                None => {
-                    if let Some(m) = &this.record.model {
-                        // Counted here because the handler already returned.
-                        this.record.metrics().upstream_error(&m.provider, kind);
-                    }
-                }
-            }
-            tracing::warn!(request_id = this.record.request_id.to_str().unwrap_or(""), %message, "upstream failed mid-response");
-            if let Mode::Sse(scanner) = this.mode {
-                this.record.usage = scanner.usage;
-                this.record.finish(outcome);
-                *this.state = State::Ending;
-                return Poll::Ready(Some(Ok(Frame::data(error_event(&message, kind)))));
-            }
-            this.record.finish(outcome);
-            *this.state = State::Done;
-            return Poll::Ready(Some(Err(message.into())));
+            return Poll::Ready(Some(this.fail(failure)));
         }
     }
 
@@ -297,6 +184,134 @@ impl HttpBody for RelayBody {
         // SSE bodies may be rewritten (the usage chunk dropped) and others carry a prefix:
         // no exact length either way.
         SizeHint::default()
+    }
+}
+
+impl RelayProj<'_> {
+    /// One data frame from the provider: timed, translated, captured for the cache, scanned;
+    /// what goes to the app (`None` when nothing does yet).
+    fn pass(&mut self, data: Bytes) -> Option<Bytes> {
+        self.record.first_byte();
+        let next = (Instant::now() + *self.idle).min(*self.deadline);
+        self.timer.as_mut().reset(next);
+        let data = match self.translate.as_mut() {
+            Some(t) => t.feed(&data),
+            None => data,
+        };
+        if data.is_empty() {
+            return None;
+        }
+        if let Some((buf, _)) = self.capture.as_mut() {
+            if buf.len() + data.len() <= MAX_CAPTURE {
+                buf.extend_from_slice(&data);
+            } else {
+                *self.capture = None;
+            }
+        }
+        let out = match self.mode {
+            Mode::Sse(scanner) => {
+                let out = scanner.push(data);
+                if let Some(what) = scanner.malformed {
+                    // What came before the bad event goes out first.
+                    *self.failure = Some(BodyFailure::Malformed(what));
+                    *self.state = State::Failing;
+                }
+                out
+            }
+            Mode::Raw => data,
+        };
+        (!out.is_empty()).then(|| self.redact.bytes(out))
+    }
+
+    /// The provider's body ended: judged (a stream must be whole and well-formed), settled,
+    /// stored when complete, and the record finished. The last frame to send (`Some(None)`: the
+    /// end), or `None` when the stream failed and its error event comes next.
+    fn end(&mut self) -> Option<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.permit.take();
+        let (tail, outcome, failure) = match self.mode {
+            Mode::Sse(scanner) => {
+                let tail = scanner.finish();
+                self.record.usage = scanner.usage;
+                if let (Some(t), Some(r)) = (self.record.trace.as_deref_mut(), scanner.finish_reason.take()) {
+                    t.finish_reasons = vec![r];
+                }
+                let (outcome, failure) = judge_end(scanner, self.settle.is_some(), *self.outcome);
+                (tail, outcome, failure)
+            }
+            Mode::Raw => (Bytes::new(), *self.outcome, None),
+        };
+        let tail = (!tail.is_empty()).then(|| Ok(Frame::data(self.redact.bytes(tail))));
+        if let Some(f) = failure {
+            *self.failure = Some(f);
+            *self.state = State::Failing;
+            return tail.map(Some);
+        }
+        *self.state = State::Done;
+        if let Some(settle) = self.settle.take() {
+            match outcome {
+                Outcome::Ok => settle.answered(true),
+                Outcome::UpstreamStreamError => settle.failed("stream_error"),
+                _ => settle.failed("incomplete"),
+            }
+        }
+        if outcome == Outcome::Ok
+            && let Some((buf, on_complete)) = self.capture.take()
+        {
+            on_complete(&buf);
+        }
+        self.record.finish(outcome);
+        Some(tail)
+    }
+
+    /// The upstream failed mid-body, or its stream broke the promise of its first event: the
+    /// failure is counted, and the app gets an error event (SSE) or an aborted body.
+    fn fail(&mut self, failure: BodyFailure) -> Result<Frame<Bytes>, BoxError> {
+        self.permit.take();
+        let (outcome, kind) = (Outcome::from(&failure), failure.kind());
+        let shutdown = matches!(failure, BodyFailure::Shutdown);
+        let message = if shutdown {
+            format!("The stream was cut: {failure}")
+        } else {
+            let message = format!("The provider failed mid-response: {failure}");
+            self.redact.text(&message).into_owned()
+        };
+        match self.settle.take() {
+            // The sidecar's shutdown is not the provider's failure.
+            _ if shutdown => {}
+            Some(settle) => settle.failed(kind),
+            None => {
+                if let Some(m) = &self.record.model {
+                    // Counted here because the handler already returned.
+                    self.record.metrics().upstream_error(&m.provider, kind);
+                }
+            }
+        }
+        tracing::warn!(request_id = self.record.request_id.to_str().unwrap_or(""), %message, "upstream failed mid-response");
+        if let Mode::Sse(scanner) = self.mode {
+            self.record.usage = scanner.usage;
+            self.record.finish(outcome);
+            *self.state = State::Ending;
+            return Ok(Frame::data(error_event(&message, kind)));
+        }
+        self.record.finish(outcome);
+        *self.state = State::Done;
+        Err(message.into())
+    }
+}
+
+/// How a stream that reached its end went. `strict` for a committed answer stream, whose
+/// breaks are the provider's failures; passthrough streams are only labelled.
+fn judge_end(scanner: &SseScanner, strict: bool, ok: Outcome) -> (Outcome, Option<BodyFailure>) {
+    if strict && let Some(what) = scanner.malformed {
+        (Outcome::Malformed, Some(BodyFailure::Malformed(what)))
+    } else if scanner.saw_error {
+        (Outcome::UpstreamStreamError, None)
+    } else if !scanner.done {
+        // OpenAI-compatible streams end with `[DONE]`; without it the stream was cut, and the
+        // app must not take it as whole.
+        (Outcome::Incomplete, strict.then_some(BodyFailure::Unterminated))
+    } else {
+        (ok, None)
     }
 }
 
