@@ -6,6 +6,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 
 use super::body::Body;
 use crate::limits::TenantError;
+use crate::limits::ledger::{Limited, RateHeaders};
 use crate::openai::{RequestError, error_body};
 use crate::router::RouteError;
 use crate::upstream::{BodyFailure, UpstreamError};
@@ -161,5 +162,60 @@ impl ApiError {
     pub fn with_message(mut self, message: String) -> Self {
         self.message = message;
         self
+    }
+}
+
+impl ApiError {
+    /// A tenant over a rate limit (429 `rate_limit_exceeded`, with its `x-ratelimit-*`
+    /// headers) or over its budget (429 `insufficient_quota`), worded for the app's developer.
+    pub fn limited(tenant: &str, limited: Limited) -> (Self, Option<RateHeaders>) {
+        match limited {
+            Limited::Rate {
+                reason,
+                limit,
+                reset,
+                headers,
+            } => {
+                let what = reason.unit();
+                let scope = if reason.per_model() { "for this model " } else { "" };
+                let e = ApiError {
+                    retry_after: Some(reset.as_secs().max(1)),
+                    outcome: Outcome::RateLimited,
+                    ..ApiError::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "requests",
+                        Some("rate_limit_exceeded"),
+                        format!(
+                            "Rate limit reached for tenant {tenant} {scope}on {what} per minute: limit {limit}. Retry in {:.0} s.",
+                            reset.as_secs_f64().ceil()
+                        ),
+                    )
+                };
+                (e, Some(headers))
+            }
+            Limited::Budget {
+                reason,
+                limit_usd,
+                spent_usd,
+                reset,
+            } => {
+                let period = reason.period();
+                let e = ApiError {
+                    retry_after: Some(reset.as_secs().max(1)),
+                    outcome: Outcome::OverBudget,
+                    ..ApiError::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "insufficient_quota",
+                        Some("insufficient_quota"),
+                        format!(
+                            "Tenant {tenant} has used its {period} budget (${spent_usd:.2} of ${limit_usd:.2}); it renews in {} h {} min. Ask the platform team to raise tenants.list.{tenant}.budget.",
+                            reset.as_secs() / 3600,
+                            reset.as_secs() % 3600 / 60
+                        ),
+                    )
+                };
+                (e, None)
+            }
+        }
     }
 }

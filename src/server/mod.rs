@@ -8,9 +8,11 @@ mod attempt;
 pub mod body;
 mod commit;
 pub mod error;
+pub mod passthrough;
 pub mod proxy;
 pub mod record;
 pub mod relay;
+mod reply;
 pub mod response;
 mod settle;
 mod traced;
@@ -90,7 +92,7 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Bod
         }
         (_, None) if path.starts_with("/v1/") => {
             let path = path.into_owned();
-            proxy::passthrough(shared, req, path, request_id).await
+            passthrough::passthrough(shared, req, path, request_id).await
         }
         _ => {
             let resp = ApiError::unknown_url(req.method(), &path).into_response(&request_id);

@@ -1,0 +1,262 @@
+//! Giving the app its answer: the provider's (whole: checked, costed, stored; or a stream
+//! handed to the relay), the cache's (JSON or a replayed stream), or an error in OpenAI's
+//! shape; each with the sidecar's own response headers.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Response, StatusCode};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::body::Body;
+use super::commit::Committed;
+use super::error::ApiError;
+use super::record::{Outcome, RequestRecord};
+use super::relay::{Mode, OnComplete, RelayBody, RelayParams};
+use super::response::{Received, internal};
+use crate::cache::{Cache, CacheStatus, Hit, HitKind, Plan, replay};
+use crate::config::{Config, ModelConfig};
+use crate::openai::usage::{finish_reasons, parse_usage};
+use crate::openai::{SseScanner, Usage};
+use crate::scheduler::Permit;
+use crate::state::Runtime;
+use crate::upstream::adapter::StreamTranslate;
+use crate::upstream::is_hop_header;
+use crate::upstream::redact::Redactor;
+
+/// What came back from the provider, ready to give to the app.
+pub(super) struct Answer {
+    pub parts: http::response::Parts,
+    pub body: Received,
+    pub permit: Permit,
+    pub route: HeaderValue,
+    pub model: Arc<ModelConfig>,
+    pub strip_usage: bool,
+    pub idle: Duration,
+    pub deadline: Instant,
+    /// Where a complete, successful answer is stored, when the cache applies.
+    pub cache: Option<CacheStore>,
+    pub translate: Option<Box<dyn StreamTranslate>>,
+    /// A whole answer already checked (its usage read then); passthrough bodies are not.
+    pub checked: Option<Option<Usage>>,
+    /// A stream committed at its first content event.
+    pub committed: Option<Committed>,
+    pub redact: Arc<Redactor>,
+    pub stop: CancellationToken,
+}
+
+pub(super) struct CacheStore {
+    pub cache: Arc<Cache>,
+    pub plan: Plan,
+    pub config: Arc<Config>,
+}
+
+impl CacheStore {
+    fn store(mut self, response: Bytes, model: Arc<str>) {
+        self.cache
+            .judge_shadow(&mut self.plan, response.clone(), &self.config.cache);
+        self.cache.store(self.plan, response, model, &self.config.cache);
+    }
+}
+
+/// Gives the provider's answer to the app: whole (checked, costed, stored) or as a relayed
+/// stream (judged to its end by [`RelayBody`]).
+pub(super) fn relay(mut rec: RequestRecord, mut answer: Answer) -> Response<Body> {
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = answer.parts.status;
+    answer_headers(&rec, &answer, resp.headers_mut());
+    rec.response_headers(resp.headers_mut());
+    rec.status = answer.parts.status.as_u16();
+    // An empty `Bytes` costs nothing; the body itself moves on.
+    let body = match std::mem::replace(&mut answer.body, Received::Complete(Bytes::new())) {
+        Received::Complete(bytes) => whole(&mut rec, answer, bytes, resp.headers_mut()),
+        Received::Stream { incoming, prefix, sse } => stream(rec, answer, incoming, prefix, sse),
+    };
+    *resp.body_mut() = body;
+    resp
+}
+
+fn outcome(status: StatusCode) -> Outcome {
+    if status.is_success() {
+        Outcome::Ok
+    } else {
+        Outcome::UpstreamStatus
+    }
+}
+
+/// The provider's headers (less hop-by-hop and length) and the sidecar's own.
+fn answer_headers(rec: &RequestRecord, answer: &Answer, h: &mut HeaderMap) {
+    for (name, value) in &answer.parts.headers {
+        // The length is recomputed for what the app actually receives.
+        if is_hop_header(name) || *name == header::CONTENT_LENGTH {
+            continue;
+        }
+        h.append(name.clone(), value.clone());
+    }
+    h.insert("x-request-id", rec.request_id.clone());
+    h.insert("x-llm-sidecar-route", answer.route.clone());
+    if let Ok(v) = HeaderValue::from_str(&answer.model.name) {
+        h.insert("x-llm-sidecar-model", v);
+    }
+    h.insert("x-llm-sidecar-attempts", HeaderValue::from(rec.attempts));
+    h.insert("x-llm-sidecar-cache", HeaderValue::from_static(rec.cache.header()));
+}
+
+/// A whole answer: its usage and cost, stored when it passed the check, the record finished.
+fn whole(rec: &mut RequestRecord, answer: Answer, bytes: Bytes, h: &mut HeaderMap) -> Body {
+    drop(answer.permit);
+    let status = answer.parts.status;
+    let bytes = answer.redact.bytes(bytes);
+    if status.is_success() {
+        rec.usage = match answer.checked {
+            Some(usage) => usage,
+            None => parse_usage(&bytes).map(|r| r.usage),
+        };
+        if let Some(t) = rec.trace.as_deref_mut() {
+            t.finish_reasons = finish_reasons(&bytes);
+        }
+        if let Some(u) = rec.usage {
+            let cost = u.cost(&answer.model.pricing);
+            if let Ok(v) = HeaderValue::from_str(&format!("{cost:.8}")) {
+                h.insert("x-llm-sidecar-cost-usd", v);
+            }
+        }
+        // Only an answer that passed the check is ever stored.
+        if let Some(c) = answer
+            .cache
+            .filter(|_| status == StatusCode::OK && answer.checked.is_some())
+        {
+            c.store(bytes.clone(), answer.model.name.clone());
+        }
+    }
+    rec.finish(outcome(status));
+    Body::full(bytes)
+}
+
+/// A stream, handed to the relay with what it needs to judge, store and account it.
+fn stream(mut rec: RequestRecord, answer: Answer, incoming: Incoming, prefix: Option<Bytes>, sse: bool) -> Body {
+    let status = answer.parts.status;
+    let (mode, prefix, seen, settle) = match answer.committed {
+        Some(c) => (Mode::Sse(c.scanner), Some(c.prefix), Some(c.seen), Some(c.settle)),
+        None if sse && status.is_success() => {
+            // Passthrough streams (the Responses API and others) are relayed as they are.
+            let mut scanner = SseScanner::lenient(answer.strip_usage);
+            if rec.trace.is_some() {
+                scanner.track_finish_reason();
+            }
+            (Mode::Sse(scanner), prefix, None, None)
+        }
+        None => (Mode::Raw, prefix, None, None),
+    };
+    if let Some(t) = rec.trace.as_deref_mut() {
+        t.stream_start = Some(std::time::Instant::now());
+    }
+    // A stream is stored only if it was committed (its first event checked) and ends complete
+    // and error-free (the relay decides).
+    let model = answer.model.name.clone();
+    let on_complete: Option<OnComplete> = answer
+        .cache
+        .filter(|_| settle.is_some() && status == StatusCode::OK)
+        .map(|c| {
+            Box::new(move |sse: &[u8]| {
+                if let Some(json) = replay::assemble(sse) {
+                    c.store(json, model);
+                }
+            }) as OnComplete
+        });
+    let params = RelayParams {
+        mode,
+        idle: answer.idle,
+        deadline: answer.deadline,
+        prefix,
+        seen,
+        outcome: outcome(status),
+        on_complete,
+        translate: answer.translate,
+        settle,
+        redact: answer.redact,
+        stop: answer.stop,
+    };
+    Body::Relay(Box::pin(RelayBody::new(incoming, params, rec, answer.permit)))
+}
+
+/// Answers from the cache, as JSON or as a replayed SSE stream.
+pub(super) fn serve_cached(
+    mut rec: RequestRecord,
+    rt: &Runtime,
+    hit: Hit,
+    stream: bool,
+    include_usage: bool,
+    route: HeaderValue,
+) -> Response<Body> {
+    let body = if stream {
+        replay::to_sse(&hit.response, include_usage)
+    } else {
+        Some(hit.response.clone())
+    };
+    let Some(body) = body else {
+        return fail(rec, internal("a cached answer could not be replayed"), &rt.redact);
+    };
+    let mut resp = Response::new(Body::full(body));
+    let h = resp.headers_mut();
+    let content_type = if stream {
+        "text/event-stream"
+    } else {
+        "application/json"
+    };
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert("x-request-id", rec.request_id.clone());
+    h.insert("x-llm-sidecar-route", route);
+    if let Ok(v) = HeaderValue::from_str(&hit.model) {
+        h.insert("x-llm-sidecar-model", v);
+    }
+    h.insert("x-llm-sidecar-attempts", HeaderValue::from(0));
+    rec.cache = CacheStatus::from(hit.kind);
+    if let HitKind::Semantic { similarity } = hit.kind
+        && let Ok(v) = HeaderValue::from_str(&format!("{similarity:.4}"))
+    {
+        h.insert("x-llm-sidecar-cache-similarity", v);
+    }
+    h.insert("x-llm-sidecar-cache", HeaderValue::from_static(rec.cache.header()));
+    if let Some(t) = rec.trace.as_deref_mut() {
+        t.finish_reasons = finish_reasons(&hit.response);
+    }
+    // Served locally: the provider charged nothing for this answer.
+    h.insert("x-llm-sidecar-cost-usd", HeaderValue::from_static("0"));
+    rec.response_headers(h);
+    rec.model = rt.config.models.get(&*hit.model).cloned();
+    rec.status = 200;
+    rec.finish(Outcome::CacheHit);
+    resp
+}
+
+pub(super) fn fail(mut rec: RequestRecord, mut e: ApiError, redact: &Redactor) -> Response<Body> {
+    // Messages quote providers, and providers echo credentials.
+    if let Cow::Owned(m) = redact.text(&e.message) {
+        e.message = m;
+    }
+    rec.status = e.status.as_u16();
+    let mut resp = {
+        rec.finish(e.outcome);
+        let id = rec.request_id.clone();
+        e.into_response(&id)
+    };
+    if let Some(route) = &rec.route {
+        resp.headers_mut().insert("x-llm-sidecar-route", route_header(route));
+    }
+    if rec.attempts > 0 {
+        resp.headers_mut()
+            .insert("x-llm-sidecar-attempts", HeaderValue::from(rec.attempts));
+    }
+    rec.response_headers(resp.headers_mut());
+    resp
+}
+
+pub(super) fn route_header(name: &str) -> HeaderValue {
+    HeaderValue::from_str(name).unwrap_or_else(|_| HeaderValue::from_static("invalid-name"))
+}
