@@ -114,6 +114,87 @@ impl Window {
 
     /// Whether admitting (1 request, `estimate` tokens) keeps this pod within its share of
     /// what the fleet had left at the last sync.
+    /// Would one more request of `estimate` tokens stay within `rpm`/`tpm` (and, in fleet
+    /// mode, this pod's share)? The window's rate headers if so.
+    fn check(
+        &self,
+        rpm: Option<u64>,
+        tpm: Option<u64>,
+        estimate: u64,
+        now: u64,
+        per_model: bool,
+    ) -> Result<RateHeaders, Limited> {
+        let frac = (now % MINUTE_MS) as f64 / MINUTE_MS as f64;
+        let reset = Duration::from_millis(MINUTE_MS - now % MINUTE_MS);
+        let (used_req, used_tok) = self.used(frac);
+        let h = RateHeaders {
+            limit_requests: rpm,
+            remaining_requests: rpm.map_or(0, |l| (l as f64 - used_req - 1.0).max(0.0) as u64),
+            limit_tokens: tpm,
+            remaining_tokens: tpm.map_or(0, |l| (l as f64 - used_tok - estimate as f64).max(0.0) as u64),
+            reset,
+        };
+        let (share_req, share_tok) = self.within_share(rpm, tpm, estimate);
+        if let Some(l) = rpm
+            && (used_req + 1.0 > l as f64 || !share_req)
+        {
+            return Err(Limited::Rate {
+                reason: if per_model {
+                    LimitKind::ModelRequests
+                } else {
+                    LimitKind::Requests
+                },
+                limit: l,
+                reset,
+                headers: RateHeaders {
+                    remaining_requests: 0,
+                    ..h
+                },
+            });
+        }
+        if let Some(l) = tpm
+            && (used_tok + estimate as f64 > l as f64 || !share_tok)
+        {
+            return Err(Limited::Rate {
+                reason: if per_model {
+                    LimitKind::ModelTokens
+                } else {
+                    LimitKind::Tokens
+                },
+                limit: l,
+                reset,
+                headers: RateHeaders {
+                    remaining_tokens: 0,
+                    ..h
+                },
+            });
+        }
+        Ok(h)
+    }
+
+    /// Replaces a request's token estimate by its real count (`delta` = real − estimate).
+    fn correct(&mut self, admitted_minute: u64, delta: i64) {
+        if self.minute == admitted_minute {
+            self.tok[1] += delta;
+            self.pending_tok += delta;
+            self.unsynced_tok += delta;
+        } else if self.minute == admitted_minute + 1 {
+            // The minute turned while the request ran: correct the previous window (locally;
+            // the fleet copy of a finished minute keeps the estimate).
+            self.tok[0] += delta;
+        }
+    }
+
+    /// Counts an admitted request at its estimate (settled later against real usage).
+    fn count(&mut self, estimate: u64) {
+        self.req[1] += 1;
+        self.tok[1] += estimate as i64;
+        self.pending_req += 1;
+        self.pending_tok += estimate as i64;
+        self.unsynced_req += 1;
+        self.unsynced_tok += estimate as i64;
+    }
+
     fn within_share(&self, rpm: Option<u64>, tpm: Option<u64>, estimate: u64) -> (bool, bool) {
         if self.pods < 2 {
             return (true, true);
@@ -148,6 +229,13 @@ struct Spend {
 }
 
 impl Spend {
+    fn spend(&mut self, usd: f64, now: u64) {
+        self.roll(now);
+        self.day_usd += usd;
+        self.month_usd += usd;
+        self.pending_usd += usd;
+    }
+
     fn roll(&mut self, now: u64) {
         let (day, month) = (now / DAY_MS, month_id(now));
         if day != self.day {
@@ -283,6 +371,21 @@ pub struct Admission {
     keys: u8,
 }
 
+impl Admission {
+    /// Admitted without a rate window (none applies, or the ledger is unusable).
+    fn unlimited(tenant: &Arc<str>, model: &str, estimate: u64, soft: bool, minute: u64) -> Self {
+        Admission {
+            tenant: tenant.clone(),
+            model: model.into(),
+            estimate,
+            headers: None,
+            soft,
+            minute,
+            keys: 0,
+        }
+    }
+}
+
 /// A state change worth a log line.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SoftCrossed {
@@ -299,9 +402,61 @@ struct Inner {
     usage: HashMap<(Arc<str>, Arc<str>), UsageRow>,
 }
 
+impl Inner {
+    /// Refuses a tenant whose daily or monthly budget is spent; `true` past its soft limit.
+    fn check_budget(&mut self, cfg: &TenantsConfig, tenant: &Arc<str>, now: u64) -> Result<bool, Limited> {
+        let Some(b) = cfg.budget_of(tenant) else {
+            return Ok(false);
+        };
+        let s = self.spend.entry(tenant.clone()).or_default();
+        s.roll(now);
+        let (today, month) = (s.today(), s.this_month());
+        if let Some(limit) = b.daily_usd.filter(|l| today >= *l) {
+            return Err(Limited::Budget {
+                reason: LimitKind::BudgetDaily,
+                limit_usd: limit,
+                spent_usd: today,
+                reset: Duration::from_millis(DAY_MS - now % DAY_MS),
+            });
+        }
+        if let Some(limit) = b.monthly_usd.filter(|l| month >= *l) {
+            return Err(Limited::Budget {
+                reason: LimitKind::BudgetMonthly,
+                limit_usd: limit,
+                spent_usd: month,
+                reset: Duration::from_millis(to_next_month(now)),
+            });
+        }
+        Ok(budget_state(b, today, month) >= 1)
+    }
+}
+
 #[derive(Default)]
 pub struct Ledger {
     inner: Mutex<Inner>,
+}
+
+/// The first time in a period that `tenant`'s spend passes its soft limit: the crossing to log.
+fn soft_crossing(s: &mut Spend, cfg: &TenantsConfig, tenant: &Arc<str>) -> Option<SoftCrossed> {
+    let b = cfg.budget_of(tenant)?;
+    let periods = [
+        ("daily", b.daily_usd, s.today(), s.day),
+        ("monthly", b.monthly_usd, s.this_month(), s.month),
+    ];
+    for (i, (period, limit, spent, current)) in periods.into_iter().enumerate() {
+        if let Some(l) = limit.filter(|l| spent >= l * b.soft_ratio)
+            && s.soft_logged[i] != current
+        {
+            s.soft_logged[i] = current;
+            return Some(SoftCrossed {
+                tenant: tenant.clone(),
+                period,
+                spent_usd: spent,
+                budget_usd: l,
+            });
+        }
+    }
+    None
 }
 
 /// Budget state of a tenant: 0 below the soft limit, 1 soft, 2 exhausted.
@@ -353,150 +508,54 @@ impl Ledger {
         estimate: u64,
         now: u64,
     ) -> Result<Admission, Limited> {
+        let minute = now / MINUTE_MS;
+        let unlimited = |soft| Admission::unlimited(tenant, model, estimate, soft, minute);
         let Ok(mut inner) = self.inner.lock() else {
             // A poisoned lock must not take the sidecar down: admit, unaccounted.
-            return Ok(Admission {
-                tenant: tenant.clone(),
-                model: model.into(),
-                estimate,
-                headers: None,
-                soft: false,
-                minute: now / MINUTE_MS,
-                keys: 0,
-            });
+            return Ok(unlimited(false));
         };
-        let mut soft = false;
-        if let Some(b) = cfg.budget_of(tenant) {
-            let s = inner.spend.entry(tenant.clone()).or_default();
-            s.roll(now);
-            let (today, month) = (s.today(), s.this_month());
-            if let Some(limit) = b.daily_usd.filter(|l| today >= *l) {
-                return Err(Limited::Budget {
-                    reason: LimitKind::BudgetDaily,
-                    limit_usd: limit,
-                    spent_usd: today,
-                    reset: Duration::from_millis(DAY_MS - now % DAY_MS),
-                });
-            }
-            if let Some(limit) = b.monthly_usd.filter(|l| month >= *l) {
-                return Err(Limited::Budget {
-                    reason: LimitKind::BudgetMonthly,
-                    limit_usd: limit,
-                    spent_usd: month,
-                    reset: Duration::from_millis(to_next_month(now)),
-                });
-            }
-            soft = budget_state(b, today, month) >= 1;
-        }
-        let minute = now / MINUTE_MS;
-        let frac = (now % MINUTE_MS) as f64 / MINUTE_MS as f64;
-        let reset = Duration::from_millis(MINUTE_MS - now % MINUTE_MS);
+        let soft = inner.check_budget(cfg, tenant, now)?;
         let Some(limits) = cfg.limits_of(tenant) else {
-            return Ok(Admission {
-                tenant: tenant.clone(),
-                model: model.into(),
-                estimate,
-                headers: None,
-                soft,
-                minute,
-                keys: 0,
-            });
+            return Ok(unlimited(soft));
         };
         let model_limits = limits.models.get(model).copied();
+        // The tenant-wide window, then the tenant's window for this model when it has one.
         let checks = [
-            (None, limits.requests_per_minute, limits.tokens_per_minute, ""),
+            (None, limits.requests_per_minute, limits.tokens_per_minute),
             (
                 model_limits.map(|_| Arc::<str>::from(model)),
                 model_limits.and_then(|m| m.requests_per_minute),
                 model_limits.and_then(|m| m.tokens_per_minute),
-                "model_",
             ),
         ];
         let mut headers: Option<RateHeaders> = None;
-        let mut keys = 0u8;
-        for (i, (m, rpm, tpm, prefix)) in checks.iter().enumerate() {
+        let (mut keys, mut applied): (u8, [Option<RateKey>; 2]) = (0, [None, None]);
+        for (i, (m, rpm, tpm)) in checks.into_iter().enumerate() {
             if (rpm.is_none() && tpm.is_none()) || (i == 1 && m.is_none()) {
                 continue;
             }
             let key = RateKey {
                 tenant: tenant.clone(),
-                model: m.clone(),
+                model: m,
             };
-            let w = inner.rates.entry(key).or_default();
+            let w = inner.rates.entry(key.clone()).or_default();
             w.roll(minute);
-            let (used_req, used_tok) = w.used(frac);
-            let h = RateHeaders {
-                limit_requests: *rpm,
-                remaining_requests: rpm.map_or(0, |l| (l as f64 - used_req - 1.0).max(0.0) as u64),
-                limit_tokens: *tpm,
-                remaining_tokens: tpm.map_or(0, |l| (l as f64 - used_tok - estimate as f64).max(0.0) as u64),
-                reset,
-            };
-            let (share_req, share_tok) = w.within_share(*rpm, *tpm, estimate);
-            if let Some(l) = rpm
-                && (used_req + 1.0 > *l as f64 || !share_req)
-            {
-                return Err(Limited::Rate {
-                    reason: if prefix.is_empty() {
-                        LimitKind::Requests
-                    } else {
-                        LimitKind::ModelRequests
-                    },
-                    limit: *l,
-                    reset,
-                    headers: RateHeaders {
-                        remaining_requests: 0,
-                        ..h
-                    },
-                });
-            }
-            if let Some(l) = tpm
-                && (used_tok + estimate as f64 > *l as f64 || !share_tok)
-            {
-                return Err(Limited::Rate {
-                    reason: if prefix.is_empty() {
-                        LimitKind::Tokens
-                    } else {
-                        LimitKind::ModelTokens
-                    },
-                    limit: *l,
-                    reset,
-                    headers: RateHeaders {
-                        remaining_tokens: 0,
-                        ..h
-                    },
-                });
-            }
+            let h = w.check(rpm, tpm, estimate, now, i == 1)?;
             // The tenant-wide numbers are the ones an app should pace itself by.
             headers.get_or_insert(h);
             keys |= 1 << i;
+            applied[i] = Some(key);
         }
         // Admitted: count it in every window that applied.
-        for (i, (m, ..)) in checks.iter().enumerate() {
-            if keys & (1 << i) == 0 {
-                continue;
-            }
-            let key = RateKey {
-                tenant: tenant.clone(),
-                model: m.clone(),
-            };
-            if let Some(w) = inner.rates.get_mut(&key) {
-                w.req[1] += 1;
-                w.tok[1] += estimate as i64;
-                w.pending_req += 1;
-                w.pending_tok += estimate as i64;
-                w.unsynced_req += 1;
-                w.unsynced_tok += estimate as i64;
+        for key in applied.iter().flatten() {
+            if let Some(w) = inner.rates.get_mut(key) {
+                w.count(estimate);
             }
         }
         Ok(Admission {
-            tenant: tenant.clone(),
-            model: model.into(),
-            estimate,
             headers,
-            soft,
-            minute,
             keys,
+            ..unlimited(soft)
         })
     }
 
@@ -524,15 +583,7 @@ impl Ledger {
                 model: (i == 1).then(|| a.model.clone()),
             };
             if let Some(w) = inner.rates.get_mut(&key) {
-                if w.minute == a.minute {
-                    w.tok[1] += delta;
-                    w.pending_tok += delta;
-                    w.unsynced_tok += delta;
-                } else if w.minute == a.minute + 1 {
-                    // The minute turned while the request ran: correct the previous window
-                    // (locally; the fleet copy of a finished minute keeps the estimate).
-                    w.tok[0] += delta;
-                }
+                w.correct(a.minute, delta);
             }
         }
         let row = inner
@@ -550,29 +601,8 @@ impl Ledger {
             return None;
         }
         let s = inner.spend.entry(a.tenant.clone()).or_default();
-        s.roll(now);
-        s.day_usd += cost;
-        s.month_usd += cost;
-        s.pending_usd += cost;
-        let b = cfg.budget_of(&a.tenant)?;
-        let periods = [
-            ("daily", b.daily_usd, s.today(), s.day),
-            ("monthly", b.monthly_usd, s.this_month(), s.month),
-        ];
-        for (i, (period, limit, spent, current)) in periods.into_iter().enumerate() {
-            if let Some(l) = limit.filter(|l| spent >= l * b.soft_ratio)
-                && s.soft_logged[i] != current
-            {
-                s.soft_logged[i] = current;
-                return Some(SoftCrossed {
-                    tenant: a.tenant.clone(),
-                    period,
-                    spent_usd: spent,
-                    budget_usd: l,
-                });
-            }
-        }
-        None
+        s.spend(cost, now);
+        soft_crossing(s, cfg, &a.tenant)
     }
 
     /// (spent today, spent this month) of a tenant, fleet included.
