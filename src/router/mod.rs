@@ -635,9 +635,6 @@ impl Router {
     }
 }
 
-/// The route's targets that can serve the request: they have the capabilities it needs and a
-/// context window that holds its estimated prompt and completion.
-
 /// One target drawn by weight (or by the sticky key's hash), first; the others keep their order.
 fn weighted(route: &Route, req: &Request<'_>, candidates: &mut Vec<Target>) -> Reason {
     let total: u64 = candidates.iter().map(|c| u64::from(c.weight)).sum();
@@ -735,6 +732,8 @@ fn by_complexity(route: &Route, s: &Signals, candidates: &mut [Target]) -> Reaso
     Reason::Complexity { score, tier }
 }
 
+/// The route's targets that can serve the request: they have the capabilities it needs and a
+/// context window that holds its estimated prompt and completion.
 fn eligible(route: &Route, s: &Signals<'_>) -> (Vec<Target>, usize) {
     let tokens = s.prompt_tokens + s.completion_estimate();
     let mut out = Vec::with_capacity(route.targets.len() + 1);
