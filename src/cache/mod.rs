@@ -32,6 +32,7 @@ use self::quality::{Judged, Policy, Quality};
 use self::store::{NewEntry, SEARCH_CANDIDATES, Store};
 use crate::config::{CacheConfig, SemanticMode};
 use crate::embed::{EmbedError, EmbedObserver, Embedder, EmbedderSettings, Fit, Lane, SubmitError, Unembedded};
+use crate::openai::Endpoint;
 use crate::openai::RequestHead;
 use crate::router::Route;
 use crate::telemetry::{JudgmentLabels, Metrics, ReasonLabels, ResultLabels, RouteLabels};
@@ -78,7 +79,7 @@ pub struct Plan {
     /// When the semantic lookup ran, for the request's trace.
     pub timing: Option<SemanticTiming>,
     /// Why the lookup (or its semantic half) did not run, for the request's log line.
-    pub skipped: Option<&'static str>,
+    pub skipped: Option<Skip>,
     /// Candidates over the threshold that the guard or a learned threshold turned down.
     pub rejected: Vec<&'static str>,
     /// A hit found but not served: judged against the upstream answer the request gets.
@@ -109,6 +110,49 @@ pub struct SemanticTiming {
     pub embedded: std::time::Instant,
     pub searched: std::time::Instant,
     pub candidates: usize,
+}
+
+/// Why the cache (or its semantic half) did not run for a request: the
+/// `llm_sidecar_cache_skips` label, the log line's `cache_skip` and the dashboard's tally.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
+    /// Off in the config or for the route.
+    Disabled,
+    /// Embeddings and passthrough paths are not cached.
+    Endpoint,
+    /// `Cache-Control: no-store` (with `no-cache`: nothing to do at all).
+    NoStore,
+    /// `Cache-Control: no-cache`: stored, not looked up.
+    NoCache,
+    /// The request matched a privacy pattern: never stored, looked up or embedded.
+    Privacy,
+    /// No key can be derived (tools with side effects, `n` > 1…).
+    Unkeyable,
+    /// Above `max_temperature`: the app asks for a fresh answer each time.
+    Temperature,
+    /// Too long to embed: exact-only.
+    TooLong,
+    EmbedTimeout,
+    EmbedQueueFull,
+    EmbedderUnavailable,
+}
+
+impl Skip {
+    pub fn label(self) -> &'static str {
+        match self {
+            Skip::Disabled => "disabled",
+            Skip::Endpoint => "endpoint",
+            Skip::NoStore => "no_store",
+            Skip::NoCache => "no_cache",
+            Skip::Privacy => "privacy",
+            Skip::Unkeyable => "unkeyable",
+            Skip::Temperature => "temperature",
+            Skip::TooLong => "too_long",
+            Skip::EmbedTimeout => "embed_timeout",
+            Skip::EmbedQueueFull => "embed_queue_full",
+            Skip::EmbedderUnavailable => "embedder_unavailable",
+        }
+    }
 }
 
 /// What the cache did for one request: the `x-llm-sidecar-cache` header, the log line's
@@ -234,7 +278,7 @@ impl EmbedObserver for Observer {
         self.0.embed_duration.observe(took.as_secs_f64());
     }
     fn expired(&self) {
-        self.0.cache_skip("embed_timeout");
+        self.0.cache_skip(Skip::EmbedTimeout.label());
     }
     fn failed(&self, error: &EmbedError) {
         tracing::warn!(%error, "embedding failed; counted as cache misses");
@@ -333,54 +377,65 @@ impl Cache {
         &self,
         config: &CacheConfig,
         route: &Route,
-        endpoint: &'static str,
+        endpoint: Endpoint,
         tenant: &Arc<str>,
         head: &RequestHead<'_>,
         headers: &HeaderMap,
         body: &[u8],
-    ) -> Result<Plan, &'static str> {
-        let skip = |reason| {
-            self.metrics.cache_skip(reason);
-            Err(reason)
+    ) -> Result<Plan, Skip> {
+        let skip = |reason: Skip| {
+            self.metrics.cache_skip(reason.label());
+            reason
         };
-        if !config.enabled || route.cache.enabled == Some(false) {
-            return skip("disabled");
-        }
-        if endpoint != "chat" && endpoint != "completions" {
-            return skip("endpoint");
-        }
-        let (no_cache, no_store) = directives(headers);
-        if no_cache && no_store {
-            return skip("no_store");
-        }
-        // Private data is never stored, looked up or embedded.
-        if !config.privacy.is_empty() && std::str::from_utf8(body).is_ok_and(|t| config.privacy.is_match(t)) {
-            return skip("privacy");
-        }
-        let Some(keys) = key::derive(&[tenant, &route.name, endpoint, &config.version], head) else {
-            return skip("unkeyable");
-        };
-        let mut lookup = !no_cache;
+        let (no_cache, no_store) = applies(config, route, endpoint, headers, body).map_err(skip)?;
+        let version = &config.version;
+        let keys = key::derive(&[tenant, &route.name, endpoint.label(), version], head).ok_or(Skip::Unkeyable);
+        let keys = keys.map_err(skip)?;
         if keys.temperature > config.max_temperature {
             // A high temperature asks for a fresh answer each time.
-            return skip("temperature");
+            return Err(skip(Skip::Temperature));
         }
         let mut skipped = None;
         if no_cache {
-            self.metrics.cache_skip("no_cache");
-            skipped = Some("no_cache");
-            lookup = false;
+            skipped = Some(skip(Skip::NoCache));
         }
         if no_store {
-            self.metrics.cache_skip("no_store");
+            skip(Skip::NoStore);
         }
         let mut semantic = config.semantic.enabled && keys.partition.is_some();
         if semantic && keys.query.as_ref().is_some_and(|q| q.len() > QUERY_MAX_BYTES) {
             // Far past the embedder's window: not worth tokenizing, storing or guarding.
-            self.metrics.cache_skip("too_long");
-            skipped = Some("too_long");
+            skipped = Some(skip(Skip::TooLong));
             semantic = false;
         }
+        let bar = self.bar(config, route);
+        Ok(Plan {
+            keys,
+            lookup: !no_cache,
+            store: !no_store,
+            semantic,
+            threshold: bar.threshold,
+            floor: bar.floor,
+            mode: bar.mode,
+            policy: bar.policy,
+            band: bar.band,
+            min_alignment: config.semantic.min_alignment,
+            min_score: config.semantic.verifier.as_ref().map_or(0.0, |v| v.min_score),
+            guard: config.semantic.guard,
+            tenant: tenant.clone(),
+            route: route.name.clone(),
+            vector: None,
+            late: None,
+            skipped,
+            best_similarity: None,
+            timing: None,
+            rejected: Vec::new(),
+            shadow: None,
+        })
+    }
+
+    /// How similar a stored question must be to be served (or judged) on this route.
+    fn bar(&self, config: &CacheConfig, route: &Route) -> Bar {
         let policy = policy(route, config);
         let threshold = self.quality.threshold(&route.name, &policy);
         let mode = route.cache.mode.unwrap_or(config.semantic.mode);
@@ -397,29 +452,13 @@ impl Cache {
         } else {
             threshold - band
         };
-        Ok(Plan {
-            keys,
-            lookup,
-            store: !no_store,
-            semantic,
+        Bar {
+            policy,
             threshold,
             floor,
             mode,
-            policy,
             band,
-            min_alignment: config.semantic.min_alignment,
-            min_score: config.semantic.verifier.as_ref().map_or(0.0, |v| v.min_score),
-            guard: config.semantic.guard,
-            tenant: tenant.clone(),
-            route: route.name.clone(),
-            vector: None,
-            late: None,
-            skipped,
-            best_similarity: None,
-            timing: None,
-            rejected: Vec::new(),
-            shadow: None,
-        })
+        }
     }
 
     /// Looks the request up: exact, then semantic (within `config.semantic.timeout`).
@@ -457,8 +496,8 @@ impl Cache {
             return None;
         };
         let Some(embedder) = &self.embedder else {
-            self.metrics.cache_skip("embedder_unavailable");
-            plan.skipped = Some("embedder_unavailable");
+            self.metrics.cache_skip(Skip::EmbedderUnavailable.label());
+            plan.skipped = Some(Skip::EmbedderUnavailable);
             return None;
         };
         // An empty partition has nothing to find: skip the embedding (the insert embeds).
@@ -514,13 +553,13 @@ impl Cache {
         match embedder.submit(query.to_owned(), Fit::Whole, deadline.into_std(), Lane::Request, then) {
             Ok(()) => {}
             Err(SubmitError::QueueFull) => {
-                self.metrics.cache_skip("embed_queue_full");
-                plan.skipped = Some("embed_queue_full");
+                self.metrics.cache_skip(Skip::EmbedQueueFull.label());
+                plan.skipped = Some(Skip::EmbedQueueFull);
                 return None;
             }
             Err(SubmitError::Stopped) => {
-                self.metrics.cache_skip("embedder_unavailable");
-                plan.skipped = Some("embedder_unavailable");
+                self.metrics.cache_skip(Skip::EmbedderUnavailable.label());
+                plan.skipped = Some(Skip::EmbedderUnavailable);
                 return None;
             }
         }
@@ -528,19 +567,19 @@ impl Cache {
             Ok(Ok(Ok(r))) => r,
             Ok(Ok(Err(Unembedded::TooLong))) => {
                 // Exact-only, and the store need not try to embed it again.
-                self.metrics.cache_skip("too_long");
-                plan.skipped = Some("too_long");
+                self.metrics.cache_skip(Skip::TooLong.label());
+                plan.skipped = Some(Skip::TooLong);
                 plan.semantic = false;
                 return None;
             }
             // Expired in the queue or failed: counted by the embedder's observer.
             Ok(_) => {
-                plan.skipped = Some("embed_timeout");
+                plan.skipped = Some(Skip::EmbedTimeout);
                 return None;
             }
             Err(_) => {
-                self.metrics.cache_skip("embed_timeout");
-                plan.skipped = Some("embed_timeout");
+                self.metrics.cache_skip(Skip::EmbedTimeout.label());
+                plan.skipped = Some(Skip::EmbedTimeout);
                 return None;
             }
         };
@@ -758,7 +797,7 @@ impl Cache {
                         Ok(v) => {
                             index.add(id, v);
                         }
-                        Err(Unembedded::TooLong) => metrics.cache_skip("too_long"),
+                        Err(Unembedded::TooLong) => metrics.cache_skip(Skip::TooLong.label()),
                         Err(_) => {}
                     }
                     publish(v.ok().map(<[f32]>::to_vec));
@@ -1040,6 +1079,41 @@ impl Cache {
 }
 
 /// `(no_cache, no_store)` from `x-llm-sidecar-cache` and `Cache-Control`.
+/// The semantic bar of one route: its policy, the threshold in force, the lowest similarity a
+/// candidate may have to be considered (the alignment band or a judging route's floor).
+struct Bar {
+    policy: Policy,
+    threshold: f32,
+    floor: f32,
+    mode: SemanticMode,
+    band: f32,
+}
+
+/// Whether the cache applies to this request at all; (`no-cache`, `no-store`) if it does.
+fn applies(
+    config: &CacheConfig,
+    route: &Route,
+    endpoint: Endpoint,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(bool, bool), Skip> {
+    if !config.enabled || route.cache.enabled == Some(false) {
+        return Err(Skip::Disabled);
+    }
+    if !matches!(endpoint, Endpoint::Chat | Endpoint::Completions) {
+        return Err(Skip::Endpoint);
+    }
+    let (no_cache, no_store) = directives(headers);
+    if no_cache && no_store {
+        return Err(Skip::NoStore);
+    }
+    // Private data is never stored, looked up or embedded.
+    if !config.privacy.is_empty() && std::str::from_utf8(body).is_ok_and(|t| config.privacy.is_match(t)) {
+        return Err(Skip::Privacy);
+    }
+    Ok((no_cache, no_store))
+}
+
 fn directives(headers: &HeaderMap) -> (bool, bool) {
     let mut no_cache = false;
     let mut no_store = false;

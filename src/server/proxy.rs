@@ -215,7 +215,7 @@ impl Stages<'_> {
         let planned = self.shared.cache.plan(
             &self.rt.config.cache,
             &decision.route,
-            self.endpoint.label(),
+            self.endpoint,
             tenant,
             head,
             self.headers,

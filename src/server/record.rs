@@ -41,7 +41,7 @@ pub struct RequestRecord {
     pub cache: CacheStatus,
     /// Why the cache lookup (or its semantic half) did not run: a `llm_sidecar_cache_skips`
     /// reason, in the log line.
-    pub cache_skip: Option<&'static str>,
+    pub cache_skip: Option<crate::cache::Skip>,
     /// Why the route put the candidates in their order (the routing decision's reason).
     pub reason: Option<Reason>,
     /// The priority class the request queued in.
@@ -303,7 +303,7 @@ impl RequestRecord {
                 status: self.status,
                 outcome: outcome.label(),
                 cache: self.cache.header(),
-                cache_skip: self.cache_skip,
+                cache_skip: self.cache_skip.map(crate::cache::Skip::label),
                 stream: self.stream,
                 duration_ms: elapsed.as_secs_f64() * 1e3,
                 ttft_ms: self.ttft.map(|t| t.as_secs_f64() * 1e3),
@@ -334,7 +334,7 @@ impl RequestRecord {
                     status = self.status,
                     outcome = outcome.label(),
                     cache = self.cache.header(),
-                    cache_skip = self.cache_skip,
+                    cache_skip = self.cache_skip.map(crate::cache::Skip::label),
                     stream = self.stream,
                     attempts = self.attempts,
                     retries = self.retries,
