@@ -496,8 +496,7 @@ impl Cache {
             return None;
         };
         let Some(embedder) = &self.embedder else {
-            self.metrics.cache_skip(Skip::EmbedderUnavailable.label());
-            plan.skipped = Some(Skip::EmbedderUnavailable);
+            self.skip(plan, Skip::EmbedderUnavailable);
             return None;
         };
         // An empty partition has nothing to find: skip the embedding (the insert embeds).
@@ -541,25 +540,16 @@ impl Cache {
             if let Ok(v) = v {
                 let _ = late.set(v.to_vec());
             }
-            let result = v.map(|v| {
-                let start = std::time::Instant::now();
-                let found = index.search(v, SEARCH_CANDIDATES);
-                let end = std::time::Instant::now();
-                metrics.search_duration.observe((end - start).as_secs_f64());
-                (v.to_vec(), found, start, end)
-            });
-            let _ = tx.send(result);
+            let _ = tx.send(v.map(|v| search(&index, v, &metrics)));
         });
         match embedder.submit(query.to_owned(), Fit::Whole, deadline.into_std(), Lane::Request, then) {
             Ok(()) => {}
             Err(SubmitError::QueueFull) => {
-                self.metrics.cache_skip(Skip::EmbedQueueFull.label());
-                plan.skipped = Some(Skip::EmbedQueueFull);
+                self.skip(plan, Skip::EmbedQueueFull);
                 return None;
             }
             Err(SubmitError::Stopped) => {
-                self.metrics.cache_skip(Skip::EmbedderUnavailable.label());
-                plan.skipped = Some(Skip::EmbedderUnavailable);
+                self.skip(plan, Skip::EmbedderUnavailable);
                 return None;
             }
         }
@@ -567,8 +557,7 @@ impl Cache {
             Ok(Ok(Ok(r))) => r,
             Ok(Ok(Err(Unembedded::TooLong))) => {
                 // Exact-only, and the store need not try to embed it again.
-                self.metrics.cache_skip(Skip::TooLong.label());
-                plan.skipped = Some(Skip::TooLong);
+                self.skip(plan, Skip::TooLong);
                 plan.semantic = false;
                 return None;
             }
@@ -578,8 +567,7 @@ impl Cache {
                 return None;
             }
             Err(_) => {
-                self.metrics.cache_skip(Skip::EmbedTimeout.label());
-                plan.skipped = Some(Skip::EmbedTimeout);
+                self.skip(plan, Skip::EmbedTimeout);
                 return None;
             }
         };
@@ -778,10 +766,23 @@ impl Cache {
                 let _ = tx.try_send(out);
             }
         };
-        let (Some(index), Some(query)) = (index, query) else {
-            publish(None);
-            return;
-        };
+        match (index, query) {
+            (Some(index), Some(query)) => self.index_vector(id, index, query, vector, publish),
+            _ => publish(None),
+        }
+    }
+
+    /// Adds a stored entry to its partition's vector index: with the lookup's vector when
+    /// there was one, else embedded in the background (lookups have priority); `publish` gets
+    /// the vector either way.
+    fn index_vector(
+        &self,
+        id: u64,
+        index: Arc<store::PartitionIndex>,
+        query: String,
+        vector: Option<Vec<f32>>,
+        publish: impl FnOnce(Option<Vec<f32>>) + Send + 'static,
+    ) {
         match (vector, &self.embedder) {
             (Some(v), _) => {
                 tokio::task::spawn_blocking(move || {
@@ -808,6 +809,12 @@ impl Cache {
             }
             (None, None) => publish(None),
         }
+    }
+
+    /// The semantic half did not run for this request: counted, and said in its log line.
+    fn skip(&self, plan: &mut Plan, why: Skip) {
+        self.metrics.cache_skip(why.label());
+        plan.skipped = Some(why);
     }
 
     /// Routes new entries to Redis (fleet mode); see `l2`.
@@ -1087,6 +1094,20 @@ struct Bar {
     floor: f32,
     mode: SemanticMode,
     band: f32,
+}
+
+/// Searches a partition on the embedder's thread, right after the query is embedded:
+/// (vector, candidates, search start, search end).
+fn search(
+    index: &store::PartitionIndex,
+    v: &[f32],
+    metrics: &Metrics,
+) -> (Vec<f32>, Vec<(u64, f32)>, std::time::Instant, std::time::Instant) {
+    let start = std::time::Instant::now();
+    let found = index.search(v, SEARCH_CANDIDATES);
+    let end = std::time::Instant::now();
+    metrics.search_duration.observe((end - start).as_secs_f64());
+    (v.to_vec(), found, start, end)
 }
 
 /// Whether the cache applies to this request at all; (`no-cache`, `no-store`) if it does.
