@@ -31,13 +31,7 @@ pub fn assemble(sse: &[u8]) -> Option<Bytes> {
         }
         if head.is_none() {
             chat = chunk.get("object").and_then(Value::as_str) != Some("text_completion");
-            let mut h = Map::new();
-            for k in ["id", "created", "model", "system_fingerprint"] {
-                if let Some(v) = chunk.get(k) {
-                    h.insert(k.into(), v.clone());
-                }
-            }
-            head = Some(h);
+            head = Some(head_of(&chunk));
         }
         if let Some(u) = chunk.get("usage").filter(|u| !u.is_null()) {
             usage = u.clone();
@@ -56,35 +50,7 @@ pub fn assemble(sse: &[u8]) -> Option<Bytes> {
                 acc.insert("finish_reason".into(), f.clone());
             }
             if chat {
-                let delta = c.get("delta")?;
-                let msg = acc
-                    .entry("message")
-                    .or_insert_with(|| json!({"role": "assistant", "content": null}));
-                let msg = msg.as_object_mut()?;
-                for field in ["content", "refusal"] {
-                    if let Some(s) = delta.get(field).and_then(Value::as_str) {
-                        append(msg, field, s);
-                    }
-                }
-                for tc in delta.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
-                    let ti = tc.get("index").and_then(Value::as_u64).unwrap_or(0) as usize;
-                    let calls = msg.entry("tool_calls").or_insert_with(|| json!([])).as_array_mut()?;
-                    while calls.len() <= ti {
-                        calls.push(json!({"id": null, "type": "function", "function": {"name": "", "arguments": ""}}));
-                    }
-                    let call = calls[ti].as_object_mut()?;
-                    if let Some(id) = tc.get("id").filter(|v| !v.is_null()) {
-                        call.insert("id".into(), id.clone());
-                    }
-                    if let Some(f) = tc.get("function") {
-                        let func = call.get_mut("function")?.as_object_mut()?;
-                        for field in ["name", "arguments"] {
-                            if let Some(s) = f.get(field).and_then(Value::as_str) {
-                                append(func, field, s);
-                            }
-                        }
-                    }
-                }
+                merge_delta(acc, c.get("delta")?)?;
             } else if let Some(s) = c.get("text").and_then(Value::as_str) {
                 append(acc, "text", s);
             }
@@ -93,7 +59,11 @@ pub fn assemble(sse: &[u8]) -> Option<Bytes> {
     if !done || choices.is_empty() || choices.iter().any(|c| !c.contains_key("finish_reason")) {
         return None;
     }
-    let mut out = head?;
+    whole(head?, chat, choices, usage)
+}
+
+/// The whole answer the chunks add up to.
+fn whole(mut out: Map<String, Value>, chat: bool, choices: Vec<Map<String, Value>>, usage: Value) -> Option<Bytes> {
     out.insert(
         "object".into(),
         json!(if chat { "chat.completion" } else { "text_completion" }),
@@ -106,6 +76,50 @@ pub fn assemble(sse: &[u8]) -> Option<Bytes> {
         out.insert("usage".into(), usage);
     }
     serde_json::to_vec(&out).ok().map(Bytes::from)
+}
+
+/// What a whole answer keeps from its first chunk.
+fn head_of(chunk: &Map<String, Value>) -> Map<String, Value> {
+    let mut h = Map::new();
+    for k in ["id", "created", "model", "system_fingerprint"] {
+        if let Some(v) = chunk.get(k) {
+            h.insert(k.into(), v.clone());
+        }
+    }
+    h
+}
+
+/// Adds one chat chunk's `delta` to its choice's message: text, refusal and tool calls.
+fn merge_delta(acc: &mut Map<String, Value>, delta: &Value) -> Option<()> {
+    let msg = acc
+        .entry("message")
+        .or_insert_with(|| json!({"role": "assistant", "content": null}));
+    let msg = msg.as_object_mut()?;
+    for field in ["content", "refusal"] {
+        if let Some(s) = delta.get(field).and_then(Value::as_str) {
+            append(msg, field, s);
+        }
+    }
+    for tc in delta.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
+        let ti = tc.get("index").and_then(Value::as_u64).unwrap_or(0) as usize;
+        let calls = msg.entry("tool_calls").or_insert_with(|| json!([])).as_array_mut()?;
+        while calls.len() <= ti {
+            calls.push(json!({"id": null, "type": "function", "function": {"name": "", "arguments": ""}}));
+        }
+        let call = calls[ti].as_object_mut()?;
+        if let Some(id) = tc.get("id").filter(|v| !v.is_null()) {
+            call.insert("id".into(), id.clone());
+        }
+        if let Some(f) = tc.get("function") {
+            let func = call.get_mut("function")?.as_object_mut()?;
+            for field in ["name", "arguments"] {
+                if let Some(s) = f.get(field).and_then(Value::as_str) {
+                    append(func, field, s);
+                }
+            }
+        }
+    }
+    Some(())
 }
 
 fn append(obj: &mut Map<String, Value>, field: &str, s: &str) {
