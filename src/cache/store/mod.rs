@@ -188,6 +188,28 @@ impl Inner {
         }
     }
 
+    /// A slot for `entry`: a free one, else a new one at the end of the table.
+    fn take_slot(&mut self, entry: Entry, max_entries: usize, max_bytes: usize) -> u32 {
+        match self.free {
+            NIL => {
+                self.reserve_for(max_entries, max_bytes);
+                self.slots.push(Slot {
+                    generation: 1,
+                    newer: NIL,
+                    older: NIL,
+                    entry: Some(entry),
+                });
+                (self.slots.len() - 1) as u32
+            }
+            free => {
+                let s = &mut self.slots[free as usize];
+                self.free = s.older;
+                s.entry = Some(entry);
+                free
+            }
+        }
+    }
+
     fn push_newest(&mut self, slot: u32) {
         let old_newest = self.newest;
         {
@@ -473,24 +495,7 @@ impl Store {
                 partition: index.clone(),
                 min_similarity: 0.0,
             };
-            let slot = match inner.free {
-                NIL => {
-                    inner.reserve_for(max_entries, max_bytes);
-                    inner.slots.push(Slot {
-                        generation: 1,
-                        newer: NIL,
-                        older: NIL,
-                        entry: Some(entry),
-                    });
-                    (inner.slots.len() - 1) as u32
-                }
-                free => {
-                    let s = &mut inner.slots[free as usize];
-                    inner.free = s.older;
-                    s.entry = Some(entry);
-                    free
-                }
-            };
+            let slot = inner.take_slot(entry, max_entries, max_bytes);
             inner.push_newest(slot);
             inner.len += 1;
             inner.bytes += bytes;
