@@ -560,45 +560,8 @@ fn differ_by_an_article(a: &Features, b: &Features) -> bool {
 
 /// Whether `candidate` (a cached query) may answer `query`.
 pub fn check(query: &Features, candidate: &Features) -> Result<(), Reason> {
-    if query.numbers != candidate.numbers && !differ_by_an_article(query, candidate) {
-        return Err(Reason::Number);
-    }
-    if query.negated != candidate.negated {
-        return Err(Reason::Negation);
-    }
-    if query.quoted != candidate.quoted {
-        return Err(Reason::Quoted);
-    }
-    if query.symbols != candidate.symbols {
-        return Err(Reason::Symbol);
-    }
-    if query.intent.conflicts(candidate.intent) {
-        return Err(Reason::Intent);
-    }
-    // Source and target swapped: "copy a file from the container to the host" is not "from
-    // the host into the container", however close the two embed (0.99).
-    if let ((Some(qs), Some(qt)), (Some(cs), Some(ct))) = (&query.roles, &candidate.roles)
-        && qs != qt
-        && qs == ct
-        && qt == cs
-    {
-        return Err(Reason::WordOrder);
-    }
-    // Entities are found by their capitals, but compared by their words: "france" in one
-    // text is the other's "France", and an all-caps question names no more than it says.
-    if !named_in(query, candidate) || !named_in(candidate, query) {
-        return Err(Reason::Entity);
-    }
-    let common = |a: &Features, b: &Features| -> Vec<String> {
-        dedup_in_order(&a.entities)
-            .into_iter()
-            .filter(|e| b.entities.contains(e))
-            .cloned()
-            .collect()
-    };
-    if common(query, candidate) != common(candidate, query) {
-        return Err(Reason::EntityOrder);
-    }
+    marks(query, candidate)?;
+    entities(query, candidate)?;
     if swapped_term(&query.terms, &candidate.terms) {
         return Err(Reason::Term);
     }
@@ -626,6 +589,56 @@ pub fn check(query: &Features, candidate: &Features) -> Result<(), Reason> {
     }
     if query.style != candidate.style {
         return Err(Reason::Style);
+    }
+    Ok(())
+}
+
+/// What the two texts mark outright: numbers, negation, quotes, symbols, the kind of answer
+/// asked for, and who acts on whom.
+fn marks(query: &Features, candidate: &Features) -> Result<(), Reason> {
+    if query.numbers != candidate.numbers && !differ_by_an_article(query, candidate) {
+        return Err(Reason::Number);
+    }
+    if query.negated != candidate.negated {
+        return Err(Reason::Negation);
+    }
+    if query.quoted != candidate.quoted {
+        return Err(Reason::Quoted);
+    }
+    if query.symbols != candidate.symbols {
+        return Err(Reason::Symbol);
+    }
+    if query.intent.conflicts(candidate.intent) {
+        return Err(Reason::Intent);
+    }
+    // Source and target swapped: "copy a file from the container to the host" is not "from
+    // the host into the container", however close the two embed (0.99).
+    if let ((Some(qs), Some(qt)), (Some(cs), Some(ct))) = (&query.roles, &candidate.roles)
+        && qs != qt
+        && qs == ct
+        && qt == cs
+    {
+        return Err(Reason::WordOrder);
+    }
+    Ok(())
+}
+
+/// The same named things, named in the same order.
+fn entities(query: &Features, candidate: &Features) -> Result<(), Reason> {
+    // Entities are found by their capitals, but compared by their words: "france" in one
+    // text is the other's "France", and an all-caps question names no more than it says.
+    if !named_in(query, candidate) || !named_in(candidate, query) {
+        return Err(Reason::Entity);
+    }
+    let common = |a: &Features, b: &Features| -> Vec<String> {
+        dedup_in_order(&a.entities)
+            .into_iter()
+            .filter(|e| b.entities.contains(e))
+            .cloned()
+            .collect()
+    };
+    if common(query, candidate) != common(candidate, query) {
+        return Err(Reason::EntityOrder);
     }
     Ok(())
 }
