@@ -138,12 +138,47 @@ pub fn request(body: &[u8], upstream_model: &str) -> Result<Vec<u8>, TranslateEr
         serde_json::from_slice(body).map_err(|e| bad(format!("the request is not a JSON object: {e}")))?;
     let mut out = Map::new();
     out.insert("model".into(), upstream_model.into());
-    let mut system: Vec<Value> = Vec::new();
-    let mut messages: Vec<Value> = Vec::new();
     let list = req
         .get("messages")
         .and_then(Value::as_array)
         .ok_or_else(|| bad("`messages` must be an array"))?;
+    let (system, messages) = conversation(list)?;
+    if !system.is_empty() {
+        out.insert("system".into(), Value::Array(system));
+    }
+    out.insert("messages".into(), Value::Array(messages));
+    let max_tokens = req
+        .get("max_completion_tokens")
+        .or_else(|| req.get("max_tokens"))
+        .and_then(Value::as_u64)
+        .unwrap_or(DEFAULT_MAX_TOKENS);
+    out.insert("max_tokens".into(), max_tokens.into());
+    for key in ["temperature", "top_p", "stream"] {
+        if let Some(v) = req.get(key).filter(|v| !v.is_null()) {
+            out.insert(key.into(), v.clone());
+        }
+    }
+    match req.get("stop") {
+        Some(Value::String(s)) => {
+            out.insert("stop_sequences".into(), json!([s]));
+        }
+        Some(Value::Array(a)) => {
+            out.insert("stop_sequences".into(), Value::Array(a.clone()));
+        }
+        _ => {}
+    }
+    if let Some(user) = req.get("user").and_then(Value::as_str) {
+        out.insert("metadata".into(), json!({"user_id": user}));
+    }
+    tools(&req, &mut out);
+    serde_json::to_vec(&Value::Object(out)).map_err(|e| bad(e.to_string()))
+}
+
+/// OpenAI's messages as Anthropic's (system blocks, alternating turns); tool calls become
+/// `tool_use` blocks and tool messages `tool_result` blocks of a user turn.
+fn conversation(list: &[Value]) -> Result<(Vec<Value>, Vec<Value>), TranslateError> {
+    let mut system: Vec<Value> = Vec::new();
+    let mut messages: Vec<Value> = Vec::new();
     for (i, m) in list.iter().enumerate() {
         match m["role"].as_str() {
             Some("system" | "developer") => system.extend(blocks(&m["content"])?),
@@ -181,33 +216,11 @@ pub fn request(body: &[u8], upstream_model: &str) -> Result<Vec<u8>, TranslateEr
             other => return Err(bad(format!("messages[{i}].role {other:?} is not supported"))),
         }
     }
-    if !system.is_empty() {
-        out.insert("system".into(), Value::Array(system));
-    }
-    out.insert("messages".into(), Value::Array(messages));
-    let max_tokens = req
-        .get("max_completion_tokens")
-        .or_else(|| req.get("max_tokens"))
-        .and_then(Value::as_u64)
-        .unwrap_or(DEFAULT_MAX_TOKENS);
-    out.insert("max_tokens".into(), max_tokens.into());
-    for key in ["temperature", "top_p", "stream"] {
-        if let Some(v) = req.get(key).filter(|v| !v.is_null()) {
-            out.insert(key.into(), v.clone());
-        }
-    }
-    match req.get("stop") {
-        Some(Value::String(s)) => {
-            out.insert("stop_sequences".into(), json!([s]));
-        }
-        Some(Value::Array(a)) => {
-            out.insert("stop_sequences".into(), Value::Array(a.clone()));
-        }
-        _ => {}
-    }
-    if let Some(user) = req.get("user").and_then(Value::as_str) {
-        out.insert("metadata".into(), json!({"user_id": user}));
-    }
+    Ok((system, messages))
+}
+
+/// Function tools and the tool choice, in Anthropic's shape.
+fn tools(req: &Map<String, Value>, out: &mut Map<String, Value>) {
     if let Some(tools) = req.get("tools").and_then(Value::as_array) {
         let tools: Vec<Value> = tools
             .iter()
@@ -228,22 +241,19 @@ pub fn request(body: &[u8], upstream_model: &str) -> Result<Vec<u8>, TranslateEr
             out.insert("tools".into(), Value::Array(tools));
         }
     }
-    if let Some(choice) = req.get("tool_choice") {
-        let c = match choice {
-            Value::String(s) if s == "auto" => Some(json!({"type": "auto"})),
-            Value::String(s) if s == "required" => Some(json!({"type": "any"})),
-            Value::String(s) if s == "none" => Some(json!({"type": "none"})),
-            Value::Object(o) => o
-                .get("function")
-                .and_then(|f| f.get("name"))
-                .map(|n| json!({"type": "tool", "name": n})),
-            _ => None,
-        };
-        if let Some(c) = c {
-            out.insert("tool_choice".into(), c);
-        }
+    let choice = match req.get("tool_choice") {
+        Some(Value::String(s)) if s == "auto" => Some(json!({"type": "auto"})),
+        Some(Value::String(s)) if s == "required" => Some(json!({"type": "any"})),
+        Some(Value::String(s)) if s == "none" => Some(json!({"type": "none"})),
+        Some(Value::Object(o)) => o
+            .get("function")
+            .and_then(|f| f.get("name"))
+            .map(|n| json!({"type": "tool", "name": n})),
+        _ => None,
+    };
+    if let Some(c) = choice {
+        out.insert("tool_choice".into(), c);
     }
-    serde_json::to_vec(&Value::Object(out)).map_err(|e| bad(e.to_string()))
 }
 
 fn finish_reason(stop: Option<&str>) -> Value {
