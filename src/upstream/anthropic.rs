@@ -426,22 +426,7 @@ impl StreamTranslator {
                     Value::Null,
                 );
             }
-            Some("content_block_delta") => {
-                let d = &v["delta"];
-                match d["type"].as_str() {
-                    Some("text_delta") => self.chunk(out, json!({"content": d["text"]}), Value::Null),
-                    Some("input_json_delta") => {
-                        let block = v["index"].as_u64().unwrap_or(0);
-                        let index = self.tools.iter().find(|(b, _)| *b == block).map_or(0, |(_, i)| *i);
-                        self.chunk(
-                            out,
-                            json!({"tool_calls": [{"index": index, "function": {"arguments": d["partial_json"]}}]}),
-                            Value::Null,
-                        );
-                    }
-                    _ => {}
-                }
-            }
+            Some("content_block_delta") => self.delta(&v, out),
             Some("message_delta") => {
                 if let Some(u) = v["usage"].as_object() {
                     for (k, val) in u {
@@ -450,18 +435,7 @@ impl StreamTranslator {
                 }
                 self.finish = finish_reason(v["delta"]["stop_reason"].as_str());
             }
-            Some("message_stop") => {
-                self.chunk(out, json!({}), self.finish.clone());
-                if self.include_usage {
-                    let c = json!({
-                        "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-                        "choices": [], "usage": usage(&self.usage),
-                    });
-                    emit(out, &c);
-                }
-                out.extend_from_slice(b"data: [DONE]\n\n");
-                self.done = true;
-            }
+            Some("message_stop") => self.stop(out),
             Some("error") => {
                 let kind = v["error"]["type"].as_str().unwrap_or("api_error");
                 let message = v["error"]["message"].as_str().unwrap_or("stream error");
@@ -476,6 +450,38 @@ impl StreamTranslator {
             }
             _ => {}
         }
+    }
+
+    /// A piece of text, or of a tool call's arguments.
+    fn delta(&mut self, v: &Value, out: &mut BytesMut) {
+        let d = &v["delta"];
+        match d["type"].as_str() {
+            Some("text_delta") => self.chunk(out, json!({"content": d["text"]}), Value::Null),
+            Some("input_json_delta") => {
+                let block = v["index"].as_u64().unwrap_or(0);
+                let index = self.tools.iter().find(|(b, _)| *b == block).map_or(0, |(_, i)| *i);
+                self.chunk(
+                    out,
+                    json!({"tool_calls": [{"index": index, "function": {"arguments": d["partial_json"]}}]}),
+                    Value::Null,
+                );
+            }
+            _ => {}
+        }
+    }
+
+    /// The end: the finish reason, the usage chunk when asked for, and `[DONE]`.
+    fn stop(&mut self, out: &mut BytesMut) {
+        self.chunk(out, json!({}), self.finish.clone());
+        if self.include_usage {
+            let c = json!({
+                "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+                "choices": [], "usage": usage(&self.usage),
+            });
+            emit(out, &c);
+        }
+        out.extend_from_slice(b"data: [DONE]\n\n");
+        self.done = true;
     }
 
     /// Whether the stream reached `message_stop`.
