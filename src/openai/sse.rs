@@ -165,35 +165,10 @@ impl SseScanner {
 
     /// What to do with one complete event (its bytes without the blank line).
     fn scan_event(&mut self, event: &[u8]) -> Verdict {
-        // An event's data is its `data:` lines joined by newlines; providers send one line,
-        // so the join (and its allocation) happens only for the rare multi-line event.
-        let mut first: Option<&[u8]> = None;
-        let mut joined: Option<Vec<u8>> = None;
-        for line in event.split(|&b| b == b'\n') {
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            let Some(data) = line.strip_prefix(b"data:") else {
-                continue;
-            };
-            let data = data.strip_prefix(b" ").unwrap_or(data);
-            match (&mut joined, first) {
-                (Some(j), _) => {
-                    j.push(b'\n');
-                    j.extend_from_slice(data);
-                }
-                (None, Some(f)) => {
-                    let mut j = f.to_vec();
-                    j.push(b'\n');
-                    j.extend_from_slice(data);
-                    joined = Some(j);
-                }
-                (None, None) => first = Some(data),
-            }
-        }
-        let data = match (&joined, first) {
-            (Some(j), _) => j.as_slice(),
-            (None, Some(f)) => f,
+        let mut joined = None;
+        let Some(data) = event_data(event, &mut joined) else {
             // Comments (`: keep-alive`), `event:`/`id:`/`retry:` lines alone carry no data.
-            (None, None) => return Verdict::Forward,
+            return Verdict::Forward;
         };
         self.events += 1;
         if data == b"[DONE]" {
@@ -235,6 +210,36 @@ impl SseScanner {
             self.finish_reason = Some(reason);
         }
         verdict
+    }
+}
+
+/// An event's data: its `data:` lines joined by newlines. Providers send one line, so the join
+/// (and its allocation, into `joined`) happens only for the rare multi-line event.
+fn event_data<'a>(event: &'a [u8], joined: &'a mut Option<Vec<u8>>) -> Option<&'a [u8]> {
+    let mut first: Option<&[u8]> = None;
+    for line in event.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(data) = line.strip_prefix(b"data:") else {
+            continue;
+        };
+        let data = data.strip_prefix(b" ").unwrap_or(data);
+        match (&mut *joined, first) {
+            (Some(j), _) => {
+                j.push(b'\n');
+                j.extend_from_slice(data);
+            }
+            (None, Some(f)) => {
+                let mut j = f.to_vec();
+                j.push(b'\n');
+                j.extend_from_slice(data);
+                *joined = Some(j);
+            }
+            (None, None) => first = Some(data),
+        }
+    }
+    match (joined.as_deref(), first) {
+        (Some(j), _) => Some(j),
+        (None, f) => f,
     }
 }
 
