@@ -204,15 +204,7 @@ pub async fn serve<F, Fut>(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let handler = handler.clone();
-                let svc = service_fn(move |req| {
-                    let fut = handler(req);
-                    async move {
-                        let mut resp = fut.await;
-                        resp.headers_mut().insert(header::HeaderName::from_static("keep-alive"), KEEP_ALIVE_ADVERTISED);
-                        Ok::<_, Infallible>(resp)
-                    }
-                });
+                let svc = advertised(handler.clone());
                 let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), svc));
                 conns.spawn(async move {
                     if let Err(e) = conn.await {
@@ -235,6 +227,25 @@ pub async fn serve<F, Fut>(
         let _ = tokio::time::timeout(STREAM_CUT_TIME, &mut drained).await;
     }
     conns.shutdown().await;
+}
+
+/// The handler as a hyper service whose every response advertises the keep-alive timeout.
+fn advertised<F, Fut>(
+    handler: F,
+) -> impl hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible, Future: Send> + Clone
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    service_fn(move |req| {
+        let fut = handler(req);
+        async move {
+            let mut resp = fut.await;
+            resp.headers_mut()
+                .insert(header::HeaderName::from_static("keep-alive"), KEEP_ALIVE_ADVERTISED);
+            Ok::<_, Infallible>(resp)
+        }
+    })
 }
 
 /// Resolves with the grace period once shutdown is requested (or the sender is gone).

@@ -57,17 +57,7 @@ pub async fn passthrough(
             ))
         })?;
         rec.route = Some(route.name.clone());
-        // Passthrough paths are OpenAI's: only an OpenAI-compatible provider can take them.
-        let (model, provider): (&Arc<ModelConfig>, &Arc<Provider>) = route
-            .targets
-            .iter()
-            .find_map(|t| {
-                rt.providers
-                    .get(&t.model.provider)
-                    .filter(|p| p.kind() == ProviderKind::OpenAi)
-                    .map(|p| (&t.model, p))
-            })
-            .ok_or_else(|| internal("the default route has no OpenAI-compatible target"))?;
+        let (model, provider) = openai_target(&rt, route)?;
         let upstream = Upstream {
             shared: &shared,
             rt: &rt,
@@ -121,6 +111,20 @@ fn admit(
         admission,
     });
     Ok(())
+}
+
+/// Passthrough paths are OpenAI's: only an OpenAI-compatible provider can take them.
+fn openai_target<'a>(rt: &'a Runtime, route: &'a Route) -> Result<(&'a Arc<ModelConfig>, &'a Arc<Provider>), ApiError> {
+    route
+        .targets
+        .iter()
+        .find_map(|t| {
+            rt.providers
+                .get(&t.model.provider)
+                .filter(|p| p.kind() == ProviderKind::OpenAi)
+                .map(|p| (&t.model, p))
+        })
+        .ok_or_else(|| internal("the default route has no OpenAI-compatible target"))
 }
 
 /// The passthrough's one attempt: the default route's first OpenAI-compatible target.

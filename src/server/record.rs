@@ -365,16 +365,7 @@ impl RequestRecord {
         let outcome = outcome.label();
         let finish_reasons = std::mem::take(&mut t.finish_reasons);
         if let Some(start) = t.stream_start {
-            let mut s = t.open("stream", Kind::Internal);
-            s.start = start;
-            s.set("llm_sidecar.outcome", outcome);
-            if !finish_reasons.is_empty() {
-                s.set("gen_ai.response.finish_reasons", finish_reasons.clone());
-            }
-            if failed {
-                s.error(outcome, None);
-            }
-            t.close(s);
+            stream_span(&mut t, start, outcome, failed, &finish_reasons);
         }
         let r = &mut t.root;
         r.set("http.response.status_code", self.status);
@@ -403,11 +394,7 @@ impl RequestRecord {
             r.set("llm_sidecar.retries", self.retries);
         }
         if let Some(u) = self.usage {
-            r.set("gen_ai.usage.input_tokens", u.prompt_tokens);
-            r.set("gen_ai.usage.output_tokens", u.completion_tokens);
-            if u.cached_tokens > 0 {
-                r.set("gen_ai.usage.cache_read.input_tokens", u.cached_tokens);
-            }
+            usage_attributes(r, u);
         }
         if cost > 0.0 {
             r.set("llm_sidecar.cost_usd", cost);
@@ -423,6 +410,35 @@ impl RequestRecord {
             r.error(outcome, None);
         }
         t.finish();
+    }
+}
+
+/// The span of a relayed stream, from its first byte to its end.
+fn stream_span(
+    t: &mut RequestTrace,
+    start: std::time::Instant,
+    outcome: &'static str,
+    failed: bool,
+    finish: &[String],
+) {
+    let mut s = t.open("stream", Kind::Internal);
+    s.start = start;
+    s.set("llm_sidecar.outcome", outcome);
+    if !finish.is_empty() {
+        s.set("gen_ai.response.finish_reasons", finish.to_vec());
+    }
+    if failed {
+        s.error(outcome, None);
+    }
+    t.close(s);
+}
+
+/// Token usage, as the GenAI semantic conventions name it.
+fn usage_attributes(r: &mut crate::telemetry::trace::Span, u: Usage) {
+    r.set("gen_ai.usage.input_tokens", u.prompt_tokens);
+    r.set("gen_ai.usage.output_tokens", u.completion_tokens);
+    if u.cached_tokens > 0 {
+        r.set("gen_ai.usage.cache_read.input_tokens", u.cached_tokens);
     }
 }
 
