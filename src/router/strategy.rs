@@ -1,0 +1,120 @@
+//! How each routing strategy orders a route's eligible candidates: weighted (optionally
+//! sticky), canary, cheapest, fastest (power of two choices) and by complexity tier.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::{Reason, Request, Route, RouteError, Signals, Target, Tier, complexity, no_eligible};
+use crate::config::Sticky;
+use std::hash::{Hash, Hasher};
+
+/// One target drawn by weight (or by the sticky key's hash), first; the others keep their order.
+pub(super) fn weighted(route: &Route, req: &Request<'_>, candidates: &mut Vec<Target>) -> Reason {
+    let total: u64 = candidates.iter().map(|c| u64::from(c.weight)).sum();
+    let (draw, sticky) = match sticky_key(route.sticky, req) {
+        Some(h) => (h % total.max(1), true),
+        None => (fastrand::u64(..total.max(1)), false),
+    };
+    let mut acc = 0u64;
+    let pick = candidates
+        .iter()
+        .position(|c| {
+            acc += u64::from(c.weight);
+            draw < acc
+        })
+        .unwrap_or(0);
+    let chosen = candidates.remove(pick);
+    candidates.insert(0, chosen);
+    Reason::Weighted { sticky }
+}
+
+/// The canary first for its share of requests (when it can serve this one and has not been
+/// reverted), the stable targets otherwise.
+pub(super) fn canary(route: &Route, req: &Request<'_>, candidates: &mut Vec<Target>) -> Result<Reason, RouteError> {
+    let s = req.signals;
+    let canary_on = route
+        .canary
+        .as_ref()
+        .filter(|c| !c.state.reverted.load(Ordering::Relaxed));
+    let reverted = route.canary.is_some() && canary_on.is_none();
+    let to_canary = canary_on.is_some_and(|c| {
+        let draw = match sticky_key(route.sticky, req) {
+            Some(h) => (h % 10_000) as f64 / 100.0,
+            None => fastrand::f64() * 100.0,
+        };
+        let model = &c.target.model;
+        draw < c.config.percent
+            && model
+                .context_window
+                .is_none_or(|w| w >= s.prompt_tokens + s.completion_estimate())
+            && model.capabilities.contains(s.needs)
+    });
+    if let Some(c) = route.canary.as_ref() {
+        candidates.retain(|t| !Arc::ptr_eq(&t.model, &c.target.model));
+        if to_canary {
+            candidates.insert(0, c.target.clone());
+        }
+    }
+    if candidates.is_empty() {
+        return Err(no_eligible(route, s));
+    }
+    Ok(Reason::Canary { to_canary, reverted })
+}
+
+/// Cheapest first, by this request's estimated tokens.
+pub(super) fn cheapest(s: &Signals, candidates: &mut [Target]) -> Reason {
+    let out = s.completion_estimate();
+    let cost = |t: &Target| t.model.pricing.cost(s.prompt_tokens, 0, out);
+    candidates.sort_by(|a, b| cost(a).total_cmp(&cost(b)));
+    Reason::Cheapest {
+        usd: cost(&candidates[0]),
+    }
+}
+
+/// Power of two choices: two random candidates, the faster (within the latency budget) first.
+/// Unlike a plain minimum, this spreads load so the fastest model is not stampeded.
+pub(super) fn fastest(route: &Route, candidates: &mut Vec<Target>) -> Reason {
+    let lat = |t: &Target| t.health.latency().unwrap_or(Duration::ZERO);
+    let over = |t: &Target| route.latency_budget.is_some_and(|b| lat(t) > b);
+    if candidates.len() >= 2 {
+        let a = fastrand::usize(..candidates.len());
+        let mut b = fastrand::usize(..candidates.len() - 1);
+        if b >= a {
+            b += 1;
+        }
+        let key = |i: usize| (over(&candidates[i]), lat(&candidates[i]));
+        let pick = if key(a) <= key(b) { a } else { b };
+        let chosen = candidates.remove(pick);
+        candidates[..].sort_by_key(|t| (over(t), lat(t)));
+        candidates.insert(0, chosen);
+    }
+    Reason::Fastest {
+        latency: candidates[0].health.latency(),
+    }
+}
+
+/// The tier the prompt's complexity score asks for first, in the order written; the other after.
+pub(super) fn by_complexity(route: &Route, s: &Signals, candidates: &mut [Target]) -> Reason {
+    let score = complexity::score(s.text.as_deref().unwrap_or("")).total;
+    let tier = if score >= route.complexity_threshold {
+        Tier::Strong
+    } else {
+        Tier::Light
+    };
+    candidates.sort_by_key(|t| t.tier != Some(tier));
+    Reason::Complexity { score, tier }
+}
+
+/// The hash a sticky route draws by: the same tenant (or user) always lands on the same arm.
+fn sticky_key(sticky: Sticky, req: &Request<'_>) -> Option<u64> {
+    let key: &str = match sticky {
+        Sticky::None => return None,
+        Sticky::Tenant => req.tenant,
+        Sticky::User => req.signals.user.as_deref().unwrap_or(req.tenant),
+    };
+    // Fixed keys (not RandomState) so every pod puts a tenant in the same arm.
+    let mut h = std::hash::DefaultHasher::new();
+    key.hash(&mut h);
+    Some(h.finish())
+}
