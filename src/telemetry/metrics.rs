@@ -1,0 +1,659 @@
+//! The sidecar's Prometheus metrics: label sets, histogram buckets (the GenAI conventions'
+//! advised boundaries), the registry built once per instance, and the small helpers the
+//! request path counts through.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+/// `gen_ai.client.operation.duration` advised buckets (seconds): 10 ms to 82 s, doubling.
+const DURATION_BUCKETS: [f64; 14] = [
+    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+];
+/// `gen_ai.server.time_to_first_token` advised buckets (seconds).
+const TTFT_BUCKETS: [f64; 16] = [
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+/// `gen_ai.client.token.usage` advised buckets (tokens): powers of four.
+const TOKEN_BUCKETS: [f64; 14] = [
+    1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0,
+    67108864.0,
+];
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub endpoint: &'static str,
+    pub route: Arc<str>,
+    pub model: Arc<str>,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabels {
+    pub gen_ai_operation_name: &'static str,
+    pub gen_ai_request_model: Arc<str>,
+    pub gen_ai_provider_name: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    pub gen_ai_token_type: &'static str,
+    pub gen_ai_request_model: Arc<str>,
+    pub gen_ai_provider_name: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CostLabels {
+    pub tenant: Arc<str>,
+    pub model: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamErrorLabels {
+    pub provider: Arc<str>,
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthLabels {
+    pub provider: Arc<str>,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JudgmentLabels {
+    pub route: Arc<str>,
+    /// `served` (a sampled served hit, re-asked) or `shadow` (a hit not served, compared with
+    /// the upstream answer the request got anyway).
+    pub mode: &'static str,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    pub route: Arc<str>,
+    pub strategy: &'static str,
+    pub model: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabels {
+    pub provider: Arc<str>,
+    pub model: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransitionLabels {
+    pub provider: Arc<str>,
+    pub model: Arc<str>,
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RetryLabels {
+    pub provider: Arc<str>,
+    pub model: Arc<str>,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabels {
+    pub provider: Arc<str>,
+    pub priority: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueRejectLabels {
+    pub provider: Arc<str>,
+    pub priority: Arc<str>,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PriorityLabels {
+    pub priority: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CanaryLabels {
+    pub route: Arc<str>,
+    pub model: Arc<str>,
+}
+
+/// Queue waits (seconds): 1 ms to 33 s, doubling.
+const QUEUE_BUCKETS: [f64; 16] = [
+    0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024, 2.048, 4.096, 8.192, 16.384, 32.768,
+];
+
+/// Embedding and search latency (seconds): 0.1 ms to 0.4 s, doubling.
+const EMBED_BUCKETS: [f64; 13] = [
+    0.0001, 0.0002, 0.0004, 0.0008, 0.0016, 0.0032, 0.0064, 0.0128, 0.0256, 0.0512, 0.1024, 0.2048, 0.4096,
+];
+/// Batch sizes of the embedder.
+const BATCH_BUCKETS: [f64; 7] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub duration: HistogramFamily<OperationLabels>,
+    pub ttft: HistogramFamily<OperationLabels>,
+    pub token_usage: HistogramFamily<TokenLabels>,
+    pub tokens: Family<TokenLabels, Counter>,
+    pub cost: Family<CostLabels, Counter<f64, AtomicU64>>,
+    pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    /// 401/403 from a provider: the sidecar's key for it is wrong or revoked.
+    pub upstream_auth_failures: Family<AuthLabels, Counter>,
+    /// Request bodies cut because they arrived too slowly or not at all.
+    pub slow_bodies: Counter,
+    pub config_reloads: Family<OutcomeLabels, Counter>,
+    pub trace_spans: Family<ResultLabels, Counter>,
+    pub config_generation: Gauge,
+    pub inflight: Gauge,
+    pub cache_lookups: Family<ResultLabels, Counter>,
+    pub cache_skips: Family<ReasonLabels, Counter>,
+    pub cache_guard_rejections: Family<ReasonLabels, Counter>,
+    pub cache_evictions: Family<ReasonLabels, Counter>,
+    pub cache_inserts: Counter,
+    pub cache_verifications: Family<ResultLabels, Counter>,
+    pub cache_judgments: Family<JudgmentLabels, Counter>,
+    pub cache_alignment: Family<ResultLabels, Counter>,
+    pub cache_verifier: Family<ResultLabels, Counter>,
+    pub cache_route_threshold: Family<RouteLabels, Gauge<f64, AtomicU64>>,
+    pub cache_entries: Gauge,
+    pub cache_bytes: Gauge,
+    pub cache_similarity: Histogram,
+    pub embed_duration: Histogram,
+    pub embed_batch: Histogram,
+    pub search_duration: Histogram,
+    pub embedder_available: Gauge,
+    pub route_decisions: Family<DecisionLabels, Counter>,
+    pub circuit_state: Family<ModelLabels, Gauge>,
+    pub circuit_transitions: Family<TransitionLabels, Counter>,
+    pub retries: Family<RetryLabels, Counter>,
+    pub retry_budget_exhausted: Counter,
+    pub queue_depth: Family<QueueLabels, Gauge>,
+    pub queue_wait: HistogramFamily<PriorityLabels>,
+    pub queue_rejections: Family<QueueRejectLabels, Counter>,
+    pub canary_reverted: Family<CanaryLabels, Gauge>,
+    pub health_checks: Family<UpstreamErrorLabels, Counter>,
+    pub admissions: Family<ResultLabels, Counter>,
+    pub limit_rejections: Family<LimitLabels, Counter>,
+    pub budget_spent: Family<BudgetLabels, Gauge<f64, AtomicU64>>,
+    pub redis_up: Gauge,
+    pub redis_errors: Family<ReasonLabels, Counter>,
+    pub l2_entries: Family<ResultLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    pub tenant: Arc<str>,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BudgetLabels {
+    pub tenant: Arc<str>,
+    pub period: &'static str,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Counts `usd` spent by `tenant` on `model` (nothing for a free answer).
+    pub fn spend(&self, tenant: Arc<str>, model: Arc<str>, usd: f64) {
+        if usd > 0.0 {
+            self.cost.get_or_create(&CostLabels { tenant, model }).inc_by(usd);
+        }
+    }
+
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::default();
+        registry.register(
+            "llm_sidecar_requests",
+            "Requests answered, by endpoint, route, model and HTTP status",
+            requests.clone(),
+        );
+        let duration: HistogramFamily<OperationLabels> =
+            Family::new_with_constructor(|| Histogram::new(DURATION_BUCKETS));
+        registry.register_with_unit(
+            "gen_ai_client_operation_duration",
+            "Duration of GenAI operations through the sidecar, stream included",
+            Unit::Seconds,
+            duration.clone(),
+        );
+        let ttft: HistogramFamily<OperationLabels> = Family::new_with_constructor(|| Histogram::new(TTFT_BUCKETS));
+        registry.register_with_unit(
+            "gen_ai_server_time_to_first_token",
+            "Time from the request to the first response byte from the provider",
+            Unit::Seconds,
+            ttft.clone(),
+        );
+        let token_usage: HistogramFamily<TokenLabels> = Family::new_with_constructor(|| Histogram::new(TOKEN_BUCKETS));
+        registry.register(
+            "gen_ai_client_token_usage",
+            "Tokens per request by type (input, output)",
+            token_usage.clone(),
+        );
+        let tokens = Family::default();
+        registry.register(
+            "llm_sidecar_tokens",
+            "Tokens used, by type (input, output, cached_input)",
+            tokens.clone(),
+        );
+        let cost = Family::default();
+        registry.register(
+            "llm_sidecar_cost_usd",
+            "Cost in USD from the catalogue prices and the reported usage",
+            cost.clone(),
+        );
+        let upstream_errors = Family::default();
+        registry.register(
+            "llm_sidecar_upstream_errors",
+            "Failed upstream attempts by provider and kind (connect, timeout_first_byte, timeout_idle, timeout_total, reset, status_4xx, status_5xx, auth, malformed, stream_error, incomplete)",
+            upstream_errors.clone(),
+        );
+        let upstream_auth_failures = Family::default();
+        registry.register(
+            "llm_sidecar_upstream_auth_failures",
+            "Provider answers of 401/403 to the sidecar's own credential: the key in the config is wrong, expired or revoked",
+            upstream_auth_failures.clone(),
+        );
+        let slow_bodies = Counter::default();
+        registry.register(
+            "llm_sidecar_request_body_timeouts",
+            "Request bodies refused with 408 because they arrived slower than server.body_min_rate or past server.body_timeout",
+            slow_bodies.clone(),
+        );
+        let config_reloads = Family::default();
+        registry.register(
+            "llm_sidecar_config_reloads",
+            "Config reloads by outcome (applied, rejected, unchanged)",
+            config_reloads.clone(),
+        );
+        let trace_spans = Family::default();
+        registry.register(
+            "llm_sidecar_trace_spans",
+            "OpenTelemetry spans by fate: exported, rejected (by the collector), export_failed, dropped_queue_full, dropped_shutdown",
+            trace_spans.clone(),
+        );
+        let config_generation = Gauge::default();
+        registry.register(
+            "llm_sidecar_config_generation",
+            "Generation of the config snapshot in service (1 at start)",
+            config_generation.clone(),
+        );
+        let inflight = Gauge::default();
+        registry.register(
+            "llm_sidecar_inflight_requests",
+            "Requests being served right now",
+            inflight.clone(),
+        );
+        let cache_lookups = Family::default();
+        registry.register(
+            "llm_sidecar_cache_lookups",
+            "Cache outcomes per request (hit_exact, hit_semantic, miss, bypass)",
+            cache_lookups.clone(),
+        );
+        let cache_skips = Family::default();
+        registry.register(
+            "llm_sidecar_cache_skips",
+            "Why the cache (or its semantic part) was not used: disabled, endpoint, no_cache, no_store, privacy, temperature, embed_timeout, embed_queue_full, embedder_unavailable, too_long (a last turn longer than the embedder's window: exact-only), not_semantic",
+            cache_skips.clone(),
+        );
+        let cache_guard_rejections = Family::default();
+        registry.register(
+            "llm_sidecar_cache_guard_rejections",
+            "Semantic candidates above the threshold rejected by the verification guard, by reason",
+            cache_guard_rejections.clone(),
+        );
+        let cache_evictions = Family::default();
+        registry.register(
+            "llm_sidecar_cache_evictions",
+            "Entries removed, by reason (lru, expired, purge)",
+            cache_evictions.clone(),
+        );
+        let cache_verifications = Family::default();
+        registry.register(
+            "llm_sidecar_cache_verifications",
+            "Semantic hits re-asked upstream in the background (cache.semantic.verify_sample), by result: agree, disagree, failed",
+            cache_verifications.clone(),
+        );
+        let cache_judgments = Family::default();
+        registry.register(
+            "llm_sidecar_cache_judgments",
+            "Semantic hits judged against a fresh upstream answer, per route: mode served (sampled, re-asked) or shadow (not served; compared with the answer the request got), result agree or disagree",
+            cache_judgments.clone(),
+        );
+        let cache_alignment = Family::default();
+        registry.register(
+            "llm_sidecar_cache_alignment",
+            "Candidates in the token-alignment band below the threshold (cache.semantic.alignment_band), by result: served, rejected (a content word without a close partner), unavailable (not embedded in time)",
+            cache_alignment.clone(),
+        );
+        let cache_verifier = Family::default();
+        registry.register(
+            "llm_sidecar_cache_verifier",
+            "Semantic hits put to the pair verifier (cache.semantic.verifier), by result: agree (served), disagree (a miss), unavailable (not scored in time: a miss)",
+            cache_verifier.clone(),
+        );
+        let cache_route_threshold = Family::<RouteLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "llm_sidecar_cache_route_threshold",
+            "The semantic threshold in force per route (moved by max_wrong_rate when set)",
+            cache_route_threshold.clone(),
+        );
+        let cache_inserts = Counter::default();
+        registry.register(
+            "llm_sidecar_cache_inserts",
+            "Answers stored in the cache",
+            cache_inserts.clone(),
+        );
+        let cache_entries = Gauge::default();
+        registry.register(
+            "llm_sidecar_cache_entries",
+            "Entries in the cache",
+            cache_entries.clone(),
+        );
+        let cache_bytes = Gauge::default();
+        registry.register_with_unit(
+            "llm_sidecar_cache",
+            "Bytes counted against cache.max_bytes (answers and queries as held, plus per-entry overhead)",
+            Unit::Bytes,
+            cache_bytes.clone(),
+        );
+        let cache_similarity = Histogram::new([0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.88, 0.9, 0.92, 0.94, 0.96, 0.98, 1.0]);
+        registry.register(
+            "llm_sidecar_cache_semantic_similarity",
+            "Cosine similarity of served semantic hits",
+            cache_similarity.clone(),
+        );
+        let embed_duration = Histogram::new(EMBED_BUCKETS);
+        registry.register_with_unit(
+            "llm_sidecar_embed_duration",
+            "Time to embed one batch",
+            Unit::Seconds,
+            embed_duration.clone(),
+        );
+        let embed_batch = Histogram::new(BATCH_BUCKETS);
+        registry.register(
+            "llm_sidecar_embed_batch_size",
+            "Texts per embedder batch",
+            embed_batch.clone(),
+        );
+        let search_duration = Histogram::new(EMBED_BUCKETS);
+        registry.register_with_unit(
+            "llm_sidecar_cache_search_duration",
+            "Time of one semantic index search",
+            Unit::Seconds,
+            search_duration.clone(),
+        );
+        let embedder_available = Gauge::default();
+        registry.register(
+            "llm_sidecar_embedder_available",
+            "1 when the embedding model is loaded (semantic cache possible)",
+            embedder_available.clone(),
+        );
+        let route_decisions = Family::default();
+        registry.register(
+            "llm_sidecar_route_decisions",
+            "Routing decisions by route, strategy and first-choice model",
+            route_decisions.clone(),
+        );
+        let circuit_state = Family::default();
+        registry.register(
+            "llm_sidecar_circuit_state",
+            "Circuit breaker state per provider and model: 0 closed, 1 open, 2 half-open",
+            circuit_state.clone(),
+        );
+        let circuit_transitions = Family::default();
+        registry.register(
+            "llm_sidecar_circuit_transitions",
+            "Circuit breaker state changes, by the state entered",
+            circuit_transitions.clone(),
+        );
+        let retries = Family::default();
+        registry.register(
+            "llm_sidecar_retries",
+            "Retries of the same candidate, by provider, model and reason",
+            retries.clone(),
+        );
+        let retry_budget_exhausted = Counter::default();
+        registry.register(
+            "llm_sidecar_retry_budget_exhausted",
+            "Retries not made because the retry budget was spent (the request failed over instead)",
+            retry_budget_exhausted.clone(),
+        );
+        let queue_depth = Family::default();
+        registry.register(
+            "llm_sidecar_queue_depth",
+            "Requests waiting for a provider slot, by provider and priority class",
+            queue_depth.clone(),
+        );
+        let queue_wait: HistogramFamily<PriorityLabels> =
+            Family::new_with_constructor(|| Histogram::new(QUEUE_BUCKETS));
+        registry.register_with_unit(
+            "llm_sidecar_queue_wait",
+            "Time spent waiting for a provider slot, by priority class",
+            Unit::Seconds,
+            queue_wait.clone(),
+        );
+        let queue_rejections = Family::default();
+        registry.register(
+            "llm_sidecar_queue_rejections",
+            "Requests refused by a provider queue, by reason (full, timeout)",
+            queue_rejections.clone(),
+        );
+        let canary_reverted = Family::default();
+        registry.register(
+            "llm_sidecar_canary_reverted",
+            "1 when a route's canary was automatically reverted",
+            canary_reverted.clone(),
+        );
+        let health_checks = Family::default();
+        registry.register(
+            "llm_sidecar_health_checks",
+            "Active provider health checks by provider and result (ok, failed)",
+            health_checks.clone(),
+        );
+        let admissions = Family::default();
+        registry.register(
+            "llm_sidecar_admissions",
+            "Admission reviews answered by the injection webhook, by result",
+            admissions.clone(),
+        );
+        let limit_rejections = Family::default();
+        registry.register(
+            "llm_sidecar_limit_rejections",
+            "Requests refused by tenant limits, by reason (requests_per_minute, tokens_per_minute, model_requests_per_minute, model_tokens_per_minute, budget_daily, budget_monthly)",
+            limit_rejections.clone(),
+        );
+        let budget_spent = Family::<BudgetLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "llm_sidecar_budget_spent_usd",
+            "USD spent by a tenant in the current UTC day or month (fleet-wide in fleet mode)",
+            budget_spent.clone(),
+        );
+        let redis_up = Gauge::default();
+        registry.register(
+            "llm_sidecar_redis_up",
+            "1 while Redis answers (fleet mode); 0 while the sidecar runs on local state",
+            redis_up.clone(),
+        );
+        let redis_errors = Family::default();
+        registry.register(
+            "llm_sidecar_redis_errors",
+            "Failed Redis operations by reason (sync, publish, consume, warm, connect)",
+            redis_errors.clone(),
+        );
+        let l2_entries = Family::default();
+        registry.register(
+            "llm_sidecar_cache_l2_entries",
+            "Cache entries exchanged through Redis, by result (published, received, warmed, dropped, malformed: refused because the answer is not a well-formed one)",
+            l2_entries.clone(),
+        );
+        Self {
+            limit_rejections,
+            budget_spent,
+            redis_up,
+            redis_errors,
+            l2_entries,
+            admissions,
+            route_decisions,
+            circuit_state,
+            circuit_transitions,
+            retries,
+            retry_budget_exhausted,
+            queue_depth,
+            queue_wait,
+            queue_rejections,
+            canary_reverted,
+            health_checks,
+            cache_verifications,
+            cache_judgments,
+            cache_alignment,
+            cache_verifier,
+            cache_route_threshold,
+            cache_lookups,
+            cache_skips,
+            cache_guard_rejections,
+            cache_evictions,
+            cache_inserts,
+            cache_entries,
+            cache_bytes,
+            cache_similarity,
+            embed_duration,
+            embed_batch,
+            search_duration,
+            embedder_available,
+            registry,
+            requests,
+            duration,
+            ttft,
+            token_usage,
+            tokens,
+            cost,
+            upstream_errors,
+            upstream_auth_failures,
+            slow_bodies,
+            config_reloads,
+            trace_spans,
+            config_generation,
+            inflight,
+        }
+    }
+
+    /// The Prometheus text exposition (OpenMetrics).
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn upstream_error(&self, provider: &Arc<str>, kind: &'static str) {
+        self.upstream_errors
+            .get_or_create(&UpstreamErrorLabels {
+                provider: provider.clone(),
+                kind,
+            })
+            .inc();
+    }
+
+    pub fn upstream_auth_failure(&self, provider: &Arc<str>, status: u16) {
+        self.upstream_auth_failures
+            .get_or_create(&AuthLabels {
+                provider: provider.clone(),
+                status,
+            })
+            .inc();
+    }
+
+    pub fn cache_lookup(&self, result: &'static str) {
+        self.cache_lookups.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    pub fn cache_skip(&self, reason: &'static str) {
+        self.cache_skips.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    pub fn queue_depth(&self, provider: &Arc<str>, priority: &Arc<str>) -> Gauge {
+        self.queue_depth
+            .get_or_create(&QueueLabels {
+                provider: provider.clone(),
+                priority: priority.clone(),
+            })
+            .clone()
+    }
+
+    /// Sets the circuit gauge (0 closed, 1 open, 2 half-open).
+    pub fn circuit(&self, provider: &Arc<str>, model: &Arc<str>, gauge: i64) {
+        self.circuit_state
+            .get_or_create(&ModelLabels {
+                provider: provider.clone(),
+                model: model.clone(),
+            })
+            .set(gauge);
+    }
+
+    pub fn circuit_transition(&self, provider: &Arc<str>, model: &Arc<str>, gauge: i64, state: &'static str) {
+        self.circuit(provider, model, gauge);
+        self.circuit_transitions
+            .get_or_create(&TransitionLabels {
+                provider: provider.clone(),
+                model: model.clone(),
+                state,
+            })
+            .inc();
+    }
+
+    pub fn retry(&self, provider: &Arc<str>, model: &Arc<str>, reason: &'static str) {
+        self.retries
+            .get_or_create(&RetryLabels {
+                provider: provider.clone(),
+                model: model.clone(),
+                reason,
+            })
+            .inc();
+    }
+
+    pub fn trace_spans(&self, result: &'static str, n: u64) {
+        self.trace_spans.get_or_create(&ResultLabels { result }).inc_by(n);
+    }
+
+    pub fn reload(&self, outcome: &'static str) {
+        self.config_reloads.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+}
