@@ -30,12 +30,16 @@
 //! - [`app`] — start-up, signals and graceful shutdown of one sidecar.
 //! - [`inject`] — the mutating admission webhook (a separate process: `llm-sidecar inject`).
 //!
-//! The request path, in files: `server/mod.rs` (routing of URLs) → `server/proxy.rs`
-//! (tenant, body, cache, route, retries and failover) → `router/mod.rs` (decision) →
-//! `server/attempt.rs` (breaker, queue, one attempt) → `upstream/mod.rs` (send) →
-//! `server/response.rs` (the body read whole or kept as a stream) → `server/relay.rs` (stream
-//! back, account) → `server/record.rs` (log line, metrics, the trace's root span). What each
-//! stage adds to a sampled request's trace is in `server/traced.rs`.
+//! The request path, in files: `server/mod.rs` (routing of URLs) → `server/proxy.rs` (the
+//! stages: tenant, body, admission, route, cache plan and lookup) → `router/mod.rs` (decision)
+//! → `server/attempt.rs` (candidates, retries and failover; breaker, queue, one attempt) →
+//! `upstream/mod.rs` (send) → `server/response.rs` (the body read whole or kept as a stream;
+//! `server/commit.rs` reads a stream to its first content event) → `server/settle.rs` (what
+//! the breaker learns) → `server/reply.rs` (the answer to the app) → `server/relay.rs`
+//! (stream back, account) → `server/record.rs` (log line, metrics, the trace's root span).
+//! Uninterpreted `/v1` paths take `server/passthrough.rs`; sampled cache hits are checked
+//! again through the same attempt path by `server/verify.rs`. What each stage adds to a
+//! sampled request's trace is in `server/traced.rs`.
 
 #![forbid(unsafe_code)]
 
@@ -58,4 +62,4 @@ pub mod telemetry;
 pub mod upstream;
 
 /// The demo's config, embedded in the binary.
-pub const DEMO_CONFIG: &str = include_str!("demo.yaml");
+pub(crate) const DEMO_CONFIG: &str = include_str!("demo.yaml");

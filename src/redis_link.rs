@@ -13,11 +13,11 @@ use crate::config::RedisConfig;
 use crate::telemetry::{Metrics, ReasonLabels};
 
 /// Reconnect backoff of every Redis task: doubling from MIN, capped at MAX.
-pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
-pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
+pub(crate) const BACKOFF_MIN: Duration = Duration::from_millis(100);
+pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// The connection URL with the password put in (never logged).
-pub fn url(cfg: &RedisConfig) -> String {
+pub(crate) fn url(cfg: &RedisConfig) -> String {
     match &cfg.password {
         None => cfg.url.clone(),
         Some(p) => {
@@ -47,7 +47,7 @@ pub enum RedisError {
 }
 
 /// Opens a connection within the configured timeout.
-pub async fn connect(cfg: &RedisConfig) -> Result<MultiplexedConnection, RedisError> {
+pub(crate) async fn connect(cfg: &RedisConfig) -> Result<MultiplexedConnection, RedisError> {
     let client = redis::Client::open(url(cfg))?;
     let within = cfg.timeout.max(Duration::from_secs(1));
     match tokio::time::timeout(within, client.get_multiplexed_async_connection()).await {
@@ -58,19 +58,19 @@ pub async fn connect(cfg: &RedisConfig) -> Result<MultiplexedConnection, RedisEr
 }
 
 /// Key prefix with a hash tag, so every key of a fleet lands in one Redis Cluster slot.
-pub fn prefix(cfg: &RedisConfig) -> String {
+pub(crate) fn prefix(cfg: &RedisConfig) -> String {
     format!("{{{}}}", cfg.key_prefix)
 }
 
 /// Tracks Redis health for one background task: logs the first failure and the recovery.
 pub struct Link {
-    pub metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
     what: &'static str,
     down_since: Option<std::time::Instant>,
 }
 
 impl Link {
-    pub fn new(metrics: Arc<Metrics>, what: &'static str) -> Self {
+    pub(crate) fn new(metrics: Arc<Metrics>, what: &'static str) -> Self {
         Link {
             metrics,
             what,
@@ -78,7 +78,7 @@ impl Link {
         }
     }
 
-    pub fn failed(&mut self, reason: &'static str, error: &dyn std::fmt::Display) {
+    pub(crate) fn failed(&mut self, reason: &'static str, error: &dyn std::fmt::Display) {
         self.metrics.redis_errors.get_or_create(&ReasonLabels { reason }).inc();
         self.metrics.redis_up.set(0);
         if self.down_since.is_none() {
@@ -88,7 +88,7 @@ impl Link {
     }
 
     /// Connects, retrying with exponential backoff (logged once per outage) until it works.
-    pub async fn connect(&mut self, cfg: &RedisConfig) -> MultiplexedConnection {
+    pub(crate) async fn connect(&mut self, cfg: &RedisConfig) -> MultiplexedConnection {
         let mut backoff = BACKOFF_MIN;
         loop {
             match connect(cfg).await {
@@ -105,7 +105,7 @@ impl Link {
         }
     }
 
-    pub fn ok(&mut self) {
+    pub(crate) fn ok(&mut self) {
         self.metrics.redis_up.set(1);
         if let Some(since) = self.down_since.take() {
             tracing::info!(

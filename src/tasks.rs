@@ -18,7 +18,7 @@ pub struct Background {
 
 impl Background {
     /// Runs `task` until it ends or shutdown begins, whichever comes first.
-    pub fn spawn<F>(&self, task: F)
+    pub(crate) fn spawn<F>(&self, task: F)
     where
         F: Future<Output = ()> + Send + 'static,
     {
@@ -32,25 +32,21 @@ impl Background {
         });
     }
 
-    /// Cancelled when shutdown begins, for loops that want to finish a step first.
-    pub fn stopping(&self) -> CancellationToken {
-        self.stop.clone()
-    }
-
     /// Stops every task and waits (at most `within`) until they are gone; `false` if some
     /// were still running then.
-    pub async fn stop(&self, within: Duration) -> bool {
+    pub(crate) async fn stop(&self, within: Duration) -> bool {
         self.stop.cancel();
         self.tracker.close();
         tokio::time::timeout(within, self.tracker.wait()).await.is_ok()
     }
 
     /// Tasks still running.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.tracker.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.tracker.is_empty()
     }
 }

@@ -68,11 +68,11 @@ pub mod exit {
     /// EX_USAGE: the operator must fix the invocation or the config.
     pub const CONFIG: u8 = 64;
     /// EX_UNAVAILABLE: a service it needs (the Kubernetes API for the ConfigMap) is not there.
-    pub const UNAVAILABLE: u8 = 69;
+    pub(crate) const UNAVAILABLE: u8 = 69;
     /// EX_OSERR: the system refused something (a port to bind, threads, a file to write).
     pub const OS: u8 = 71;
     /// Anything else that failed (a calibration run, a broken assets folder).
-    pub const FAILED: u8 = 1;
+    pub(crate) const FAILED: u8 = 1;
 }
 
 impl StartError {
@@ -236,10 +236,6 @@ impl Sidecar {
         self.admin_addr
     }
 
-    pub fn shared(&self) -> &Arc<Shared> {
-        &self.shared
-    }
-
     /// Re-reads the config file now. `None` when the config is not from a file. With `force`
     /// (SIGHUP) an unchanged file is applied anyway, re-reading key files and CA bundles.
     pub async fn reload(&self, force: bool) -> Option<ReloadOutcome> {
@@ -379,7 +375,7 @@ async fn upkeep(shared: Arc<Shared>) {
 }
 
 /// Serves until SIGTERM or SIGINT, reloading on SIGHUP, then shuts down gracefully.
-pub async fn run_until_signal(sidecar: Sidecar) -> std::io::Result<()> {
+pub(crate) async fn run_until_signal(sidecar: Sidecar) -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

@@ -11,9 +11,9 @@ use crate::embed::{EmbedError, Fit, MAX_TOKENS, Model, cosine};
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Pair {
-    pub a: String,
-    pub b: String,
-    pub label: u8,
+    pub(crate) a: String,
+    pub(crate) b: String,
+    pub(crate) label: u8,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -28,19 +28,19 @@ pub struct Row {
 #[derive(Debug, Clone)]
 pub struct Report {
     pub positives: usize,
-    pub negatives: usize,
+    pub(crate) negatives: usize,
     pub bare: Vec<Row>,
     pub guarded: Vec<Row>,
     /// (similarity, guard passed, label) per pair.
     pub scored: Vec<(f32, bool, u8)>,
     /// Per pair, the worst-aligned word's score (empty: alignment not measured).
     pub aligned: Vec<f32>,
-    pub band: Band,
+    pub(crate) band: Band,
 }
 
 impl Report {
     /// Whether the cache, guard on, serves pair `i` at threshold `t`.
-    pub fn served(&self, i: usize, t: f32) -> bool {
+    pub(crate) fn served(&self, i: usize, t: f32) -> bool {
         let (s, ok, _) = self.scored[i];
         ok && (s >= t
             || (s >= t - self.band.width && self.aligned.get(i).is_some_and(|&a| a >= self.band.min_alignment)))
@@ -56,7 +56,7 @@ pub fn parse_pairs(text: &str) -> Result<Vec<Pair>, String> {
 }
 
 /// Thresholds reported: 0.70 to 0.98 in steps of 0.02.
-pub fn thresholds() -> Vec<f32> {
+pub(crate) fn thresholds() -> Vec<f32> {
     (0..15).map(|i| 0.70 + 0.02 * i as f32).collect()
 }
 
@@ -104,15 +104,15 @@ pub fn run(pairs: &[Pair], model: &mut Model, band: Band) -> Result<Report, Embe
 
 /// One labelled pair's signals, for fitting how to combine them (`scripts/fit-combiner`).
 pub struct PairFeatures {
-    pub label: u8,
-    pub cosine: f32,
+    pub(crate) label: u8,
+    pub(crate) cosine: f32,
     /// `None` when the guard passes the pair.
-    pub guard: Option<&'static str>,
-    pub align_worst: f32,
-    pub align_mean: f32,
+    pub(crate) guard: Option<&'static str>,
+    pub(crate) align_worst: f32,
+    pub(crate) align_mean: f32,
 }
 
-pub fn features(pairs: &[Pair], model: &mut Model) -> Result<Vec<PairFeatures>, EmbedError> {
+pub(crate) fn features(pairs: &[Pair], model: &mut Model) -> Result<Vec<PairFeatures>, EmbedError> {
     let mut out = Vec::with_capacity(pairs.len());
     for p in pairs {
         let (Some(va), Some(vb)) = (embed_whole(model, &p.a)?, embed_whole(model, &p.b)?) else {
@@ -134,7 +134,7 @@ pub fn features(pairs: &[Pair], model: &mut Model) -> Result<Vec<PairFeatures>, 
 }
 
 /// Tab-separated, one pair per line, with a header.
-pub fn render_features(rows: &[PairFeatures]) -> String {
+pub(crate) fn render_features(rows: &[PairFeatures]) -> String {
     let mut out = String::from("label\tcosine\tguard\talign_worst\talign_mean\n");
     for r in rows {
         out.push_str(&format!(
@@ -159,15 +159,6 @@ fn embed_whole(model: &mut Model, text: &str) -> Result<Option<Vec<f32>>, EmbedE
 
 /// The similarity given to a pair with a text the model cannot embed whole: below every threshold.
 const TOO_LONG: f32 = -2.0;
-
-/// The report without token alignment (no band).
-pub fn report(scored: Vec<(f32, bool, u8)>) -> Report {
-    let band = Band {
-        width: 0.0,
-        min_alignment: 1.0,
-    };
-    report_with(scored, &[], band)
-}
 
 /// `aligned[i]`: pair i's worst-aligned word score (missing: not aligned).
 pub fn report_with(scored: Vec<(f32, bool, u8)>, aligned: &[f32], band: Band) -> Report {
@@ -220,7 +211,17 @@ pub fn report_with(scored: Vec<(f32, bool, u8)>, aligned: &[f32], band: Band) ->
 
 /// The pairs a threshold gets wrong: wrong answers served (with the guard on) and
 /// same-answer pairs the guard turns down, each with its similarity (and the guard's reason).
-pub fn explain(pairs: &[Pair], report: &Report, threshold: f32) -> String {
+/// The report without token alignment (no band).
+#[cfg(test)]
+fn report(scored: Vec<(f32, bool, u8)>) -> Report {
+    let band = Band {
+        width: 0.0,
+        min_alignment: 1.0,
+    };
+    report_with(scored, &[], band)
+}
+
+pub(crate) fn explain(pairs: &[Pair], report: &Report, threshold: f32) -> String {
     let mut served_wrong = String::new();
     let mut turned_down = String::new();
     for (i, (p, &(sim, _, label))) in pairs.iter().zip(&report.scored).enumerate() {
@@ -251,7 +252,7 @@ pub fn explain(pairs: &[Pair], report: &Report, threshold: f32) -> String {
 /// One-sided 95 % upper confidence bound (Clopper–Pearson) on a rate seen as `k` events in `n`
 /// trials: the highest rate under which `k` or fewer would still turn up 5 % of the time. No
 /// wrong answer in 14 hits is not a 0 % false-hit rate: it is consistent with up to 19 %.
-pub fn upper_bound(k: usize, n: usize) -> f64 {
+pub(crate) fn upper_bound(k: usize, n: usize) -> f64 {
     if n == 0 || k >= n {
         return 1.0;
     }
@@ -303,7 +304,7 @@ impl Report {
     }
 
     /// The suggestion for a platform team, with how far these pairs can vouch for it.
-    pub fn render_suggestion(&self, max_rate: f64) -> String {
+    pub(crate) fn render_suggestion(&self, max_rate: f64) -> String {
         let pct = max_rate * 100.0;
         let Some(row) = self.suggest(max_rate) else {
             return format!(

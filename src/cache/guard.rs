@@ -43,7 +43,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Reason::Number => "number",
             Reason::Negation => "negation",
@@ -232,7 +232,7 @@ fn quoted(text: &str) -> Vec<String> {
 }
 
 impl Features {
-    pub fn of(text: &str) -> Features {
+    pub(crate) fn of(text: &str) -> Features {
         let mut f = Features {
             quoted: quoted(text),
             symbols: symbols(text),
@@ -295,7 +295,7 @@ impl Features {
 }
 
 /// The numbers a text states (digits and number words), for comparing two answers.
-pub fn numbers_of(text: &str) -> BTreeMap<String, u32> {
+pub(crate) fn numbers_of(text: &str) -> BTreeMap<String, u32> {
     Features::of(text).numbers
 }
 
@@ -318,7 +318,7 @@ fn differ_by_an_article(a: &Features, b: &Features) -> bool {
 }
 
 /// Whether `candidate` (a cached query) may answer `query`.
-pub fn check(query: &Features, candidate: &Features) -> Result<(), Reason> {
+pub(crate) fn check(query: &Features, candidate: &Features) -> Result<(), Reason> {
     marks(query, candidate)?;
     entities(query, candidate)?;
     if swapped_term(&query.terms, &candidate.terms) {

@@ -20,7 +20,7 @@ use crate::telemetry::{JudgmentLabels, ResultLabels, RouteLabels};
 impl Cache {
     /// Whether this semantic hit should be re-asked upstream in the background; the permit
     /// bounds verifications in flight and must live as long as the verification.
-    pub fn should_verify(&self, config: &CacheConfig) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    pub(crate) fn should_verify(&self, config: &CacheConfig) -> Option<tokio::sync::OwnedSemaphorePermit> {
         let p = config.semantic.verify_sample;
         if p <= 0.0 || self.embedder.is_none() || fastrand::f32() >= p {
             return None;
@@ -30,7 +30,7 @@ impl Cache {
 
     /// Judges a served semantic hit against a fresh upstream answer to the same request.
     /// A disagreement raises the entry's learned threshold so that pair never hits again.
-    pub async fn judge(
+    pub(crate) async fn judge(
         &self,
         route: &Route,
         entry: u64,
@@ -49,7 +49,7 @@ impl Cache {
 
     /// Judges a hit that was not served (`plan.shadow`) against the answer the request got
     /// upstream, in the background; costs two embeddings and no upstream call.
-    pub fn judge_shadow(self: &Arc<Self>, plan: &mut Plan, fresh: Bytes, config: &CacheConfig) {
+    pub(crate) fn judge_shadow(self: &Arc<Self>, plan: &mut Plan, fresh: Bytes, config: &CacheConfig) {
         let Some(hit) = plan.shadow.take() else {
             return;
         };
@@ -132,7 +132,7 @@ impl Cache {
     }
 
     /// Per-route semantic settings and measured quality, for `/admin/cache`.
-    pub fn report(&self, routes: &[Arc<Route>], config: &CacheConfig) -> serde_json::Value {
+    pub(crate) fn report(&self, routes: &[Arc<Route>], config: &CacheConfig) -> serde_json::Value {
         serde_json::json!({
             "enabled": config.enabled,
             "semantic": config.enabled && config.semantic.enabled && self.embedder.is_some(),
@@ -155,7 +155,7 @@ impl Cache {
         })
     }
 
-    pub fn verification(&self, result: &'static str) {
+    pub(crate) fn verification(&self, result: &'static str) {
         self.metrics
             .cache_verifications
             .get_or_create(&ResultLabels { result })

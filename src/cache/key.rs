@@ -27,19 +27,19 @@ const IGNORED_FIELDS: &[&str] = &[
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Keys {
-    pub exact: Key,
+    pub(crate) exact: Key,
     /// `None` when the request cannot be served semantically (the last turn is not a plain
     /// user text, or it has images or audio).
-    pub partition: Option<Key>,
+    pub(crate) partition: Option<Key>,
     /// The text that is embedded and compared (the last user turn, or the prompt).
-    pub query: Option<String>,
+    pub(crate) query: Option<String>,
     /// `temperature` as sent (OpenAI's default, 1.0, when absent).
-    pub temperature: f64,
+    pub(crate) temperature: f64,
 }
 
 /// Derives the keys of a chat or completions request. `scope` is everything outside the body
 /// that separates caches: tenant, requested route, endpoint, cache version.
-pub fn derive(scope: &[&str], head: &RequestHead<'_>) -> Option<Keys> {
+pub(crate) fn derive(scope: &[&str], head: &RequestHead<'_>) -> Option<Keys> {
     let mut fields: BTreeMap<&str, Value> = BTreeMap::new();
     for (k, raw) in head.fields() {
         if IGNORED_FIELDS.contains(&k) {
@@ -135,7 +135,7 @@ const POLITE_SUFFIXES: &[&str] = &[
 /// code spans and double quotes (`Foo` and "Foo" keep theirs), runs of whitespace, punctuation
 /// at the end, and greetings or thanks at either end. Anything else — inner punctuation,
 /// numbers, word order — is kept: those can change the question.
-pub fn normalize(text: &str) -> String {
+pub(crate) fn normalize(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut quoted: Option<char> = None;
     let mut space = false;

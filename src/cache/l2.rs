@@ -26,7 +26,7 @@ use crate::redis_link::{BACKOFF_MAX, BACKOFF_MIN, Link, connect, prefix};
 use crate::telemetry::{Metrics, ResultLabels};
 
 /// Publications waiting for Redis; beyond this they are dropped (Redis is slow or down).
-pub const OUTBOX: usize = 1024;
+pub(crate) const OUTBOX: usize = 1024;
 /// How long one stream read blocks in Redis before looping.
 const BLOCK_MS: usize = 1000;
 
@@ -34,16 +34,16 @@ const BLOCK_MS: usize = 1000;
 /// answer, received when another did.
 #[derive(Debug)]
 pub struct Entry {
-    pub exact: Key,
-    pub partition: Option<Key>,
-    pub tenant: Arc<str>,
-    pub route: Arc<str>,
-    pub query: Option<String>,
-    pub response: Bytes,
-    pub model: Arc<str>,
+    pub(crate) exact: Key,
+    pub(crate) partition: Option<Key>,
+    pub(crate) tenant: Arc<str>,
+    pub(crate) route: Arc<str>,
+    pub(crate) query: Option<String>,
+    pub(crate) response: Bytes,
+    pub(crate) model: Arc<str>,
     /// Time left to live.
-    pub ttl: Duration,
-    pub vector: Option<Vec<f32>>,
+    pub(crate) ttl: Duration,
+    pub(crate) vector: Option<Vec<f32>>,
 }
 
 pub type Outgoing = Entry;
@@ -128,7 +128,7 @@ fn decode(payload: &str) -> Option<Incoming> {
 
 /// Starts publishing and following, as background tasks. `settings` reads the cache settings
 /// of the current config snapshot.
-pub fn spawn(
+pub(crate) fn spawn(
     background: &crate::tasks::Background,
     cache: Arc<Cache>,
     redis: RedisConfig,

@@ -41,7 +41,7 @@ use crate::router::Route;
 use crate::telemetry::{Metrics, ReasonLabels};
 
 /// How often expired entries are swept (they are also dropped when met on lookup).
-pub const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+pub(crate) const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 /// Time for embedding one `semantic` route example on first use (the model is warm; this only
 /// bounds a stalled embedder).
 const EXAMPLE_EMBED_BUDGET: Duration = Duration::from_secs(2);
@@ -111,7 +111,7 @@ impl Cache {
     /// assets turn the semantic cache off (one log line, a metric), never the sidecar.
     /// `for_routing`: some route uses the `semantic` strategy, so the embedder is loaded even
     /// when the semantic cache is off.
-    pub fn new(
+    pub(crate) fn new(
         config: &CacheConfig,
         for_routing: bool,
         metrics: Arc<Metrics>,
@@ -154,13 +154,13 @@ impl Cache {
         }
     }
 
-    pub fn semantic_available(&self) -> bool {
+    pub(crate) fn semantic_available(&self) -> bool {
         self.embedder.is_some()
     }
 
     /// Embeds a text within `budget` on the embedder's threads (for semantic routing).
     /// `None` when there is no embedder, its queue is full, or the budget runs out.
-    pub async fn embed(&self, text: &str, budget: Duration) -> Option<Vec<f32>> {
+    pub(crate) async fn embed(&self, text: &str, budget: Duration) -> Option<Vec<f32>> {
         let embedder = self.embedder.as_ref()?;
         let deadline = Instant::now() + budget;
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -177,7 +177,7 @@ impl Cache {
     /// Embeds a `semantic` route's examples once (on first use or after a reload; concurrent
     /// first requests may both compute, the first to finish is kept); `false`
     /// when the embedder cannot (the route then falls through).
-    pub async fn prepare_examples(&self, route: &Route) -> bool {
+    pub(crate) async fn prepare_examples(&self, route: &Route) -> bool {
         if route.example_vectors.get().is_some() {
             return true;
         }
@@ -193,7 +193,7 @@ impl Cache {
     }
 
     /// Looks the request up: exact, then semantic (within `config.semantic.timeout`).
-    pub async fn lookup(&self, plan: &mut Plan, config: &CacheConfig) -> Option<Hit> {
+    pub(crate) async fn lookup(&self, plan: &mut Plan, config: &CacheConfig) -> Option<Hit> {
         let now = Instant::now();
         match self.store.get_exact(&plan.keys.exact, now.into_std()) {
             Ok(Some(c)) => {
@@ -224,7 +224,7 @@ impl Cache {
 
     /// Stores a complete, successful JSON answer. The vector goes into the partition index
     /// off the event loop.
-    pub fn store(&self, plan: Plan, response: Bytes, model: Arc<str>, config: &CacheConfig) {
+    pub(crate) fn store(&self, plan: Plan, response: Bytes, model: Arc<str>, config: &CacheConfig) {
         if !plan.store {
             return;
         }
@@ -330,13 +330,13 @@ impl Cache {
     }
 
     /// Routes new entries to Redis (fleet mode); see `l2`.
-    pub fn attach_l2(&self, tx: tokio::sync::mpsc::Sender<l2::Outgoing>) {
+    pub(crate) fn attach_l2(&self, tx: tokio::sync::mpsc::Sender<l2::Outgoing>) {
         let _ = self.l2.set(tx);
     }
 
     /// Inserts an entry another sidecar answered (fleet mode). Its vector is used as is;
     /// without one, the entry is embedded here like a local insert.
-    pub fn insert_remote(&self, e: l2::Incoming, config: &CacheConfig) {
+    pub(crate) fn insert_remote(&self, e: l2::Incoming, config: &CacheConfig) {
         if !config.enabled {
             return;
         }
@@ -383,7 +383,7 @@ impl Cache {
         }
     }
 
-    pub fn sweep(&self) {
+    pub(crate) fn sweep(&self) {
         let n = self.store.sweep(std::time::Instant::now());
         if n > 0 {
             self.evictions("expired", n);
@@ -392,19 +392,11 @@ impl Cache {
     }
 
     /// Removes entries of a tenant and/or route (all when both are `None`); returns how many.
-    pub fn purge(&self, tenant: Option<&str>, route: Option<&str>) -> usize {
+    pub(crate) fn purge(&self, tenant: Option<&str>, route: Option<&str>) -> usize {
         let n = self.store.purge(tenant, route);
         self.evictions("purge", n);
         self.update_gauges();
         n
-    }
-
-    pub fn len(&self) -> usize {
-        self.store.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.store.is_empty()
     }
 
     fn evicted(&self, evicted: &[store::Eviction]) {

@@ -17,9 +17,9 @@ use crate::router::Route;
 
 /// What the cache will do for one request.
 pub struct Plan {
-    pub keys: Keys,
-    pub lookup: bool,
-    pub store: bool,
+    pub(crate) keys: Keys,
+    pub(crate) lookup: bool,
+    pub(crate) store: bool,
     pub(super) semantic: bool,
     /// The threshold in force for the route (moved by `max_wrong_rate` when set).
     pub(super) threshold: f32,
@@ -43,32 +43,32 @@ pub struct Plan {
     /// load): the insert takes it from here instead of embedding the same text again.
     pub(super) late: Option<Arc<std::sync::OnceLock<Vec<f32>>>>,
     /// On a semantic miss: the similarity of the best candidate found (for cost advice).
-    pub best_similarity: Option<f32>,
+    pub(crate) best_similarity: Option<f32>,
     /// When the semantic lookup ran, for the request's trace.
-    pub timing: Option<SemanticTiming>,
+    pub(crate) timing: Option<SemanticTiming>,
     /// Why the lookup (or its semantic half) did not run, for the request's log line.
-    pub skipped: Option<Skip>,
+    pub(crate) skipped: Option<Skip>,
     /// Candidates over the threshold that the guard or a learned threshold turned down.
-    pub rejected: Vec<&'static str>,
+    pub(crate) rejected: Vec<&'static str>,
     /// A hit found but not served: judged against the upstream answer the request gets.
-    pub shadow: Option<ShadowHit>,
+    pub(crate) shadow: Option<ShadowHit>,
 }
 
 /// A semantic hit that was found and passed the guard but was not served.
 pub struct ShadowHit {
-    pub entry: u64,
-    pub similarity: f32,
-    pub cached: Bytes,
+    pub(crate) entry: u64,
+    pub(crate) similarity: f32,
+    pub(crate) cached: Bytes,
 }
 
 /// The semantic lookup's steps: submitted to the embedder, embedded (after any queueing and
 /// batching), searched.
 #[derive(Debug, Clone, Copy)]
 pub struct SemanticTiming {
-    pub submitted: std::time::Instant,
-    pub embedded: std::time::Instant,
-    pub searched: std::time::Instant,
-    pub candidates: usize,
+    pub(crate) submitted: std::time::Instant,
+    pub(crate) embedded: std::time::Instant,
+    pub(crate) searched: std::time::Instant,
+    pub(crate) candidates: usize,
 }
 
 /// Why the cache (or its semantic half) did not run for a request: the
@@ -97,7 +97,7 @@ pub enum Skip {
 }
 
 impl Skip {
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Skip::Disabled => "disabled",
             Skip::Endpoint => "endpoint",
@@ -127,7 +127,7 @@ pub enum CacheStatus {
 
 impl CacheStatus {
     /// As the app sees it (`x-llm-sidecar-cache`) and as logs and traces show it.
-    pub fn header(self) -> &'static str {
+    pub(crate) fn header(self) -> &'static str {
         match self {
             CacheStatus::Bypass => "bypass",
             CacheStatus::Miss => "miss",
@@ -137,7 +137,7 @@ impl CacheStatus {
     }
 
     /// As metric labels have it.
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             CacheStatus::Bypass => "bypass",
             CacheStatus::Miss => "miss",
@@ -146,7 +146,7 @@ impl CacheStatus {
         }
     }
 
-    pub fn is_hit(self) -> bool {
+    pub(crate) fn is_hit(self) -> bool {
         matches!(self, CacheStatus::HitExact | CacheStatus::HitSemantic)
     }
 }
@@ -167,11 +167,11 @@ pub enum HitKind {
 }
 
 pub struct Hit {
-    pub kind: HitKind,
-    pub response: Bytes,
-    pub model: Arc<str>,
+    pub(crate) kind: HitKind,
+    pub(crate) response: Bytes,
+    pub(crate) model: Arc<str>,
     /// The entry that answered (for online verification).
-    pub entry: u64,
+    pub(crate) entry: u64,
 }
 /// A route's threshold settings: its own where set, else `cache.semantic`'s.
 pub fn policy(route: &Route, config: &CacheConfig) -> Policy {
@@ -188,7 +188,7 @@ pub fn policy(route: &Route, config: &CacheConfig) -> Policy {
 impl Cache {
     /// Decides whether and how the cache applies to a request; counts why when it does not.
     #[allow(clippy::too_many_arguments)]
-    pub fn plan(
+    pub(crate) fn plan(
         &self,
         config: &CacheConfig,
         route: &Route,

@@ -34,7 +34,7 @@ pub enum Judged {
 }
 
 impl Judged {
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Judged::Served => "served",
             Judged::Shadow => "shadow",
@@ -45,16 +45,16 @@ impl Judged {
 /// A route's threshold settings, resolved from the route and `cache.semantic`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Policy {
-    pub configured: f32,
-    pub max_wrong_rate: Option<f32>,
-    pub min: f32,
-    pub max: f32,
+    pub(crate) configured: f32,
+    pub(crate) max_wrong_rate: Option<f32>,
+    pub(crate) min: f32,
+    pub(crate) max: f32,
 }
 
 impl Policy {
     /// Where judging starts: would-be hits from here up are compared (when the route shadows
     /// or has a bound), so that the evidence covers every threshold the bound may choose.
-    pub fn floor(&self) -> f32 {
+    pub(crate) fn floor(&self) -> f32 {
         self.min.min(self.configured)
     }
 }
@@ -110,7 +110,7 @@ fn bin(similarity: f32) -> usize {
 }
 
 /// The 95 % Wilson score interval of `wrong` in `n`.
-pub fn wilson(wrong: u64, n: u64) -> (f64, f64) {
+pub(crate) fn wilson(wrong: u64, n: u64) -> (f64, f64) {
     if n == 0 {
         return (0.0, 1.0);
     }
@@ -134,7 +134,7 @@ pub struct Quality {
 
 impl Quality {
     /// The threshold a route serves at.
-    pub fn threshold(&self, route: &Arc<str>, p: &Policy) -> f32 {
+    pub(crate) fn threshold(&self, route: &Arc<str>, p: &Policy) -> f32 {
         if p.max_wrong_rate.is_none() {
             return p.configured;
         }
@@ -153,7 +153,7 @@ impl Quality {
     }
 
     /// Records a judged pair; returns the route's threshold after it.
-    pub fn record(&self, route: &Arc<str>, similarity: f32, agree: bool, how: Judged, p: &Policy) -> f32 {
+    pub(crate) fn record(&self, route: &Arc<str>, similarity: f32, agree: bool, how: Judged, p: &Policy) -> f32 {
         let Ok(mut routes) = self.routes.lock() else {
             return p.configured;
         };
@@ -172,7 +172,7 @@ impl Quality {
     }
 
     /// What `/admin/cache` shows for a route; `None` before its first judgment.
-    pub fn report(&self, route: &str, p: &Policy) -> Option<serde_json::Value> {
+    pub(crate) fn report(&self, route: &str, p: &Policy) -> Option<serde_json::Value> {
         let routes = self.routes.lock().ok()?;
         let q = routes.get(route)?;
         let counts = |c: [u64; 2]| serde_json::json!({"agree": c[0], "disagree": c[1]});

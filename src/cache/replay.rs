@@ -9,7 +9,7 @@ use serde_json::{Map, Value, json};
 
 /// Assembles SSE bytes (as the provider sent them) into a JSON response. `None` if the stream
 /// is not a complete, error-free OpenAI stream.
-pub fn assemble(sse: &[u8]) -> Option<Bytes> {
+pub(crate) fn assemble(sse: &[u8]) -> Option<Bytes> {
     let text = std::str::from_utf8(sse).ok()?;
     let mut done = false;
     let mut head: Option<Map<String, Value>> = None;
@@ -133,7 +133,7 @@ fn append(obj: &mut Map<String, Value>, field: &str, s: &str) {
 
 /// Replays a stored JSON answer as SSE: a first chunk carrying the whole message, a chunk with
 /// the finish reason, the usage chunk when asked for, and `[DONE]`.
-pub fn to_sse(json: &[u8], include_usage: bool) -> Option<Bytes> {
+pub(crate) fn to_sse(json: &[u8], include_usage: bool) -> Option<Bytes> {
     let v: Map<String, Value> = serde_json::from_slice(json).ok()?;
     let chat = v.get("object").and_then(Value::as_str) != Some("text_completion");
     let object = if chat {

@@ -30,7 +30,7 @@ impl<F: Fn(&str) -> Option<String>> VarLookup for F {
     }
 }
 
-pub fn interpolate(value: &mut Value, vars: &dyn VarLookup, issues: &mut Vec<ConfigIssue>) {
+pub(crate) fn interpolate(value: &mut Value, vars: &dyn VarLookup, issues: &mut Vec<ConfigIssue>) {
     walk(value, &mut String::new(), vars, issues);
 }
 
@@ -80,7 +80,7 @@ pub enum ExpandError {
 }
 
 /// Expands one string. Errors say which variable and how to fix it.
-pub fn expand(input: &str, vars: &dyn VarLookup) -> Result<String, ExpandError> {
+pub(crate) fn expand(input: &str, vars: &dyn VarLookup) -> Result<String, ExpandError> {
     let mut out = String::with_capacity(input.len());
     let mut rest = input;
     while let Some(pos) = rest.find('$') {

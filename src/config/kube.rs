@@ -40,9 +40,9 @@ pub enum KubeSourceError {
 #[derive(Clone)]
 pub struct KubeSource {
     api: Api<ConfigMap>,
-    pub namespace: String,
-    pub name: String,
-    pub key: String,
+    pub(crate) namespace: String,
+    pub(crate) name: String,
+    pub(crate) key: String,
 }
 
 /// What the watch saw.
@@ -97,7 +97,7 @@ impl KubeSource {
     }
 
     /// Reads the config once (at start: a missing ConfigMap is an error, there is nothing to serve).
-    pub async fn read(&self) -> Result<String, KubeSourceError> {
+    pub(crate) async fn read(&self) -> Result<String, KubeSourceError> {
         let cm = self.api.get(&self.name).await.map_err(|e| KubeSourceError::Get {
             namespace: self.namespace.clone(),
             name: self.name.clone(),
@@ -107,7 +107,7 @@ impl KubeSource {
     }
 
     /// Watches the ConfigMap until the receiver is dropped; sends every state it sees.
-    pub fn watch(self) -> mpsc::Receiver<Change> {
+    pub(crate) fn watch(self) -> mpsc::Receiver<Change> {
         let (tx, rx) = mpsc::channel(8);
         // Ends by itself when the receiver (the sidecar's watch, a background task) is dropped.
         #[allow(clippy::disallowed_methods)]

@@ -28,42 +28,42 @@ pub use otel::{OtlpProtocol, SamplerConfig, TracingConfig};
 /// A validated configuration. Cheap to share (`Arc`), never mutated: a reload builds a new one.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub version: Option<String>,
-    pub listen: SocketAddr,
-    pub admin_listen: SocketAddr,
-    pub server: ServerSettings,
-    pub logging: LoggingSettings,
-    pub providers: BTreeMap<String, Arc<ProviderConfig>>,
+    pub(crate) version: Option<String>,
+    pub(crate) listen: SocketAddr,
+    pub(crate) admin_listen: SocketAddr,
+    pub(crate) server: ServerSettings,
+    pub(crate) logging: LoggingSettings,
+    pub(crate) providers: BTreeMap<String, Arc<ProviderConfig>>,
     pub models: BTreeMap<String, Arc<ModelConfig>>,
-    pub routes: Vec<RouteConfig>,
-    pub default_route: Option<String>,
+    pub(crate) routes: Vec<RouteConfig>,
+    pub(crate) default_route: Option<String>,
     pub tenants: TenantsConfig,
-    pub cache: CacheConfig,
-    pub routing: RoutingSettings,
-    pub resilience: ResilienceConfig,
-    pub scheduling: SchedulingConfig,
+    pub(crate) cache: CacheConfig,
+    pub(crate) routing: RoutingSettings,
+    pub(crate) resilience: ResilienceConfig,
+    pub(crate) scheduling: SchedulingConfig,
     /// Fleet mode: limits, budgets and the L2 cache shared through Redis.
-    pub redis: Option<RedisConfig>,
+    pub(crate) redis: Option<RedisConfig>,
     /// OpenTelemetry trace export; `None` when tracing is off.
     pub tracing: Option<Arc<TracingConfig>>,
     /// SHA-256 of the source text, so a reload of identical bytes is recognised and skipped.
-    pub digest: String,
+    pub(crate) digest: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerSettings {
-    pub max_body_bytes: usize,
+    pub(crate) max_body_bytes: usize,
     /// The whole request body must arrive within this.
-    pub body_timeout: Duration,
+    pub(crate) body_timeout: Duration,
     /// Bytes per second a request body must average after [`BODY_RATE_GRACE`]; 0: no minimum.
-    pub body_min_rate: u64,
-    pub shutdown_grace: Duration,
-    pub drain_delay: Duration,
+    pub(crate) body_min_rate: u64,
+    pub(crate) shutdown_grace: Duration,
+    pub(crate) drain_delay: Duration,
     /// When set, `/dashboard` and `/admin/*` need `Authorization: Bearer TOKEN` (or
     /// `?token=TOKEN`, for the browser's event stream).
-    pub admin_token: Option<SecretString>,
+    pub(crate) admin_token: Option<SecretString>,
     /// Show the first words of prompts on the dashboard (off: metadata only).
-    pub dashboard_prompts: bool,
+    pub(crate) dashboard_prompts: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,25 +76,25 @@ pub enum LogFormat {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoggingSettings {
-    pub format: LogFormat,
-    pub level: String,
+    pub(crate) format: LogFormat,
+    pub(crate) level: String,
 }
 
 /// A provider: where an OpenAI-compatible API lives and how to authenticate to it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProviderConfig {
-    pub name: Arc<str>,
-    pub base_url: Uri,
-    pub auth: Option<(HeaderName, Secret)>,
-    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub(crate) name: Arc<str>,
+    pub(crate) base_url: Uri,
+    pub(crate) auth: Option<(HeaderName, Secret)>,
+    pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
     /// Already encoded `k=v&k2=v2`, appended to every upstream URL (Azure's `api-version`).
-    pub query: String,
-    pub ca_file: Option<PathBuf>,
-    pub timeouts: Timeouts,
-    pub max_connections: usize,
-    pub inject_stream_usage: bool,
-    pub kind: ProviderKind,
-    pub health_check: Option<HealthCheck>,
+    pub(crate) query: String,
+    pub(crate) ca_file: Option<PathBuf>,
+    pub(crate) timeouts: Timeouts,
+    pub(crate) max_connections: usize,
+    pub(crate) inject_stream_usage: bool,
+    pub(crate) kind: ProviderKind,
+    pub(crate) health_check: Option<HealthCheck>,
 }
 
 /// The wire protocol a provider speaks.
@@ -110,17 +110,17 @@ pub enum ProviderKind {
 /// every model on the provider before an app request finds out.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HealthCheck {
-    pub path: String,
-    pub interval: Duration,
-    pub timeout: Duration,
+    pub(crate) path: String,
+    pub(crate) interval: Duration,
+    pub(crate) timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Timeouts {
-    pub connect: Duration,
-    pub first_byte: Duration,
-    pub idle: Duration,
-    pub total: Duration,
+    pub(crate) connect: Duration,
+    pub(crate) first_byte: Duration,
+    pub(crate) idle: Duration,
+    pub(crate) total: Duration,
 }
 
 /// A secret header value. Its `Debug` never shows the value, so a config dump or a log of a
@@ -137,13 +137,13 @@ impl fmt::Debug for Secret {
 /// One entry of the model catalogue: the name the app uses and what it maps to.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {
-    pub name: Arc<str>,
-    pub provider: Arc<str>,
-    pub upstream_model: Arc<str>,
-    pub pricing: Pricing,
+    pub(crate) name: Arc<str>,
+    pub(crate) provider: Arc<str>,
+    pub(crate) upstream_model: Arc<str>,
+    pub(crate) pricing: Pricing,
     /// Prompt + completion tokens the model accepts; `None` when not declared.
-    pub context_window: Option<u64>,
-    pub capabilities: Capabilities,
+    pub(crate) context_window: Option<u64>,
+    pub(crate) capabilities: Capabilities,
 }
 
 /// What a model can do, as declared in the catalogue. A model that declares nothing is
@@ -152,24 +152,24 @@ pub struct ModelConfig {
 pub struct Capabilities(u8);
 
 impl Capabilities {
-    pub const NONE: Capabilities = Capabilities(0);
-    pub const TOOLS: Capabilities = Capabilities(1);
-    pub const VISION: Capabilities = Capabilities(2);
-    pub const JSON: Capabilities = Capabilities(4);
-    pub const ALL: Capabilities = Capabilities(7);
-    pub const NAMES: [(&'static str, Capabilities); 3] =
+    pub(crate) const NONE: Capabilities = Capabilities(0);
+    pub(crate) const TOOLS: Capabilities = Capabilities(1);
+    pub(crate) const VISION: Capabilities = Capabilities(2);
+    pub(crate) const JSON: Capabilities = Capabilities(4);
+    pub(crate) const ALL: Capabilities = Capabilities(7);
+    pub(crate) const NAMES: [(&'static str, Capabilities); 3] =
         [("tools", Self::TOOLS), ("vision", Self::VISION), ("json", Self::JSON)];
 
-    pub fn contains(self, other: Capabilities) -> bool {
+    pub(crate) fn contains(self, other: Capabilities) -> bool {
         self.0 & other.0 == other.0
     }
 
-    pub fn union(self, other: Capabilities) -> Capabilities {
+    pub(crate) fn union(self, other: Capabilities) -> Capabilities {
         Capabilities(self.0 | other.0)
     }
 
     /// Names of the capabilities in `self`, for error messages.
-    pub fn names(self) -> Vec<&'static str> {
+    pub(crate) fn names(self) -> Vec<&'static str> {
         Self::NAMES
             .iter()
             .filter(|(_, c)| self.contains(*c))
@@ -181,14 +181,14 @@ impl Capabilities {
 /// USD per million tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Pricing {
-    pub input: f64,
-    pub output: f64,
-    pub cached_input: f64,
+    pub(crate) input: f64,
+    pub(crate) output: f64,
+    pub(crate) cached_input: f64,
 }
 
 impl Pricing {
     /// Cost in USD of one request's usage; cached prompt tokens are billed at the cached rate.
-    pub fn cost(&self, prompt_tokens: u64, cached_tokens: u64, completion_tokens: u64) -> f64 {
+    pub(crate) fn cost(&self, prompt_tokens: u64, cached_tokens: u64, completion_tokens: u64) -> f64 {
         let cached = cached_tokens.min(prompt_tokens);
         let fresh = prompt_tokens - cached;
         (fresh as f64 * self.input + cached as f64 * self.cached_input + completion_tokens as f64 * self.output)
@@ -216,7 +216,7 @@ pub enum Strategy {
 }
 
 impl Strategy {
-    pub const NAMES: [(&'static str, Strategy); 7] = [
+    pub(crate) const NAMES: [(&'static str, Strategy); 7] = [
         ("ordered", Strategy::Ordered),
         ("weighted", Strategy::Weighted),
         ("canary", Strategy::Canary),
@@ -226,7 +226,7 @@ impl Strategy {
         ("complexity", Strategy::Complexity),
     ];
 
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         Self::NAMES
             .iter()
             .find(|(_, s)| *s == self)
@@ -251,123 +251,118 @@ pub enum Sticky {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct TargetConfig {
-    pub model: Arc<str>,
-    pub weight: u32,
-    pub tier: Option<Tier>,
-    pub examples: Vec<String>,
+    pub(crate) model: Arc<str>,
+    pub(crate) weight: u32,
+    pub(crate) tier: Option<Tier>,
+    pub(crate) examples: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct CanaryConfig {
-    pub model: Arc<str>,
+    pub(crate) model: Arc<str>,
     /// 0–100.
-    pub percent: f64,
-    pub window: Duration,
-    pub min_requests: u32,
-    pub max_error_rate: f64,
-    pub max_latency: Option<Duration>,
+    pub(crate) percent: f64,
+    pub(crate) window: Duration,
+    pub(crate) min_requests: u32,
+    pub(crate) max_error_rate: f64,
+    pub(crate) max_latency: Option<Duration>,
 }
 
 /// Conditions besides the requested model; all that are given must hold.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct MatchConfig {
-    pub tenants: Vec<Arc<str>>,
-    pub header: Option<(HeaderName, Vec<String>)>,
+    pub(crate) tenants: Vec<Arc<str>>,
+    pub(crate) header: Option<(HeaderName, Vec<String>)>,
     /// Lower-cased; any one found in the last user turn matches.
-    pub keywords: Vec<String>,
+    pub(crate) keywords: Vec<String>,
     /// Checked to compile at validation; compiled again by the router.
-    pub regex: Option<String>,
+    pub(crate) regex: Option<String>,
     /// `Some(true)`: only tenants past their soft budget limit; `Some(false)`: only below it.
-    pub budget_soft: Option<bool>,
+    pub(crate) budget_soft: Option<bool>,
 }
 
 impl MatchConfig {
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.tenants.is_empty()
             && self.header.is_none()
             && self.keywords.is_empty()
             && self.regex.is_none()
             && self.budget_soft.is_none()
     }
-
-    pub fn needs_text(&self) -> bool {
-        !self.keywords.is_empty() || self.regex.is_some()
-    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct RouteConfig {
-    pub name: Arc<str>,
+    pub(crate) name: Arc<str>,
     /// Requested model names that select this route: exact names or globs (`gpt-4*`); empty
     /// means any model (then `when` must say something).
-    pub models: Vec<String>,
-    pub when: MatchConfig,
-    pub strategy: Strategy,
-    pub targets: Vec<TargetConfig>,
-    pub sticky: Sticky,
-    pub canary: Option<CanaryConfig>,
-    pub latency_budget: Option<Duration>,
-    pub semantic_threshold: f32,
-    pub complexity_threshold: f64,
+    pub(crate) models: Vec<String>,
+    pub(crate) when: MatchConfig,
+    pub(crate) strategy: Strategy,
+    pub(crate) targets: Vec<TargetConfig>,
+    pub(crate) sticky: Sticky,
+    pub(crate) canary: Option<CanaryConfig>,
+    pub(crate) latency_budget: Option<Duration>,
+    pub(crate) semantic_threshold: f32,
+    pub(crate) complexity_threshold: f64,
     /// `routes[].cache`: overrides of `cache.semantic` for this route.
-    pub cache: RouteCacheConfig,
+    pub(crate) cache: RouteCacheConfig,
 }
 
 #[derive(Debug, Clone)]
 pub struct CacheConfig {
-    pub enabled: bool,
-    pub version: String,
-    pub ttl: Duration,
-    pub max_entries: usize,
-    pub max_bytes: usize,
-    pub max_temperature: f64,
-    pub privacy_patterns: Vec<String>,
-    pub privacy: regex::RegexSet,
-    pub semantic: SemanticConfig,
+    pub(crate) enabled: bool,
+    pub(crate) version: String,
+    pub(crate) ttl: Duration,
+    pub(crate) max_entries: usize,
+    pub(crate) max_bytes: usize,
+    pub(crate) max_temperature: f64,
+    pub(crate) privacy: regex::RegexSet,
+    pub(crate) semantic: SemanticConfig,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SemanticConfig {
-    pub enabled: bool,
-    pub threshold: f32,
-    pub guard: bool,
-    pub assets_dir: PathBuf,
-    pub timeout: Duration,
-    pub queue: usize,
-    pub max_batch: Option<usize>,
-    pub threads: usize,
+    pub(crate) enabled: bool,
+    pub(crate) threshold: f32,
+    pub(crate) guard: bool,
+    pub(crate) assets_dir: PathBuf,
+    pub(crate) timeout: Duration,
+    pub(crate) queue: usize,
+    pub(crate) max_batch: Option<usize>,
+    pub(crate) threads: usize,
     /// Share of semantic hits re-asked upstream in the background to check them.
-    pub verify_sample: f32,
+    pub(crate) verify_sample: f32,
     /// Cosine between the cached and the fresh answer at or above which they agree.
-    pub verify_agreement: f32,
+    pub(crate) verify_agreement: f32,
     /// `cache.semantic.mode`: the routes' default (a route may override it).
-    pub mode: SemanticMode,
+    pub(crate) mode: SemanticMode,
     /// `cache.semantic.max_wrong_rate`: the routes' default error bound (none: off).
-    pub max_wrong_rate: Option<f32>,
+    pub(crate) max_wrong_rate: Option<f32>,
     /// The range `max_wrong_rate` moves a route's threshold in.
-    pub min_threshold: f32,
-    pub max_threshold: f32,
+    pub(crate) min_threshold: f32,
+    pub(crate) max_threshold: f32,
     /// Candidates this far below the threshold are served when every content word of each
     /// question finds a partner at `min_alignment` or closer (0: off).
-    pub alignment_band: f32,
-    pub min_alignment: f32,
+    pub(crate) alignment_band: f32,
+    pub(crate) min_alignment: f32,
     /// `cache.semantic.verifier`: a pair model that must agree before a semantic hit is served.
-    pub verifier: Option<VerifierConfig>,
+    pub(crate) verifier: Option<VerifierConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct VerifierConfig {
     /// A BERT WordPiece sequence-classification model, ONNX.
-    pub model: PathBuf,
+    pub(crate) model: PathBuf,
     /// Its `tokenizer.json` (default: beside the model).
-    pub tokenizer: PathBuf,
+    pub(crate) tokenizer: PathBuf,
     /// The score (0–1) a pair needs to be served.
-    pub min_score: f32,
+    pub(crate) min_score: f32,
 }
 
 /// The semantic cache's assets folder when `cache.semantic.assets_dir` is not set:
 /// `$LLM_SIDECAR_ASSETS`, else `./assets` (where `scripts/fetch-assets` puts them).
-pub fn default_assets_dir() -> PathBuf {
+pub(crate) fn default_assets_dir() -> PathBuf {
     std::env::var_os("LLM_SIDECAR_ASSETS")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("assets"))
@@ -384,7 +379,7 @@ pub enum SemanticMode {
 }
 
 impl SemanticMode {
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             SemanticMode::Serve => "serve",
             SemanticMode::Shadow => "shadow",
@@ -396,12 +391,12 @@ impl SemanticMode {
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct RouteCacheConfig {
     /// `Some(false)` turns caching off for this route.
-    pub enabled: Option<bool>,
-    pub threshold: Option<f32>,
-    pub mode: Option<SemanticMode>,
-    pub max_wrong_rate: Option<f32>,
-    pub min_threshold: Option<f32>,
-    pub max_threshold: Option<f32>,
+    pub(crate) enabled: Option<bool>,
+    pub(crate) threshold: Option<f32>,
+    pub(crate) mode: Option<SemanticMode>,
+    pub(crate) max_wrong_rate: Option<f32>,
+    pub(crate) min_threshold: Option<f32>,
+    pub(crate) max_threshold: Option<f32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -415,29 +410,29 @@ pub enum OnUnknown {
 #[derive(Debug, Clone, PartialEq)]
 pub struct TenantsConfig {
     /// A trusted request header naming the tenant (set by the app's own code, inside the pod).
-    pub header: Option<HeaderName>,
+    pub(crate) header: Option<HeaderName>,
     /// Identify tenants by the SHA-256 of the app's bearer key.
-    pub api_key: bool,
-    pub on_unknown: OnUnknown,
-    pub default_tenant: Arc<str>,
+    pub(crate) api_key: bool,
+    pub(crate) on_unknown: OnUnknown,
+    pub(crate) default_tenant: Arc<str>,
     /// Lower-case hex SHA-256 of an API key → tenant name.
-    pub key_hashes: BTreeMap<String, Arc<str>>,
-    pub names: Vec<Arc<str>>,
+    pub(crate) key_hashes: BTreeMap<String, Arc<str>>,
+    pub(crate) names: Vec<Arc<str>>,
     /// Tenant → index into `scheduling.classes`.
-    pub priorities: BTreeMap<Arc<str>, usize>,
+    pub(crate) priorities: BTreeMap<Arc<str>, usize>,
     /// Tenant → its limits (tenants not listed use `default_limits`).
-    pub limits: BTreeMap<Arc<str>, Arc<Limits>>,
-    pub default_limits: Option<Arc<Limits>>,
-    pub budgets: BTreeMap<Arc<str>, Budget>,
-    pub default_budget: Option<Budget>,
+    pub(crate) limits: BTreeMap<Arc<str>, Arc<Limits>>,
+    pub(crate) default_limits: Option<Arc<Limits>>,
+    pub(crate) budgets: BTreeMap<Arc<str>, Budget>,
+    pub(crate) default_budget: Option<Budget>,
 }
 
 impl TenantsConfig {
-    pub fn limits_of(&self, tenant: &str) -> Option<&Arc<Limits>> {
+    pub(crate) fn limits_of(&self, tenant: &str) -> Option<&Arc<Limits>> {
         self.limits.get(tenant).or(self.default_limits.as_ref())
     }
 
-    pub fn budget_of(&self, tenant: &str) -> Option<&Budget> {
+    pub(crate) fn budget_of(&self, tenant: &str) -> Option<&Budget> {
         self.budgets.get(tenant).or(self.default_budget.as_ref())
     }
 }
@@ -445,24 +440,24 @@ impl TenantsConfig {
 /// Requests and tokens per minute, for a tenant and optionally per requested model.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Limits {
-    pub requests_per_minute: Option<u64>,
-    pub tokens_per_minute: Option<u64>,
-    pub models: BTreeMap<Arc<str>, ModelLimits>,
+    pub(crate) requests_per_minute: Option<u64>,
+    pub(crate) tokens_per_minute: Option<u64>,
+    pub(crate) models: BTreeMap<Arc<str>, ModelLimits>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct ModelLimits {
-    pub requests_per_minute: Option<u64>,
-    pub tokens_per_minute: Option<u64>,
+    pub(crate) requests_per_minute: Option<u64>,
+    pub(crate) tokens_per_minute: Option<u64>,
 }
 
 /// USD a tenant may spend per UTC day and month.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Budget {
-    pub daily_usd: Option<f64>,
-    pub monthly_usd: Option<f64>,
+    pub(crate) daily_usd: Option<f64>,
+    pub(crate) monthly_usd: Option<f64>,
     /// Share of a budget at which the soft limit applies (log, metric, routing input).
-    pub soft_ratio: f64,
+    pub(crate) soft_ratio: f64,
 }
 
 /// A string whose `Debug` never shows it (passwords).
@@ -478,72 +473,72 @@ impl fmt::Debug for SecretString {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RedisConfig {
     /// `redis://host:port/db` or `rediss://` (TLS); never carries the password.
-    pub url: String,
-    pub password: Option<SecretString>,
-    pub key_prefix: String,
+    pub(crate) url: String,
+    pub(crate) password: Option<SecretString>,
+    pub(crate) key_prefix: String,
     /// Bound on every Redis call: past it, the sidecar goes on with local state.
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
     /// How often local counters are pushed to Redis and fleet totals read back.
-    pub sync_interval: Duration,
-    pub cache: bool,
+    pub(crate) sync_interval: Duration,
+    pub(crate) cache: bool,
     /// Entries loaded from the stream at start (warm start).
-    pub warm_entries: usize,
-    pub stream_max_len: usize,
+    pub(crate) warm_entries: usize,
+    pub(crate) stream_max_len: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct RoutingSettings {
-    pub allow_route_header: bool,
+    pub(crate) allow_route_header: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResilienceConfig {
-    pub retries: RetryPolicy,
-    pub retry_budget: RetryBudgetConfig,
-    pub breaker: BreakerConfig,
+    pub(crate) retries: RetryPolicy,
+    pub(crate) retry_budget: RetryBudgetConfig,
+    pub(crate) breaker: BreakerConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RetryPolicy {
     /// Attempts per candidate, the first included (1 = no retries).
-    pub max_attempts: u32,
-    pub base_delay: Duration,
-    pub max_delay: Duration,
+    pub(crate) max_attempts: u32,
+    pub(crate) base_delay: Duration,
+    pub(crate) max_delay: Duration,
     /// A `retry-after` longer than this is not waited for: the next candidate is tried.
-    pub max_retry_after: Duration,
+    pub(crate) max_retry_after: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RetryBudgetConfig {
     /// Retries allowed as a share of first attempts over `window`.
-    pub ratio: f64,
+    pub(crate) ratio: f64,
     /// Retries always allowed per second, so a quiet pod can still retry.
-    pub min_per_second: f64,
-    pub window: Duration,
+    pub(crate) min_per_second: f64,
+    pub(crate) window: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BreakerConfig {
-    pub enabled: bool,
-    pub consecutive_failures: u32,
-    pub failure_ratio: f64,
-    pub min_requests: u32,
-    pub window: Duration,
-    pub open_for: Duration,
-    pub half_open_probes: u32,
+    pub(crate) enabled: bool,
+    pub(crate) consecutive_failures: u32,
+    pub(crate) failure_ratio: f64,
+    pub(crate) min_requests: u32,
+    pub(crate) window: Duration,
+    pub(crate) open_for: Duration,
+    pub(crate) half_open_probes: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SchedulingConfig {
     /// (name, weight), in the order written; a higher weight is served more often.
-    pub classes: Vec<(Arc<str>, u32)>,
-    pub default_class: usize,
-    pub queue_timeout: Duration,
-    pub max_queued: usize,
+    pub(crate) classes: Vec<(Arc<str>, u32)>,
+    pub(crate) default_class: usize,
+    pub(crate) queue_timeout: Duration,
+    pub(crate) max_queued: usize,
 }
 
 impl SchedulingConfig {
-    pub fn class(&self, name: &str) -> Option<usize> {
+    pub(crate) fn class(&self, name: &str) -> Option<usize> {
         self.classes.iter().position(|(n, _)| &**n == name)
     }
 }
@@ -552,11 +547,11 @@ impl SchedulingConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConfigIssue {
     pub path: String,
-    pub message: String,
+    pub(crate) message: String,
 }
 
 impl ConfigIssue {
-    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             path: path.into(),
             message: message.into(),
@@ -595,7 +590,8 @@ impl Config {
     }
 
     /// The route used for paths the sidecar does not interpret (`/v1/responses`, audio, files).
-    pub fn default_route(&self) -> Option<&RouteConfig> {
+    #[cfg(test)]
+    pub(crate) fn default_route(&self) -> Option<&RouteConfig> {
         let name = self.default_route.as_deref()?;
         self.routes.iter().find(|r| &*r.name == name)
     }

@@ -21,7 +21,7 @@ pub enum OtlpProtocol {
 }
 
 impl OtlpProtocol {
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             OtlpProtocol::Grpc => "grpc",
             OtlpProtocol::HttpProtobuf => "http/protobuf",
@@ -34,28 +34,28 @@ impl OtlpProtocol {
 /// `traceparent` carries a decision follows it instead.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SamplerConfig {
-    pub ratio: f64,
-    pub parent_based: bool,
+    pub(crate) ratio: f64,
+    pub(crate) parent_based: bool,
 }
 
 #[derive(Clone, PartialEq)]
 pub struct TracingConfig {
-    pub protocol: OtlpProtocol,
+    pub(crate) protocol: OtlpProtocol,
     /// Gzip the export bodies (most collectors and vendors accept it; saves ~80 % of the bytes).
-    pub gzip: bool,
+    pub(crate) gzip: bool,
     /// For gRPC, the collector's scheme and authority; for HTTP, the full `/v1/traces` URL.
-    pub endpoint: Uri,
+    pub(crate) endpoint: Uri,
     /// Sent with every export (API keys: never logged).
-    pub headers: Vec<(HeaderName, HeaderValue)>,
-    pub timeout: Duration,
-    pub sampler: SamplerConfig,
+    pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
+    pub(crate) timeout: Duration,
+    pub(crate) sampler: SamplerConfig,
     /// Resource attributes, `service.name` first.
     pub resource: Vec<(String, String)>,
     /// Spans waiting for export beyond this are dropped (and counted), never blocking a request.
-    pub max_queue: usize,
-    pub batch_size: usize,
+    pub(crate) max_queue: usize,
+    pub(crate) batch_size: usize,
     /// The longest a finished span waits before it is exported.
-    pub interval: Duration,
+    pub(crate) interval: Duration,
 }
 
 impl std::fmt::Debug for TracingConfig {
@@ -400,7 +400,7 @@ fn rebuild(u: &Uri, path: &str) -> Uri {
 
 /// `key1=value1,key2=value2` with percent-encoded values (the W3C baggage form the `OTEL_*`
 /// header and resource variables use).
-pub fn parse_pairs(list: &str) -> Vec<(String, String)> {
+pub(crate) fn parse_pairs(list: &str) -> Vec<(String, String)> {
     list.split(',')
         .filter_map(|item| {
             let (k, v) = item.split_once('=')?;

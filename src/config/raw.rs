@@ -10,376 +10,376 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     /// Free-form label of this config revision, shown on the admin port and in reload logs.
-    pub version: Option<String>,
+    pub(crate) version: Option<String>,
     /// Address the application talks to (the OpenAI API).
-    pub listen: Option<String>,
+    pub(crate) listen: Option<String>,
     /// Address of `/metrics`, `/healthz`, `/readyz` and the `/admin/*` endpoints.
-    pub admin_listen: Option<String>,
-    pub server: Option<RawServer>,
-    pub logging: Option<RawLogging>,
+    pub(crate) admin_listen: Option<String>,
+    pub(crate) server: Option<RawServer>,
+    pub(crate) logging: Option<RawLogging>,
     #[serde(default)]
-    pub providers: BTreeMap<String, RawProvider>,
+    pub(crate) providers: BTreeMap<String, RawProvider>,
     #[serde(default)]
-    pub models: BTreeMap<String, RawModel>,
+    pub(crate) models: BTreeMap<String, RawModel>,
     #[serde(default)]
-    pub routes: Vec<RawRoute>,
-    pub default_route: Option<String>,
-    pub tenants: Option<RawTenants>,
-    pub cache: Option<RawCache>,
-    pub routing: Option<RawRouting>,
-    pub resilience: Option<RawResilience>,
-    pub scheduling: Option<RawScheduling>,
-    pub redis: Option<RawRedis>,
-    pub tracing: Option<RawTracing>,
+    pub(crate) routes: Vec<RawRoute>,
+    pub(crate) default_route: Option<String>,
+    pub(crate) tenants: Option<RawTenants>,
+    pub(crate) cache: Option<RawCache>,
+    pub(crate) routing: Option<RawRouting>,
+    pub(crate) resilience: Option<RawResilience>,
+    pub(crate) scheduling: Option<RawScheduling>,
+    pub(crate) redis: Option<RawRedis>,
+    pub(crate) tracing: Option<RawTracing>,
 }
 
 /// OpenTelemetry trace export. Every key falls back to the standard `OTEL_*` variable.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawTracing {
-    pub enabled: Option<bool>,
-    pub endpoint: Option<String>,
-    pub protocol: Option<String>,
-    pub compression: Option<String>,
+    pub(crate) enabled: Option<bool>,
+    pub(crate) endpoint: Option<String>,
+    pub(crate) protocol: Option<String>,
+    pub(crate) compression: Option<String>,
     #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-    pub timeout: Option<String>,
-    pub sampler: Option<String>,
-    pub sample_ratio: Option<f64>,
-    pub service_name: Option<String>,
+    pub(crate) headers: BTreeMap<String, String>,
+    pub(crate) timeout: Option<String>,
+    pub(crate) sampler: Option<String>,
+    pub(crate) sample_ratio: Option<f64>,
+    pub(crate) service_name: Option<String>,
     #[serde(default)]
-    pub resource_attributes: BTreeMap<String, String>,
-    pub max_queue: Option<u64>,
-    pub batch_size: Option<u64>,
-    pub interval: Option<String>,
+    pub(crate) resource_attributes: BTreeMap<String, String>,
+    pub(crate) max_queue: Option<u64>,
+    pub(crate) batch_size: Option<u64>,
+    pub(crate) interval: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRedis {
-    pub url: String,
-    pub password_env: Option<String>,
-    pub password_file: Option<String>,
-    pub key_prefix: Option<String>,
-    pub timeout: Option<String>,
-    pub sync_interval: Option<String>,
-    pub cache: Option<RawRedisCache>,
+    pub(crate) url: String,
+    pub(crate) password_env: Option<String>,
+    pub(crate) password_file: Option<String>,
+    pub(crate) key_prefix: Option<String>,
+    pub(crate) timeout: Option<String>,
+    pub(crate) sync_interval: Option<String>,
+    pub(crate) cache: Option<RawRedisCache>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawRedisCache {
-    pub enabled: Option<bool>,
-    pub warm_entries: Option<u64>,
-    pub stream_max_len: Option<u64>,
+    pub(crate) enabled: Option<bool>,
+    pub(crate) warm_entries: Option<u64>,
+    pub(crate) stream_max_len: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawLimits {
-    pub requests_per_minute: Option<u64>,
-    pub tokens_per_minute: Option<u64>,
+    pub(crate) requests_per_minute: Option<u64>,
+    pub(crate) tokens_per_minute: Option<u64>,
     #[serde(default)]
-    pub models: BTreeMap<String, RawModelLimits>,
+    pub(crate) models: BTreeMap<String, RawModelLimits>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawModelLimits {
-    pub requests_per_minute: Option<u64>,
-    pub tokens_per_minute: Option<u64>,
+    pub(crate) requests_per_minute: Option<u64>,
+    pub(crate) tokens_per_minute: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawBudget {
-    pub daily_usd: Option<f64>,
-    pub monthly_usd: Option<f64>,
-    pub soft_ratio: Option<f64>,
+    pub(crate) daily_usd: Option<f64>,
+    pub(crate) monthly_usd: Option<f64>,
+    pub(crate) soft_ratio: Option<f64>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawTenantDefaults {
-    pub limits: Option<RawLimits>,
-    pub budget: Option<RawBudget>,
+    pub(crate) limits: Option<RawLimits>,
+    pub(crate) budget: Option<RawBudget>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawRouting {
     /// Whether `x-llm-sidecar-route: NAME` may force a route.
-    pub allow_route_header: Option<bool>,
+    pub(crate) allow_route_header: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawResilience {
-    pub retries: Option<RawRetries>,
-    pub retry_budget: Option<RawRetryBudget>,
-    pub breaker: Option<RawBreaker>,
+    pub(crate) retries: Option<RawRetries>,
+    pub(crate) retry_budget: Option<RawRetryBudget>,
+    pub(crate) breaker: Option<RawBreaker>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawRetries {
-    pub max_attempts: Option<u32>,
-    pub base_delay: Option<String>,
-    pub max_delay: Option<String>,
-    pub max_retry_after: Option<String>,
+    pub(crate) max_attempts: Option<u32>,
+    pub(crate) base_delay: Option<String>,
+    pub(crate) max_delay: Option<String>,
+    pub(crate) max_retry_after: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawRetryBudget {
-    pub ratio: Option<f64>,
-    pub min_per_second: Option<f64>,
-    pub window: Option<String>,
+    pub(crate) ratio: Option<f64>,
+    pub(crate) min_per_second: Option<f64>,
+    pub(crate) window: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawBreaker {
-    pub enabled: Option<bool>,
-    pub consecutive_failures: Option<u32>,
-    pub failure_ratio: Option<f64>,
-    pub min_requests: Option<u32>,
-    pub window: Option<String>,
-    pub open_for: Option<String>,
-    pub half_open_probes: Option<u32>,
+    pub(crate) enabled: Option<bool>,
+    pub(crate) consecutive_failures: Option<u32>,
+    pub(crate) failure_ratio: Option<f64>,
+    pub(crate) min_requests: Option<u32>,
+    pub(crate) window: Option<String>,
+    pub(crate) open_for: Option<String>,
+    pub(crate) half_open_probes: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawScheduling {
     #[serde(default)]
-    pub classes: Vec<RawPriorityClass>,
-    pub default_class: Option<String>,
-    pub queue_timeout: Option<String>,
-    pub max_queued: Option<u64>,
+    pub(crate) classes: Vec<RawPriorityClass>,
+    pub(crate) default_class: Option<String>,
+    pub(crate) queue_timeout: Option<String>,
+    pub(crate) max_queued: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawPriorityClass {
-    pub name: String,
-    pub weight: u32,
+    pub(crate) name: String,
+    pub(crate) weight: u32,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawHealthCheck {
-    pub path: Option<String>,
-    pub interval: Option<String>,
-    pub timeout: Option<String>,
+    pub(crate) path: Option<String>,
+    pub(crate) interval: Option<String>,
+    pub(crate) timeout: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawCache {
-    pub enabled: Option<bool>,
+    pub(crate) enabled: Option<bool>,
     /// Any scalar; changing it invalidates every entry.
-    pub version: Option<serde_yaml_ng::Value>,
-    pub ttl: Option<String>,
-    pub max_entries: Option<u64>,
-    pub max_bytes: Option<u64>,
-    pub max_temperature: Option<f64>,
-    pub privacy_patterns: Option<Vec<String>>,
-    pub semantic: Option<RawSemantic>,
+    pub(crate) version: Option<serde_yaml_ng::Value>,
+    pub(crate) ttl: Option<String>,
+    pub(crate) max_entries: Option<u64>,
+    pub(crate) max_bytes: Option<u64>,
+    pub(crate) max_temperature: Option<f64>,
+    pub(crate) privacy_patterns: Option<Vec<String>>,
+    pub(crate) semantic: Option<RawSemantic>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawSemantic {
-    pub enabled: Option<bool>,
-    pub threshold: Option<f32>,
-    pub guard: Option<bool>,
-    pub assets_dir: Option<String>,
-    pub timeout: Option<String>,
-    pub queue: Option<u64>,
-    pub max_batch: Option<u64>,
-    pub threads: Option<u64>,
-    pub verify_sample: Option<f32>,
-    pub verify_agreement: Option<f32>,
-    pub mode: Option<String>,
-    pub max_wrong_rate: Option<f32>,
-    pub min_threshold: Option<f32>,
-    pub max_threshold: Option<f32>,
-    pub alignment_band: Option<f32>,
-    pub min_alignment: Option<f32>,
-    pub verifier: Option<RawVerifier>,
+    pub(crate) enabled: Option<bool>,
+    pub(crate) threshold: Option<f32>,
+    pub(crate) guard: Option<bool>,
+    pub(crate) assets_dir: Option<String>,
+    pub(crate) timeout: Option<String>,
+    pub(crate) queue: Option<u64>,
+    pub(crate) max_batch: Option<u64>,
+    pub(crate) threads: Option<u64>,
+    pub(crate) verify_sample: Option<f32>,
+    pub(crate) verify_agreement: Option<f32>,
+    pub(crate) mode: Option<String>,
+    pub(crate) max_wrong_rate: Option<f32>,
+    pub(crate) min_threshold: Option<f32>,
+    pub(crate) max_threshold: Option<f32>,
+    pub(crate) alignment_band: Option<f32>,
+    pub(crate) min_alignment: Option<f32>,
+    pub(crate) verifier: Option<RawVerifier>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawVerifier {
-    pub model: String,
-    pub tokenizer: Option<String>,
-    pub min_score: Option<f32>,
+    pub(crate) model: String,
+    pub(crate) tokenizer: Option<String>,
+    pub(crate) min_score: Option<f32>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawRouteCache {
-    pub enabled: Option<bool>,
-    pub threshold: Option<f32>,
-    pub mode: Option<String>,
-    pub max_wrong_rate: Option<f32>,
-    pub min_threshold: Option<f32>,
-    pub max_threshold: Option<f32>,
+    pub(crate) enabled: Option<bool>,
+    pub(crate) threshold: Option<f32>,
+    pub(crate) mode: Option<String>,
+    pub(crate) max_wrong_rate: Option<f32>,
+    pub(crate) min_threshold: Option<f32>,
+    pub(crate) max_threshold: Option<f32>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawServer {
-    pub max_body_bytes: Option<u64>,
-    pub body_timeout: Option<String>,
-    pub body_min_rate: Option<u64>,
-    pub shutdown_grace: Option<String>,
-    pub drain_delay: Option<String>,
-    pub admin_token: Option<String>,
-    pub dashboard_prompts: Option<bool>,
+    pub(crate) max_body_bytes: Option<u64>,
+    pub(crate) body_timeout: Option<String>,
+    pub(crate) body_min_rate: Option<u64>,
+    pub(crate) shutdown_grace: Option<String>,
+    pub(crate) drain_delay: Option<String>,
+    pub(crate) admin_token: Option<String>,
+    pub(crate) dashboard_prompts: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawLogging {
-    pub format: Option<String>,
-    pub level: Option<String>,
+    pub(crate) format: Option<String>,
+    pub(crate) level: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawProvider {
-    pub base_url: String,
-    pub auth: Option<RawAuth>,
+    pub(crate) base_url: String,
+    pub(crate) auth: Option<RawAuth>,
     #[serde(default)]
-    pub headers: BTreeMap<String, String>,
+    pub(crate) headers: BTreeMap<String, String>,
     #[serde(default)]
-    pub query: BTreeMap<String, String>,
-    pub ca_file: Option<String>,
-    pub timeouts: Option<RawTimeouts>,
-    pub max_connections: Option<u32>,
-    pub inject_stream_usage: Option<bool>,
+    pub(crate) query: BTreeMap<String, String>,
+    pub(crate) ca_file: Option<String>,
+    pub(crate) timeouts: Option<RawTimeouts>,
+    pub(crate) max_connections: Option<u32>,
+    pub(crate) inject_stream_usage: Option<bool>,
     /// `openai` (any OpenAI-compatible API: OpenAI, Azure, vLLM, Ollama) or `anthropic`.
-    pub kind: Option<String>,
-    pub health_check: Option<RawHealthCheck>,
+    pub(crate) kind: Option<String>,
+    pub(crate) health_check: Option<RawHealthCheck>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAuth {
     #[serde(rename = "type")]
-    pub kind: Option<String>,
-    pub header: Option<String>,
-    pub key_env: Option<String>,
-    pub key_file: Option<String>,
+    pub(crate) kind: Option<String>,
+    pub(crate) header: Option<String>,
+    pub(crate) key_env: Option<String>,
+    pub(crate) key_file: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawTimeouts {
-    pub connect: Option<String>,
-    pub first_byte: Option<String>,
-    pub idle: Option<String>,
-    pub total: Option<String>,
+    pub(crate) connect: Option<String>,
+    pub(crate) first_byte: Option<String>,
+    pub(crate) idle: Option<String>,
+    pub(crate) total: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawModel {
-    pub provider: String,
-    pub upstream_model: Option<String>,
-    pub pricing: Option<RawPricing>,
-    pub context_window: Option<u64>,
-    pub capabilities: Option<Vec<String>>,
+    pub(crate) provider: String,
+    pub(crate) upstream_model: Option<String>,
+    pub(crate) pricing: Option<RawPricing>,
+    pub(crate) context_window: Option<u64>,
+    pub(crate) capabilities: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawPricing {
-    pub input: Option<f64>,
-    pub output: Option<f64>,
-    pub cached_input: Option<f64>,
+    pub(crate) input: Option<f64>,
+    pub(crate) output: Option<f64>,
+    pub(crate) cached_input: Option<f64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRoute {
-    pub name: String,
+    pub(crate) name: String,
     #[serde(default)]
-    pub models: Vec<String>,
+    pub(crate) models: Vec<String>,
     #[serde(rename = "match")]
-    pub when: Option<RawMatch>,
-    pub strategy: Option<String>,
+    pub(crate) when: Option<RawMatch>,
+    pub(crate) strategy: Option<String>,
     #[serde(default)]
-    pub targets: Vec<RawTarget>,
-    pub cache: Option<RawRouteCache>,
-    pub sticky: Option<String>,
-    pub canary: Option<RawCanary>,
-    pub latency_budget: Option<String>,
-    pub semantic_threshold: Option<f32>,
-    pub complexity_threshold: Option<f64>,
+    pub(crate) targets: Vec<RawTarget>,
+    pub(crate) cache: Option<RawRouteCache>,
+    pub(crate) sticky: Option<String>,
+    pub(crate) canary: Option<RawCanary>,
+    pub(crate) latency_budget: Option<String>,
+    pub(crate) semantic_threshold: Option<f32>,
+    pub(crate) complexity_threshold: Option<f64>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawMatch {
-    pub tenants: Option<Vec<String>>,
-    pub header: Option<RawHeaderMatch>,
-    pub keywords: Option<Vec<String>>,
-    pub regex: Option<String>,
+    pub(crate) tenants: Option<Vec<String>>,
+    pub(crate) header: Option<RawHeaderMatch>,
+    pub(crate) keywords: Option<Vec<String>>,
+    pub(crate) regex: Option<String>,
     /// `soft`: only tenants past their soft budget limit; `ok`: only those below it.
-    pub budget: Option<String>,
+    pub(crate) budget: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawHeaderMatch {
-    pub name: String,
-    pub values: Option<Vec<String>>,
+    pub(crate) name: String,
+    pub(crate) values: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawCanary {
-    pub model: String,
-    pub percent: f64,
-    pub window: Option<String>,
-    pub min_requests: Option<u32>,
-    pub max_error_rate: Option<f64>,
-    pub max_latency: Option<String>,
+    pub(crate) model: String,
+    pub(crate) percent: f64,
+    pub(crate) window: Option<String>,
+    pub(crate) min_requests: Option<u32>,
+    pub(crate) max_error_rate: Option<f64>,
+    pub(crate) max_latency: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTarget {
-    pub model: String,
-    pub weight: Option<u32>,
-    pub tier: Option<String>,
-    pub examples: Option<Vec<String>>,
+    pub(crate) model: String,
+    pub(crate) weight: Option<u32>,
+    pub(crate) tier: Option<String>,
+    pub(crate) examples: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawTenants {
-    pub header: Option<String>,
-    pub api_key: Option<bool>,
-    pub on_unknown: Option<String>,
-    pub default_tenant: Option<String>,
+    pub(crate) header: Option<String>,
+    pub(crate) api_key: Option<bool>,
+    pub(crate) on_unknown: Option<String>,
+    pub(crate) default_tenant: Option<String>,
     #[serde(default)]
-    pub list: BTreeMap<String, RawTenant>,
+    pub(crate) list: BTreeMap<String, RawTenant>,
     /// Limits and budget of tenants that set none (the default tenant included).
-    pub defaults: Option<RawTenantDefaults>,
+    pub(crate) defaults: Option<RawTenantDefaults>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawTenant {
     #[serde(default)]
-    pub api_key_sha256: Vec<String>,
+    pub(crate) api_key_sha256: Vec<String>,
     /// The priority class of this tenant's requests unless `x-llm-sidecar-priority` says otherwise.
-    pub priority: Option<String>,
-    pub limits: Option<RawLimits>,
-    pub budget: Option<RawBudget>,
+    pub(crate) priority: Option<String>,
+    pub(crate) limits: Option<RawLimits>,
+    pub(crate) budget: Option<RawBudget>,
 }

@@ -13,10 +13,10 @@ use tokio::sync::mpsc;
 
 /// Editors and kubelet touch several files per update within a few milliseconds; waiting for
 /// this much quiet turns one update into one reload, and keeps edit→served well under a second.
-pub const DEBOUNCE: Duration = Duration::from_millis(100);
+pub(crate) const DEBOUNCE: Duration = Duration::from_millis(100);
 
 /// A changed file is read again after this long and applied only when both reads agree.
-pub const SETTLE: Duration = Duration::from_millis(50);
+pub(crate) const SETTLE: Duration = Duration::from_millis(50);
 /// Reads before giving up on a file that keeps changing (the next change event retries).
 const SETTLE_TRIES: u32 = 20;
 
@@ -37,15 +37,15 @@ pub struct FileSource {
 }
 
 impl FileSource {
-    pub fn new(path: impl Into<PathBuf>) -> Self {
+    pub(crate) fn new(path: impl Into<PathBuf>) -> Self {
         Self { path: path.into() }
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
-    pub fn read(&self) -> Result<String, SourceError> {
+    pub(crate) fn read(&self) -> Result<String, SourceError> {
         std::fs::read_to_string(&self.path).map_err(|source| SourceError::Read {
             path: self.path.clone(),
             source,
@@ -55,7 +55,7 @@ impl FileSource {
     /// Reads a file that just changed, applying nothing half-written: an editor saving in
     /// place truncates and then writes, and a read between the two sees an empty or cut-off
     /// file. The text is returned once two reads [`SETTLE`] apart agree.
-    pub fn read_settled(&self) -> Result<String, SourceError> {
+    pub(crate) fn read_settled(&self) -> Result<String, SourceError> {
         let mut text = self.read()?;
         for _ in 0..SETTLE_TRIES {
             std::thread::sleep(SETTLE);
@@ -72,7 +72,7 @@ impl FileSource {
     }
 
     /// Starts watching. The returned [`Changes`] must be kept alive for the watch to continue.
-    pub fn watch(&self) -> Result<Changes, SourceError> {
+    pub(crate) fn watch(&self) -> Result<Changes, SourceError> {
         let (tx, rx) = mpsc::channel(1);
         let names = self.relevant_names();
         let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
@@ -157,7 +157,7 @@ pub struct Changes {
 
 impl Changes {
     /// Waits for the next change, then for [`DEBOUNCE`] of quiet. `None` if the watcher died.
-    pub async fn next(&mut self) -> Option<()> {
+    pub(crate) async fn next(&mut self) -> Option<()> {
         self.rx.recv().await?;
         loop {
             match tokio::time::timeout(DEBOUNCE, self.rx.recv()).await {

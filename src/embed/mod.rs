@@ -149,7 +149,7 @@ impl Model {
     /// token past the window, which tells a text that fits (it keeps its length) from one that
     /// does not. Returns `false`, adding no row, for a [`Fit::Whole`] text that does not fit; a
     /// [`Fit::Start`] one is cut to the window.
-    pub fn push(&mut self, text: &str, fit: Fit) -> bool {
+    pub(crate) fn push(&mut self, text: &str, fit: Fit) -> bool {
         let start = self.tokens.len();
         self.tokenizer.encode(text, MAX_TOKENS + 1, &mut self.tokens);
         if self.tokens.len() - start > MAX_TOKENS {
@@ -179,7 +179,7 @@ impl Model {
 
     /// Embeds the rows pushed since the last call, as one batch: mean pooling over the attention
     /// mask, then L2 normalisation. The batch is emptied either way.
-    pub fn embed_pushed(&mut self) -> Result<Vec<Vec<f32>>, EmbedError> {
+    pub(crate) fn embed_pushed(&mut self) -> Result<Vec<Vec<f32>>, EmbedError> {
         let result = self.run_batch();
         self.tokens.clear();
         self.ends.clear();
@@ -296,9 +296,9 @@ fn normalize(v: &mut [f32]) {
 /// L2-normalised, with the word's lower-case text.
 #[derive(Debug, Clone, Default)]
 pub struct WordStates {
-    pub words: Vec<String>,
+    pub(crate) words: Vec<String>,
     /// `words.len() × DIMENSIONS`.
-    pub vectors: Vec<f32>,
+    pub(crate) vectors: Vec<f32>,
 }
 
 impl WordStates {
@@ -331,7 +331,7 @@ impl WordStates {
         out
     }
 
-    pub fn vector(&self, i: usize) -> &[f32] {
+    pub(crate) fn vector(&self, i: usize) -> &[f32] {
         &self.vectors[i * DIMENSIONS..(i + 1) * DIMENSIONS]
     }
 }
@@ -431,10 +431,10 @@ struct Lanes {
 /// queue.
 pub struct Embedder {
     queue: Arc<Queue>,
-    pub quantized: bool,
-    pub max_batch: usize,
+    pub(crate) quantized: bool,
+    pub(crate) max_batch: usize,
     /// A pair verifier is loaded ([`Embedder::submit_verify`]).
-    pub verifier: bool,
+    pub(crate) verifier: bool,
 }
 
 impl Drop for Embedder {
@@ -503,7 +503,7 @@ impl Embedder {
 
     /// Queues two texts whose words in context `then` gets (each embedded whole, or
     /// [`Unembedded::TooLong`]): the two questions of a pair the cache judges by token alignment.
-    pub fn submit_pair(
+    pub(crate) fn submit_pair(
         &self,
         a: String,
         b: String,
@@ -517,7 +517,7 @@ impl Embedder {
 
     /// Queues a pair for the verifier; `then` gets its score (or `Failed` without a verifier,
     /// `TooLong` for a pair past its window).
-    pub fn submit_verify(
+    pub(crate) fn submit_verify(
         &self,
         a: String,
         b: String,
@@ -667,7 +667,7 @@ fn worker(
 }
 
 /// Cosine similarity of two L2-normalised vectors.
-pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn cosine(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 

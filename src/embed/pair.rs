@@ -15,7 +15,7 @@ use super::{EmbedError, session};
 
 /// The longest pair the verifier reads, special tokens included; longer pairs are not scored
 /// (the cache keeps such queries exact-only anyway: each side is at most 128 tokens).
-pub const MAX_PAIR_TOKENS: usize = 256;
+pub(crate) const MAX_PAIR_TOKENS: usize = 256;
 
 pub struct PairModel {
     session: Session,

@@ -1,7 +1,7 @@
 use super::*;
 
 /// The assets folder for tests: `$LLM_SIDECAR_ASSETS` or `<crate>/assets`.
-pub fn assets() -> PathBuf {
+pub(crate) fn assets() -> PathBuf {
     std::env::var_os("LLM_SIDECAR_ASSETS")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("assets"))

@@ -185,7 +185,7 @@ impl WordPiece {
     }
 
     /// A token's text (`##ing` for a continuation piece); empty for an unknown id.
-    pub fn token_text(&self, id: u32) -> &str {
+    pub(crate) fn token_text(&self, id: u32) -> &str {
         if (id as usize) + 1 < self.starts.len() {
             self.token(id)
         } else {

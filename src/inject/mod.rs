@@ -16,25 +16,25 @@ use base64::Engine;
 use serde_json::{Value, json};
 
 /// The pod annotation that asks for injection (`"true"`) or opts out (`"false"`).
-pub const ANNOTATION_INJECT: &str = "llm-sidecar.io/inject";
+pub(crate) const ANNOTATION_INJECT: &str = "llm-sidecar.io/inject";
 /// Set on injected pods; a pod carrying it is left alone (idempotence).
-pub const ANNOTATION_STATUS: &str = "llm-sidecar.io/status";
-pub const ANNOTATION_IMAGE: &str = "llm-sidecar.io/image";
-pub const ANNOTATION_CONFIG_MAP: &str = "llm-sidecar.io/config-map";
-pub const ANNOTATION_CONFIG_SOURCE: &str = "llm-sidecar.io/config-source";
-pub const ANNOTATION_LOG_LEVEL: &str = "llm-sidecar.io/log-level";
-pub const ANNOTATION_CPU_REQUEST: &str = "llm-sidecar.io/cpu-request";
-pub const ANNOTATION_MEMORY_REQUEST: &str = "llm-sidecar.io/memory-request";
-pub const ANNOTATION_CPU_LIMIT: &str = "llm-sidecar.io/cpu-limit";
-pub const ANNOTATION_MEMORY_LIMIT: &str = "llm-sidecar.io/memory-limit";
-pub const ANNOTATION_NATIVE: &str = "llm-sidecar.io/native-sidecar";
+pub(crate) const ANNOTATION_STATUS: &str = "llm-sidecar.io/status";
+pub(crate) const ANNOTATION_IMAGE: &str = "llm-sidecar.io/image";
+pub(crate) const ANNOTATION_CONFIG_MAP: &str = "llm-sidecar.io/config-map";
+pub(crate) const ANNOTATION_CONFIG_SOURCE: &str = "llm-sidecar.io/config-source";
+pub(crate) const ANNOTATION_LOG_LEVEL: &str = "llm-sidecar.io/log-level";
+pub(crate) const ANNOTATION_CPU_REQUEST: &str = "llm-sidecar.io/cpu-request";
+pub(crate) const ANNOTATION_MEMORY_REQUEST: &str = "llm-sidecar.io/memory-request";
+pub(crate) const ANNOTATION_CPU_LIMIT: &str = "llm-sidecar.io/cpu-limit";
+pub(crate) const ANNOTATION_MEMORY_LIMIT: &str = "llm-sidecar.io/memory-limit";
+pub(crate) const ANNOTATION_NATIVE: &str = "llm-sidecar.io/native-sidecar";
 /// Added to injected pods so monitors can select them.
-pub const LABEL_INJECTED: &str = "llm-sidecar.io/injected";
-pub const CONTAINER_NAME: &str = "llm-sidecar";
-pub const ADMIN_PORT: u16 = 9901;
-pub const APP_PORT: u16 = 8080;
+pub(crate) const LABEL_INJECTED: &str = "llm-sidecar.io/injected";
+pub(crate) const CONTAINER_NAME: &str = "llm-sidecar";
+pub(crate) const ADMIN_PORT: u16 = 9901;
+pub(crate) const APP_PORT: u16 = 8080;
 /// Where the image keeps the model and ONNX Runtime (see the Dockerfile).
-pub const ASSETS_DIR: &str = "/opt/llm-sidecar/assets";
+pub(crate) const ASSETS_DIR: &str = "/opt/llm-sidecar/assets";
 const CONFIG_MOUNT: &str = "/etc/llm-sidecar";
 const CONFIG_VOLUME: &str = "llm-sidecar-config";
 const TMP_VOLUME: &str = "llm-sidecar-tmp";
@@ -120,7 +120,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Outcome::Injected => "injected",
             Outcome::NotRequested => "skipped_not_requested",
@@ -191,7 +191,7 @@ fn pointer(segment: &str) -> String {
 }
 
 /// The patch operations that inject the sidecar, or why not.
-pub fn plan(pod: &Value, s: &Settings, mode: Mode) -> Result<Vec<Value>, Outcome> {
+pub(crate) fn plan(pod: &Value, s: &Settings, mode: Mode) -> Result<Vec<Value>, Outcome> {
     let spec = pod.get("spec").filter(|v| v.is_object()).ok_or(Outcome::Unreadable)?;
     let containers = spec["containers"].as_array().ok_or(Outcome::Unreadable)?;
     let init = spec.get("initContainers").and_then(Value::as_array);

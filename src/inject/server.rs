@@ -97,7 +97,7 @@ impl ReloadingCert {
     }
 
     /// The current certificate, re-read first if the files changed (checked every few seconds).
-    pub fn current(&self) -> Option<Arc<CertifiedKey>> {
+    pub(crate) fn current(&self) -> Option<Arc<CertifiedKey>> {
         let mut s = self.state.lock().ok()?;
         if s.checked.elapsed() >= CERT_CHECK {
             s.checked = Instant::now();
@@ -154,7 +154,11 @@ fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>)
 }
 
 /// Handles one webhook request.
-pub async fn handle(settings: Arc<Settings>, metrics: Arc<Metrics>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+pub(crate) async fn handle(
+    settings: Arc<Settings>,
+    metrics: Arc<Metrics>,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let mode = match (req.method(), req.uri().path()) {
         (&Method::POST, "/inject") => Mode::Annotation,
         (&Method::POST, "/inject-namespace") => Mode::Namespace,
@@ -203,7 +207,7 @@ pub async fn handle(settings: Arc<Settings>, metrics: Arc<Metrics>, req: Request
 }
 
 /// Admin endpoints of the webhook process.
-pub async fn admin(metrics: Arc<Metrics>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+pub(crate) async fn admin(metrics: Arc<Metrics>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     match req.uri().path() {
         "/metrics" => reply(
             StatusCode::OK,
@@ -217,7 +221,7 @@ pub async fn admin(metrics: Arc<Metrics>, req: Request<Incoming>) -> Response<Fu
 
 /// How long the admission reviews in flight may take to finish at shutdown: the API server's
 /// own default webhook timeout.
-pub const DRAIN: Duration = Duration::from_secs(10);
+pub(crate) const DRAIN: Duration = Duration::from_secs(10);
 
 /// Serves the webhook on `listener` (TLS) until `stop` is cancelled; then it stops accepting
 /// and lets the admission reviews in flight finish (a pod admitted half-way would be created

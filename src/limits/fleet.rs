@@ -76,7 +76,7 @@ return out
 pub type TenantsSource = Arc<dyn Fn() -> Arc<crate::config::Config> + Send + Sync>;
 
 /// Runs the sync loop until the task is aborted.
-pub async fn run(ledger: Arc<Ledger>, cfg: RedisConfig, tenants: TenantsSource, metrics: Arc<Metrics>) {
+pub(crate) async fn run(ledger: Arc<Ledger>, cfg: RedisConfig, tenants: TenantsSource, metrics: Arc<Metrics>) {
     let script = redis::Script::new(SYNC_SCRIPT);
     let prefix = prefix(&cfg);
     let pod = format!("{:016x}", fastrand::u64(..));
@@ -102,7 +102,7 @@ pub async fn run(ledger: Arc<Ledger>, cfg: RedisConfig, tenants: TenantsSource, 
 }
 
 /// One sync: push this pod's deltas, read the fleet's totals. On failure the deltas go back.
-pub async fn sync(
+pub(crate) async fn sync(
     ledger: &Ledger,
     script: &redis::Script,
     prefix: &str,

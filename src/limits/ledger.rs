@@ -30,11 +30,11 @@ pub use window::{civil_month, now_ms};
 /// One row of `/admin/usage`.
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
 pub struct UsageRow {
-    pub requests: u64,
-    pub prompt_tokens: u64,
-    pub completion_tokens: u64,
-    pub cached_tokens: u64,
-    pub cost_usd: f64,
+    pub(crate) requests: u64,
+    pub(crate) prompt_tokens: u64,
+    pub(crate) completion_tokens: u64,
+    pub(crate) cached_tokens: u64,
+    pub(crate) cost_usd: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -56,7 +56,7 @@ pub enum LimitKind {
 
 impl LimitKind {
     /// The metric label and the reason in logs.
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             LimitKind::Requests => "requests_per_minute",
             LimitKind::Tokens => "tokens_per_minute",
@@ -68,7 +68,7 @@ impl LimitKind {
     }
 
     /// What a rate limit counts: `requests` or `tokens`.
-    pub fn unit(self) -> &'static str {
+    pub(crate) fn unit(self) -> &'static str {
         match self {
             LimitKind::Tokens | LimitKind::ModelTokens => "tokens",
             _ => "requests",
@@ -76,12 +76,12 @@ impl LimitKind {
     }
 
     /// A per-model limit (not the tenant's overall one).
-    pub fn per_model(self) -> bool {
+    pub(crate) fn per_model(self) -> bool {
         matches!(self, LimitKind::ModelRequests | LimitKind::ModelTokens)
     }
 
     /// A budget's period: `daily` or `monthly`.
-    pub fn period(self) -> &'static str {
+    pub(crate) fn period(self) -> &'static str {
         match self {
             LimitKind::BudgetMonthly => "monthly",
             _ => "daily",
@@ -109,7 +109,7 @@ pub enum Limited {
 }
 
 impl Limited {
-    pub fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             Limited::Rate { reason, .. } | Limited::Budget { reason, .. } => reason.label(),
         }
@@ -119,22 +119,22 @@ impl Limited {
 /// OpenAI's `x-ratelimit-*` values for a response.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct RateHeaders {
-    pub limit_requests: Option<u64>,
-    pub remaining_requests: u64,
-    pub limit_tokens: Option<u64>,
-    pub remaining_tokens: u64,
-    pub reset: Duration,
+    pub(crate) limit_requests: Option<u64>,
+    pub(crate) remaining_requests: u64,
+    pub(crate) limit_tokens: Option<u64>,
+    pub(crate) remaining_tokens: u64,
+    pub(crate) reset: Duration,
 }
 
 /// An admitted request: what to reconcile when it ends.
 #[derive(Debug, Clone)]
 pub struct Admission {
-    pub tenant: Arc<str>,
-    pub model: Arc<str>,
+    pub(crate) tenant: Arc<str>,
+    pub(crate) model: Arc<str>,
     pub estimate: u64,
-    pub headers: Option<RateHeaders>,
+    pub(crate) headers: Option<RateHeaders>,
     /// The tenant is past its soft budget limit.
-    pub soft: bool,
+    pub(crate) soft: bool,
     minute: u64,
     keys: u8,
 }
@@ -157,10 +157,10 @@ impl Admission {
 /// A state change worth a log line.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SoftCrossed {
-    pub tenant: Arc<str>,
-    pub period: &'static str,
-    pub spent_usd: f64,
-    pub budget_usd: f64,
+    pub(crate) tenant: Arc<str>,
+    pub(crate) period: &'static str,
+    pub(crate) spent_usd: f64,
+    pub(crate) budget_usd: f64,
 }
 
 #[derive(Default)]
@@ -228,7 +228,7 @@ fn soft_crossing(s: &mut Spend, cfg: &TenantsConfig, tenant: &Arc<str>) -> Optio
 }
 
 /// Budget state of a tenant: 0 below the soft limit, 1 soft, 2 exhausted.
-pub fn budget_state(budget: &Budget, today: f64, month: f64) -> u8 {
+pub(crate) fn budget_state(budget: &Budget, today: f64, month: f64) -> u8 {
     let over = |b: Option<f64>, spent: f64, ratio: f64| b.is_some_and(|b| spent >= b * ratio);
     if over(budget.daily_usd, today, 1.0) || over(budget.monthly_usd, month, 1.0) {
         2
@@ -249,7 +249,7 @@ fn format_reset(d: Duration) -> String {
 
 impl RateHeaders {
     /// The header pairs, in OpenAI's names.
-    pub fn pairs(&self) -> Vec<(&'static str, String)> {
+    pub(crate) fn pairs(&self) -> Vec<(&'static str, String)> {
         let mut v = Vec::with_capacity(6);
         let reset = format_reset(self.reset);
         if let Some(l) = self.limit_requests {
@@ -374,7 +374,7 @@ impl Ledger {
     }
 
     /// (spent today, spent this month) of a tenant, fleet included.
-    pub fn spent(&self, tenant: &str, now: u64) -> (f64, f64) {
+    pub(crate) fn spent(&self, tenant: &str, now: u64) -> (f64, f64) {
         let Ok(mut inner) = self.inner.lock() else {
             return (0.0, 0.0);
         };
@@ -388,7 +388,7 @@ impl Ledger {
     }
 
     /// The ledger rows, sorted by tenant then model.
-    pub fn usage(&self) -> Vec<(Arc<str>, Arc<str>, UsageRow)> {
+    pub(crate) fn usage(&self) -> Vec<(Arc<str>, Arc<str>, UsageRow)> {
         let Ok(inner) = self.inner.lock() else {
             return Vec::new();
         };
@@ -403,7 +403,7 @@ impl Ledger {
 
     /// Creates the windows and spend of every tenant the config limits, so the fleet sync
     /// reads their totals before this pod serves them.
-    pub fn track(&self, cfg: &TenantsConfig, now: u64) {
+    pub(crate) fn track(&self, cfg: &TenantsConfig, now: u64) {
         let Ok(mut inner) = self.inner.lock() else { return };
         let minute = now / MINUTE_MS;
         for (tenant, limits) in &cfg.limits {
@@ -432,7 +432,7 @@ impl Ledger {
     }
 
     /// Takes the counts not yet pushed to the fleet.
-    pub fn drain_pending(&self, now: u64) -> Pending {
+    pub(crate) fn drain_pending(&self, now: u64) -> Pending {
         let mut out = Pending::default();
         let Ok(mut inner) = self.inner.lock() else { return out };
         let minute = now / MINUTE_MS;
@@ -455,7 +455,7 @@ impl Ledger {
     }
 
     /// Gives back counts that could not be pushed (Redis down), so they go with the next push.
-    pub fn restore_pending(&self, p: Pending) {
+    pub(crate) fn restore_pending(&self, p: Pending) {
         let Ok(mut inner) = self.inner.lock() else { return };
         for r in p.rates {
             if let Some(w) = inner.rates.get_mut(&RateKey {
@@ -477,7 +477,7 @@ impl Ledger {
     }
 
     /// Sets what the rest of the fleet counted: fleet totals minus this pod's own share.
-    pub fn apply_fleet(&self, totals: &FleetTotals) {
+    pub(crate) fn apply_fleet(&self, totals: &FleetTotals) {
         let Ok(mut inner) = self.inner.lock() else { return };
         for ((tenant, model), (minute, prev, cur)) in &totals.rates {
             if let Some(w) = inner.rates.get_mut(&RateKey {
@@ -517,18 +517,18 @@ impl Ledger {
 /// Local deltas to push to the fleet.
 #[derive(Debug, Default)]
 pub struct Pending {
-    pub rates: Vec<PendingRate>,
+    pub(crate) rates: Vec<PendingRate>,
     /// (tenant, day number, month id, USD).
-    pub spend: Vec<(Arc<str>, u64, u64, f64)>,
+    pub(crate) spend: Vec<(Arc<str>, u64, u64, f64)>,
 }
 
 #[derive(Debug)]
 pub struct PendingRate {
-    pub tenant: Arc<str>,
-    pub model: Option<Arc<str>>,
-    pub minute: u64,
-    pub requests: u64,
-    pub tokens: i64,
+    pub(crate) tenant: Arc<str>,
+    pub(crate) model: Option<Arc<str>>,
+    pub(crate) minute: u64,
+    pub(crate) requests: u64,
+    pub(crate) tokens: i64,
 }
 
 /// A rate key as the fleet sees it: (tenant, requested model when per-model).
@@ -539,11 +539,11 @@ pub type FleetWindow = (u64, (u64, i64), (u64, i64));
 /// Fleet-wide counts read back from Redis.
 #[derive(Debug, Default)]
 pub struct FleetTotals {
-    pub rates: HashMap<FleetKey, FleetWindow>,
+    pub(crate) rates: HashMap<FleetKey, FleetWindow>,
     /// Pods that served each key in the last seconds.
-    pub pods: HashMap<FleetKey, u64>,
+    pub(crate) pods: HashMap<FleetKey, u64>,
     /// tenant → (day, month, USD today, USD this month).
-    pub spend: HashMap<Arc<str>, (u64, u64, f64, f64)>,
+    pub(crate) spend: HashMap<Arc<str>, (u64, u64, f64, f64)>,
 }
 
 #[cfg(test)]

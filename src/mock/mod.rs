@@ -133,7 +133,7 @@ impl MockUpstream {
         Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0))).await
     }
 
-    pub async fn start_on(addr: SocketAddr) -> std::io::Result<Self> {
+    pub(crate) async fn start_on(addr: SocketAddr) -> std::io::Result<Self> {
         Self::start_with(addr, None).await
     }
 
@@ -222,7 +222,7 @@ impl MockUpstream {
     /// Answers chat requests (without a canned answer) with `words` words of deterministic
     /// prose chosen from the question, instead of echoing it: the shape of real answers, for
     /// measuring what a cache holds. 0 restores the echo.
-    pub fn set_prose(&self, words: usize) {
+    pub(crate) fn set_prose(&self, words: usize) {
         self.control.prose_words.store(words, Ordering::Relaxed);
     }
 

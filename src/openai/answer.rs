@@ -56,7 +56,7 @@ struct ErrorField {
 }
 
 /// Checks a whole answer body; on success returns its usage, when it reports one.
-pub fn check(body: &[u8], expect: Expect) -> Result<Option<Usage>, Malformed> {
+pub(crate) fn check(body: &[u8], expect: Expect) -> Result<Option<Usage>, Malformed> {
     let trimmed = body.trim_ascii_start();
     match trimmed.first() {
         None => return Err(Malformed::Empty),

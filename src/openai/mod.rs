@@ -13,7 +13,7 @@ pub use sse::SseScanner;
 pub use usage::Usage;
 
 /// The OpenAI error body: `{"error":{"message","type","param","code"}}`.
-pub fn error_body(message: &str, kind: &str, param: Option<&str>, code: Option<&str>) -> Vec<u8> {
+pub(crate) fn error_body(message: &str, kind: &str, param: Option<&str>, code: Option<&str>) -> Vec<u8> {
     let body = serde_json::json!({
         "error": { "message": message, "type": kind, "param": param, "code": code }
     });
@@ -30,7 +30,7 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    pub fn path(self) -> &'static str {
+    pub(crate) fn path(self) -> &'static str {
         match self {
             Endpoint::Chat => "/chat/completions",
             Endpoint::Completions => "/completions",
@@ -38,7 +38,7 @@ impl Endpoint {
         }
     }
 
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Endpoint::Chat => "chat",
             Endpoint::Completions => "completions",
@@ -46,12 +46,12 @@ impl Endpoint {
         }
     }
 
-    pub fn streams(self) -> bool {
+    pub(crate) fn streams(self) -> bool {
         !matches!(self, Endpoint::Embeddings)
     }
 
     /// What a whole answer of this endpoint must hold.
-    pub fn expect(self) -> answer::Expect {
+    pub(crate) fn expect(self) -> answer::Expect {
         match self {
             Endpoint::Embeddings => answer::Expect::Data,
             Endpoint::Chat | Endpoint::Completions => answer::Expect::Choices,

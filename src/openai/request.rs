@@ -29,7 +29,7 @@ pub enum RequestError {
 
 impl RequestError {
     /// The request field the error is about, for the OpenAI error's `param`.
-    pub fn param(&self) -> Option<&'static str> {
+    pub(crate) fn param(&self) -> Option<&'static str> {
         match self {
             RequestError::MissingModel => Some("model"),
             RequestError::WrongType { field, .. } => Some(field),
@@ -42,10 +42,10 @@ impl RequestError {
 #[derive(Debug)]
 pub struct RequestHead<'a> {
     fields: Vec<(Cow<'a, str>, &'a RawValue)>,
-    pub model: Cow<'a, str>,
+    pub(crate) model: Cow<'a, str>,
     pub stream: bool,
     /// `stream_options.include_usage` as the app sent it.
-    pub include_usage: bool,
+    pub(crate) include_usage: bool,
 }
 
 struct Fields<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
@@ -134,17 +134,17 @@ impl<'a> RequestHead<'a> {
     }
 
     /// The raw JSON of a top-level field (e.g. `messages`), for the cache and the router.
-    pub fn raw(&self, key: &str) -> Option<&'a RawValue> {
+    pub(crate) fn raw(&self, key: &str) -> Option<&'a RawValue> {
         self.fields.iter().rev().find(|(k, _)| k == key).map(|(_, v)| *v)
     }
 
     /// Every top-level field in body order (for cache keys).
-    pub fn fields(&self) -> impl Iterator<Item = (&str, &'a RawValue)> {
+    pub(crate) fn fields(&self) -> impl Iterator<Item = (&str, &'a RawValue)> {
         self.fields.iter().map(|(k, v)| (k.as_ref(), *v))
     }
 
     /// Whether [`Self::rewrite`] would change anything.
-    pub fn needs_rewrite(&self, upstream_model: &str, add_usage: bool) -> bool {
+    pub(crate) fn needs_rewrite(&self, upstream_model: &str, add_usage: bool) -> bool {
         self.model != upstream_model || add_usage
     }
 

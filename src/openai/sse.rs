@@ -13,7 +13,7 @@ use super::usage::{Usage, parse_usage};
 
 /// A partial event longer than this is not an OpenAI chunk we could parse anyway; it is
 /// forwarded unparsed rather than buffered without bound.
-pub const MAX_PENDING_EVENT: usize = 1 << 20;
+pub(crate) const MAX_PENDING_EVENT: usize = 1 << 20;
 
 // Searchers built once: building one per call costs more than the search itself.
 static LF2: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\n\n"));
@@ -29,25 +29,25 @@ pub struct SseScanner {
     pending: BytesMut,
     strip_usage_only: bool,
     /// Usage reported by the stream (the last report wins, as providers send it once at the end).
-    pub usage: Option<Usage>,
+    pub(crate) usage: Option<Usage>,
     /// `data: [DONE]` was seen.
-    pub done: bool,
+    pub(crate) done: bool,
     /// An `{"error": ...}` event was seen.
-    pub saw_error: bool,
+    pub(crate) saw_error: bool,
     /// The provider's message from its first error event, for an error before the stream is
     /// committed to the app.
-    pub error_message: Option<String>,
+    pub(crate) error_message: Option<String>,
     /// Number of data events seen.
-    pub events: u64,
+    pub(crate) events: u64,
     /// Data events that are a well-formed JSON object and not an error: the answer itself.
-    pub content_events: u64,
+    pub(crate) content_events: u64,
     /// Why the stream stopped being the one asked for (an event that is not a JSON object).
     /// Nothing from that event on is forwarded.
-    pub malformed: Option<&'static str>,
+    pub(crate) malformed: Option<&'static str>,
     /// Look for `finish_reason` (a traced request reports it).
     track_finish: bool,
     /// The last non-null `finish_reason` seen, when tracked.
-    pub finish_reason: Option<String>,
+    pub(crate) finish_reason: Option<String>,
     /// Events are not judged (a passthrough stream of a shape the sidecar does not know).
     lenient: bool,
 }
@@ -63,7 +63,7 @@ impl SseScanner {
 
     /// A scanner that reads usage and errors but never judges an event malformed: for streams
     /// of endpoints the sidecar passes through without knowing their shape.
-    pub fn lenient(strip_usage_only: bool) -> Self {
+    pub(crate) fn lenient(strip_usage_only: bool) -> Self {
         Self {
             strip_usage_only,
             lenient: true,
@@ -72,7 +72,7 @@ impl SseScanner {
     }
 
     /// Also record the stream's `finish_reason`.
-    pub fn track_finish_reason(&mut self) {
+    pub(crate) fn track_finish_reason(&mut self) {
         self.track_finish = true;
     }
 
@@ -105,7 +105,7 @@ impl SseScanner {
     }
 
     /// Whatever is left when the upstream ends (an unterminated last event).
-    pub fn finish(&mut self) -> Bytes {
+    pub(crate) fn finish(&mut self) -> Bytes {
         let rest = std::mem::take(&mut self.pending).freeze();
         if self.malformed.is_some() || rest.is_empty() {
             return Bytes::new();

@@ -13,7 +13,7 @@ pub struct Usage {
 impl Usage {
     /// What this usage costs in USD at `pricing`: the one place a request's cost is computed
     /// (the response header, the metrics and budgets, background verifications).
-    pub fn cost(&self, pricing: &crate::config::Pricing) -> f64 {
+    pub(crate) fn cost(&self, pricing: &crate::config::Pricing) -> f64 {
         pricing.cost(self.prompt_tokens, self.cached_tokens, self.completion_tokens)
     }
 }
@@ -55,13 +55,13 @@ struct WithUsage {
 /// What one JSON document (a full response or one stream chunk) says about usage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UsageReport {
-    pub usage: Usage,
+    pub(crate) usage: Usage,
     /// The chunk carries no choices: it exists only to report usage.
-    pub usage_only: bool,
+    pub(crate) usage_only: bool,
 }
 
 /// Reads `usage` from a JSON document. `None` when there is none (or the JSON is not an object).
-pub fn parse_usage(json: &[u8]) -> Option<UsageReport> {
+pub(crate) fn parse_usage(json: &[u8]) -> Option<UsageReport> {
     let w: WithUsage = serde_json::from_slice(json).ok()?;
     let usage = w.usage?.into();
     Some(UsageReport {
@@ -83,7 +83,7 @@ struct Choice {
 }
 
 /// `choices[].finish_reason` of a JSON answer, in order (for traces).
-pub fn finish_reasons(json: &[u8]) -> Vec<String> {
+pub(crate) fn finish_reasons(json: &[u8]) -> Vec<String> {
     serde_json::from_slice::<WithChoices>(json)
         .map(|w| w.choices.into_iter().filter_map(|c| c.finish_reason).collect())
         .unwrap_or_default()

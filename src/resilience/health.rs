@@ -25,7 +25,7 @@ pub enum ProbeError {
 }
 
 /// Probes `provider` once. `Err` says why it failed.
-pub async fn probe(provider: &Provider, check: &HealthCheck) -> Result<(), ProbeError> {
+pub(crate) async fn probe(provider: &Provider, check: &HealthCheck) -> Result<(), ProbeError> {
     let uri = provider.uri(&check.path, None)?;
     let deadline = Instant::now() + check.timeout;
     // Probes skip the priority queue's waiting line: a probe stuck behind a full queue would

@@ -25,7 +25,7 @@ use crate::config::{BreakerConfig, ModelConfig, RetryBudgetConfig, RetryPolicy};
 /// The delay before retry number `retry` (1 for the first retry): full jitter over an
 /// exponentially growing cap (AWS's "full jitter"), so retries from many pods spread out
 /// instead of arriving together. A provider's `retry-after` is a floor.
-pub fn backoff(policy: &RetryPolicy, retry: u32, retry_after: Option<Duration>) -> Duration {
+pub(crate) fn backoff(policy: &RetryPolicy, retry: u32, retry_after: Option<Duration>) -> Duration {
     let exp = policy
         .base_delay
         .saturating_mul(1u32.checked_shl(retry.saturating_sub(1).min(20)).unwrap_or(u32::MAX));
@@ -39,7 +39,7 @@ pub fn backoff(policy: &RetryPolicy, retry: u32, retry_after: Option<Duration>) 
 
 /// Parses `retry-after` as seconds (the form LLM providers send); an HTTP date is treated as
 /// absent, since a provider sending one is rare and the jittered backoff is a safe stand-in.
-pub fn parse_retry_after(v: &http::HeaderValue) -> Option<Duration> {
+pub(crate) fn parse_retry_after(v: &http::HeaderValue) -> Option<Duration> {
     let s = v.to_str().ok()?.trim();
     let secs: f64 = s.parse().ok()?;
     (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(86_400.0)))
@@ -88,7 +88,7 @@ impl RetryBudget {
     }
 
     /// Counts a first attempt.
-    pub fn request(&self, cfg: &RetryBudgetConfig) {
+    pub(crate) fn request(&self, cfg: &RetryBudgetConfig) {
         let now = Instant::now();
         if let Ok(mut w) = self.inner.lock() {
             Self::roll(&mut w, cfg, now);
@@ -97,7 +97,7 @@ impl RetryBudget {
     }
 
     /// Takes one retry from the budget if there is one left.
-    pub fn try_retry(&self, cfg: &RetryBudgetConfig) -> bool {
+    pub(crate) fn try_retry(&self, cfg: &RetryBudgetConfig) -> bool {
         let now = Instant::now();
         let Ok(mut w) = self.inner.lock() else { return false };
         Self::roll(&mut w, cfg, now);
@@ -122,7 +122,7 @@ pub enum CircuitState {
 }
 
 impl CircuitState {
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             CircuitState::Closed => "closed",
             CircuitState::Open => "open",
@@ -130,7 +130,7 @@ impl CircuitState {
         }
     }
 
-    pub fn gauge(self) -> i64 {
+    pub(crate) fn gauge(self) -> i64 {
         match self {
             CircuitState::Closed => 0,
             CircuitState::Open => 1,
@@ -203,14 +203,14 @@ impl Breaker {
 /// A state change worth a log line and a metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Transition {
-    pub to: CircuitState,
+    pub(crate) to: CircuitState,
 }
 
 /// What the sidecar knows about one (provider, model): its breaker and its latency.
 #[derive(Debug)]
 pub struct ModelHealth {
-    pub provider: Arc<str>,
-    pub model: Arc<str>,
+    pub(crate) provider: Arc<str>,
+    pub(crate) model: Arc<str>,
     breaker: Mutex<Breaker>,
     /// EWMA of time to first byte in µs, as f64 bits; 0 = no sample yet.
     latency_us: AtomicU64,
@@ -221,7 +221,7 @@ pub struct ModelHealth {
 const EWMA_ALPHA: f64 = 0.2;
 
 impl ModelHealth {
-    pub fn new(provider: Arc<str>, model: Arc<str>) -> Self {
+    pub(crate) fn new(provider: Arc<str>, model: Arc<str>) -> Self {
         ModelHealth {
             provider,
             model,
@@ -230,7 +230,7 @@ impl ModelHealth {
         }
     }
 
-    pub fn state(&self) -> CircuitState {
+    pub(crate) fn state(&self) -> CircuitState {
         self.breaker
             .lock()
             .map(|b| b.state(Instant::now()))
@@ -238,7 +238,7 @@ impl ModelHealth {
     }
 
     /// Asks to send one request. `Err` carries how long the circuit stays open.
-    pub fn admit(&self, cfg: &BreakerConfig) -> Result<(Admit, Option<Transition>), Duration> {
+    pub(crate) fn admit(&self, cfg: &BreakerConfig) -> Result<(Admit, Option<Transition>), Duration> {
         if !cfg.enabled {
             return Ok((Admit::Normal, None));
         }
@@ -280,7 +280,7 @@ impl ModelHealth {
     }
 
     /// Reports how an admitted request went.
-    pub fn record(&self, cfg: &BreakerConfig, success: bool) -> Option<Transition> {
+    pub(crate) fn record(&self, cfg: &BreakerConfig, success: bool) -> Option<Transition> {
         if !cfg.enabled {
             return None;
         }
@@ -336,7 +336,7 @@ impl ModelHealth {
     }
 
     /// Opens the circuit at once (an active health check failed).
-    pub fn force_open(&self, cfg: &BreakerConfig) -> Option<Transition> {
+    pub(crate) fn force_open(&self, cfg: &BreakerConfig) -> Option<Transition> {
         if !cfg.enabled {
             return None;
         }
@@ -368,7 +368,7 @@ impl ModelHealth {
     }
 
     /// The latency EWMA, `None` before the first sample.
-    pub fn latency(&self) -> Option<Duration> {
+    pub(crate) fn latency(&self) -> Option<Duration> {
         let us = f64::from_bits(self.latency_us.load(Ordering::Relaxed));
         (us > 0.0).then(|| Duration::from_secs_f64(us / 1e6))
     }
@@ -400,7 +400,7 @@ impl HealthRegistry {
         HealthRegistry { by_model }
     }
 
-    pub fn get(&self, model: &str) -> Option<&Arc<ModelHealth>> {
+    pub(crate) fn get(&self, model: &str) -> Option<&Arc<ModelHealth>> {
         self.by_model.get(model)
     }
 

@@ -64,19 +64,19 @@ const STEPS: &[&str] = &["first", "then", "after that", "finally", "next,", "1."
 /// The score and the features behind it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Score {
-    pub total: f32,
-    pub length: f32,
-    pub code: f32,
-    pub math: f32,
-    pub reasoning: f32,
-    pub steps: f32,
+    pub(crate) total: f32,
+    pub(crate) length: f32,
+    pub(crate) code: f32,
+    pub(crate) math: f32,
+    pub(crate) reasoning: f32,
+    pub(crate) steps: f32,
 }
 
 fn count(hay: &str, needles: &[&str]) -> usize {
     needles.iter().filter(|n| hay.contains(*n)).count()
 }
 
-pub fn score(text: &str) -> Score {
+pub(crate) fn score(text: &str) -> Score {
     let words = text.split_whitespace().count() as f32;
     let length = ((words - 20.0) / LONG_WORDS).clamp(0.0, 1.0);
     let lower = text.to_lowercase();

@@ -28,23 +28,23 @@ use crate::resilience::{HealthRegistry, ModelHealth};
 pub use signals::Signals;
 
 /// The header an app may send to force a route (when `routing.allow_route_header` is on).
-pub const ROUTE_HEADER: &str = "x-llm-sidecar-route";
+pub(crate) const ROUTE_HEADER: &str = "x-llm-sidecar-route";
 
 #[derive(Debug, Clone)]
 pub struct Target {
-    pub model: Arc<ModelConfig>,
-    pub health: Arc<ModelHealth>,
-    pub weight: u32,
-    pub tier: Option<Tier>,
+    pub(crate) model: Arc<ModelConfig>,
+    pub(crate) health: Arc<ModelHealth>,
+    pub(crate) weight: u32,
+    pub(crate) tier: Option<Tier>,
 }
 
 /// One route, ready to decide.
 pub struct Route {
-    pub name: Arc<str>,
-    pub strategy: Strategy,
-    pub targets: Vec<Target>,
+    pub(crate) name: Arc<str>,
+    pub(crate) strategy: Strategy,
+    pub(crate) targets: Vec<Target>,
     /// `routes[].cache` (all `None` for a catalogue model's own route).
-    pub cache: crate::config::RouteCacheConfig,
+    pub(crate) cache: crate::config::RouteCacheConfig,
     index: usize,
     matcher: Matcher,
     sticky: Sticky,
@@ -52,11 +52,11 @@ pub struct Route {
     latency_budget: Option<Duration>,
     complexity_threshold: f32,
     /// `semantic` strategy: cosine needed to pick a destination.
-    pub semantic_threshold: f32,
+    pub(crate) semantic_threshold: f32,
     /// `semantic` strategy: (target index, example utterance).
-    pub examples: Vec<(usize, String)>,
+    pub(crate) examples: Vec<(usize, String)>,
     /// The examples' embeddings, computed once on first use by whoever holds an embedder.
-    pub example_vectors: OnceLock<Vec<(usize, Vec<f32>)>>,
+    pub(crate) example_vectors: OnceLock<Vec<(usize, Vec<f32>)>>,
 }
 
 impl fmt::Debug for Route {
@@ -173,15 +173,15 @@ struct Canary {
 /// Why the canary was reverted, for the log line.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reverted {
-    pub model: Arc<str>,
-    pub requests: u32,
-    pub error_rate: f64,
-    pub mean_latency: Duration,
+    pub(crate) model: Arc<str>,
+    pub(crate) requests: u32,
+    pub(crate) error_rate: f64,
+    pub(crate) mean_latency: Duration,
 }
 
 impl Route {
     /// Feeds the canary's window with one request's outcome; `Some` when this reverts it.
-    pub fn canary_report(&self, model: &str, success: bool, latency: Duration) -> Option<Reverted> {
+    pub(crate) fn canary_report(&self, model: &str, success: bool, latency: Duration) -> Option<Reverted> {
         let c = self.canary.as_ref()?;
         if *c.config.model != *model || c.state.reverted.load(Ordering::Relaxed) {
             return None;
@@ -218,12 +218,12 @@ impl Route {
     }
 
     /// Whether this route is one for tenants past their soft budget (`match: {budget: soft}`).
-    pub fn for_soft_budget(&self) -> bool {
+    pub(crate) fn for_soft_budget(&self) -> bool {
         self.matcher.budget_soft == Some(true)
     }
 
     /// `(canary model, reverted)` for routes with a canary.
-    pub fn canary_status(&self) -> Option<(Arc<str>, bool)> {
+    pub(crate) fn canary_status(&self) -> Option<(Arc<str>, bool)> {
         self.canary
             .as_ref()
             .map(|c| (c.config.model.clone(), c.state.reverted.load(Ordering::Relaxed)))
@@ -284,13 +284,13 @@ impl fmt::Display for Reason {
 /// A routing decision: the route, candidates in order, and why.
 #[derive(Debug)]
 pub struct Decision {
-    pub route: Arc<Route>,
+    pub(crate) route: Arc<Route>,
     pub candidates: Vec<Target>,
-    pub reason: Reason,
+    pub(crate) reason: Reason,
     /// Targets dropped because they cannot serve this request.
-    pub filtered: usize,
+    pub(crate) filtered: usize,
     /// `true` when the app forced the route with [`ROUTE_HEADER`].
-    pub forced: bool,
+    pub(crate) forced: bool,
 }
 
 /// A decision, or a `semantic` route that needs the last user turn's embedding to decide.
@@ -338,7 +338,7 @@ pub struct Router {
     needs_text: bool,
     allow_route_header: bool,
     /// Names listed by `GET /v1/models`: catalogue models then exact route aliases, sorted.
-    pub model_ids: Vec<Arc<str>>,
+    pub(crate) model_ids: Vec<Arc<str>>,
 }
 
 fn target(model: &Arc<ModelConfig>, health: &HealthRegistry) -> Target {
@@ -504,7 +504,7 @@ impl Router {
         self.needs_text
     }
 
-    pub fn routes(&self) -> &[Arc<Route>] {
+    pub(crate) fn routes(&self) -> &[Arc<Route>] {
         &self.routes
     }
 
@@ -545,7 +545,7 @@ impl Router {
 
     /// Finishes a `semantic` route's decision with the embedding of the last user turn
     /// (`None` when it could not be computed: the route is skipped).
-    pub fn decide_semantic(
+    pub(crate) fn decide_semantic(
         &self,
         route: &Arc<Route>,
         req: &Request<'_>,
@@ -614,7 +614,7 @@ impl Router {
 
     /// `Ok` when `GET /v1/models/{name}` should list `name`: a catalogue model or a name some
     /// route takes (by exact alias or glob).
-    pub fn knows(&self, name: &str) -> Result<(), RouteError> {
+    pub(crate) fn knows(&self, name: &str) -> Result<(), RouteError> {
         let taken = self.catalogue.contains_key(name)
             || self
                 .routes
@@ -630,7 +630,7 @@ impl Router {
         }
     }
 
-    pub fn default_route(&self) -> Option<&Arc<Route>> {
+    pub(crate) fn default_route(&self) -> Option<&Arc<Route>> {
         self.default.as_ref()
     }
 }

@@ -14,18 +14,18 @@ use crate::openai::RequestHead;
 /// Bytes of request JSON per token, for estimates before the provider counts: English text
 /// runs ~4 characters per token with BPE tokenizers, and JSON framing adds a little, so this
 /// slightly over-estimates (the safe side for context windows and budgets).
-pub const BYTES_PER_TOKEN: usize = 4;
+pub(crate) const BYTES_PER_TOKEN: usize = 4;
 /// Completion tokens assumed when the request sets no `max_tokens` (for price estimates).
-pub const DEFAULT_COMPLETION_ESTIMATE: u64 = 256;
+pub(crate) const DEFAULT_COMPLETION_ESTIMATE: u64 = 256;
 
 #[derive(Debug, Default)]
 pub struct Signals<'a> {
     /// The last user turn's text (chat) or the prompt (completions); `None` unless asked for.
-    pub text: Option<Cow<'a, str>>,
-    pub needs: Capabilities,
+    pub(crate) text: Option<Cow<'a, str>>,
+    pub(crate) needs: Capabilities,
     pub prompt_tokens: u64,
-    pub max_tokens: Option<u64>,
-    pub user: Option<Cow<'a, str>>,
+    pub(crate) max_tokens: Option<u64>,
+    pub(crate) user: Option<Cow<'a, str>>,
 }
 
 impl Default for Capabilities {
@@ -94,7 +94,7 @@ impl<'a> Signals<'a> {
         }
     }
 
-    pub fn completion_estimate(&self) -> u64 {
+    pub(crate) fn completion_estimate(&self) -> u64 {
         self.max_tokens.unwrap_or(DEFAULT_COMPLETION_ESTIMATE)
     }
 }

@@ -108,7 +108,7 @@ impl Drop for WaitGuard<'_> {
 
 impl Scheduler {
     /// `weights` are the priority classes' weights, in class order.
-    pub fn new(limit: usize, weights: &[u32]) -> Arc<Self> {
+    pub(crate) fn new(limit: usize, weights: &[u32]) -> Arc<Self> {
         let classes = weights
             .iter()
             .map(|w| Class {
@@ -132,7 +132,7 @@ impl Scheduler {
 
     /// Sets the classes' weights and their queue-depth gauges (after a reload). Waiters in
     /// classes that no longer exist move to the last class.
-    pub fn configure(&self, weights: &[u32], depth: Vec<Gauge>) {
+    pub(crate) fn configure(&self, weights: &[u32], depth: Vec<Gauge>) {
         let Ok(mut inner) = self.inner.lock() else { return };
         let n = weights.len().max(1);
         let mut orphans = VecDeque::new();
@@ -163,17 +163,17 @@ impl Scheduler {
         }
     }
 
-    pub fn limit(&self) -> usize {
+    pub(crate) fn limit(&self) -> usize {
         self.limit
     }
 
     /// (in use, waiting) right now.
-    pub fn load(&self) -> (usize, usize) {
+    pub(crate) fn load(&self) -> (usize, usize) {
         self.inner.lock().map(|i| (i.in_use, i.queued)).unwrap_or((0, 0))
     }
 
     /// Waits for a slot in priority `class` for at most `timeout`.
-    pub async fn acquire(
+    pub(crate) async fn acquire(
         self: &Arc<Self>,
         class: usize,
         timeout: Duration,

@@ -65,7 +65,7 @@ fn snapshot(shared: &Shared) -> serde_json::Value {
     s
 }
 
-pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path();
     if (path == "/dashboard" || path.starts_with("/admin/")) && !authorized(&shared, &req) {
         let mut r = text(

@@ -40,18 +40,18 @@ const ERROR_BODY_TIME: Duration = Duration::from_secs(2);
 
 /// A provider's answer, ready to relay.
 pub(super) struct Success {
-    pub parts: http::response::Parts,
-    pub body: Received,
-    pub permit: Permit,
-    pub target: Target,
-    pub strip_usage: bool,
-    pub idle: Duration,
-    pub deadline: Instant,
-    pub translate: Option<Box<dyn StreamTranslate>>,
+    pub(crate) parts: http::response::Parts,
+    pub(crate) body: Received,
+    pub(crate) permit: Permit,
+    pub(crate) target: Target,
+    pub(crate) strip_usage: bool,
+    pub(crate) idle: Duration,
+    pub(crate) deadline: Instant,
+    pub(crate) translate: Option<Box<dyn StreamTranslate>>,
     /// The usage of a whole answer, read when it was checked.
-    pub usage: Option<Usage>,
+    pub(crate) usage: Option<Usage>,
     /// A stream committed at its first content event: what was read to get there.
-    pub committed: Option<Committed>,
+    pub(crate) committed: Option<Committed>,
 }
 
 /// The timing and shape of one exchange with a provider.
@@ -104,20 +104,20 @@ enum Outcome {
 }
 
 pub(super) struct Attempt<'a> {
-    pub shared: &'a Shared,
-    pub rt: &'a Runtime,
-    pub endpoint: Endpoint,
-    pub head: &'a RequestHead<'a>,
-    pub body: &'a Bytes,
-    pub app_headers: &'a HeaderMap,
-    pub class: usize,
+    pub(crate) shared: &'a Shared,
+    pub(crate) rt: &'a Runtime,
+    pub(crate) endpoint: Endpoint,
+    pub(crate) head: &'a RequestHead<'a>,
+    pub(crate) body: &'a Bytes,
+    pub(crate) app_headers: &'a HeaderMap,
+    pub(crate) class: usize,
     /// Sent as `x-llm-sidecar-purpose` on requests the sidecar makes on its own, so a
     /// provider's logs can tell them from the app's.
-    pub purpose: Option<&'static str>,
+    pub(crate) purpose: Option<&'static str>,
 }
 
 impl Attempt<'_> {
-    pub async fn run(&self, rec: &mut RequestRecord, decision: &Decision) -> Result<Success, ApiError> {
+    pub(crate) async fn run(&self, rec: &mut RequestRecord, decision: &Decision) -> Result<Success, ApiError> {
         let res = &self.rt.config.resilience;
         self.shared.retry_budget.request(&res.retry_budget);
         let mut failures: Vec<(Arc<str>, UpstreamError)> = Vec::new();
@@ -157,7 +157,7 @@ impl Attempt<'_> {
     /// One try on one candidate, no retry nor failover: what a background request the app is
     /// not waiting for gets (it goes through the same breaker, queue, adapter and answer check
     /// as the app's requests, and counts towards the candidate's health the same way).
-    pub async fn single(&self, rec: &mut RequestRecord, route: &Arc<Route>, target: &Target) -> Option<Success> {
+    pub(crate) async fn single(&self, rec: &mut RequestRecord, route: &Arc<Route>, target: &Target) -> Option<Success> {
         let provider = self.rt.providers.get(&target.model.provider)?;
         match self.once(rec, route, target, provider).await {
             Outcome::Done(s) => Some(*s),

@@ -56,7 +56,11 @@ fn next_byte_due(started: Instant, deadline: Instant, received: u64, min_rate: u
 /// frame is a slice of the connection's read buffer, and keeping trickled one-byte frames
 /// would pin a whole read buffer per byte. The one exception, a body that arrives in a single
 /// frame (the usual case), is kept as it is, without a copy.
-pub async fn read_request(body: &mut Incoming, declared: Option<u64>, s: &ServerSettings) -> Result<Bytes, ReadError> {
+pub(crate) async fn read_request(
+    body: &mut Incoming,
+    declared: Option<u64>,
+    s: &ServerSettings,
+) -> Result<Bytes, ReadError> {
     let limit = s.max_body_bytes;
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ReadError::TooLarge(limit));
@@ -124,7 +128,7 @@ pin_project_lite::pin_project! {
 }
 
 impl RateGuard {
-    pub fn new(inner: Incoming, s: &ServerSettings) -> Self {
+    pub(crate) fn new(inner: Incoming, s: &ServerSettings) -> Self {
         let started = Instant::now();
         let deadline = started + s.body_timeout;
         let mut g = RateGuard {
@@ -185,7 +189,7 @@ impl HttpBody for RateGuard {
 /// the app keeps uploading is read and discarded (bounded), so the app reads the status rather
 /// than a connection reset, and keep-alive survives. A client that waits for `100 Continue`
 /// has sent nothing and needs no drain.
-pub fn drain_after(mut resp: Response<Body>, request_body: Incoming, expects_continue: bool) -> Response<Body> {
+pub(crate) fn drain_after(mut resp: Response<Body>, request_body: Incoming, expects_continue: bool) -> Response<Body> {
     if request_body.is_end_stream() {
         return resp;
     }
@@ -275,11 +279,11 @@ pub enum Body {
 }
 
 impl Body {
-    pub fn full(b: impl Into<Bytes>) -> Self {
+    pub(crate) fn full(b: impl Into<Bytes>) -> Self {
         Body::Full(Some(b.into()))
     }
 
-    pub fn empty() -> Self {
+    pub(crate) fn empty() -> Self {
         Body::Full(None)
     }
 }

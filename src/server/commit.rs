@@ -18,13 +18,13 @@ use crate::upstream::{BodyFailure, error_chain};
 /// stream that failed earlier was failed over like any other failure.
 pub(super) struct Committed {
     /// The scanner that read the events so far; the relay goes on with it.
-    pub scanner: SseScanner,
+    pub(crate) scanner: SseScanner,
     /// What goes to the app first (the scanner's output so far).
-    pub prefix: Bytes,
+    pub(crate) prefix: Bytes,
     /// The OpenAI-shaped bytes read so far, for the cached copy.
-    pub seen: Bytes,
+    pub(crate) seen: Bytes,
     /// The breaker's verdict on this attempt, given when the stream ends.
-    pub settle: Settle,
+    pub(crate) settle: Settle,
 }
 
 /// Reads a stream up to its first content event: an event that is a well-formed answer chunk.

@@ -13,18 +13,23 @@ use crate::upstream::{BodyFailure, UpstreamError};
 
 #[derive(Debug)]
 pub struct ApiError {
-    pub status: StatusCode,
-    pub kind: &'static str,
-    pub code: Option<&'static str>,
-    pub param: Option<&'static str>,
-    pub message: String,
-    pub retry_after: Option<u64>,
+    pub(crate) status: StatusCode,
+    pub(crate) kind: &'static str,
+    pub(crate) code: Option<&'static str>,
+    pub(crate) param: Option<&'static str>,
+    pub(crate) message: String,
+    pub(crate) retry_after: Option<u64>,
     /// How the request ended, for its log line and metrics.
-    pub outcome: Outcome,
+    pub(crate) outcome: Outcome,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, kind: &'static str, code: Option<&'static str>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(
+        status: StatusCode,
+        kind: &'static str,
+        code: Option<&'static str>,
+        message: impl Into<String>,
+    ) -> Self {
         ApiError {
             status,
             kind,
@@ -36,11 +41,11 @@ impl ApiError {
         }
     }
 
-    pub fn invalid(code: Option<&'static str>, message: impl Into<String>) -> Self {
+    pub(crate) fn invalid(code: Option<&'static str>, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", code, message)
     }
 
-    pub fn too_large(limit: usize) -> Self {
+    pub(crate) fn too_large(limit: usize) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "invalid_request_error",
@@ -49,7 +54,7 @@ impl ApiError {
         )
     }
 
-    pub fn unknown_url(method: &http::Method, path: &str) -> Self {
+    pub(crate) fn unknown_url(method: &http::Method, path: &str) -> Self {
         Self::new(
             StatusCode::NOT_FOUND,
             "invalid_request_error",
@@ -58,7 +63,7 @@ impl ApiError {
         )
     }
 
-    pub fn into_response(self, request_id: &HeaderValue) -> Response<Body> {
+    pub(crate) fn into_response(self, request_id: &HeaderValue) -> Response<Body> {
         let body = error_body(&self.message, self.kind, self.param, self.code);
         let mut resp = Response::new(Body::full(body));
         *resp.status_mut() = self.status;
@@ -159,7 +164,7 @@ impl From<UpstreamError> for ApiError {
 }
 
 impl ApiError {
-    pub fn with_message(mut self, message: String) -> Self {
+    pub(crate) fn with_message(mut self, message: String) -> Self {
         self.message = message;
         self
     }
@@ -168,7 +173,7 @@ impl ApiError {
 impl ApiError {
     /// A tenant over a rate limit (429 `rate_limit_exceeded`, with its `x-ratelimit-*`
     /// headers) or over its budget (429 `insufficient_quota`), worded for the app's developer.
-    pub fn limited(tenant: &str, limited: Limited) -> (Self, Option<RateHeaders>) {
+    pub(crate) fn limited(tenant: &str, limited: Limited) -> (Self, Option<RateHeaders>) {
         match limited {
             Limited::Rate {
                 reason,

@@ -45,7 +45,7 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Routes one app request.
-pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     let request_id = request_id(req.headers());
     let path = match normalize_path(req.uri().path()) {
         Ok(p) => p,
@@ -113,7 +113,7 @@ fn early(resp: Response<Body>, req: Request<Incoming>) -> Response<Body> {
 /// passthrough. Dot segments and encoded dots, slashes and backslashes are refused rather than
 /// resolved: no OpenAI path has them, and a provider (or a proxy before it) might resolve them
 /// differently — `/v1/../admin` must never reach anything with the provider's key attached.
-pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, &'static str> {
+pub(crate) fn normalize_path(path: &str) -> Result<Cow<'_, str>, &'static str> {
     let b = path.as_bytes();
     if memchr::memchr2(b'%', b'\\', b).is_some() {
         let lower = path.to_ascii_lowercase();
@@ -175,7 +175,7 @@ const STREAM_CUT_TIME: Duration = Duration::from_millis(250);
 /// that long. The grace is read at shutdown time, so a reloaded value applies. When the grace
 /// ends, `cut` is cancelled: open streams end with an error event the app can read, and
 /// [`STREAM_CUT_TIME`] later whatever is left is closed.
-pub async fn serve<F, Fut>(
+pub(crate) async fn serve<F, Fut>(
     listener: TcpListener,
     handler: F,
     mut shutdown: watch::Receiver<Option<Duration>>,

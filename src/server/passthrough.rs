@@ -29,7 +29,7 @@ use crate::upstream::{BodyRead, ClientBody, Provider, UpstreamError, read_body};
 ///
 /// `path` is the request's path as [`super::normalize_path`] spelled it: that, not the raw
 /// request target, is what reaches the provider.
-pub async fn passthrough(
+pub(crate) async fn passthrough(
     shared: Arc<Shared>,
     req: Request<Incoming>,
     path: String,

@@ -27,7 +27,7 @@ use crate::telemetry::trace::{Kind, RequestTrace, Span};
 use crate::telemetry::{DecisionLabels, LimitLabels, Metrics};
 
 /// The header an app sends to pick its priority class.
-pub const PRIORITY_HEADER: &str = "x-llm-sidecar-priority";
+pub(crate) const PRIORITY_HEADER: &str = "x-llm-sidecar-priority";
 
 // Transient: built and matched once per request, on the stack; boxing would cost an allocation.
 #[allow(clippy::large_enum_variant)]
@@ -41,7 +41,7 @@ enum Reply {
     },
 }
 
-pub async fn openai(
+pub(crate) async fn openai(
     shared: Arc<Shared>,
     req: Request<Incoming>,
     endpoint: Endpoint,

@@ -26,61 +26,61 @@ static NONE_LABEL: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| A
 
 pub struct RequestRecord {
     metrics: Arc<Metrics>,
-    pub request_id: HeaderValue,
-    pub endpoint: &'static str,
-    pub tenant: Option<Arc<str>>,
-    pub route: Option<Arc<str>>,
-    pub model: Option<Arc<ModelConfig>>,
-    pub stream: bool,
-    pub attempts: u32,
-    pub start: Instant,
-    pub ttft: Option<Duration>,
-    pub status: u16,
-    pub usage: Option<Usage>,
+    pub(crate) request_id: HeaderValue,
+    pub(crate) endpoint: &'static str,
+    pub(crate) tenant: Option<Arc<str>>,
+    pub(crate) route: Option<Arc<str>>,
+    pub(crate) model: Option<Arc<ModelConfig>>,
+    pub(crate) stream: bool,
+    pub(crate) attempts: u32,
+    pub(crate) start: Instant,
+    pub(crate) ttft: Option<Duration>,
+    pub(crate) status: u16,
+    pub(crate) usage: Option<Usage>,
     /// `x-llm-sidecar-cache` as answered: hit-exact, hit-semantic, miss, bypass.
-    pub cache: CacheStatus,
+    pub(crate) cache: CacheStatus,
     /// Why the cache lookup (or its semantic half) did not run: a `llm_sidecar_cache_skips`
     /// reason, in the log line.
-    pub cache_skip: Option<crate::cache::Skip>,
+    pub(crate) cache_skip: Option<crate::cache::Skip>,
     /// Why the route put the candidates in their order (the routing decision's reason).
-    pub reason: Option<Reason>,
+    pub(crate) reason: Option<Reason>,
     /// The priority class the request queued in.
-    pub priority: Option<Arc<str>>,
+    pub(crate) priority: Option<Arc<str>>,
     /// Retries of a candidate (attempts beyond the first per candidate).
-    pub retries: u32,
+    pub(crate) retries: u32,
     /// What to reconcile with the tenant's limits and budget when the request ends.
-    pub account: Option<Account>,
+    pub(crate) account: Option<Account>,
     /// `x-ratelimit-*` values for the response.
-    pub ratelimit: Option<RateHeaders>,
+    pub(crate) ratelimit: Option<RateHeaders>,
     /// For cost advice: what the request needed, its complexity (when sampled), the best
     /// semantic near-miss, and whether a soft-budget tenant went unrouted.
-    pub advice: Option<AdviceInput>,
+    pub(crate) advice: Option<AdviceInput>,
     /// The live dashboard's ring of recent requests.
-    pub live: Option<Arc<Live<crate::router::Reason>>>,
+    pub(crate) live: Option<Arc<Live<crate::router::Reason>>>,
     /// The prompt's first words, only when `server.dashboard_prompts` is on.
-    pub prompt: Option<String>,
+    pub(crate) prompt: Option<String>,
     /// The request's spans, when tracing is on and the request sampled.
-    pub trace: Option<Box<RequestTrace>>,
+    pub(crate) trace: Option<Box<RequestTrace>>,
     finished: bool,
 }
 
 pub struct AdviceInput {
-    pub advisor: Arc<Advisor>,
-    pub needs: Capabilities,
-    pub light: Option<bool>,
-    pub best_miss: Option<f32>,
-    pub soft_unrouted: bool,
+    pub(crate) advisor: Arc<Advisor>,
+    pub(crate) needs: Capabilities,
+    pub(crate) light: Option<bool>,
+    pub(crate) best_miss: Option<f32>,
+    pub(crate) soft_unrouted: bool,
 }
 
 /// An admitted request's reservation, settled once at the end.
 pub struct Account {
-    pub ledger: Arc<Ledger>,
-    pub config: Arc<Config>,
-    pub admission: Admission,
+    pub(crate) ledger: Arc<Ledger>,
+    pub(crate) config: Arc<Config>,
+    pub(crate) admission: Admission,
 }
 
 impl RequestRecord {
-    pub fn new(metrics: Arc<Metrics>, request_id: HeaderValue, endpoint: &'static str) -> Self {
+    pub(crate) fn new(metrics: Arc<Metrics>, request_id: HeaderValue, endpoint: &'static str) -> Self {
         metrics.inflight.inc();
         Self::blank(metrics, request_id, endpoint, false)
     }
@@ -88,7 +88,7 @@ impl RequestRecord {
     /// The record of a request the sidecar makes on its own (a cache verification): the
     /// attempt path keeps its account of attempts, model and timings, but it is not one of
     /// the app's requests, so it is neither counted in flight nor logged or measured as one.
-    pub fn background(metrics: Arc<Metrics>, request_id: HeaderValue, endpoint: &'static str) -> Self {
+    pub(crate) fn background(metrics: Arc<Metrics>, request_id: HeaderValue, endpoint: &'static str) -> Self {
         Self::blank(metrics, request_id, endpoint, true)
     }
 
@@ -121,14 +121,14 @@ impl RequestRecord {
         }
     }
 
-    pub fn metrics(&self) -> &Arc<Metrics> {
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
 
     /// The request's own response headers: the tenant's `x-ratelimit-*` (they replace the
     /// provider's: the app's limits here are the tenant's, not the shared provider key's) and,
     /// when traced, `x-llm-sidecar-trace-id` to find its trace.
-    pub fn response_headers(&self, h: &mut http::HeaderMap) {
+    pub(crate) fn response_headers(&self, h: &mut http::HeaderMap) {
         if let Some(t) = &self.trace
             && let Ok(v) = HeaderValue::try_from(t.trace_id_hex())
         {
@@ -152,14 +152,14 @@ impl RequestRecord {
         }
     }
 
-    pub fn first_byte(&mut self) {
+    pub(crate) fn first_byte(&mut self) {
         if self.ttft.is_none() {
             self.ttft = Some(self.start.elapsed());
         }
     }
 
     /// Writes the log line and the metrics.
-    pub fn finish(&mut self, outcome: Outcome) {
+    pub(crate) fn finish(&mut self, outcome: Outcome) {
         if std::mem::replace(&mut self.finished, true) {
             return;
         }
@@ -477,7 +477,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Outcome::Ok => "ok",
             Outcome::CacheHit => "cache_hit",

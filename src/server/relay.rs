@@ -32,7 +32,7 @@ use crate::upstream::{BodyFailure, BoxError, error_chain};
 pub type OnComplete = Box<dyn FnOnce(&[u8]) + Send>;
 
 /// A stream longer than this is relayed but not cached: bounds the tee's memory.
-pub const MAX_CAPTURE: usize = 1 << 20;
+pub(crate) const MAX_CAPTURE: usize = 1 << 20;
 
 pub enum Mode {
     Sse(SseScanner),
@@ -76,28 +76,28 @@ pin_project_lite::pin_project! {
 }
 
 pub struct RelayParams {
-    pub mode: Mode,
-    pub idle: Duration,
-    pub deadline: Instant,
+    pub(crate) mode: Mode,
+    pub(crate) idle: Duration,
+    pub(crate) deadline: Instant,
     /// Bytes already read from `inner` (and scanned) that go out first.
-    pub prefix: Option<Bytes>,
+    pub(crate) prefix: Option<Bytes>,
     /// The OpenAI-shaped bytes already read, the start of the cached copy.
-    pub seen: Option<Bytes>,
-    pub outcome: Outcome,
-    pub on_complete: Option<OnComplete>,
+    pub(crate) seen: Option<Bytes>,
+    pub(crate) outcome: Outcome,
+    pub(crate) on_complete: Option<OnComplete>,
     /// Rewrites another provider's event stream into OpenAI's before anything else sees it.
-    pub translate: Option<Box<dyn StreamTranslate>>,
+    pub(crate) translate: Option<Box<dyn StreamTranslate>>,
     /// A committed answer stream: judged to its end (terminator, well-formed events), and the
     /// verdict goes to the provider's breaker. `None` for passthrough bodies, relayed as they are.
-    pub settle: Option<Settle>,
+    pub(crate) settle: Option<Settle>,
     /// Secrets that must never reach the app, whatever the provider echoes.
-    pub redact: Arc<Redactor>,
+    pub(crate) redact: Arc<Redactor>,
     /// Cancelled when the shutdown grace period ends.
-    pub stop: CancellationToken,
+    pub(crate) stop: CancellationToken,
 }
 
 impl RelayBody {
-    pub fn new(inner: Incoming, p: RelayParams, record: RequestRecord, permit: Permit) -> Self {
+    pub(crate) fn new(inner: Incoming, p: RelayParams, record: RequestRecord, permit: Permit) -> Self {
         let first = (Instant::now() + p.idle).min(p.deadline);
         let capture = p.on_complete.map(|f| {
             let mut buf = Vec::new();
@@ -316,7 +316,7 @@ fn judge_end(scanner: &SseScanner, strict: bool, ok: Outcome) -> (Outcome, Optio
 }
 
 /// An OpenAI-style in-band error event: what SDKs raise on when a stream fails after its start.
-pub fn error_event(message: &str, code: &str) -> Bytes {
+pub(crate) fn error_event(message: &str, code: &str) -> Bytes {
     let mut event = b"data: ".to_vec();
     event.extend_from_slice(&error_body(message, "upstream_error", None, Some(code)));
     event.extend_from_slice(b"\n\n");

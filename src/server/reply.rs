@@ -31,29 +31,29 @@ use crate::upstream::redact::Redactor;
 
 /// What came back from the provider, ready to give to the app.
 pub(super) struct Answer {
-    pub parts: http::response::Parts,
-    pub body: Received,
-    pub permit: Permit,
-    pub route: HeaderValue,
-    pub model: Arc<ModelConfig>,
-    pub strip_usage: bool,
-    pub idle: Duration,
-    pub deadline: Instant,
+    pub(crate) parts: http::response::Parts,
+    pub(crate) body: Received,
+    pub(crate) permit: Permit,
+    pub(crate) route: HeaderValue,
+    pub(crate) model: Arc<ModelConfig>,
+    pub(crate) strip_usage: bool,
+    pub(crate) idle: Duration,
+    pub(crate) deadline: Instant,
     /// Where a complete, successful answer is stored, when the cache applies.
-    pub cache: Option<CacheStore>,
-    pub translate: Option<Box<dyn StreamTranslate>>,
+    pub(crate) cache: Option<CacheStore>,
+    pub(crate) translate: Option<Box<dyn StreamTranslate>>,
     /// A whole answer already checked (its usage read then); passthrough bodies are not.
-    pub checked: Option<Option<Usage>>,
+    pub(crate) checked: Option<Option<Usage>>,
     /// A stream committed at its first content event.
-    pub committed: Option<Committed>,
-    pub redact: Arc<Redactor>,
-    pub stop: CancellationToken,
+    pub(crate) committed: Option<Committed>,
+    pub(crate) redact: Arc<Redactor>,
+    pub(crate) stop: CancellationToken,
 }
 
 pub(super) struct CacheStore {
-    pub cache: Arc<Cache>,
-    pub plan: Plan,
-    pub config: Arc<Config>,
+    pub(crate) cache: Arc<Cache>,
+    pub(crate) plan: Plan,
+    pub(crate) config: Arc<Config>,
 }
 
 impl CacheStore {

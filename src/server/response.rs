@@ -18,7 +18,7 @@ use crate::upstream::{BodyFailure, BodyRead, ClientBody, read_body};
 /// cannot use half a JSON document, usage is read from the whole, the response goes out in one
 /// write with a `content-length`, and a provider failing mid-body can still be failed over.
 /// A larger body (a huge embeddings batch) streams.
-pub const MAX_HELD_BODY: usize = 8 << 20;
+pub(crate) const MAX_HELD_BODY: usize = 8 << 20;
 
 pub(super) enum Received {
     /// The whole body.

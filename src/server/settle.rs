@@ -36,14 +36,14 @@ impl Settle {
     }
 
     /// The provider answered; `good` is false for a status that is the request's fault.
-    pub fn answered(self, good: bool) {
+    pub(crate) fn answered(self, good: bool) {
         let breaker = &self.config.resilience.breaker;
         let t = self.target.health.record(breaker, true);
         transition(&self.metrics, &self.target, t);
         canary(&self.metrics, &self.route, &self.target, good, self.started.elapsed());
     }
 
-    pub fn failed(self, kind: &'static str) {
+    pub(crate) fn failed(self, kind: &'static str) {
         self.metrics.upstream_error(&self.target.model.provider, kind);
         let t = self.target.health.record(&self.config.resilience.breaker, false);
         transition(&self.metrics, &self.target, t);

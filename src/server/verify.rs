@@ -19,16 +19,16 @@ use crate::router::Route;
 use crate::state::{Runtime, Shared};
 
 pub struct Verification {
-    pub tenant: Arc<str>,
-    pub route: Arc<Route>,
-    pub body: Bytes,
-    pub entry: u64,
-    pub similarity: f32,
-    pub served: Bytes,
+    pub(crate) tenant: Arc<str>,
+    pub(crate) route: Arc<Route>,
+    pub(crate) body: Bytes,
+    pub(crate) entry: u64,
+    pub(crate) similarity: f32,
+    pub(crate) served: Bytes,
 }
 
 /// Starts a verification; it holds `permit` until done.
-pub fn spawn(shared: Arc<Shared>, rt: Arc<Runtime>, v: Verification, permit: OwnedSemaphorePermit) {
+pub(crate) fn spawn(shared: Arc<Shared>, rt: Arc<Runtime>, v: Verification, permit: OwnedSemaphorePermit) {
     let background = shared.background.clone();
     background.spawn(async move {
         let _permit = permit;

@@ -24,26 +24,26 @@ use crate::upstream::redact::Redactor;
 
 /// One immutable, fully prepared configuration.
 pub struct Runtime {
-    pub config: Arc<Config>,
+    pub(crate) config: Arc<Config>,
     /// 1 for the config loaded at start, +1 per applied reload.
-    pub generation: u64,
-    pub loaded_at: SystemTime,
-    pub providers: HashMap<Arc<str>, Arc<Provider>>,
+    pub(crate) generation: u64,
+    pub(crate) loaded_at: SystemTime,
+    pub(crate) providers: HashMap<Arc<str>, Arc<Provider>>,
     /// Circuit breakers and latency per model; carried over across reloads.
-    pub health: HealthRegistry,
-    pub router: Router,
-    pub tenants: Tenants,
+    pub(crate) health: HealthRegistry,
+    pub(crate) router: Router,
+    pub(crate) tenants: Tenants,
     /// The `GET /v1/models` body, rendered once per snapshot.
-    pub models_json: Bytes,
+    pub(crate) models_json: Bytes,
     /// This config's secrets, masked in everything relayed or generated for the app.
-    pub redact: Arc<Redactor>,
+    pub(crate) redact: Arc<Redactor>,
 }
 
 impl Runtime {
     /// Prepares a snapshot. Fallible work (TLS roots, CA files) happens here, before any swap.
     /// Provider clients whose settings did not change are carried over from `previous`, so a
     /// reload keeps their warm connection pools.
-    pub fn build(config: Config, previous: Option<&Runtime>, generation: u64) -> Result<Runtime, ConfigErrors> {
+    pub(crate) fn build(config: Config, previous: Option<&Runtime>, generation: u64) -> Result<Runtime, ConfigErrors> {
         let mut providers = HashMap::new();
         let mut issues = Vec::new();
         if config.models.is_empty() {
@@ -103,7 +103,7 @@ impl Runtime {
 impl Runtime {
     /// Points each provider's scheduler at this snapshot's priority classes and their
     /// queue-depth gauges.
-    pub fn attach(&self, metrics: &Metrics) {
+    pub(crate) fn attach(&self, metrics: &Metrics) {
         let weights: Vec<u32> = self.config.scheduling.classes.iter().map(|(_, w)| *w).collect();
         for p in self.providers.values() {
             let gauges = self
@@ -137,43 +137,43 @@ pub struct Health {
 }
 
 impl Health {
-    pub fn set_ready(&self, ready: bool) {
+    pub(crate) fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::SeqCst);
     }
 
-    pub fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst)
     }
 }
 
 /// Everything a request handler needs, shared by all connections.
 pub struct Shared {
-    pub runtime: ArcSwap<Runtime>,
-    pub metrics: Arc<Metrics>,
-    pub health: Health,
+    pub(crate) runtime: ArcSwap<Runtime>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) health: Health,
     /// The response cache outlives config snapshots; each request reads its settings from
     /// the snapshot it started with.
-    pub cache: Arc<Cache>,
+    pub(crate) cache: Arc<Cache>,
     /// Retries the whole pod may spend, across reloads.
-    pub retry_budget: RetryBudget,
+    pub(crate) retry_budget: RetryBudget,
     /// Rate-limit windows, spend and usage per tenant, across reloads.
-    pub ledger: Arc<crate::limits::ledger::Ledger>,
+    pub(crate) ledger: Arc<crate::limits::ledger::Ledger>,
     /// When this sidecar started (for `/admin/usage`).
-    pub started_unix: u64,
+    pub(crate) started_unix: u64,
     /// What the traffic says could be saved (`/admin/advice`).
-    pub advisor: Arc<crate::telemetry::advice::Advisor>,
+    pub(crate) advisor: Arc<crate::telemetry::advice::Advisor>,
     /// Recent requests for the live dashboard.
-    pub live: Arc<crate::telemetry::live::Live<crate::router::Reason>>,
+    pub(crate) live: Arc<crate::telemetry::live::Live<crate::router::Reason>>,
     /// OpenTelemetry: the sampler's settings and the queue to the exporter, across reloads.
-    pub tracer: Arc<crate::telemetry::trace::Tracer>,
+    pub(crate) tracer: Arc<crate::telemetry::trace::Tracer>,
     /// Cancelled when the shutdown grace period ends: open streams end with an error event.
-    pub streams_cut: tokio_util::sync::CancellationToken,
+    pub(crate) streams_cut: tokio_util::sync::CancellationToken,
     /// Every background task (see `tasks`), stopped together at shutdown.
-    pub background: crate::tasks::Background,
+    pub(crate) background: crate::tasks::Background,
 }
 
 impl Shared {
-    pub fn new(runtime: Runtime, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub(crate) fn new(runtime: Runtime, metrics: Arc<Metrics>) -> Arc<Self> {
         metrics.config_generation.set(runtime.generation as i64);
         runtime.attach(&metrics);
         let semantic_routes = runtime

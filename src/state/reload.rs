@@ -30,7 +30,7 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    pub fn new(shared: Arc<Shared>, source: Option<FileSource>, vars: Arc<dyn VarLookup + Send + Sync>) -> Self {
+    pub(crate) fn new(shared: Arc<Shared>, source: Option<FileSource>, vars: Arc<dyn VarLookup + Send + Sync>) -> Self {
         Self {
             shared,
             source,
@@ -48,17 +48,17 @@ impl Reloader {
         }
     }
 
-    pub fn metrics(&self) -> &crate::telemetry::Metrics {
+    pub(crate) fn metrics(&self) -> &crate::telemetry::Metrics {
         &self.shared.metrics
     }
 
-    pub fn source(&self) -> Option<&FileSource> {
+    pub(crate) fn source(&self) -> Option<&FileSource> {
         self.source.as_ref()
     }
 
     /// Applies config text that arrived from outside (a ConfigMap through the API).
     /// Blocking like [`Self::reload`].
-    pub fn apply_text(&self, text: String) -> ReloadOutcome {
+    pub(crate) fn apply_text(&self, text: String) -> ReloadOutcome {
         if let Ok(mut last) = self.last_text.lock() {
             *last = Some(text.clone());
         }
@@ -68,7 +68,7 @@ impl Reloader {
 
     /// Blocking: reads files. Call from a blocking thread. An identical config text is
     /// skipped unless `force` (SIGHUP), which also re-reads key files and CA bundles.
-    pub fn reload(&self, force: bool) -> ReloadOutcome {
+    pub(crate) fn reload(&self, force: bool) -> ReloadOutcome {
         let _guard = self.lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let metrics = &self.shared.metrics;
         let read = match &self.source {

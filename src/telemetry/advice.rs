@@ -18,9 +18,9 @@ use std::sync::{Arc, Mutex};
 use crate::config::{Capabilities, Config, ModelConfig};
 
 /// One request in [`SCORE_EVERY`] gets a complexity score for the light-share estimate.
-pub const SCORE_EVERY: u64 = 8;
+pub(crate) const SCORE_EVERY: u64 = 8;
 /// Similarity buckets (lower bounds) remembered for semantic misses.
-pub const MISS_BUCKETS: [f32; 6] = [0.80, 0.85, 0.88, 0.90, 0.92, 0.94];
+pub(crate) const MISS_BUCKETS: [f32; 6] = [0.80, 0.85, 0.88, 0.90, 0.92, 0.94];
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Traffic {
@@ -40,19 +40,19 @@ struct Traffic {
 
 /// One finished request, as the advisor sees it.
 pub struct Observation<'a> {
-    pub route: &'a Arc<str>,
-    pub model: &'a Arc<ModelConfig>,
-    pub needs: Capabilities,
-    pub prompt_tokens: u64,
-    pub completion_tokens: u64,
-    pub cached_tokens: u64,
-    pub cost: f64,
+    pub(crate) route: &'a Arc<str>,
+    pub(crate) model: &'a Arc<ModelConfig>,
+    pub(crate) needs: Capabilities,
+    pub(crate) prompt_tokens: u64,
+    pub(crate) completion_tokens: u64,
+    pub(crate) cached_tokens: u64,
+    pub(crate) cost: f64,
     /// `Some(true)` when scored light, `Some(false)` strong, `None` not scored.
-    pub light: Option<bool>,
+    pub(crate) light: Option<bool>,
     /// The best semantic candidate's similarity when the cache missed.
-    pub best_miss: Option<f32>,
+    pub(crate) best_miss: Option<f32>,
     /// The tenant was past its soft budget limit and no `budget: soft` route took it.
-    pub soft_unrouted: Option<Arc<str>>,
+    pub(crate) soft_unrouted: Option<Arc<str>>,
 }
 
 type SoftSpend = (u64, u64, f64);
@@ -74,13 +74,13 @@ pub struct Advisor {
 
 impl Advisor {
     /// Whether this request should be complexity-scored (a 1 in [`SCORE_EVERY`] sample).
-    pub fn sample(&self) -> bool {
+    pub(crate) fn sample(&self) -> bool {
         self.counter
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             .is_multiple_of(SCORE_EVERY)
     }
 
-    pub fn record(&self, o: Observation<'_>) {
+    pub(crate) fn record(&self, o: Observation<'_>) {
         let Ok(mut inner) = self.inner.lock() else { return };
         let caps = [Capabilities::TOOLS, Capabilities::VISION, Capabilities::JSON]
             .iter()
@@ -120,7 +120,7 @@ impl Advisor {
     }
 
     /// The advice, as JSON, against the current config.
-    pub fn report(&self, config: &Config) -> serde_json::Value {
+    pub(crate) fn report(&self, config: &Config) -> serde_json::Value {
         let Ok(inner) = self.inner.lock() else {
             return serde_json::json!({"items": []});
         };

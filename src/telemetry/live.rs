@@ -11,9 +11,9 @@ use serde::Serialize;
 
 /// Requests remembered for the snapshot (at 1k requests/s, the last couple of seconds; at
 /// typical LLM rates, minutes).
-pub const RING: usize = 4096;
+pub(crate) const RING: usize = 4096;
 /// Requests shown in the dashboard's tail.
-pub const TAIL: usize = 25;
+pub(crate) const TAIL: usize = 25;
 
 /// Kept cheap to record (no formatting, no string copies on the request path): ids and
 /// reasons are turned into text only when a snapshot is taken.
@@ -22,29 +22,29 @@ pub const TAIL: usize = 25;
 #[derive(Debug, Clone, Serialize)]
 #[serde(bound(serialize = "R: std::fmt::Display"))]
 pub struct Recent<R> {
-    pub at_ms: u64,
+    pub(crate) at_ms: u64,
     #[serde(serialize_with = "header_str")]
-    pub request_id: http::HeaderValue,
-    pub endpoint: &'static str,
-    pub tenant: Arc<str>,
-    pub route: Arc<str>,
-    pub model: Arc<str>,
-    pub status: u16,
-    pub outcome: &'static str,
-    pub cache: &'static str,
+    pub(crate) request_id: http::HeaderValue,
+    pub(crate) endpoint: &'static str,
+    pub(crate) tenant: Arc<str>,
+    pub(crate) route: Arc<str>,
+    pub(crate) model: Arc<str>,
+    pub(crate) status: u16,
+    pub(crate) outcome: &'static str,
+    pub(crate) cache: &'static str,
     /// Why the cache (or its semantic half) was skipped, if it was.
-    pub cache_skip: Option<&'static str>,
-    pub stream: bool,
-    pub duration_ms: f64,
-    pub ttft_ms: Option<f64>,
-    pub cost_usd: f64,
-    pub prompt_tokens: u64,
-    pub completion_tokens: u64,
+    pub(crate) cache_skip: Option<&'static str>,
+    pub(crate) stream: bool,
+    pub(crate) duration_ms: f64,
+    pub(crate) ttft_ms: Option<f64>,
+    pub(crate) cost_usd: f64,
+    pub(crate) prompt_tokens: u64,
+    pub(crate) completion_tokens: u64,
     #[serde(serialize_with = "display")]
-    pub reason: Option<R>,
+    pub(crate) reason: Option<R>,
     /// Only with `server.dashboard_prompts: true`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub prompt: Option<String>,
+    pub(crate) prompt: Option<String>,
 }
 
 fn header_str<S: serde::Serializer>(v: &http::HeaderValue, s: S) -> Result<S::Ok, S::Error> {
@@ -79,7 +79,7 @@ fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
 }
 
 impl<R: std::fmt::Display> Live<R> {
-    pub fn record(&self, r: Recent<R>) {
+    pub(crate) fn record(&self, r: Recent<R>) {
         if let Ok(mut ring) = self.ring.lock() {
             if ring.len() >= RING {
                 ring.pop_front();
@@ -89,7 +89,7 @@ impl<R: std::fmt::Display> Live<R> {
     }
 
     /// Figures over the last `window_ms` before `now_ms`.
-    pub fn snapshot(&self, now_ms: u64, window_ms: u64) -> serde_json::Value {
+    pub(crate) fn snapshot(&self, now_ms: u64, window_ms: u64) -> serde_json::Value {
         let Ok(ring) = self.ring.lock() else {
             return serde_json::json!({});
         };

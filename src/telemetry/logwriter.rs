@@ -13,11 +13,11 @@ use std::time::Duration;
 use tracing_subscriber::fmt::MakeWriter;
 
 /// How stale a queued line may get before it is written.
-pub const FLUSH_INTERVAL: Duration = Duration::from_millis(20);
+pub(crate) const FLUSH_INTERVAL: Duration = Duration::from_millis(20);
 /// Queue size that triggers an immediate write.
-pub const FLUSH_AT: usize = 64 * 1024;
+pub(crate) const FLUSH_AT: usize = 64 * 1024;
 /// Queue size above which callers stop queueing and write themselves.
-pub const MAX_QUEUED: usize = 8 << 20;
+pub(crate) const MAX_QUEUED: usize = 8 << 20;
 
 struct Inner {
     queue: Mutex<Queue>,
@@ -56,7 +56,7 @@ impl Drop for FlushGuard {
 
 impl BatchWriter {
     /// Starts the writer thread over `out` (stdout in production).
-    pub fn new<W: Write + Send + 'static>(mut out: W) -> std::io::Result<(BatchWriter, FlushGuard)> {
+    pub(crate) fn new<W: Write + Send + 'static>(mut out: W) -> std::io::Result<(BatchWriter, FlushGuard)> {
         let inner = Arc::new(Inner {
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),

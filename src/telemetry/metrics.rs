@@ -30,122 +30,122 @@ type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    pub endpoint: &'static str,
-    pub route: Arc<str>,
-    pub model: Arc<str>,
-    pub status: u16,
+    pub(crate) endpoint: &'static str,
+    pub(crate) route: Arc<str>,
+    pub(crate) model: Arc<str>,
+    pub(crate) status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OperationLabels {
-    pub gen_ai_operation_name: &'static str,
-    pub gen_ai_request_model: Arc<str>,
-    pub gen_ai_provider_name: Arc<str>,
+    pub(crate) gen_ai_operation_name: &'static str,
+    pub(crate) gen_ai_request_model: Arc<str>,
+    pub(crate) gen_ai_provider_name: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TokenLabels {
-    pub gen_ai_token_type: &'static str,
-    pub gen_ai_request_model: Arc<str>,
-    pub gen_ai_provider_name: Arc<str>,
+    pub(crate) gen_ai_token_type: &'static str,
+    pub(crate) gen_ai_request_model: Arc<str>,
+    pub(crate) gen_ai_provider_name: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CostLabels {
-    pub tenant: Arc<str>,
-    pub model: Arc<str>,
+    pub(crate) tenant: Arc<str>,
+    pub(crate) model: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamErrorLabels {
-    pub provider: Arc<str>,
-    pub kind: &'static str,
+    pub(crate) provider: Arc<str>,
+    pub(crate) kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AuthLabels {
-    pub provider: Arc<str>,
-    pub status: u16,
+    pub(crate) provider: Arc<str>,
+    pub(crate) status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
-    pub outcome: &'static str,
+    pub(crate) outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
-    pub result: &'static str,
+    pub(crate) result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
-    pub reason: &'static str,
+    pub(crate) reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct JudgmentLabels {
-    pub route: Arc<str>,
+    pub(crate) route: Arc<str>,
     /// `served` (a sampled served hit, re-asked) or `shadow` (a hit not served, compared with
     /// the upstream answer the request got anyway).
-    pub mode: &'static str,
-    pub result: &'static str,
+    pub(crate) mode: &'static str,
+    pub(crate) result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
-    pub route: Arc<str>,
+    pub(crate) route: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DecisionLabels {
-    pub route: Arc<str>,
-    pub strategy: &'static str,
-    pub model: Arc<str>,
+    pub(crate) route: Arc<str>,
+    pub(crate) strategy: &'static str,
+    pub(crate) model: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModelLabels {
-    pub provider: Arc<str>,
-    pub model: Arc<str>,
+    pub(crate) provider: Arc<str>,
+    pub(crate) model: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TransitionLabels {
-    pub provider: Arc<str>,
-    pub model: Arc<str>,
-    pub state: &'static str,
+    pub(crate) provider: Arc<str>,
+    pub(crate) model: Arc<str>,
+    pub(crate) state: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RetryLabels {
-    pub provider: Arc<str>,
-    pub model: Arc<str>,
-    pub reason: &'static str,
+    pub(crate) provider: Arc<str>,
+    pub(crate) model: Arc<str>,
+    pub(crate) reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QueueLabels {
-    pub provider: Arc<str>,
-    pub priority: Arc<str>,
+    pub(crate) provider: Arc<str>,
+    pub(crate) priority: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QueueRejectLabels {
-    pub provider: Arc<str>,
-    pub priority: Arc<str>,
-    pub reason: &'static str,
+    pub(crate) provider: Arc<str>,
+    pub(crate) priority: Arc<str>,
+    pub(crate) reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PriorityLabels {
-    pub priority: Arc<str>,
+    pub(crate) priority: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CanaryLabels {
-    pub route: Arc<str>,
-    pub model: Arc<str>,
+    pub(crate) route: Arc<str>,
+    pub(crate) model: Arc<str>,
 }
 
 /// Queue waits (seconds): 1 ms to 33 s, doubling.
@@ -162,66 +162,66 @@ const BATCH_BUCKETS: [f64; 7] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
 
 pub struct Metrics {
     registry: Registry,
-    pub requests: Family<RequestLabels, Counter>,
-    pub duration: HistogramFamily<OperationLabels>,
-    pub ttft: HistogramFamily<OperationLabels>,
-    pub token_usage: HistogramFamily<TokenLabels>,
-    pub tokens: Family<TokenLabels, Counter>,
-    pub cost: Family<CostLabels, Counter<f64, AtomicU64>>,
-    pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    pub(crate) requests: Family<RequestLabels, Counter>,
+    pub(crate) duration: HistogramFamily<OperationLabels>,
+    pub(crate) ttft: HistogramFamily<OperationLabels>,
+    pub(crate) token_usage: HistogramFamily<TokenLabels>,
+    pub(crate) tokens: Family<TokenLabels, Counter>,
+    pub(crate) cost: Family<CostLabels, Counter<f64, AtomicU64>>,
+    pub(crate) upstream_errors: Family<UpstreamErrorLabels, Counter>,
     /// 401/403 from a provider: the sidecar's key for it is wrong or revoked.
-    pub upstream_auth_failures: Family<AuthLabels, Counter>,
+    pub(crate) upstream_auth_failures: Family<AuthLabels, Counter>,
     /// Request bodies cut because they arrived too slowly or not at all.
-    pub slow_bodies: Counter,
-    pub config_reloads: Family<OutcomeLabels, Counter>,
-    pub trace_spans: Family<ResultLabels, Counter>,
-    pub config_generation: Gauge,
-    pub inflight: Gauge,
-    pub cache_lookups: Family<ResultLabels, Counter>,
-    pub cache_skips: Family<ReasonLabels, Counter>,
-    pub cache_guard_rejections: Family<ReasonLabels, Counter>,
-    pub cache_evictions: Family<ReasonLabels, Counter>,
-    pub cache_inserts: Counter,
-    pub cache_verifications: Family<ResultLabels, Counter>,
-    pub cache_judgments: Family<JudgmentLabels, Counter>,
-    pub cache_alignment: Family<ResultLabels, Counter>,
-    pub cache_verifier: Family<ResultLabels, Counter>,
-    pub cache_route_threshold: Family<RouteLabels, Gauge<f64, AtomicU64>>,
-    pub cache_entries: Gauge,
-    pub cache_bytes: Gauge,
-    pub cache_similarity: Histogram,
-    pub embed_duration: Histogram,
-    pub embed_batch: Histogram,
-    pub search_duration: Histogram,
-    pub embedder_available: Gauge,
-    pub route_decisions: Family<DecisionLabels, Counter>,
-    pub circuit_state: Family<ModelLabels, Gauge>,
-    pub circuit_transitions: Family<TransitionLabels, Counter>,
-    pub retries: Family<RetryLabels, Counter>,
-    pub retry_budget_exhausted: Counter,
-    pub queue_depth: Family<QueueLabels, Gauge>,
-    pub queue_wait: HistogramFamily<PriorityLabels>,
-    pub queue_rejections: Family<QueueRejectLabels, Counter>,
-    pub canary_reverted: Family<CanaryLabels, Gauge>,
-    pub health_checks: Family<UpstreamErrorLabels, Counter>,
-    pub admissions: Family<ResultLabels, Counter>,
-    pub limit_rejections: Family<LimitLabels, Counter>,
-    pub budget_spent: Family<BudgetLabels, Gauge<f64, AtomicU64>>,
-    pub redis_up: Gauge,
-    pub redis_errors: Family<ReasonLabels, Counter>,
-    pub l2_entries: Family<ResultLabels, Counter>,
+    pub(crate) slow_bodies: Counter,
+    pub(crate) config_reloads: Family<OutcomeLabels, Counter>,
+    pub(crate) trace_spans: Family<ResultLabels, Counter>,
+    pub(crate) config_generation: Gauge,
+    pub(crate) inflight: Gauge,
+    pub(crate) cache_lookups: Family<ResultLabels, Counter>,
+    pub(crate) cache_skips: Family<ReasonLabels, Counter>,
+    pub(crate) cache_guard_rejections: Family<ReasonLabels, Counter>,
+    pub(crate) cache_evictions: Family<ReasonLabels, Counter>,
+    pub(crate) cache_inserts: Counter,
+    pub(crate) cache_verifications: Family<ResultLabels, Counter>,
+    pub(crate) cache_judgments: Family<JudgmentLabels, Counter>,
+    pub(crate) cache_alignment: Family<ResultLabels, Counter>,
+    pub(crate) cache_verifier: Family<ResultLabels, Counter>,
+    pub(crate) cache_route_threshold: Family<RouteLabels, Gauge<f64, AtomicU64>>,
+    pub(crate) cache_entries: Gauge,
+    pub(crate) cache_bytes: Gauge,
+    pub(crate) cache_similarity: Histogram,
+    pub(crate) embed_duration: Histogram,
+    pub(crate) embed_batch: Histogram,
+    pub(crate) search_duration: Histogram,
+    pub(crate) embedder_available: Gauge,
+    pub(crate) route_decisions: Family<DecisionLabels, Counter>,
+    pub(crate) circuit_state: Family<ModelLabels, Gauge>,
+    pub(crate) circuit_transitions: Family<TransitionLabels, Counter>,
+    pub(crate) retries: Family<RetryLabels, Counter>,
+    pub(crate) retry_budget_exhausted: Counter,
+    pub(crate) queue_depth: Family<QueueLabels, Gauge>,
+    pub(crate) queue_wait: HistogramFamily<PriorityLabels>,
+    pub(crate) queue_rejections: Family<QueueRejectLabels, Counter>,
+    pub(crate) canary_reverted: Family<CanaryLabels, Gauge>,
+    pub(crate) health_checks: Family<UpstreamErrorLabels, Counter>,
+    pub(crate) admissions: Family<ResultLabels, Counter>,
+    pub(crate) limit_rejections: Family<LimitLabels, Counter>,
+    pub(crate) budget_spent: Family<BudgetLabels, Gauge<f64, AtomicU64>>,
+    pub(crate) redis_up: Gauge,
+    pub(crate) redis_errors: Family<ReasonLabels, Counter>,
+    pub(crate) l2_entries: Family<ResultLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LimitLabels {
-    pub tenant: Arc<str>,
-    pub reason: &'static str,
+    pub(crate) tenant: Arc<str>,
+    pub(crate) reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BudgetLabels {
-    pub tenant: Arc<str>,
-    pub period: &'static str,
+    pub(crate) tenant: Arc<str>,
+    pub(crate) period: &'static str,
 }
 
 impl Default for Metrics {
@@ -232,7 +232,7 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Counts `usd` spent by `tenant` on `model` (nothing for a free answer).
-    pub fn spend(&self, tenant: Arc<str>, model: Arc<str>, usd: f64) {
+    pub(crate) fn spend(&self, tenant: Arc<str>, model: Arc<str>, usd: f64) {
         if usd > 0.0 {
             self.cost.get_or_create(&CostLabels { tenant, model }).inc_by(usd);
         }
@@ -576,14 +576,14 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition (OpenMetrics).
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut out = String::with_capacity(16 * 1024);
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
 
-    pub fn upstream_error(&self, provider: &Arc<str>, kind: &'static str) {
+    pub(crate) fn upstream_error(&self, provider: &Arc<str>, kind: &'static str) {
         self.upstream_errors
             .get_or_create(&UpstreamErrorLabels {
                 provider: provider.clone(),
@@ -592,7 +592,7 @@ impl Metrics {
             .inc();
     }
 
-    pub fn upstream_auth_failure(&self, provider: &Arc<str>, status: u16) {
+    pub(crate) fn upstream_auth_failure(&self, provider: &Arc<str>, status: u16) {
         self.upstream_auth_failures
             .get_or_create(&AuthLabels {
                 provider: provider.clone(),
@@ -601,15 +601,15 @@ impl Metrics {
             .inc();
     }
 
-    pub fn cache_lookup(&self, result: &'static str) {
+    pub(crate) fn cache_lookup(&self, result: &'static str) {
         self.cache_lookups.get_or_create(&ResultLabels { result }).inc();
     }
 
-    pub fn cache_skip(&self, reason: &'static str) {
+    pub(crate) fn cache_skip(&self, reason: &'static str) {
         self.cache_skips.get_or_create(&ReasonLabels { reason }).inc();
     }
 
-    pub fn queue_depth(&self, provider: &Arc<str>, priority: &Arc<str>) -> Gauge {
+    pub(crate) fn queue_depth(&self, provider: &Arc<str>, priority: &Arc<str>) -> Gauge {
         self.queue_depth
             .get_or_create(&QueueLabels {
                 provider: provider.clone(),
@@ -619,7 +619,7 @@ impl Metrics {
     }
 
     /// Sets the circuit gauge (0 closed, 1 open, 2 half-open).
-    pub fn circuit(&self, provider: &Arc<str>, model: &Arc<str>, gauge: i64) {
+    pub(crate) fn circuit(&self, provider: &Arc<str>, model: &Arc<str>, gauge: i64) {
         self.circuit_state
             .get_or_create(&ModelLabels {
                 provider: provider.clone(),
@@ -628,7 +628,7 @@ impl Metrics {
             .set(gauge);
     }
 
-    pub fn circuit_transition(&self, provider: &Arc<str>, model: &Arc<str>, gauge: i64, state: &'static str) {
+    pub(crate) fn circuit_transition(&self, provider: &Arc<str>, model: &Arc<str>, gauge: i64, state: &'static str) {
         self.circuit(provider, model, gauge);
         self.circuit_transitions
             .get_or_create(&TransitionLabels {
@@ -639,7 +639,7 @@ impl Metrics {
             .inc();
     }
 
-    pub fn retry(&self, provider: &Arc<str>, model: &Arc<str>, reason: &'static str) {
+    pub(crate) fn retry(&self, provider: &Arc<str>, model: &Arc<str>, reason: &'static str) {
         self.retries
             .get_or_create(&RetryLabels {
                 provider: provider.clone(),
@@ -649,11 +649,11 @@ impl Metrics {
             .inc();
     }
 
-    pub fn trace_spans(&self, result: &'static str, n: u64) {
+    pub(crate) fn trace_spans(&self, result: &'static str, n: u64) {
         self.trace_spans.get_or_create(&ResultLabels { result }).inc_by(n);
     }
 
-    pub fn reload(&self, outcome: &'static str) {
+    pub(crate) fn reload(&self, outcome: &'static str) {
         self.config_reloads.get_or_create(&OutcomeLabels { outcome }).inc();
     }
 }

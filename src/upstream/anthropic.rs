@@ -64,10 +64,10 @@ impl Adapter for Anthropic {
 
 /// Anthropic requires `max_tokens`; OpenAI defaults to "as many as fit". 4096 is what every
 /// current Claude model accepts.
-pub const DEFAULT_MAX_TOKENS: u64 = 4096;
+pub(crate) const DEFAULT_MAX_TOKENS: u64 = 4096;
 /// The API version this translation was written against (sent unless the provider's
 /// `headers` set another).
-pub const API_VERSION: &str = "2023-06-01";
+pub(crate) const API_VERSION: &str = "2023-06-01";
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum TranslateError {
@@ -133,7 +133,7 @@ fn push(messages: &mut Vec<Value>, role: &str, mut content: Vec<Value>) {
 }
 
 /// An OpenAI chat-completions request body → an Anthropic Messages request body.
-pub fn request(body: &[u8], upstream_model: &str) -> Result<Vec<u8>, TranslateError> {
+pub(crate) fn request(body: &[u8], upstream_model: &str) -> Result<Vec<u8>, TranslateError> {
     let req: Map<String, Value> =
         serde_json::from_slice(body).map_err(|e| bad(format!("the request is not a JSON object: {e}")))?;
     let mut out = Map::new();
@@ -290,7 +290,7 @@ fn created() -> u64 {
 
 /// An Anthropic Messages response → an OpenAI `chat.completion`, named with the model the app
 /// asked for.
-pub fn response(body: &[u8], model: &str) -> Option<Bytes> {
+pub(crate) fn response(body: &[u8], model: &str) -> Option<Bytes> {
     let r: Value = serde_json::from_slice(body).ok()?;
     let mut text = String::new();
     let mut tool_calls = Vec::new();
@@ -321,7 +321,7 @@ pub fn response(body: &[u8], model: &str) -> Option<Bytes> {
 }
 
 /// An Anthropic error body (`{"type":"error","error":{"type","message"}}`) → OpenAI's shape.
-pub fn error(body: &[u8]) -> Bytes {
+pub(crate) fn error(body: &[u8]) -> Bytes {
     let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     let kind = v["error"]["type"].as_str().unwrap_or("api_error");
     let message = v["error"]["message"]
@@ -360,7 +360,7 @@ pub struct StreamTranslator {
 }
 
 impl StreamTranslator {
-    pub fn new(model: &str, include_usage: bool) -> Self {
+    pub(crate) fn new(model: &str, include_usage: bool) -> Self {
         StreamTranslator {
             model: model.to_owned(),
             include_usage,
@@ -386,7 +386,7 @@ impl StreamTranslator {
     }
 
     /// Feeds bytes from the provider; returns the OpenAI SSE bytes they complete.
-    pub fn feed_bytes(&mut self, data: &[u8]) -> Bytes {
+    pub(crate) fn feed_bytes(&mut self, data: &[u8]) -> Bytes {
         self.buf.extend_from_slice(data);
         let mut out = BytesMut::new();
         while let Some(end) = find_event_end(&self.buf) {
@@ -485,7 +485,8 @@ impl StreamTranslator {
     }
 
     /// Whether the stream reached `message_stop`.
-    pub fn done(&self) -> bool {
+    #[cfg(test)]
+    fn done(&self) -> bool {
         self.done
     }
 }

@@ -37,7 +37,7 @@ pub type ClientBody = BoxBody<Bytes, BoxError>;
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(55);
 
 /// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1), plus ones we set.
-pub fn is_hop_header(name: &HeaderName) -> bool {
+pub(crate) fn is_hop_header(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
         "connection"
@@ -148,7 +148,7 @@ pub enum BodyFailure {
 
 impl BodyFailure {
     /// Metric and error-code label.
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             BodyFailure::Reset(_) => "reset",
             BodyFailure::IdleTimeout(_) => "timeout_idle",
@@ -163,7 +163,7 @@ impl BodyFailure {
 
     /// Worth another try on the same candidate: the provider answered, then broke. A timeout
     /// goes to the next candidate instead (see `server/attempt.rs`).
-    pub fn retryable(&self) -> bool {
+    pub(crate) fn retryable(&self) -> bool {
         !matches!(
             self,
             BodyFailure::IdleTimeout(_) | BodyFailure::TotalTimeout | BodyFailure::FirstEventTimeout(_)
@@ -180,7 +180,7 @@ pub enum BodyRead {
 
 /// Reads a response body to its end within the idle and total timeouts, keeping at most `cap`
 /// bytes. A body that arrives in one frame (the usual case) is returned without a copy.
-pub async fn read_body(
+pub(crate) async fn read_body(
     incoming: &mut Incoming,
     idle: Duration,
     deadline: Instant,
@@ -227,7 +227,7 @@ pub async fn read_body(
 
 impl UpstreamError {
     /// Metric label for the failure.
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             UpstreamError::Connect { .. } => "connect",
             UpstreamError::FirstByteTimeout { .. } => "timeout_first_byte",
@@ -249,9 +249,9 @@ impl UpstreamError {
 
 /// A provider ready to take requests.
 pub struct Provider {
-    pub config: Arc<ProviderConfig>,
+    pub(crate) config: Arc<ProviderConfig>,
     client: Client<HttpsConnector<HttpConnector>, ClientBody>,
-    pub scheduler: Arc<Scheduler>,
+    pub(crate) scheduler: Arc<Scheduler>,
     /// Base URL path without a trailing slash, e.g. `/v1`.
     base_path: String,
 }
@@ -267,13 +267,13 @@ impl std::fmt::Debug for Provider {
 
 /// A response whose headers have arrived, holding its concurrency permit until the body ends.
 pub struct Upstream {
-    pub response: Response<Incoming>,
-    pub permit: Permit,
+    pub(crate) response: Response<Incoming>,
+    pub(crate) permit: Permit,
 }
 
 impl Provider {
     /// `weights`: the priority classes' weights (see [`Scheduler`]).
-    pub fn new(config: Arc<ProviderConfig>, weights: &[u32]) -> Result<Self, ConfigIssue> {
+    pub(crate) fn new(config: Arc<ProviderConfig>, weights: &[u32]) -> Result<Self, ConfigIssue> {
         let tls = tls_config(&config)?;
         let mut http = HttpConnector::new();
         http.enforce_http(false);
@@ -301,16 +301,16 @@ impl Provider {
         })
     }
 
-    pub fn name(&self) -> &Arc<str> {
+    pub(crate) fn name(&self) -> &Arc<str> {
         &self.config.name
     }
 
-    pub fn kind(&self) -> ProviderKind {
+    pub(crate) fn kind(&self) -> ProviderKind {
         self.config.kind
     }
 
     /// The wire protocol this provider speaks.
-    pub fn adapter(&self) -> &'static dyn adapter::Adapter {
+    pub(crate) fn adapter(&self) -> &'static dyn adapter::Adapter {
         match self.config.kind {
             ProviderKind::OpenAi => &openai_compat::OpenAiCompat,
             ProviderKind::Anthropic => &anthropic::Anthropic,
@@ -319,7 +319,7 @@ impl Provider {
 
     /// The upstream URI for an API path relative to the base URL (`/chat/completions`), with the
     /// provider's configured query and the app's own query appended.
-    pub fn uri(&self, suffix: &str, app_query: Option<&str>) -> Result<Uri, http::Error> {
+    pub(crate) fn uri(&self, suffix: &str, app_query: Option<&str>) -> Result<Uri, http::Error> {
         let mut pq = String::with_capacity(self.base_path.len() + suffix.len() + self.config.query.len() + 2);
         pq.push_str(&self.base_path);
         pq.push_str(suffix);
@@ -341,7 +341,7 @@ impl Provider {
     /// cookies, custom tokens) and none of them is the provider's business — the sidecar
     /// authenticates with its own key. Organisation and project headers belong with that key,
     /// so the app's are not sent either (set them in `providers.*.headers`).
-    pub fn forward_headers(&self, from: &HeaderMap, to: &mut HeaderMap, keep_length: bool) {
+    pub(crate) fn forward_headers(&self, from: &HeaderMap, to: &mut HeaderMap, keep_length: bool) {
         for (name, value) in from {
             if !forwardable(name, keep_length) || self.config.auth.as_ref().is_some_and(|(h, _)| h == name) {
                 continue;
@@ -352,7 +352,7 @@ impl Provider {
 
     /// Sends one request and waits for the response headers (bounded by the first-byte timeout
     /// and the request's overall `deadline`). `permit` is a slot from [`Self::scheduler`].
-    pub async fn send(
+    pub(crate) async fn send(
         &self,
         method: Method,
         uri: Uri,
@@ -394,7 +394,7 @@ impl Provider {
 
 /// `: message` from an error body in OpenAI's or Anthropic's shape (at most 300 characters),
 /// or an empty string.
-pub fn error_detail(body: &[u8]) -> String {
+pub(crate) fn error_detail(body: &[u8]) -> String {
     let v: serde_json::Value = serde_json::from_slice(body).unwrap_or(serde_json::Value::Null);
     match v["error"]["message"].as_str().or_else(|| v["message"].as_str()) {
         Some(m) => format!(": {}", m.chars().take(300).collect::<String>()),

@@ -13,7 +13,7 @@ use memchr::memmem::Finder;
 use crate::config::Config;
 
 /// What a secret is replaced with.
-pub const MASK: &str = "[redacted]";
+pub(crate) const MASK: &str = "[redacted]";
 
 /// Shorter values are not treated as secrets: masking every `"abc"` in every answer would
 /// corrupt answers and hide nothing a real key is made of.
@@ -35,7 +35,7 @@ impl std::fmt::Debug for Redactor {
 }
 
 impl Redactor {
-    pub fn new<I, S>(secrets: I) -> Self
+    pub(crate) fn new<I, S>(secrets: I) -> Self
     where
         I: IntoIterator<Item = S>,
         S: AsRef<[u8]>,
@@ -54,7 +54,7 @@ impl Redactor {
 
     /// Every secret a config holds: provider keys (the header value and the bare key after
     /// `Bearer `), credential-like provider headers, the Redis password, the admin token.
-    pub fn from_config(config: &Config) -> Self {
+    pub(crate) fn from_config(config: &Config) -> Self {
         let mut secrets: Vec<Vec<u8>> = Vec::new();
         for p in config.providers.values() {
             if let Some((_, secret)) = &p.auth {
@@ -81,12 +81,8 @@ impl Redactor {
         Redactor::new(secrets)
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.finders.is_empty()
-    }
-
     /// `data` with every secret masked; the same `Bytes` when it holds none.
-    pub fn bytes(&self, data: Bytes) -> Bytes {
+    pub(crate) fn bytes(&self, data: Bytes) -> Bytes {
         match self.mask(&data) {
             Cow::Borrowed(_) => data,
             Cow::Owned(v) => Bytes::from(v),
@@ -94,7 +90,7 @@ impl Redactor {
     }
 
     /// `text` with every secret masked.
-    pub fn text<'a>(&self, text: &'a str) -> Cow<'a, str> {
+    pub(crate) fn text<'a>(&self, text: &'a str) -> Cow<'a, str> {
         match self.mask(text.as_bytes()) {
             Cow::Borrowed(_) => Cow::Borrowed(text),
             // Masking replaces whole byte runs of valid UTF-8 secrets with ASCII.
@@ -123,6 +119,11 @@ impl Redactor {
             out = Cow::Owned(next);
         }
         out
+    }
+
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
+        self.finders.is_empty()
     }
 }
 

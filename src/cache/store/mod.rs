@@ -42,16 +42,16 @@ pub struct NewEntry {
 
 /// A cached answer, as handed to the server.
 pub struct Cached {
-    pub id: u64,
-    pub response: Bytes,
-    pub model: Arc<str>,
+    pub(crate) id: u64,
+    pub(crate) response: Bytes,
+    pub(crate) model: Arc<str>,
     /// The entry's learned threshold (see `tighten`).
-    pub min_similarity: f32,
+    pub(crate) min_similarity: f32,
     /// Guard features of the cached query (semantic candidates only).
-    pub features: Option<Features>,
+    pub(crate) features: Option<Features>,
     /// The cached query's text (semantic candidates only, UTF-8 checked), for token alignment
     /// and the pair verifier: a slice of the unpacked block, not a copy.
-    pub query: Option<Bytes>,
+    pub(crate) query: Option<Bytes>,
 }
 
 /// What an entry is filed under: shared by every entry with the same three, so an entry pays
@@ -327,7 +327,7 @@ pub enum Eviction {
 }
 
 impl Eviction {
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Eviction::Lru => "lru",
             Eviction::Expired => "expired",
@@ -352,7 +352,7 @@ impl Default for Store {
 }
 
 /// How far above a wrongly served similarity an entry's learned threshold is set.
-pub const LEARNED_MARGIN: f32 = 0.005;
+pub(crate) const LEARNED_MARGIN: f32 = 0.005;
 
 /// What an entry costs beyond its blob, as counted against `max_bytes` so that the bound follows
 /// the memory really held: its slot in the slab, its bucket in the exact table, the allocator's
@@ -381,12 +381,8 @@ impl Store {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.lock().len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     pub fn bytes(&self) -> usize {
@@ -399,7 +395,12 @@ impl Store {
         indexes.iter().map(|i| i.memory_usage()).sum()
     }
 
-    pub fn get_exact(&self, key: &Key, now: Instant) -> Result<Option<Cached>, Vec<Eviction>> {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub(crate) fn get_exact(&self, key: &Key, now: Instant) -> Result<Option<Cached>, Vec<Eviction>> {
         let mut removals = Removals::new();
         let hit = {
             let mut g = self.lock();
@@ -425,12 +426,12 @@ impl Store {
     }
 
     /// The index of a partition, if it has entries.
-    pub fn partition(&self, key: &Key) -> Option<Arc<PartitionIndex>> {
+    pub(crate) fn partition(&self, key: &Key) -> Option<Arc<PartitionIndex>> {
         self.lock().partitions.get(key).map(|p| p.index.clone())
     }
 
     /// A semantic candidate, if it is still live and in `partition`.
-    pub fn candidate(&self, id: u64, partition: &Key, now: Instant) -> Option<Cached> {
+    pub(crate) fn candidate(&self, id: u64, partition: &Key, now: Instant) -> Option<Cached> {
         let (mut cached, blob) = {
             let mut g = self.lock();
             let slot = g.slot_of(id)?;
@@ -511,7 +512,7 @@ impl Store {
 
     /// Raises an entry's learned threshold above `similarity`: verification found that a hit
     /// at that similarity served a wrong answer. Returns the new threshold.
-    pub fn tighten(&self, id: u64, similarity: f32) -> Option<f32> {
+    pub(crate) fn tighten(&self, id: u64, similarity: f32) -> Option<f32> {
         let mut g = self.lock();
         let slot = g.slot_of(id)?;
         let e = g.slots[slot as usize].entry.as_mut()?;
@@ -520,13 +521,13 @@ impl Store {
     }
 
     /// Removes expired entries; returns how many.
-    pub fn sweep(&self, now: Instant) -> usize {
+    pub(crate) fn sweep(&self, now: Instant) -> usize {
         let now = self.lock().millis(now);
         self.remove_where(|e| e.expires <= now)
     }
 
     /// Removes entries of a tenant and/or route (all when both are `None`).
-    pub fn purge(&self, tenant: Option<&str>, route: Option<&str>) -> usize {
+    pub(crate) fn purge(&self, tenant: Option<&str>, route: Option<&str>) -> usize {
         self.remove_where(|e| {
             tenant.is_none_or(|t| *e.labels.tenant == *t) && route.is_none_or(|r| *e.labels.route == *r)
         })

@@ -84,6 +84,15 @@ pub(super) fn new_index(capacity: usize) -> Option<Index> {
 }
 
 impl PartitionIndex {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        match self.vectors.read().as_deref() {
+            Ok(Vectors::Flat(list)) => list.len(),
+            Ok(Vectors::Hnsw(index)) => index.size(),
+            Err(_) => 0,
+        }
+    }
+
     pub(super) fn new(key: Key) -> Self {
         PartitionIndex {
             key,
@@ -161,23 +170,11 @@ impl PartitionIndex {
         }
     }
 
-    pub fn memory_usage(&self) -> usize {
+    pub(crate) fn memory_usage(&self) -> usize {
         match self.vectors.read().as_deref() {
             Ok(Vectors::Flat(list)) => list.capacity() * std::mem::size_of::<FlatVector>(),
             Ok(Vectors::Hnsw(index)) => index.memory_usage(),
             Err(_) => 0,
         }
-    }
-
-    pub fn len(&self) -> usize {
-        match self.vectors.read().as_deref() {
-            Ok(Vectors::Flat(list)) => list.len(),
-            Ok(Vectors::Hnsw(index)) => index.size(),
-            Err(_) => 0,
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }

@@ -187,7 +187,6 @@ impl Validator<'_> {
             max_entries: max_entries as usize,
             max_bytes: usize::try_from(max_bytes).unwrap_or(usize::MAX),
             max_temperature,
-            privacy_patterns,
             privacy,
             semantic,
         }

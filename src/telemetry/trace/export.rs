@@ -28,7 +28,7 @@ const MAX_ATTEMPTS: u32 = 4;
 /// The longest `Retry-After` honoured; a collector asking for more gets the batch dropped.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(5);
 /// How long shutdown waits for the last flush.
-pub const SHUTDOWN_FLUSH: Duration = Duration::from_secs(3);
+pub(crate) const SHUTDOWN_FLUSH: Duration = Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 enum ExportError {
@@ -80,7 +80,7 @@ impl Clients {
 }
 
 /// Runs until `stop` turns true, then flushes what is queued (within [`SHUTDOWN_FLUSH`]).
-pub async fn run(tracer: Arc<Tracer>, mut stop: watch::Receiver<bool>) {
+pub(crate) async fn run(tracer: Arc<Tracer>, mut stop: watch::Receiver<bool>) {
     let Some(mut rx) = tracer.take_receiver() else {
         return;
     };

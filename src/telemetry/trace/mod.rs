@@ -32,14 +32,14 @@ const MAX_SPANS_PER_TRACE: usize = 64;
 /// The parent context an app sent in `traceparent` (and `tracestate`, passed on as is).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Parent {
-    pub trace_id: TraceId,
-    pub span_id: SpanId,
-    pub sampled: bool,
+    pub(crate) trace_id: TraceId,
+    pub(crate) span_id: SpanId,
+    pub(crate) sampled: bool,
 }
 
 /// Parses a W3C `traceparent` (version 00, or a later version read as 00 as the spec asks).
 /// Invalid headers are ignored, which starts a new trace.
-pub fn parse_traceparent(v: &[u8]) -> Option<Parent> {
+pub(crate) fn parse_traceparent(v: &[u8]) -> Option<Parent> {
     if v.len() < 55 || v[2] != b'-' || v[35] != b'-' || v[52] != b'-' {
         return None;
     }
@@ -69,7 +69,7 @@ pub fn parse_traceparent(v: &[u8]) -> Option<Parent> {
 }
 
 /// `00-{trace}-{span}-01`.
-pub fn traceparent(trace_id: &TraceId, span_id: &SpanId) -> HeaderValue {
+pub(crate) fn traceparent(trace_id: &TraceId, span_id: &SpanId) -> HeaderValue {
     let mut s = String::with_capacity(55);
     s.push_str("00-");
     s.push_str(&hex::encode(trace_id));
@@ -227,7 +227,7 @@ impl Span {
         self.attrs.push((key, value.into()));
     }
 
-    pub fn error(&mut self, kind: impl Into<Value>, message: Option<String>) {
+    pub(crate) fn error(&mut self, kind: impl Into<Value>, message: Option<String>) {
         self.attrs.push(("error.type", kind.into()));
         self.status = Status::Error;
         self.message = message;
@@ -250,9 +250,9 @@ pub struct RequestTrace {
     spans: Vec<Span>,
     dropped: u32,
     /// When the relay began streaming the answer to the app.
-    pub stream_start: Option<Instant>,
+    pub(crate) stream_start: Option<Instant>,
     /// `gen_ai.response.finish_reasons`, when the answer said.
-    pub finish_reasons: Vec<String>,
+    pub(crate) finish_reasons: Vec<String>,
 }
 
 impl RequestTrace {
@@ -261,7 +261,7 @@ impl RequestTrace {
         self.open_under(self.root.id, name, kind)
     }
 
-    pub fn open_under(&self, parent: SpanId, name: impl Into<Cow<'static, str>>, kind: Kind) -> Span {
+    pub(crate) fn open_under(&self, parent: SpanId, name: impl Into<Cow<'static, str>>, kind: Kind) -> Span {
         let now = Instant::now();
         Span {
             id: new_span_id(),
@@ -284,7 +284,7 @@ impl RequestTrace {
     }
 
     /// Keeps a span whose start and end were measured elsewhere (the embedder's threads).
-    pub fn keep(&mut self, span: Span) {
+    pub(crate) fn keep(&mut self, span: Span) {
         if self.spans.len() < MAX_SPANS_PER_TRACE {
             self.spans.push(span);
         } else {
@@ -297,13 +297,13 @@ impl RequestTrace {
         traceparent(&self.trace_id, &span.id)
     }
 
-    pub fn trace_id_hex(&self) -> String {
+    pub(crate) fn trace_id_hex(&self) -> String {
         hex::encode(self.trace_id)
     }
 
     /// Ends the request: the root span closes now and the trace goes to the export queue
     /// (or is counted as dropped when the queue is full).
-    pub fn finish(mut self: Box<Self>) {
+    pub(crate) fn finish(mut self: Box<Self>) {
         self.root.end = Instant::now();
         if self.dropped > 0 {
             self.root

@@ -173,7 +173,7 @@ pub fn encode(resource: &[(String, String)], traces: &[RequestTrace]) -> Vec<u8>
 
 /// Reads `ExportTraceServiceResponse.partial_success` (rejected spans, message); both zero
 /// values when absent.
-pub fn partial_success(body: &[u8]) -> (i64, String) {
+pub(crate) fn partial_success(body: &[u8]) -> (i64, String) {
     let mut rejected = 0;
     let mut message = String::new();
     let Some(inner) = field_bytes(body, 1) else {
