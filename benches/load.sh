@@ -27,7 +27,8 @@ SC3=$(free_port); ADM3=$(free_port); SC4=$(free_port); ADM4=$(free_port)
 
 mkdir -p "$WORK/nginx"
 cat > "$WORK/nginx/nginx.conf" <<NGINX
-worker_processes auto;
+# One worker against the sidecar's one event-loop thread: equal terms, CPU per request compared.
+worker_processes 1;
 pid $WORK/nginx/nginx.pid;
 error_log $WORK/nginx/error.log warn;
 daemon off;
