@@ -195,9 +195,9 @@ impl Attempt<'_> {
         }
         let reason = failures.last().map_or("unknown", |(_, e)| e.kind());
         metrics.retry(provider.name(), &target.model.name, reason);
-        rec.retries += 1;
+        rec.retrying();
         let delay = backoff(&res.retries, attempt, retry_after);
-        if let Some(t) = rec.trace.as_deref_mut() {
+        if let Some(t) = rec.trace_mut() {
             traced::event(
                 t,
                 "retry",
@@ -224,7 +224,7 @@ impl Attempt<'_> {
         let breaker = &self.rt.config.resilience.breaker;
         match target.health.admit(breaker) {
             Err(retry_in) => {
-                if let Some(t) = rec.trace.as_deref_mut() {
+                if let Some(t) = rec.trace_mut() {
                     traced::event(
                         t,
                         "circuit open",
@@ -243,16 +243,14 @@ impl Attempt<'_> {
             Ok(p) => p,
             Err(outcome) => return outcome,
         };
-        rec.attempts += 1;
-        rec.model = Some(target.model.clone());
+        rec.attempting(&target.model);
         let operation = operation_name(self.endpoint.label());
         let span = rec
-            .trace
-            .as_deref()
-            .map(|t| traced::attempt(t, operation, provider, &target.model, rec.attempts));
-        let traceparent = rec.trace.as_deref().zip(span.as_ref()).map(|(t, s)| t.traceparent(s));
+            .trace()
+            .map(|t| traced::attempt(t, operation, provider, &target.model, rec.attempts()));
+        let traceparent = rec.trace().zip(span.as_ref()).map(|(t, s)| t.traceparent(s));
         let outcome = self.send(rec, route, target, provider, permit, traceparent).await;
-        if let (Some(t), Some(mut span)) = (rec.trace.as_deref_mut(), span) {
+        if let (Some(t), Some(mut span)) = (rec.trace_mut(), span) {
             match &outcome {
                 Outcome::Done(d) => span.set("http.response.status_code", d.parts.status.as_u16()),
                 Outcome::Retry(e) | Outcome::Next(e) => traced::attempt_failed(&mut span, e, &self.rt.redact),
@@ -268,12 +266,12 @@ impl Attempt<'_> {
         let metrics = &self.shared.metrics;
         let sched = &self.rt.config.scheduling;
         let waited = Instant::now();
-        let queue_span = rec.trace.as_deref().map(|t| t.open("queue wait", Kind::Internal));
+        let queue_span = rec.trace().map(|t| t.open("queue wait", Kind::Internal));
         let acquired = provider
             .scheduler
             .acquire(self.class, sched.queue_timeout, sched.max_queued)
             .await;
-        if let (Some(t), Some(mut span)) = (rec.trace.as_deref_mut(), queue_span) {
+        if let (Some(t), Some(mut span)) = (rec.trace_mut(), queue_span) {
             span.set("llm_sidecar.provider", provider.name());
             span.set("llm_sidecar.priority", self.class_name());
             if let Err(e) = &acquired {
@@ -329,7 +327,7 @@ impl Attempt<'_> {
         permit: Permit,
         traceparent: Option<HeaderValue>,
     ) -> Outcome {
-        let strip_usage = rec.stream
+        let strip_usage = rec.stream()
             && !self.head.include_usage
             && provider.adapter().adds_usage_chunk(provider.config.inject_stream_usage);
         let (uri, headers, send_body) = match self.upstream_request(rec, provider, target, strip_usage, traceparent) {
@@ -405,7 +403,7 @@ impl Attempt<'_> {
         // The tee reads the body; compression would hide usage from it.
         headers.remove(header::ACCEPT_ENCODING);
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        headers.insert("x-request-id", rec.request_id.clone());
+        headers.insert("x-request-id", rec.request_id().clone());
         if let Some(purpose) = self.purpose {
             headers.insert("x-llm-sidecar-purpose", HeaderValue::from_static(purpose));
         }
@@ -503,7 +501,7 @@ impl Attempt<'_> {
         let status = parts.status;
         let bad = |settle, detail: &str| Err(malformed(settle, provider, status, detail.into()));
         match body {
-            Received::Complete(_) if rec.stream => bad(settle, "a whole JSON body for a stream request"),
+            Received::Complete(_) if rec.stream() => bad(settle, "a whole JSON body for a stream request"),
             Received::Complete(bytes) => {
                 let Some(bytes) = provider.adapter().response(status, bytes, &target.model.name) else {
                     return bad(settle, "a body in no shape the provider's protocol allows");
@@ -520,8 +518,8 @@ impl Attempt<'_> {
                 };
                 Ok((Received::Complete(bytes), Some(checked)))
             }
-            Received::Stream { sse: true, .. } if !rec.stream => bad(settle, "an event stream for a JSON request"),
-            Received::Stream { .. } if rec.stream && !is_sse(parts) => {
+            Received::Stream { sse: true, .. } if !rec.stream() => bad(settle, "an event stream for a JSON request"),
+            Received::Stream { .. } if rec.stream() && !is_sse(parts) => {
                 bad(settle, "a body too large to be a stream's answer")
             }
             Received::Stream {
@@ -561,7 +559,7 @@ impl Attempt<'_> {
         let mut translate = provider.adapter().stream(&target.model.name, self.head.include_usage);
         let first_byte = provider.config.timeouts.first_byte;
         let mut scanner = SseScanner::new(x.strip_usage);
-        if rec.trace.is_some() {
+        if rec.trace().is_some() {
             scanner.track_finish_reason();
         }
         let limits = (x.idle, x.started + first_byte, first_byte, x.deadline);

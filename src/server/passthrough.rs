@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use super::body::{Body, RateGuard, drain_after};
 use super::error::ApiError;
 use super::proxy::{expects_continue, limit_error, priority_class};
-use super::record::{Account, RequestRecord};
+use super::record::RequestRecord;
 use super::reply::{Answer, fail, relay, route_header};
 use super::response::{Received, internal, receive};
 use super::traced;
@@ -37,9 +37,8 @@ pub(crate) async fn passthrough(
 ) -> Response<Body> {
     let rt: Arc<Runtime> = shared.runtime.load_full();
     let mut rec = RequestRecord::new(shared.metrics.clone(), request_id, "passthrough");
-    rec.live = Some(shared.live.clone());
-    rec.trace = shared.tracer.start(req.headers(), "passthrough");
-    if let Some(t) = rec.trace.as_deref_mut() {
+    rec.observed(shared.live.clone(), shared.tracer.start(req.headers(), "passthrough"));
+    if let Some(t) = rec.trace_mut() {
         traced::passthrough(t, req.method(), &path);
     }
     let (parts, incoming) = req.into_parts();
@@ -47,7 +46,7 @@ pub(crate) async fn passthrough(
     let mut incoming = Some(incoming);
     let result = async {
         let tenant = rt.tenants.identify(&parts.headers)?;
-        rec.tenant = Some(tenant.clone());
+        rec.identified(&tenant);
         admit(&shared, &rt, &mut rec, &tenant, &parts.headers)?;
         let route = rt.router.default_route().ok_or_else(|| {
             ApiError::unknown_url(&parts.method, &path).with_message(format!(
@@ -56,7 +55,7 @@ pub(crate) async fn passthrough(
                 path
             ))
         })?;
-        rec.route = Some(route.name.clone());
+        rec.routed(&route.name, None);
         let (model, provider) = openai_target(&rt, route)?;
         let upstream = Upstream {
             shared: &shared,
@@ -104,12 +103,7 @@ fn admit(
         Ok(a) => a,
         Err(limited) => return Err(limit_error(shared, rec, tenant, limited)),
     };
-    rec.ratelimit = admission.headers;
-    rec.account = Some(Account {
-        ledger: shared.ledger.clone(),
-        config: rt.config.clone(),
-        admission,
-    });
+    rec.admitted(shared.ledger.clone(), rt.config.clone(), admission);
     Ok(())
 }
 
@@ -147,7 +141,7 @@ impl Upstream<'_> {
         // Taken only when the body is sent: after an earlier error it is still there, to be drained.
         incoming: &mut Option<Incoming>,
     ) -> Result<Answer, ApiError> {
-        let class = priority_class(self.rt, &parts.headers, rec.tenant.as_deref().unwrap_or(""))?;
+        let class = priority_class(self.rt, &parts.headers, rec.tenant().map_or("", |t| &**t))?;
         let sched = &self.rt.config.scheduling;
         let provider = self.provider;
         let permit = provider
@@ -161,13 +155,12 @@ impl Upstream<'_> {
                     reason,
                 })
             })?;
-        rec.model = Some(self.model.clone());
-        rec.attempts = 1;
+        rec.attempting(self.model);
         let suffix = path.strip_prefix("/v1").unwrap_or(path);
         let uri = provider.uri(suffix, parts.uri.query()).map_err(internal)?;
         let mut headers = HeaderMap::with_capacity(parts.headers.len() + 2);
         provider.forward_headers(&parts.headers, &mut headers, true);
-        headers.insert("x-request-id", rec.request_id.clone());
+        headers.insert("x-request-id", rec.request_id().clone());
         self.sent(rec, parts, route, incoming, uri, headers, permit).await
     }
 
@@ -185,10 +178,9 @@ impl Upstream<'_> {
     ) -> Result<Answer, ApiError> {
         let provider = self.provider;
         let mut span = rec
-            .trace
-            .as_deref()
+            .trace()
             .map(|t| traced::passthrough_attempt(t, &parts.method, provider));
-        if let (Some(t), Some(span)) = (rec.trace.as_deref(), span.as_ref()) {
+        if let (Some(t), Some(span)) = (rec.trace(), span.as_ref()) {
             headers.insert("traceparent", t.traceparent(span));
         }
         let body = incoming
@@ -199,7 +191,7 @@ impl Upstream<'_> {
         let sent = provider
             .send(parts.method.clone(), uri, headers, body, deadline, permit)
             .await;
-        if let (Some(t), Some(mut span)) = (rec.trace.as_deref_mut(), span.take()) {
+        if let (Some(t), Some(mut span)) = (rec.trace_mut(), span.take()) {
             match &sent {
                 Ok(up) => span.set("http.response.status_code", up.response.status().as_u16()),
                 Err(e) => traced::attempt_failed(&mut span, e, &self.rt.redact),

@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 use super::attempt::Attempt;
 use super::body::{Body, ReadError, drain_after, read_request};
 use super::error::ApiError;
-use super::record::{Account, AdviceInput, Outcome, RequestRecord, operation_name};
+use super::record::{AdviceInput, Outcome, RequestRecord, operation_name};
 use super::reply::{Answer, CacheStore, fail, relay, route_header, serve_cached};
 use super::traced;
 use super::verify::{self, Verification};
@@ -49,9 +49,11 @@ pub(crate) async fn openai(
 ) -> Response<Body> {
     let rt = shared.runtime.load_full();
     let mut rec = RequestRecord::new(shared.metrics.clone(), request_id, endpoint.label());
-    rec.live = Some(shared.live.clone());
-    rec.trace = shared.tracer.start(req.headers(), operation_name(endpoint.label()));
-    if let Some(t) = rec.trace.as_deref_mut() {
+    rec.observed(
+        shared.live.clone(),
+        shared.tracer.start(req.headers(), operation_name(endpoint.label())),
+    );
+    if let Some(t) = rec.trace_mut() {
         traced::http(t, req.method(), req.uri().path());
     }
     let (parts, mut incoming) = req.into_parts();
@@ -98,11 +100,11 @@ struct Admitted<'b> {
 impl Stages<'_> {
     async fn run(&self, rec: &mut RequestRecord, incoming: &mut Incoming) -> Result<Reply, ApiError> {
         let tenant = self.rt.tenants.identify(self.headers)?;
-        rec.tenant = Some(tenant.clone());
+        rec.identified(&tenant);
         let body = read_request_body(incoming, self.headers, &self.rt.config.server, &self.shared.metrics).await?;
         let head = RequestHead::parse(&body)?;
-        rec.stream = head.stream && self.endpoint.streams();
-        if let Some(t) = rec.trace.as_deref_mut() {
+        rec.streams(head.stream && self.endpoint.streams());
+        if let Some(t) = rec.trace_mut() {
             traced::request(t, operation_name(self.endpoint.label()), &head);
         }
         let admitted = self.admit(rec, &tenant, &head, body.len())?;
@@ -113,7 +115,7 @@ impl Stages<'_> {
             if let Some(hit) = self.lookup(rec, p).await {
                 return Ok(self.cached(rec, hit, &tenant, &decision, &head, &body));
             }
-            if let Some(a) = rec.advice.as_mut() {
+            if let Some(a) = rec.advice_mut() {
                 a.best_miss = p.best_similarity;
             }
         }
@@ -130,14 +132,14 @@ impl Stages<'_> {
     ) -> Result<Admitted<'b>, ApiError> {
         let rt = self.rt;
         let class = priority_class(rt, self.headers, tenant)?;
-        rec.priority = rt.config.scheduling.classes.get(class).map(|(n, _)| n.clone());
+        rec.queued_as(rt.config.scheduling.classes.get(class).map(|(n, _)| n.clone()));
         // The last user turn is read once, when the router, the dashboard or a sampled
         // complexity score (cost advice) needs it.
         let sampled = self.shared.advisor.sample();
         let want_text = rt.router.needs_text() || rt.config.server.dashboard_prompts || sampled;
         let signals = Signals::read(head, body_len, want_text);
         if rt.config.server.dashboard_prompts {
-            rec.prompt = Some(signals.text.as_deref().unwrap_or("").chars().take(120).collect());
+            rec.show_prompt(signals.text.as_deref().unwrap_or(""));
         }
         let estimate = signals.prompt_tokens + signals.completion_estimate();
         let admission = match self
@@ -148,13 +150,8 @@ impl Stages<'_> {
             Ok(a) => a,
             Err(limited) => return Err(limit_error(self.shared, rec, tenant, limited)),
         };
-        rec.ratelimit = admission.headers;
         let budget_soft = admission.soft;
-        rec.account = Some(Account {
-            ledger: self.shared.ledger.clone(),
-            config: rt.config.clone(),
-            admission,
-        });
+        rec.admitted(self.shared.ledger.clone(), rt.config.clone(), admission);
         Ok(Admitted {
             class,
             budget_soft,
@@ -171,7 +168,7 @@ impl Stages<'_> {
         head: &RequestHead<'_>,
         admitted: &Admitted<'_>,
     ) -> Result<Decision, ApiError> {
-        let span = rec.trace.as_deref().map(|t| t.open("route", Kind::Internal));
+        let span = rec.trace().map(|t| t.open("route", Kind::Internal));
         let decided = decide(
             self.shared,
             self.rt,
@@ -180,15 +177,14 @@ impl Stages<'_> {
             tenant,
             self.headers,
             admitted.budget_soft,
-            rec.trace.as_deref_mut().zip(span.as_ref()),
+            rec.trace_mut().zip(span.as_ref()),
         )
         .await;
-        if let (Some(t), Some(span)) = (rec.trace.as_deref_mut(), span) {
+        if let (Some(t), Some(span)) = (rec.trace_mut(), span) {
             traced::route(t, span, &decided);
         }
         let decision = decided?;
-        rec.route = Some(decision.route.name.clone());
-        rec.reason = Some(decision.reason);
+        rec.routed(&decision.route.name, Some(decision.reason));
         if let Some(first) = decision.candidates.first() {
             self.shared
                 .metrics
@@ -221,21 +217,21 @@ impl Stages<'_> {
             self.headers,
             body,
         );
-        let plan = match planned {
+        match planned {
             Ok(p) => {
-                rec.cache_skip = p.skipped;
+                let status = if p.lookup {
+                    CacheStatus::Miss
+                } else {
+                    CacheStatus::Bypass
+                };
+                rec.cache_planned(status, p.skipped);
                 Some(p)
             }
             Err(reason) => {
-                rec.cache_skip = Some(reason);
+                rec.cache_planned(CacheStatus::Bypass, Some(reason));
                 None
             }
-        };
-        rec.cache = match &plan {
-            Some(p) if p.lookup => CacheStatus::Miss,
-            _ => CacheStatus::Bypass,
-        };
-        plan
+        }
     }
 
     /// What the cost advisor will learn from this request when it ends.
@@ -243,7 +239,7 @@ impl Stages<'_> {
         let light = admitted
             .sampled
             .then(|| crate::router::complexity::score(admitted.signals.text.as_deref().unwrap_or("")).total < 0.5);
-        rec.advice = Some(AdviceInput {
+        rec.advise_with(AdviceInput {
             advisor: self.shared.advisor.clone(),
             needs: admitted.signals.needs,
             light,
@@ -253,10 +249,10 @@ impl Stages<'_> {
     }
 
     async fn lookup(&self, rec: &mut RequestRecord, plan: &mut Plan) -> Option<Hit> {
-        let span = rec.trace.as_deref().map(|t| t.open("cache lookup", Kind::Internal));
+        let span = rec.trace().map(|t| t.open("cache lookup", Kind::Internal));
         let hit = self.shared.cache.lookup(plan, &self.rt.config.cache).await;
-        rec.cache_skip = plan.skipped;
-        if let (Some(t), Some(span)) = (rec.trace.as_deref_mut(), span) {
+        rec.cache_skipped(plan.skipped);
+        if let (Some(t), Some(span)) = (rec.trace_mut(), span) {
             traced::cache(t, span, plan, hit.as_ref());
         }
         hit
@@ -287,7 +283,7 @@ impl Stages<'_> {
         }
         Reply::Cached {
             hit,
-            stream: rec.stream,
+            stream: rec.stream(),
             include_usage: head.include_usage,
             route: route_header(&decision.route.name),
         }
@@ -395,9 +391,7 @@ pub(super) fn limit_error(
         })
         .inc();
     let (e, headers) = ApiError::limited(tenant, limited);
-    if headers.is_some() {
-        rec.ratelimit = headers;
-    }
+    rec.limited(headers);
     e
 }
 

@@ -26,41 +26,41 @@ static NONE_LABEL: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| A
 
 pub struct RequestRecord {
     metrics: Arc<Metrics>,
-    pub(crate) request_id: HeaderValue,
-    pub(crate) endpoint: &'static str,
-    pub(crate) tenant: Option<Arc<str>>,
-    pub(crate) route: Option<Arc<str>>,
-    pub(crate) model: Option<Arc<ModelConfig>>,
-    pub(crate) stream: bool,
-    pub(crate) attempts: u32,
-    pub(crate) start: Instant,
-    pub(crate) ttft: Option<Duration>,
-    pub(crate) status: u16,
-    pub(crate) usage: Option<Usage>,
+    request_id: HeaderValue,
+    endpoint: &'static str,
+    tenant: Option<Arc<str>>,
+    route: Option<Arc<str>>,
+    model: Option<Arc<ModelConfig>>,
+    stream: bool,
+    attempts: u32,
+    start: Instant,
+    ttft: Option<Duration>,
+    status: u16,
+    usage: Option<Usage>,
     /// `x-llm-sidecar-cache` as answered: hit-exact, hit-semantic, miss, bypass.
-    pub(crate) cache: CacheStatus,
+    cache: CacheStatus,
     /// Why the cache lookup (or its semantic half) did not run: a `llm_sidecar_cache_skips`
     /// reason, in the log line.
-    pub(crate) cache_skip: Option<crate::cache::Skip>,
+    cache_skip: Option<crate::cache::Skip>,
     /// Why the route put the candidates in their order (the routing decision's reason).
-    pub(crate) reason: Option<Reason>,
+    reason: Option<Reason>,
     /// The priority class the request queued in.
-    pub(crate) priority: Option<Arc<str>>,
+    priority: Option<Arc<str>>,
     /// Retries of a candidate (attempts beyond the first per candidate).
-    pub(crate) retries: u32,
+    retries: u32,
     /// What to reconcile with the tenant's limits and budget when the request ends.
-    pub(crate) account: Option<Account>,
+    account: Option<Account>,
     /// `x-ratelimit-*` values for the response.
-    pub(crate) ratelimit: Option<RateHeaders>,
+    ratelimit: Option<RateHeaders>,
     /// For cost advice: what the request needed, its complexity (when sampled), the best
     /// semantic near-miss, and whether a soft-budget tenant went unrouted.
-    pub(crate) advice: Option<AdviceInput>,
+    advice: Option<AdviceInput>,
     /// The live dashboard's ring of recent requests.
-    pub(crate) live: Option<Arc<Live<crate::router::Reason>>>,
+    live: Option<Arc<Live<crate::router::Reason>>>,
     /// The prompt's first words, only when `server.dashboard_prompts` is on.
-    pub(crate) prompt: Option<String>,
+    prompt: Option<String>,
     /// The request's spans, when tracing is on and the request sampled.
-    pub(crate) trace: Option<Box<RequestTrace>>,
+    trace: Option<Box<RequestTrace>>,
     finished: bool,
 }
 
@@ -119,6 +119,139 @@ impl RequestRecord {
             trace: None,
             finished,
         }
+    }
+
+    // The stages, in the order a request meets them; each records what it decided.
+
+    /// The live dashboard's ring and the request's trace (when sampled), from the start.
+    pub(crate) fn observed(&mut self, live: Arc<Live<Reason>>, trace: Option<Box<RequestTrace>>) {
+        self.live = Some(live);
+        self.trace = trace;
+    }
+
+    pub(crate) fn identified(&mut self, tenant: &Arc<str>) {
+        self.tenant = Some(tenant.clone());
+    }
+
+    /// The body was read: whether the app asked for a stream.
+    pub(crate) fn streams(&mut self, stream: bool) {
+        self.stream = stream;
+    }
+
+    /// The prompt's first words, for the dashboard (only when `server.dashboard_prompts` is on).
+    pub(crate) fn show_prompt(&mut self, text: &str) {
+        self.prompt = Some(text.chars().take(120).collect());
+    }
+
+    pub(crate) fn queued_as(&mut self, priority: Option<Arc<str>>) {
+        self.priority = priority;
+    }
+
+    /// Admitted by the tenant's limits: settled against real usage when the request ends.
+    pub(crate) fn admitted(&mut self, ledger: Arc<Ledger>, config: Arc<Config>, admission: Admission) {
+        self.ratelimit = admission.headers;
+        self.account = Some(Account {
+            ledger,
+            config,
+            admission,
+        });
+    }
+
+    /// Refused by a limit: its `x-ratelimit-*` go back to the app.
+    pub(crate) fn limited(&mut self, headers: Option<RateHeaders>) {
+        if headers.is_some() {
+            self.ratelimit = headers;
+        }
+    }
+
+    pub(crate) fn routed(&mut self, route: &Arc<str>, reason: Option<Reason>) {
+        self.route = Some(route.clone());
+        self.reason = reason;
+    }
+
+    /// What the cache will do: `Miss` until a lookup says otherwise, `Bypass` when it does not
+    /// apply; and why its lookup (or semantic half) will not run.
+    pub(crate) fn cache_planned(&mut self, status: CacheStatus, skip: Option<crate::cache::Skip>) {
+        self.cache = status;
+        self.cache_skip = skip;
+    }
+
+    pub(crate) fn cache_skipped(&mut self, skip: Option<crate::cache::Skip>) {
+        self.cache_skip = skip;
+    }
+
+    pub(crate) fn advise_with(&mut self, input: AdviceInput) {
+        self.advice = Some(input);
+    }
+
+    pub(crate) fn advice_mut(&mut self) -> Option<&mut AdviceInput> {
+        self.advice.as_mut()
+    }
+
+    /// One more attempt, on `model`.
+    pub(crate) fn attempting(&mut self, model: &Arc<ModelConfig>) {
+        self.attempts += 1;
+        self.model = Some(model.clone());
+    }
+
+    pub(crate) fn retrying(&mut self) {
+        self.retries += 1;
+    }
+
+    /// The status the app gets.
+    pub(crate) fn answered(&mut self, status: u16) {
+        self.status = status;
+    }
+
+    pub(crate) fn used(&mut self, usage: Option<Usage>) {
+        self.usage = usage;
+    }
+
+    /// Served from the cache: `model` answered it once.
+    pub(crate) fn served_from_cache(&mut self, status: CacheStatus, model: Option<Arc<ModelConfig>>) {
+        self.cache = status;
+        self.model = model;
+        self.status = 200;
+    }
+
+    pub(crate) fn request_id(&self) -> &HeaderValue {
+        &self.request_id
+    }
+
+    pub(crate) fn tenant(&self) -> Option<&Arc<str>> {
+        self.tenant.as_ref()
+    }
+
+    pub(crate) fn route(&self) -> Option<&Arc<str>> {
+        self.route.as_ref()
+    }
+
+    pub(crate) fn model(&self) -> Option<&Arc<ModelConfig>> {
+        self.model.as_ref()
+    }
+
+    pub(crate) fn stream(&self) -> bool {
+        self.stream
+    }
+
+    pub(crate) fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    pub(crate) fn cache(&self) -> CacheStatus {
+        self.cache
+    }
+
+    pub(crate) fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+
+    pub(crate) fn trace(&self) -> Option<&RequestTrace> {
+        self.trace.as_deref()
+    }
+
+    pub(crate) fn trace_mut(&mut self) -> Option<&mut RequestTrace> {
+        self.trace.as_deref_mut()
     }
 
     pub(crate) fn metrics(&self) -> &Arc<Metrics> {

@@ -231,8 +231,8 @@ impl RelayProj<'_> {
         let (tail, outcome, failure) = match self.mode {
             Mode::Sse(scanner) => {
                 let tail = scanner.finish();
-                self.record.usage = scanner.usage;
-                if let (Some(t), Some(r)) = (self.record.trace.as_deref_mut(), scanner.finish_reason.take()) {
+                self.record.used(scanner.usage);
+                if let (Some(t), Some(r)) = (self.record.trace_mut(), scanner.finish_reason.take()) {
                     t.finish_reasons = vec![r];
                 }
                 let (outcome, failure) = judge_end(scanner, self.settle.is_some(), *self.outcome);
@@ -280,15 +280,15 @@ impl RelayProj<'_> {
             _ if shutdown => {}
             Some(settle) => settle.failed(kind),
             None => {
-                if let Some(m) = &self.record.model {
+                if let Some(m) = self.record.model() {
                     // Counted here because the handler already returned.
                     self.record.metrics().upstream_error(&m.provider, kind);
                 }
             }
         }
-        tracing::warn!(request_id = self.record.request_id.to_str().unwrap_or(""), %message, "upstream failed mid-response");
+        tracing::warn!(request_id = self.record.request_id().to_str().unwrap_or(""), %message, "upstream failed mid-response");
         if let Mode::Sse(scanner) = self.mode {
-            self.record.usage = scanner.usage;
+            self.record.used(scanner.usage);
             self.record.finish(outcome);
             *self.state = State::Ending;
             return Ok(Frame::data(error_event(&message, kind)));

@@ -71,7 +71,7 @@ pub(super) fn relay(mut rec: RequestRecord, mut answer: Answer) -> Response<Body
     *resp.status_mut() = answer.parts.status;
     answer_headers(&rec, &answer, resp.headers_mut());
     rec.response_headers(resp.headers_mut());
-    rec.status = answer.parts.status.as_u16();
+    rec.answered(answer.parts.status.as_u16());
     // An empty `Bytes` costs nothing; the body itself moves on.
     let body = match std::mem::replace(&mut answer.body, Received::Complete(Bytes::new())) {
         Received::Complete(bytes) => whole(&mut rec, answer, bytes, resp.headers_mut()),
@@ -98,13 +98,13 @@ fn answer_headers(rec: &RequestRecord, answer: &Answer, h: &mut HeaderMap) {
         }
         h.append(name.clone(), value.clone());
     }
-    h.insert("x-request-id", rec.request_id.clone());
+    h.insert("x-request-id", rec.request_id().clone());
     h.insert("x-llm-sidecar-route", answer.route.clone());
     if let Ok(v) = HeaderValue::from_str(&answer.model.name) {
         h.insert("x-llm-sidecar-model", v);
     }
-    h.insert("x-llm-sidecar-attempts", HeaderValue::from(rec.attempts));
-    h.insert("x-llm-sidecar-cache", HeaderValue::from_static(rec.cache.header()));
+    h.insert("x-llm-sidecar-attempts", HeaderValue::from(rec.attempts()));
+    h.insert("x-llm-sidecar-cache", HeaderValue::from_static(rec.cache().header()));
 }
 
 /// A whole answer: its usage and cost, stored when it passed the check, the record finished.
@@ -113,14 +113,14 @@ fn whole(rec: &mut RequestRecord, answer: Answer, bytes: Bytes, h: &mut HeaderMa
     let status = answer.parts.status;
     let bytes = answer.redact.bytes(bytes);
     if status.is_success() {
-        rec.usage = match answer.checked {
+        rec.used(match answer.checked {
             Some(usage) => usage,
             None => parse_usage(&bytes).map(|r| r.usage),
-        };
-        if let Some(t) = rec.trace.as_deref_mut() {
+        });
+        if let Some(t) = rec.trace_mut() {
             t.finish_reasons = finish_reasons(&bytes);
         }
-        if let Some(u) = rec.usage {
+        if let Some(u) = rec.usage() {
             let cost = u.cost(&answer.model.pricing);
             if let Ok(v) = HeaderValue::from_str(&format!("{cost:.8}")) {
                 h.insert("x-llm-sidecar-cost-usd", v);
@@ -146,14 +146,14 @@ fn stream(mut rec: RequestRecord, answer: Answer, incoming: Incoming, prefix: Op
         None if sse && status.is_success() => {
             // Passthrough streams (the Responses API and others) are relayed as they are.
             let mut scanner = SseScanner::lenient(answer.strip_usage);
-            if rec.trace.is_some() {
+            if rec.trace().is_some() {
                 scanner.track_finish_reason();
             }
             (Mode::Sse(scanner), prefix, None, None)
         }
         None => (Mode::Raw, prefix, None, None),
     };
-    if let Some(t) = rec.trace.as_deref_mut() {
+    if let Some(t) = rec.trace_mut() {
         t.stream_start = Some(std::time::Instant::now());
     }
     // A stream is stored only if it was committed (its first event checked) and ends complete
@@ -210,27 +210,25 @@ pub(super) fn serve_cached(
         "application/json"
     };
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    h.insert("x-request-id", rec.request_id.clone());
+    h.insert("x-request-id", rec.request_id().clone());
     h.insert("x-llm-sidecar-route", route);
     if let Ok(v) = HeaderValue::from_str(&hit.model) {
         h.insert("x-llm-sidecar-model", v);
     }
     h.insert("x-llm-sidecar-attempts", HeaderValue::from(0));
-    rec.cache = CacheStatus::from(hit.kind);
+    rec.served_from_cache(CacheStatus::from(hit.kind), rt.config.models.get(&*hit.model).cloned());
     if let HitKind::Semantic { similarity } = hit.kind
         && let Ok(v) = HeaderValue::from_str(&format!("{similarity:.4}"))
     {
         h.insert("x-llm-sidecar-cache-similarity", v);
     }
-    h.insert("x-llm-sidecar-cache", HeaderValue::from_static(rec.cache.header()));
-    if let Some(t) = rec.trace.as_deref_mut() {
+    h.insert("x-llm-sidecar-cache", HeaderValue::from_static(rec.cache().header()));
+    if let Some(t) = rec.trace_mut() {
         t.finish_reasons = finish_reasons(&hit.response);
     }
     // Served locally: the provider charged nothing for this answer.
     h.insert("x-llm-sidecar-cost-usd", HeaderValue::from_static("0"));
     rec.response_headers(h);
-    rec.model = rt.config.models.get(&*hit.model).cloned();
-    rec.status = 200;
     rec.finish(Outcome::CacheHit);
     resp
 }
@@ -240,18 +238,18 @@ pub(super) fn fail(mut rec: RequestRecord, mut e: ApiError, redact: &Redactor) -
     if let Cow::Owned(m) = redact.text(&e.message) {
         e.message = m;
     }
-    rec.status = e.status.as_u16();
+    rec.answered(e.status.as_u16());
     let mut resp = {
         rec.finish(e.outcome);
-        let id = rec.request_id.clone();
+        let id = rec.request_id().clone();
         e.into_response(&id)
     };
-    if let Some(route) = &rec.route {
+    if let Some(route) = rec.route() {
         resp.headers_mut().insert("x-llm-sidecar-route", route_header(route));
     }
-    if rec.attempts > 0 {
+    if rec.attempts() > 0 {
         resp.headers_mut()
-            .insert("x-llm-sidecar-attempts", HeaderValue::from(rec.attempts));
+            .insert("x-llm-sidecar-attempts", HeaderValue::from(rec.attempts()));
     }
     rec.response_headers(resp.headers_mut());
     resp
