@@ -40,6 +40,22 @@ fn check_config_reports_every_problem_with_its_path() {
     .unwrap();
     let out = Command::new(BIN).arg("check-config").arg(&good).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    // A provider whose key is missing is reported, not fatal, while another provider serves.
+    let partial = dir.path().join("partial.yaml");
+    std::fs::write(
+        &partial,
+        "providers:\n  p: { base_url: \"http://127.0.0.1:1/v1\" }\n  q: { base_url: \"http://127.0.0.1:2/v1\", auth: { key_env: LLM_SIDECAR_TEST_UNSET_KEY } }\nmodels: { m: { provider: p }, n: { provider: q } }\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&partial)
+        .env_remove("LLM_SIDECAR_TEST_UNSET_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("providers.q.auth.key_env"), "{err}");
     // An empty or comment-only file parses, and serves nothing: invalid.
     for text in ["", "# nothing here yet\n"] {
         let empty = dir.path().join("empty.yaml");

@@ -603,3 +603,65 @@ async fn the_dashboard_and_alerts_only_use_exported_metrics() {
         assert!(exported.contains(&format!("# TYPE {n} ")), "{n} not exported");
     }
 }
+
+/// A provider whose key is missing (one namespace holds only some of the shared config's
+/// keys) does not keep the sidecar, or the app behind its readiness, from starting: the other
+/// providers serve, the unusable one is named in /readyz, /admin/config, a metric and a clear
+/// 503 for the requests that need it.
+#[tokio::test]
+async fn a_provider_without_its_key_is_reported_and_the_rest_serves() {
+    let mock = MockUpstream::start().await.unwrap();
+    let extra = r#"
+  keyless:
+    base_url: http://127.0.0.1:9/v1
+    auth: { key_env: KEY_OF_ANOTHER_NAMESPACE }
+"#;
+    let text = config(&mock.base_url(), "")
+        .replacen("providers:\n", &format!("providers:{extra}"), 1)
+        .replacen(
+            "routes:\n",
+            "  other-model:\n    provider: keyless\nroutes:\n  - name: other\n    models: [other]\n    targets: [{ model: other-model }]\n",
+            1,
+        );
+    let h = Harness::with_text(mock, text).await;
+    let ready = h.client.get(h.admin("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let body = ready.text().await.unwrap();
+    assert!(body.contains("provider keyless unusable"), "{body}");
+    assert!(body.contains("KEY_OF_ANOTHER_NAMESPACE"), "{body}");
+
+    assert_eq!(h.chat(chat_body("hi")).await.status(), 200);
+    let mut other = chat_body("hi");
+    other["model"] = json!("other");
+    let r = h.chat(other).await;
+    assert_eq!(r.status(), 503);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "provider_unavailable");
+    let msg = e["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("keyless") && msg.contains("KEY_OF_ANOTHER_NAMESPACE"),
+        "{msg}"
+    );
+    // Nothing was sent without a key.
+    assert_eq!(h.mock.requests().len(), 1);
+
+    let m = h.metrics().await;
+    assert_eq!(metric(&m, r#"llm_sidecar_provider_usable{provider="keyless"}"#), 0.0);
+    assert_eq!(metric(&m, r#"llm_sidecar_provider_usable{provider="mock"}"#), 1.0);
+    let cfg: Value = h
+        .client
+        .get(h.admin("/admin/config"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let keyless = cfg["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "keyless")
+        .unwrap();
+    assert_eq!(keyless["usable"], false);
+}

@@ -165,6 +165,9 @@ pub fn check_config(file: &Path) -> ExitCode {
                 c.routes.len(),
                 c.tenants.names.len()
             );
+            for w in &c.warnings {
+                eprintln!("  ! {w} (its models answer 503 provider_unavailable until then; the rest serves)");
+            }
             ExitCode::SUCCESS
         }
         Err(issues) => {

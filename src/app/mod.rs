@@ -335,7 +335,13 @@ async fn upkeep(shared: Arc<Shared>) {
         }
         let now = tokio::time::Instant::now();
         for (name, provider) in &rt.providers {
-            let Some(check) = provider.config.health_check.clone() else {
+            // A provider without its key would only answer 401: nothing to learn.
+            let Some(check) = provider
+                .config
+                .health_check
+                .clone()
+                .filter(|_| provider.config.unusable.is_none())
+            else {
                 continue;
             };
             let next = due.entry(name.clone()).or_insert(now);

@@ -48,6 +48,9 @@ pub struct Config {
     pub tracing: Option<Arc<TracingConfig>>,
     /// SHA-256 of the source text, so a reload of identical bytes is recognised and skipped.
     pub(crate) digest: String,
+    /// What makes part of the config unusable without making it wrong: a provider whose key
+    /// is not there (its models answer with a clear error; the rest serves).
+    pub(crate) warnings: Vec<ConfigIssue>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -95,6 +98,8 @@ pub struct ProviderConfig {
     pub(crate) inject_stream_usage: bool,
     pub(crate) kind: ProviderKind,
     pub(crate) health_check: Option<HealthCheck>,
+    /// Why the provider cannot be used (its key is missing), when it cannot.
+    pub(crate) unusable: Option<Arc<str>>,
 }
 
 /// The wire protocol a provider speaks.
@@ -144,6 +149,8 @@ pub struct ModelConfig {
     /// Prompt + completion tokens the model accepts; `None` when not declared.
     pub(crate) context_window: Option<u64>,
     pub(crate) capabilities: Capabilities,
+    /// Why the model cannot be used (its provider's key is missing), when it cannot.
+    pub(crate) unusable: Option<Arc<str>>,
 }
 
 /// What a model can do, as declared in the catalogue. A model that declares nothing is

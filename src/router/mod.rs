@@ -315,6 +315,15 @@ pub enum RouteError {
         tokens: u64,
         detail: String,
     },
+    #[error(
+        "Route `{route}` cannot be served here: its model `{model}` is on provider `{provider}`, which this sidecar cannot use ({reason}). Ask the platform team to provide the key, or use another model."
+    )]
+    Unusable {
+        route: Arc<str>,
+        model: Arc<str>,
+        provider: Arc<str>,
+        reason: Arc<str>,
+    },
 }
 
 /// What the router needs to know about one request.
@@ -642,7 +651,10 @@ fn eligible(route: &Route, s: &Signals<'_>) -> (Vec<Target>, usize) {
     let mut out = Vec::with_capacity(route.targets.len() + 1);
     let mut filtered = 0;
     for t in &route.targets {
-        if t.model.capabilities.contains(s.needs) && t.model.context_window.is_none_or(|w| w >= tokens) {
+        if t.model.unusable.is_none()
+            && t.model.capabilities.contains(s.needs)
+            && t.model.context_window.is_none_or(|w| w >= tokens)
+        {
             out.push(t.clone());
         } else {
             filtered += 1;
@@ -652,6 +664,19 @@ fn eligible(route: &Route, s: &Signals<'_>) -> (Vec<Target>, usize) {
 }
 
 fn no_eligible(route: &Route, s: &Signals<'_>) -> RouteError {
+    // Every target that could have served is on a provider without its key: say that, not
+    // that the request asked for too much.
+    let fits = |t: &&Target| t.model.capabilities.contains(s.needs);
+    if let Some(t) = route.targets.iter().filter(fits).find(|t| t.model.unusable.is_some())
+        && route.targets.iter().filter(fits).all(|t| t.model.unusable.is_some())
+    {
+        return RouteError::Unusable {
+            route: route.name.clone(),
+            model: t.model.name.clone(),
+            provider: t.model.provider.clone(),
+            reason: t.model.unusable.clone().unwrap_or_default(),
+        };
+    }
     let needs = s.needs.names();
     RouteError::NoEligibleTarget {
         route: route.name.clone(),

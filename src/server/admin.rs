@@ -88,7 +88,15 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
         (&Method::GET, "/healthz") => text(StatusCode::OK, "text/plain", "ok\n".into()),
         (&Method::GET, "/readyz") => {
             if shared.health.is_ready() {
-                text(StatusCode::OK, "text/plain", "ready\n".into())
+                // Ready with what it can serve; a provider without its key is named, not fatal.
+                let rt = shared.runtime.load();
+                let mut body = String::from("ready\n");
+                for p in rt.config.providers.values() {
+                    if let Some(why) = &p.unusable {
+                        body.push_str(&format!("provider {} unusable: {why}\n", p.name));
+                    }
+                }
+                text(StatusCode::OK, "text/plain", body)
             } else {
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -157,6 +165,8 @@ fn config(shared: &Shared) -> Response<Body> {
             "base_url": p.base_url.to_string(),
             "auth": p.auth.as_ref().map(|(h, _)| h.as_str()),
             "max_connections": p.max_connections,
+            "usable": p.unusable.is_none(),
+            "unusable_reason": p.unusable.as_deref(),
         })).collect::<Vec<_>>(),
         "models": c.models.values().map(|m| serde_json::json!({
             "name": &*m.name,

@@ -96,10 +96,16 @@ impl From<RouteError> for ApiError {
             RouteError::UnknownModel { .. } => (StatusCode::NOT_FOUND, "model_not_found", Some("model")),
             RouteError::UnknownRoute { .. } => (StatusCode::BAD_REQUEST, "route_not_found", None),
             RouteError::NoEligibleTarget { .. } => (StatusCode::BAD_REQUEST, "no_eligible_model", None),
+            RouteError::Unusable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "provider_unavailable", None),
+        };
+        let kind = if status.is_server_error() {
+            "server_error"
+        } else {
+            "invalid_request_error"
         };
         ApiError {
             param,
-            ..ApiError::new(status, "invalid_request_error", Some(code), e.to_string())
+            ..ApiError::new(status, kind, Some(code), e.to_string())
         }
     }
 }

@@ -112,6 +112,7 @@ fn openai_target<'a>(rt: &'a Runtime, route: &'a Route) -> Result<(&'a Arc<Model
     route
         .targets
         .iter()
+        .filter(|t| t.model.unusable.is_none())
         .find_map(|t| {
             rt.providers
                 .get(&t.model.provider)

@@ -51,7 +51,7 @@ pub(crate) fn spawn(shared: Arc<Shared>, rt: Arc<Runtime>, v: Verification, perm
 /// already has its answer, and a fallback model's answer would not say whether the cached
 /// one was right for this route.
 async fn ask(shared: &Shared, rt: &Runtime, v: &Verification) -> Option<Bytes> {
-    let target = v.route.targets.first()?;
+    let target = v.route.targets.iter().find(|t| t.model.unusable.is_none())?;
     let mut body: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&v.body).ok()?;
     body.insert("stream".into(), serde_json::Value::Bool(false));
     body.remove("stream_options");

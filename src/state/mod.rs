@@ -18,7 +18,7 @@ use crate::config::{Config, ConfigErrors, ConfigIssue};
 use crate::limits::Tenants;
 use crate::resilience::{HealthRegistry, RetryBudget};
 use crate::router::Router;
-use crate::telemetry::Metrics;
+use crate::telemetry::{Metrics, ProviderLabels};
 use crate::upstream::Provider;
 use crate::upstream::redact::Redactor;
 
@@ -117,6 +117,22 @@ impl Runtime {
         }
         for h in self.health.iter() {
             metrics.circuit(&h.provider, &h.model, h.state().gauge());
+        }
+        for p in self.config.providers.values() {
+            let labels = ProviderLabels {
+                provider: p.name.clone(),
+            };
+            metrics
+                .provider_usable
+                .get_or_create(&labels)
+                .set(i64::from(p.unusable.is_none()));
+            if let Some(why) = &p.unusable {
+                tracing::warn!(
+                    provider = &*p.name,
+                    reason = &**why,
+                    "provider unusable: its models answer 503 provider_unavailable, the other providers serve"
+                );
+            }
         }
     }
 }

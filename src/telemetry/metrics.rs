@@ -125,6 +125,11 @@ pub struct RetryLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderLabels {
+    pub(crate) provider: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QueueLabels {
     pub(crate) provider: Arc<str>,
     pub(crate) priority: Arc<str>,
@@ -196,6 +201,7 @@ pub struct Metrics {
     pub(crate) embedder_available: Gauge,
     pub(crate) route_decisions: Family<DecisionLabels, Counter>,
     pub(crate) circuit_state: Family<ModelLabels, Gauge>,
+    pub(crate) provider_usable: Family<ProviderLabels, Gauge>,
     pub(crate) circuit_transitions: Family<TransitionLabels, Counter>,
     pub(crate) retries: Family<RetryLabels, Counter>,
     pub(crate) retry_budget_exhausted: Counter,
@@ -438,6 +444,12 @@ impl Metrics {
             "Circuit breaker state per provider and model: 0 closed, 1 open, 2 half-open",
             circuit_state.clone(),
         );
+        let provider_usable = Family::default();
+        registry.register(
+            "llm_sidecar_provider_usable",
+            "1 when the sidecar can use the provider, 0 when it cannot (its API key is missing: its models answer 503 provider_unavailable)",
+            provider_usable.clone(),
+        );
         let circuit_transitions = Family::default();
         registry.register(
             "llm_sidecar_circuit_transitions",
@@ -533,6 +545,7 @@ impl Metrics {
             admissions,
             route_decisions,
             circuit_state,
+            provider_usable,
             circuit_transitions,
             retries,
             retry_budget_exhausted,

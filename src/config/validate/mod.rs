@@ -49,11 +49,25 @@ pub(super) fn load(text: &str, vars: &dyn VarLookup) -> Result<Config, ConfigErr
             return Err(ConfigErrors(vec![ConfigIssue::new(path, e.into_inner().to_string())]));
         }
     };
-    let mut v = Validator { issues, vars };
-    let config = v.config(raw, text);
+    let mut v = Validator {
+        issues,
+        vars,
+        soft: Vec::new(),
+    };
+    let mut config = v.config(raw, text);
+    if v.issues.is_empty() && !v.soft.is_empty() && config.models.values().all(|m| m.unusable.is_some()) {
+        // Nothing could be served: what is missing is an error after all.
+        v.issue(
+            "providers",
+            "no provider can be used (their keys are missing, see above): the sidecar would serve nothing",
+        );
+    }
     if v.issues.is_empty() {
+        config.warnings = v.soft;
         Ok(config)
     } else {
+        // A config that fails anyway lists every problem, the missing keys too.
+        v.issues.extend(v.soft);
         Err(ConfigErrors(v.issues))
     }
 }
@@ -61,6 +75,8 @@ pub(super) fn load(text: &str, vars: &dyn VarLookup) -> Result<Config, ConfigErr
 pub(super) struct Validator<'a> {
     pub(super) issues: Vec<ConfigIssue>,
     pub(super) vars: &'a dyn VarLookup,
+    /// Problems that leave a provider unusable but the rest of the config serving.
+    pub(super) soft: Vec<ConfigIssue>,
 }
 
 impl Validator<'_> {
@@ -151,6 +167,9 @@ impl Validator<'_> {
                     caps
                 }
             };
+            let unusable = providers
+                .get(&m.provider)
+                .and_then(|p: &Arc<ProviderConfig>| p.unusable.clone());
             models.insert(
                 name.clone(),
                 Arc::new(ModelConfig {
@@ -164,6 +183,7 @@ impl Validator<'_> {
                     },
                     context_window: m.context_window,
                     capabilities,
+                    unusable,
                 }),
             );
         }
@@ -208,6 +228,7 @@ impl Validator<'_> {
             redis,
             tracing,
             digest: hex::encode(Sha256::digest(text.as_bytes())),
+            warnings: Vec::new(),
         }
     }
 
@@ -366,6 +387,44 @@ tenants:
         let c = Config::load(GOOD, &key_vars).unwrap();
         let dump = format!("{c:?}");
         assert!(!dump.contains("sk-test"), "{dump}");
+    }
+
+    #[test]
+    fn a_provider_without_its_key_is_unusable_not_fatal() {
+        let two = r#"
+providers:
+  good: { base_url: "http://127.0.0.1:1/v1", auth: { key_env: KEY } }
+  keyless: { base_url: "http://127.0.0.1:2/v1", auth: { key_env: NOT_SET_ANYWHERE } }
+  unmounted: { base_url: "http://127.0.0.1:3/v1", auth: { key_file: /nonexistent/key } }
+models:
+  a: { provider: good }
+  b: { provider: keyless }
+  c: { provider: unmounted }
+"#;
+        let vars = |k: &str| (k == "KEY").then(|| "sk-1".to_owned());
+        let c = Config::load(two, &vars).unwrap();
+        assert!(c.providers["good"].unusable.is_none());
+        assert!(c.models["a"].unusable.is_none());
+        let why = c.models["b"].unusable.as_deref().unwrap();
+        assert!(why.contains("NOT_SET_ANYWHERE is not set"), "{why}");
+        assert!(c.models["c"].unusable.as_deref().unwrap().contains("/nonexistent/key"));
+        let paths: Vec<&str> = c.warnings.iter().map(|i| i.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["providers.keyless.auth.key_env", "providers.unmounted.auth.key_file"]
+        );
+
+        // With no usable provider at all the config serves nothing: an error, naming each key.
+        let errs = Config::load(two, &no_vars).unwrap_err();
+        let paths: Vec<&str> = errs.0.iter().map(|i| i.path.as_str()).collect();
+        for want in [
+            "providers",
+            "providers.good.auth.key_env",
+            "providers.keyless.auth.key_env",
+            "providers.unmounted.auth.key_file",
+        ] {
+            assert!(paths.contains(&want), "missing {want} in {paths:?}");
+        }
     }
 
     #[test]

@@ -27,7 +27,9 @@ impl Validator<'_> {
                 None
             }
         };
+        let soft = self.soft.len();
         let auth = raw.auth.and_then(|a| self.auth(&format!("{path}.auth"), a));
+        let unusable = self.soft[soft..].first().map(|i| Arc::from(i.message.as_str()));
         let mut headers = Vec::new();
         for (k, v) in raw.headers {
             let hp = format!("{path}.headers.{k}");
@@ -128,6 +130,7 @@ impl Validator<'_> {
             inject_stream_usage: raw.inject_stream_usage.unwrap_or(true),
             kind,
             health_check,
+            unusable,
         })
     }
 
@@ -166,20 +169,22 @@ impl Validator<'_> {
             (Some(var), None) => match self.vars.var(var).filter(|v| !v.is_empty()) {
                 Some(k) => k,
                 None => {
-                    self.issue(
+                    // The provider is unusable, not the config: one namespace's missing key
+                    // must not keep the pod's other providers (and the app) from starting.
+                    self.soft.push(ConfigIssue::new(
                         format!("{path}.key_env"),
                         format!("environment variable {var} is not set: set it to the provider's API key"),
-                    );
+                    ));
                     return None;
                 }
             },
             (None, Some(file)) => match std::fs::read_to_string(file) {
                 Ok(k) => k.trim().to_owned(),
                 Err(e) => {
-                    self.issue(
+                    self.soft.push(ConfigIssue::new(
                         format!("{path}.key_file"),
                         format!("{file} cannot be read ({}): mount the key there", e.kind()),
-                    );
+                    ));
                     return None;
                 }
             },
