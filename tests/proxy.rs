@@ -665,3 +665,14 @@ async fn a_provider_without_its_key_is_reported_and_the_rest_serves() {
         .unwrap();
     assert_eq!(keyless["usable"], false);
 }
+
+/// `llm_sidecar_redis_up` exists only in fleet mode: a sidecar without Redis (the default)
+/// exporting a 0 would fire the shipped "Redis down" alert on every pod.
+#[tokio::test]
+async fn redis_health_is_exported_only_in_fleet_mode() {
+    let h = Harness::start().await;
+    assert_eq!(h.chat(chat_body("hi")).await.status(), 200);
+    let m = h.metrics().await;
+    assert!(m.contains("llm_sidecar_requests_total"), "{m}");
+    assert!(!m.contains("llm_sidecar_redis_up"), "{m}");
+}

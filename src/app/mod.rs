@@ -130,7 +130,11 @@ impl Sidecar {
             source,
         })?;
 
-        let shared = Shared::new(runtime, Arc::new(Metrics::new()));
+        let mut metrics = Metrics::new();
+        if runtime.config.redis.is_some() {
+            metrics.fleet_mode();
+        }
+        let shared = Shared::new(runtime, Arc::new(metrics));
         let (stop_app, app_rx) = watch::channel(None);
         let (stop_admin, admin_rx) = watch::channel(None);
         let s = shared.clone();

@@ -518,12 +518,9 @@ impl Metrics {
             "USD spent by a tenant in the current UTC day or month (fleet-wide in fleet mode)",
             budget_spent.clone(),
         );
+        // Registered by `fleet_mode` only: a sidecar without Redis must not export a 0 that
+        // reads as "Redis is down" (and fire the alert on it).
         let redis_up = Gauge::default();
-        registry.register(
-            "llm_sidecar_redis_up",
-            "1 while Redis answers (fleet mode); 0 while the sidecar runs on local state",
-            redis_up.clone(),
-        );
         let redis_errors = Family::default();
         registry.register(
             "llm_sidecar_redis_errors",
@@ -589,6 +586,16 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition (OpenMetrics).
+    /// Exports the fleet-mode metrics (`llm_sidecar_redis_up`); called once, at start, when
+    /// the config has a `redis` section (which, like the listeners, applies at restart).
+    pub(crate) fn fleet_mode(&mut self) {
+        self.registry.register(
+            "llm_sidecar_redis_up",
+            "1 while Redis answers (fleet mode); 0 while the sidecar runs on local state",
+            self.redis_up.clone(),
+        );
+    }
+
     pub(crate) fn encode(&self) -> String {
         let mut out = String::with_capacity(16 * 1024);
         // Writing into a String cannot fail.
