@@ -676,3 +676,20 @@ async fn redis_health_is_exported_only_in_fleet_mode() {
     assert!(m.contains("llm_sidecar_requests_total"), "{m}");
     assert!(!m.contains("llm_sidecar_redis_up"), "{m}");
 }
+
+/// The process's own CPU and memory are on /metrics under the names dashboards expect.
+#[tokio::test]
+async fn process_cpu_and_memory_are_exported() {
+    let h = Harness::start().await;
+    let m = h.metrics().await;
+    for name in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_virtual_memory_bytes",
+        "process_open_fds",
+        "process_threads",
+        "process_start_time_seconds",
+    ] {
+        assert!(metric(&m, name) > 0.0, "{name} missing or zero in:\n{m}");
+    }
+}

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use base64::Engine;
 use bytes::Bytes;
 use http::{HeaderValue, Response, header};
 use serde_json::{Value, json};
@@ -328,6 +329,8 @@ pub(super) fn embeddings(req: &Value) -> Value {
         other => vec![other.to_string()],
     };
     let dims = req["dimensions"].as_u64().unwrap_or(8).clamp(1, 4096) as usize;
+    // The SDKs (Node's by default) may ask for base64: little-endian f32s, as OpenAI sends.
+    let base64 = req["encoding_format"] == "base64";
     let mut tokens = 0;
     let data: Vec<Value> = inputs
         .iter()
@@ -348,7 +351,13 @@ pub(super) fn embeddings(req: &Value) -> Value {
                 .collect();
             let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-9);
             v.iter_mut().for_each(|x| *x /= norm);
-            json!({"object": "embedding", "index": i, "embedding": v})
+            let embedding = if base64 {
+                let bytes: Vec<u8> = v.iter().flat_map(|x| (*x as f32).to_le_bytes()).collect();
+                json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(v)
+            };
+            json!({"object": "embedding", "index": i, "embedding": embedding})
         })
         .collect();
     json!({"object": "list", "data": data, "model": req["model"], "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})

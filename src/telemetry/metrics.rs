@@ -246,6 +246,7 @@ impl Metrics {
 
     pub fn new() -> Self {
         let mut registry = Registry::default();
+        registry.register_collector(Box::new(super::process::ProcessCollector));
         let requests = Family::default();
         registry.register(
             "llm_sidecar_requests",

@@ -12,6 +12,7 @@ pub mod jsonlog;
 pub mod live;
 pub mod logwriter;
 mod metrics;
+mod process;
 pub mod trace;
 
 pub use metrics::*;

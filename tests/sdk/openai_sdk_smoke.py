@@ -3,6 +3,8 @@ completions, embeddings, models, and an error. Exits non-zero on the first misma
 
 Usage: python openai_sdk_smoke.py http://127.0.0.1:PORT/v1
 """
+import base64
+import struct
 import sys
 
 import openai
@@ -45,6 +47,12 @@ assert comp.choices[0].text == "Mock completion of: finish me", comp
 
 emb = client.embeddings.create(model="embed-model", input=["one", "two"])
 assert len(emb.data) == 2 and len(emb.data[0].embedding) == 8, emb
+# Whatever the SDK asked for by default (base64, decoded by the SDK), the vector is real.
+assert abs(sum(x * x for x in emb.data[0].embedding) - 1) < 1e-4, emb
+flt = client.embeddings.create(model="embed-model", input=["one"], encoding_format="float").data[0].embedding
+raw = client.embeddings.create(model="embed-model", input=["one"], encoding_format="base64").data[0].embedding
+dec = struct.unpack("<8f", base64.b64decode(raw))
+assert all(abs(a - b) < 1e-6 for a, b in zip(flt, dec)), (flt, dec)
 
 ids = sorted(m.id for m in client.models.list())
 assert ids == ["auto", "chat-model", "embed-model"], ids
