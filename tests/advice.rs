@@ -88,3 +88,70 @@ async fn advice_names_cheaper_models_lower_thresholds_and_soft_budget_tiers_with
     assert_eq!(soft[0]["tenant"], "default");
     assert!(soft[0]["config_change"].as_str().unwrap().contains("budget: soft"));
 }
+
+/// Advice never crosses endpoints (an embeddings model is not a cheaper chat model, whatever
+/// capabilities it leaves undeclared) and only names routes that exist: traffic that named a
+/// catalogue model directly is told to add a route.
+#[tokio::test]
+async fn advice_keeps_to_the_endpoint_and_to_routes_that_exist() {
+    let mock = MockUpstream::start().await.unwrap();
+    let text = config(&mock.base_url(), "")
+        .replace(
+            "  embed-model:",
+            "  cheap-model:\n    provider: mock\n    pricing: { input: 0.1, output: 0.2 }\n  embed-model:",
+        )
+        .replace(
+            "targets: [{ model: chat-model }]",
+            "targets: [{ model: chat-model }, { model: cheap-model }]\n  - name: vectors\n    models: [text-embedding]\n    targets: [{ model: embed-model }]",
+        )
+        // The embeddings model is by far the cheapest per token.
+        .replace(
+            "pricing: { input: 0.1, output: 0 }",
+            "pricing: { input: 0.001, output: 0 }",
+        );
+    let h = Harness::with_text(mock, text).await;
+    let tool_call = serde_json::json!({
+        "model": "auto",
+        "messages": [{"role": "user", "content": "what is the weather in Paris"}],
+        "tools": [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}],
+    });
+    assert_eq!(h.chat(tool_call).await.status(), 200);
+    let mut direct = chat_body("hello there");
+    direct["model"] = serde_json::json!("chat-model");
+    assert_eq!(h.chat(direct).await.status(), 200);
+    let r = h
+        .client
+        .post(h.url("/v1/embeddings"))
+        .json(&serde_json::json!({"model": "text-embedding", "input": "hello"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let advice = h.admin_get("/admin/advice").await;
+    let cheaper = kind(&advice, "cheaper_model");
+    assert!(
+        cheaper.iter().all(|i| i["cheaper_model"] != "embed-model"),
+        "an embeddings model advised for chat: {advice}"
+    );
+    let via_auto = cheaper
+        .iter()
+        .find(|i| i["route"] == "auto")
+        .expect("advice for route auto");
+    assert_eq!(via_auto["cheaper_model"], "cheap-model");
+    assert!(
+        via_auto["config_change"]
+            .as_str()
+            .unwrap()
+            .starts_with("routes[name=auto]")
+    );
+    let direct = cheaper
+        .iter()
+        .find(|i| i["route"] == "chat-model")
+        .expect("advice for the direct requests");
+    let change = direct["config_change"].as_str().unwrap();
+    assert!(
+        change.contains("directly") && !change.starts_with("routes[name=chat-model]"),
+        "names a route that does not exist: {change}"
+    );
+}

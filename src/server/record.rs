@@ -374,6 +374,7 @@ impl RequestRecord {
         {
             adv.advisor.record(Observation {
                 route,
+                endpoint: self.endpoint,
                 model,
                 needs: adv.needs,
                 prompt_tokens: u.prompt_tokens,

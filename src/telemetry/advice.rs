@@ -41,6 +41,8 @@ struct Traffic {
 /// One finished request, as the advisor sees it.
 pub struct Observation<'a> {
     pub(crate) route: &'a Arc<str>,
+    /// `chat`, `completions` or `embeddings`: advice never crosses endpoints.
+    pub(crate) endpoint: &'static str,
     pub(crate) model: &'a Arc<ModelConfig>,
     pub(crate) needs: Capabilities,
     pub(crate) prompt_tokens: u64,
@@ -59,7 +61,8 @@ type SoftSpend = (u64, u64, f64);
 
 #[derive(Default)]
 struct Inner {
-    traffic: HashMap<(Arc<str>, Arc<str>, u8), Traffic>,
+    /// (route, served model, needs, endpoint) → what it carried.
+    traffic: HashMap<(Arc<str>, Arc<str>, u8, &'static str), Traffic>,
     /// Per bucket of MISS_BUCKETS: (misses, cost of answering them).
     misses: [(u64, f64); MISS_BUCKETS.len()],
     /// (tenant, served model) → (prompt tokens, completion tokens, cost) while soft and unrouted.
@@ -88,7 +91,7 @@ impl Advisor {
             .fold(0u8, |acc, (i, c)| acc | (u8::from(o.needs.contains(*c)) << i));
         let t = inner
             .traffic
-            .entry((o.route.clone(), o.model.name.clone(), caps))
+            .entry((o.route.clone(), o.model.name.clone(), caps, o.endpoint))
             .or_default();
         t.requests += 1;
         t.prompt += o.prompt_tokens;
@@ -126,7 +129,7 @@ impl Advisor {
         };
         let mut items = Vec::new();
         // 1. Cheaper models per (route, served model, needs).
-        for ((route, model, caps), t) in &inner.traffic {
+        for ((route, model, caps, endpoint), t) in &inner.traffic {
             let Some(served) = config.models.get(&**model) else {
                 continue;
             };
@@ -142,19 +145,25 @@ impl Advisor {
                     needs = needs.union(*c);
                 }
             }
-            // Candidates: models some route offers (so the catalogue's embedding models, say,
-            // never count) or that served traffic here, meeting the observed constraints.
+            // Candidates do the same job: models that served this endpoint here, or that a route
+            // which carried this endpoint's traffic offers (an embeddings model is never advised
+            // for chat, whatever capabilities it leaves undeclared), meeting the observed
+            // constraints.
+            let same_job = |m: &ModelConfig| {
+                inner.traffic.keys().any(|(r, served, _, e)| {
+                    e == endpoint
+                        && (*served == m.name
+                            || config
+                                .routes
+                                .iter()
+                                .any(|c| c.name == *r && c.targets.iter().any(|t| t.model == m.name)))
+                })
+            };
             let best = config
                 .models
                 .values()
-                .filter(|m| m.name != served.name)
-                .filter(|m| {
-                    config
-                        .routes
-                        .iter()
-                        .any(|r| r.targets.iter().any(|t| t.model == m.name))
-                        || inner.traffic.keys().any(|(_, served, _)| *served == m.name)
-                })
+                .filter(|m| m.name != served.name && m.unusable.is_none())
+                .filter(|m| same_job(m))
                 .filter(|m| m.capabilities.contains(needs) && m.context_window.is_none_or(|w| w >= t.max_tokens))
                 .map(|m| (m, m.pricing.cost(t.prompt, t.cached, t.completion)))
                 .filter(|(_, c)| *c < t.cost)
@@ -184,10 +193,7 @@ impl Advisor {
                 "light_share": light_share,
                 "saving_if_light_only_usd": light_saving,
                 "constraints": {"needs": needs.names(), "max_tokens_seen": t.max_tokens},
-                "config_change": format!(
-                    "routes[name={route}]: strategy: complexity, targets: [{{model: {}, tier: light}}, {{model: {}, tier: strong}}] (saves ~${light_saving:.4} on the light share) — or strategy: cheapest with {} listed (saves ~${all:.4} if quality allows)",
-                    cheaper.name, served.name, cheaper.name
-                ),
+                "config_change": cheaper_change(config, route, served, cheaper, light_saving, all),
             }));
         }
         // 2. The cache at lower thresholds.
@@ -249,5 +255,32 @@ impl Advisor {
             "basis": "requests served by this sidecar since it started, at the catalogue's prices",
             "items": items,
         })
+    }
+}
+
+/// The config change that would send a route's traffic to `cheaper`. Traffic that named a
+/// catalogue model directly went through no configured route: the change adds one.
+fn cheaper_change(
+    config: &Config,
+    route: &str,
+    served: &ModelConfig,
+    cheaper: &ModelConfig,
+    light_saving: f64,
+    all: f64,
+) -> String {
+    let tiers = format!(
+        "strategy: complexity, targets: [{{model: {}, tier: light}}, {{model: {}, tier: strong}}]",
+        cheaper.name, served.name
+    );
+    if config.routes.iter().any(|r| &*r.name == route) {
+        format!(
+            "routes[name={route}]: {tiers} (saves ~${light_saving:.4} on the light share) — or strategy: cheapest with {} listed (saves ~${all:.4} if quality allows)",
+            cheaper.name
+        )
+    } else {
+        format!(
+            "requests name the model {route} directly, through no route: add routes: [{{name: {route}-tiered, models: [{route}], {tiers}}}] (saves ~${light_saving:.4} on the light share; ~${all:.4} with {} for all of it)",
+            cheaper.name
+        )
     }
 }
