@@ -58,11 +58,12 @@ pub struct Observation<'a> {
 }
 
 type SoftSpend = (u64, u64, f64);
+/// (route, served model, needs as bits, endpoint).
+type TrafficKey = (Arc<str>, Arc<str>, u8, &'static str);
 
 #[derive(Default)]
 struct Inner {
-    /// (route, served model, needs, endpoint) → what it carried.
-    traffic: HashMap<(Arc<str>, Arc<str>, u8, &'static str), Traffic>,
+    traffic: HashMap<TrafficKey, Traffic>,
     /// Per bucket of MISS_BUCKETS: (misses, cost of answering them).
     misses: [(u64, f64); MISS_BUCKETS.len()],
     /// (tenant, served model) → (prompt tokens, completion tokens, cost) while soft and unrouted.
