@@ -693,3 +693,42 @@ async fn process_cpu_and_memory_are_exported() {
         assert!(metric(&m, name) > 0.0, "{name} missing or zero in:\n{m}");
     }
 }
+
+/// With the admin port reachable from outside the pod and no token, metrics, probes and
+/// read-only figures stay open, but a cache purge and prompt content are refused (403, naming
+/// server.admin_token); with a token they need it.
+#[tokio::test]
+async fn off_loopback_the_admin_port_needs_a_token_for_purge_and_prompts() {
+    use llm_sidecar::app::{ConfigInput, Sidecar};
+    let start = |extra: &'static str| async move {
+        let mock = MockUpstream::start().await.unwrap();
+        let text = config(&mock.base_url(), extra);
+        let mut opts = options(ConfigInput::Text(text));
+        opts.admin_listen = Some("0.0.0.0:0".parse().unwrap());
+        let sidecar = Sidecar::start(opts).await.unwrap();
+        let admin = format!("http://127.0.0.1:{}", sidecar.admin_addr().port());
+        (mock, sidecar, admin)
+    };
+    let c = client();
+    let (_mock, _sidecar, admin) = start("  dashboard_prompts: true\n").await;
+    for path in ["/metrics", "/healthz", "/readyz", "/admin/config", "/admin/usage"] {
+        let r = c.get(format!("{admin}{path}")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+    }
+    let r = c.post(format!("{admin}/admin/cache/purge")).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r.text().await.unwrap().contains("server.admin_token"));
+    let r = c.get(format!("{admin}/admin/events")).send().await.unwrap();
+    assert_eq!(r.status(), 403, "prompt content without a token");
+
+    let (_mock, _sidecar, admin) = start("  admin_token: \"t0ken-of-the-admin\"\n").await;
+    let r = c.post(format!("{admin}/admin/cache/purge")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = c
+        .post(format!("{admin}/admin/cache/purge"))
+        .bearer_auth("t0ken-of-the-admin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}

@@ -135,6 +135,7 @@ impl Sidecar {
             metrics.fleet_mode();
         }
         let shared = Shared::new(runtime, Arc::new(metrics));
+        let _ = shared.admin_addr.set(admin_addr);
         let (stop_app, app_rx) = watch::channel(None);
         let (stop_admin, admin_rx) = watch::channel(None);
         let s = shared.clone();

@@ -42,6 +42,36 @@ fn authorized(shared: &Shared, req: &Request<Incoming>) -> bool {
     given.is_some_and(|g| g.len() == want.len() && g.iter().zip(want).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0)
 }
 
+/// Without `server.admin_token`, an admin port reachable from outside the pod still serves
+/// metrics, probes and read-only figures, but not what changes the sidecar's state (a cache
+/// purge) nor prompt content (`server.dashboard_prompts`): anyone on the pod network could.
+fn needs_token(shared: &Shared, req: &Request<Incoming>) -> Option<Response<Body>> {
+    let rt = shared.runtime.load();
+    let local = shared.admin_addr.get().is_none_or(|a| a.ip().is_loopback());
+    if rt.config.server.admin_token.is_some() || local {
+        return None;
+    }
+    let path = req.uri().path();
+    let mutating = req.method() != Method::GET && path.starts_with("/admin/");
+    let prompts = rt.config.server.dashboard_prompts && (path == "/admin/events" || path == "/dashboard");
+    if !(mutating || prompts) {
+        return None;
+    }
+    let what = if mutating {
+        "changes the sidecar's state"
+    } else {
+        "shows prompt content"
+    };
+    Some(text(
+        StatusCode::FORBIDDEN,
+        "text/plain",
+        format!(
+            "{} {path} {what}: with the admin port off loopback it needs a token; set server.admin_token (from a Secret, e.g. ${{LLM_SIDECAR_ADMIN_TOKEN}})\n",
+            req.method()
+        ),
+    ))
+}
+
 /// One dashboard snapshot: the live ring's figures plus circuits and queues.
 fn snapshot(shared: &Shared) -> serde_json::Value {
     let rt = shared.runtime.load();
@@ -76,6 +106,9 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
         r.headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return r;
+    }
+    if let Some(refused) = needs_token(&shared, &req) {
+        return refused;
     }
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/dashboard") => text(StatusCode::OK, "text/html; charset=utf-8", DASHBOARD.into()),

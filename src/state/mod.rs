@@ -186,6 +186,9 @@ pub struct Shared {
     pub(crate) streams_cut: tokio_util::sync::CancellationToken,
     /// Every background task (see `tasks`), stopped together at shutdown.
     pub(crate) background: crate::tasks::Background,
+    /// Where the admin port is bound: off loopback, what changes state or shows prompts
+    /// needs a token.
+    pub(crate) admin_addr: std::sync::OnceLock<std::net::SocketAddr>,
 }
 
 impl Shared {
@@ -219,6 +222,7 @@ impl Shared {
             tracer,
             streams_cut: tokio_util::sync::CancellationToken::new(),
             background,
+            admin_addr: std::sync::OnceLock::new(),
         })
     }
 }
