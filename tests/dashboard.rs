@@ -106,6 +106,9 @@ async fn a_headless_browser_sees_the_dashboard_move_under_traffic() {
         for i in 0u64.. {
             let body = if i % 3 == 0 {
                 stream_body(&format!("stream {i}"))
+            } else if i % 5 == 1 {
+                // An app naming a model that does not exist: the sidecar's own 404.
+                serde_json::json!({"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]})
             } else {
                 chat_body(&format!("question {}", i % 7))
             };

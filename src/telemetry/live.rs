@@ -105,6 +105,9 @@ impl<R: std::fmt::Display> Live<R> {
         let mut mix: BTreeMap<String, u64> = BTreeMap::new();
         let mut refused: BTreeMap<&str, u64> = BTreeMap::new();
         let mut skipped: BTreeMap<&str, u64> = BTreeMap::new();
+        // 4xx the sidecar answered itself (unknown model, bad request, missing tenant…), by
+        // status: a broken app shows here, not in the provider's figures.
+        let mut rejected: BTreeMap<u16, u64> = BTreeMap::new();
         let (mut errors, mut cost, mut tokens) = (0u64, 0.0f64, 0u64);
         for r in &recent {
             *cache.entry(r.cache).or_default() += 1;
@@ -116,6 +119,9 @@ impl<R: std::fmt::Display> Live<R> {
                 *refused.entry(r.outcome).or_default() += 1;
             }
             errors += u64::from(r.status >= 500);
+            if (400..500).contains(&r.status) && matches!(r.outcome, "rejected" | "body_timeout") {
+                *rejected.entry(r.status).or_default() += 1;
+            }
             cost += r.cost_usd;
             tokens += r.prompt_tokens + r.completion_tokens;
         }
@@ -127,6 +133,8 @@ impl<R: std::fmt::Display> Live<R> {
             "requests": n,
             "rps": n as f64 / secs,
             "error_ratio": if n > 0 { errors as f64 / n as f64 } else { 0.0 },
+            "rejected_ratio": if n > 0 { rejected.values().sum::<u64>() as f64 / n as f64 } else { 0.0 },
+            "rejected": rejected,
             "latency_ms": {"p50": percentile(&durations, 0.5), "p90": percentile(&durations, 0.9), "p99": percentile(&durations, 0.99)},
             "ttft_ms": {"p50": percentile(&ttfts, 0.5), "p99": percentile(&ttfts, 0.99)},
             "cache": {"by_result": cache, "skipped": skipped, "hit_rate": if lookups > 0 { hits as f64 / lookups as f64 } else { 0.0 }},
@@ -152,7 +160,11 @@ mod tests {
             route: "auto".into(),
             model: "m".into(),
             status,
-            outcome: if status == 429 { "rate_limited" } else { "ok" },
+            outcome: match status {
+                429 => "rate_limited",
+                404 => "rejected",
+                _ => "ok",
+            },
             cache,
             cache_skip: (cache == "bypass").then_some("privacy"),
             stream: false,
@@ -187,5 +199,22 @@ mod tests {
         assert_eq!(s["cache"]["skipped"]["privacy"], 1);
         assert_eq!(s["tail"].as_array().unwrap().len(), 12);
         assert_eq!(s["tail"][0]["status"], 429);
+        assert_eq!(s["rejected_ratio"], 0.0);
+    }
+
+    #[test]
+    fn the_sidecars_own_4xx_are_counted_apart_from_5xx_and_refusals() {
+        let live = Live::default();
+        for i in 0..17 {
+            live.record(req(100_000 + i, 5.0, "miss", 200));
+        }
+        for i in 0..3 {
+            live.record(req(100_100 + i, 1.0, "bypass", 404)); // model_not_found
+        }
+        let s = live.snapshot(100_200, 60_000);
+        assert_eq!(s["error_ratio"], 0.0);
+        assert_eq!(s["rejected_ratio"], 0.15);
+        assert_eq!(s["rejected"]["404"], 3);
+        assert!(s["refused"].as_object().unwrap().is_empty());
     }
 }

@@ -30,6 +30,8 @@ try {
     circuits: document.getElementById("circuits").textContent,
     queues: document.getElementById("queues").textContent,
     judged: document.querySelectorAll("#judged tr").length,
+    errors: document.getElementById("errors").textContent,
+    refused: document.getElementById("refused").textContent,
   }));
   const before = await read();
   await page.waitForTimeout(3500);
@@ -44,6 +46,8 @@ try {
   if (!after.circuits.includes("closed")) await fail("no circuit states: " + after.circuits);
   if (!after.queues.includes("in use")) await fail("no provider queues");
   if (after.judged < 1) await fail("no per-route semantic cache row (/admin/cache)");
+  if (!after.errors.includes("% 4xx") || after.errors.startsWith("0.0 % 5xx · 0.0 % 4xx")) await fail("the sidecar's own 4xx are not shown: " + after.errors);
+  if (!after.refused.includes("404")) await fail("the 404s are not named: " + after.refused);
   if (external.length) await fail("the page fetched from elsewhere: " + external.join(" "));
   await page.screenshot({ path: screenshot, fullPage: true });
   console.log(JSON.stringify({ before, after }));
