@@ -67,6 +67,10 @@ enum Command {
     CheckConfig {
         /// The config file to check.
         file: PathBuf,
+        /// Count every environment variable the config names as set (to a stand-in), to check
+        /// a file without its real keys; values built from `${VAR}` are not checked then.
+        #[arg(long)]
+        no_env: bool,
     },
     /// Serve the built-in demo config in front of a built-in mock upstream (no network, no keys).
     Demo {
@@ -195,7 +199,7 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> ExitCode {
     match command {
-        Command::CheckConfig { file } => commands::check_config(&file),
+        Command::CheckConfig { file, no_env } => commands::check_config(&file, no_env),
         Command::Serve {
             config,
             kube_configmap,

@@ -56,6 +56,27 @@ fn check_config_reports_every_problem_with_its_path() {
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("providers.q.auth.key_env"), "{err}");
+    // A file whose only provider has no key serves nothing (exit 1), unless checked --no-env,
+    // as a shipped example is, without the real keys.
+    let keyless = dir.path().join("keyless.yaml");
+    std::fs::write(
+        &keyless,
+        "providers:\n  q: { base_url: \"http://127.0.0.1:2/v1\", auth: { key_env: LLM_SIDECAR_TEST_UNSET_KEY } }\nmodels: { n: { provider: q } }\n",
+    )
+    .unwrap();
+    let check = |no_env: bool| {
+        let mut c = Command::new(BIN);
+        c.arg("check-config")
+            .arg(&keyless)
+            .env_remove("LLM_SIDECAR_TEST_UNSET_KEY");
+        if no_env {
+            c.arg("--no-env");
+        }
+        c.output().unwrap()
+    };
+    assert_eq!(check(false).status.code(), Some(1));
+    let out = check(true);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     // An empty or comment-only file parses, and serves nothing: invalid.
     for text in ["", "# nothing here yet\n"] {
         let empty = dir.path().join("empty.yaml");

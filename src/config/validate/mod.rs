@@ -41,14 +41,7 @@ pub(super) fn load(text: &str, vars: &dyn VarLookup) -> Result<Config, ConfigErr
     if !issues.is_empty() {
         return Err(ConfigErrors(issues));
     }
-    let raw: RawConfig = match serde_path_to_error::deserialize(value) {
-        Ok(raw) => raw,
-        Err(e) => {
-            let path = e.path().to_string();
-            let path = if path == "." { String::new() } else { path };
-            return Err(ConfigErrors(vec![ConfigIssue::new(path, e.into_inner().to_string())]));
-        }
-    };
+    let raw = shape(value)?;
     let mut v = Validator {
         issues,
         vars,
@@ -69,6 +62,69 @@ pub(super) fn load(text: &str, vars: &dyn VarLookup) -> Result<Config, ConfigErr
         // A config that fails anyway lists every problem, the missing keys too.
         v.issues.extend(v.soft);
         Err(ConfigErrors(v.issues))
+    }
+}
+
+/// The YAML as the raw config types. serde stops at the first unknown key or wrong type, so
+/// each one found is reported, taken out of the document, and the rest read again: one run
+/// names every such mistake (up to [`MAX_SHAPE_ISSUES`]), not one per edit.
+fn shape(mut value: serde_yaml_ng::Value) -> Result<RawConfig, ConfigErrors> {
+    let mut issues = Vec::new();
+    loop {
+        match serde_path_to_error::deserialize::<_, RawConfig>(value.clone()) {
+            Ok(raw) if issues.is_empty() => return Ok(raw),
+            Ok(_) => return Err(ConfigErrors(issues)),
+            Err(e) => {
+                let segments: Vec<serde_path_to_error::Segment> = e.path().iter().cloned().collect();
+                let path = e.path().to_string();
+                let path = if path == "." { String::new() } else { path };
+                issues.push(ConfigIssue::new(path, shape_message(&e.into_inner().to_string())));
+                if issues.len() >= MAX_SHAPE_ISSUES || !remove_at(&mut value, &segments) {
+                    return Err(ConfigErrors(issues));
+                }
+            }
+        }
+    }
+}
+
+const MAX_SHAPE_ISSUES: usize = 50;
+
+/// serde's wording, with what to do about the common case: a bare number where a duration
+/// (or another string) is expected.
+fn shape_message(m: &str) -> String {
+    if m.starts_with("invalid type: integer") || m.starts_with("invalid type: floating point") {
+        if m.ends_with("expected a string") {
+            return format!("{m}: a duration needs a unit (e.g. 3600s, 500ms, 5m); other text needs quotes");
+        }
+    }
+    m.to_owned()
+}
+
+/// Takes the node at `path` out of the document; `false` when there is nothing to take (the
+/// error was about the document as a whole).
+fn remove_at(value: &mut serde_yaml_ng::Value, path: &[serde_path_to_error::Segment]) -> bool {
+    use serde_path_to_error::Segment;
+    let Some((last, parents)) = path.split_last() else {
+        return false;
+    };
+    let mut node = value;
+    for seg in parents {
+        node = match (seg, node) {
+            (Segment::Map { key }, serde_yaml_ng::Value::Mapping(m)) => match m.get_mut(key.as_str()) {
+                Some(n) => n,
+                None => return false,
+            },
+            (Segment::Seq { index }, serde_yaml_ng::Value::Sequence(s)) => match s.get_mut(*index) {
+                Some(n) => n,
+                None => return false,
+            },
+            _ => return false,
+        };
+    }
+    match (last, node) {
+        (Segment::Map { key }, serde_yaml_ng::Value::Mapping(m)) => m.remove(key.as_str()).is_some(),
+        // Taking a list item out would shift the paths of the ones after it: stop there.
+        _ => false,
     }
 }
 
@@ -387,6 +443,27 @@ tenants:
         let c = Config::load(GOOD, &key_vars).unwrap();
         let dump = format!("{c:?}");
         assert!(!dump.contains("sk-test"), "{dump}");
+    }
+
+    #[test]
+    fn every_unknown_key_and_wrong_type_is_reported_in_one_run() {
+        let bad = r#"
+listn: 127.0.0.1:8080
+providers:
+  p: { base_url: "http://127.0.0.1:1/v1", timeout: 5s }
+models:
+  m: { provider: p }
+cache:
+  ttl: 3600
+"#;
+        let errs = Config::load(bad, &no_vars).unwrap_err();
+        let paths: Vec<&str> = errs.0.iter().map(|i| i.path.as_str()).collect();
+        assert_eq!(paths.len(), 3, "{paths:?}");
+        for want in ["listn", "providers.p.timeout", "cache.ttl"] {
+            assert!(paths.iter().any(|p| p.starts_with(want)), "missing {want} in {paths:?}");
+        }
+        let ttl = errs.0.iter().find(|i| i.path.starts_with("cache.ttl")).unwrap();
+        assert!(ttl.message.contains("3600s"), "{}", ttl.message);
     }
 
     #[test]
