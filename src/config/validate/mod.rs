@@ -92,10 +92,9 @@ const MAX_SHAPE_ISSUES: usize = 50;
 /// serde's wording, with what to do about the common case: a bare number where a duration
 /// (or another string) is expected.
 fn shape_message(m: &str) -> String {
-    if m.starts_with("invalid type: integer") || m.starts_with("invalid type: floating point") {
-        if m.ends_with("expected a string") {
-            return format!("{m}: a duration needs a unit (e.g. 3600s, 500ms, 5m); other text needs quotes");
-        }
+    let number = m.starts_with("invalid type: integer") || m.starts_with("invalid type: floating point");
+    if number && m.ends_with("expected a string") {
+        return format!("{m}: a duration needs a unit (e.g. 3600s, 500ms, 5m); other text needs quotes");
     }
     m.to_owned()
 }
