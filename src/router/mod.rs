@@ -23,7 +23,7 @@ use std::time::Duration;
 use http::HeaderMap;
 use tokio::time::Instant;
 
-use crate::config::{CanaryConfig, Capabilities, Config, ModelConfig, RouteConfig, Sticky, Strategy, Tier};
+use crate::config::{CanaryConfig, Config, ModelConfig, RouteConfig, Sticky, Strategy, Tier};
 use crate::resilience::{HealthRegistry, ModelHealth};
 pub use signals::Signals;
 
@@ -575,7 +575,7 @@ impl Router {
         });
         match best {
             Some((t, similarity)) if similarity >= route.semantic_threshold => {
-                let (eligible, filtered) = eligible(route, req.signals);
+                let (eligible, filtered) = strategy::eligible(route, req.signals);
                 let Some(first) = eligible
                     .iter()
                     .position(|c| Arc::ptr_eq(&c.model, &route.targets[t].model))
@@ -598,9 +598,9 @@ impl Router {
     }
 
     fn apply(&self, route: &Arc<Route>, req: &Request<'_>, forced: bool) -> Result<Step, RouteError> {
-        let (mut candidates, filtered) = eligible(route, req.signals);
+        let (mut candidates, filtered) = strategy::eligible(route, req.signals);
         if candidates.is_empty() {
-            return Err(no_eligible(route, req.signals));
+            return Err(strategy::no_eligible(route, req.signals));
         }
         let c = &mut candidates;
         let reason = match route.strategy {
@@ -641,71 +641,6 @@ impl Router {
 
     pub(crate) fn default_route(&self) -> Option<&Arc<Route>> {
         self.default.as_ref()
-    }
-}
-
-/// The route's targets that can serve the request: they have the capabilities it needs and a
-/// context window that holds its estimated prompt and completion.
-fn eligible(route: &Route, s: &Signals<'_>) -> (Vec<Target>, usize) {
-    let tokens = s.prompt_tokens + s.completion_estimate();
-    let mut out = Vec::with_capacity(route.targets.len() + 1);
-    let mut filtered = 0;
-    for t in &route.targets {
-        if t.model.unusable.is_none()
-            && t.model.capabilities.contains(s.needs)
-            && t.model.context_window.is_none_or(|w| w >= tokens)
-        {
-            out.push(t.clone());
-        } else {
-            filtered += 1;
-        }
-    }
-    (out, filtered)
-}
-
-fn no_eligible(route: &Route, s: &Signals<'_>) -> RouteError {
-    // Every target that could have served is on a provider without its key: say that, not
-    // that the request asked for too much.
-    let fits = |t: &&Target| t.model.capabilities.contains(s.needs);
-    if let Some(t) = route.targets.iter().filter(fits).find(|t| t.model.unusable.is_some())
-        && route.targets.iter().filter(fits).all(|t| t.model.unusable.is_some())
-    {
-        return RouteError::Unusable {
-            route: route.name.clone(),
-            model: t.model.name.clone(),
-            provider: t.model.provider.clone(),
-            reason: t.model.unusable.clone().unwrap_or_default(),
-        };
-    }
-    let needs = s.needs.names();
-    RouteError::NoEligibleTarget {
-        route: route.name.clone(),
-        needs: if needs.is_empty() {
-            "no special capability".into()
-        } else {
-            needs.join(" + ")
-        },
-        tokens: s.prompt_tokens + s.completion_estimate(),
-        detail: route
-            .targets
-            .iter()
-            .map(|t| {
-                format!(
-                    "{}: {}{}",
-                    t.model.name,
-                    if t.model.capabilities == Capabilities::ALL {
-                        "all capabilities".to_owned()
-                    } else {
-                        t.model.capabilities.names().join("+")
-                    },
-                    t.model
-                        .context_window
-                        .map(|w| format!(", {w} tokens"))
-                        .unwrap_or_default()
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("; "),
     }
 }
 

@@ -1,11 +1,13 @@
-//! How each routing strategy orders a route's eligible candidates: weighted (optionally
-//! sticky), canary, cheapest, fastest (power of two choices) and by complexity tier.
+//! Which of a route's targets can serve a request (capabilities, context window, a usable
+//! provider) and how each routing strategy orders them: weighted (optionally sticky),
+//! canary, cheapest, fastest (power of two choices) and by complexity tier.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::{Reason, Request, Route, RouteError, Signals, Target, Tier, complexity, no_eligible};
+use super::{Reason, Request, Route, RouteError, Signals, Target, Tier, complexity};
+use crate::config::Capabilities;
 use crate::config::Sticky;
 use std::hash::{Hash, Hasher};
 
@@ -117,4 +119,69 @@ fn sticky_key(sticky: Sticky, req: &Request<'_>) -> Option<u64> {
     let mut h = std::hash::DefaultHasher::new();
     key.hash(&mut h);
     Some(h.finish())
+}
+
+/// The route's targets that can serve the request: they have the capabilities it needs and a
+/// context window that holds its estimated prompt and completion.
+pub(super) fn eligible(route: &Route, s: &Signals<'_>) -> (Vec<Target>, usize) {
+    let tokens = s.prompt_tokens + s.completion_estimate();
+    let mut out = Vec::with_capacity(route.targets.len() + 1);
+    let mut filtered = 0;
+    for t in &route.targets {
+        if t.model.unusable.is_none()
+            && t.model.capabilities.contains(s.needs)
+            && t.model.context_window.is_none_or(|w| w >= tokens)
+        {
+            out.push(t.clone());
+        } else {
+            filtered += 1;
+        }
+    }
+    (out, filtered)
+}
+
+pub(super) fn no_eligible(route: &Route, s: &Signals<'_>) -> RouteError {
+    // Every target that could have served is on a provider without its key: say that, not
+    // that the request asked for too much.
+    let fits = |t: &&Target| t.model.capabilities.contains(s.needs);
+    if let Some(t) = route.targets.iter().filter(fits).find(|t| t.model.unusable.is_some())
+        && route.targets.iter().filter(fits).all(|t| t.model.unusable.is_some())
+    {
+        return RouteError::Unusable {
+            route: route.name.clone(),
+            model: t.model.name.clone(),
+            provider: t.model.provider.clone(),
+            reason: t.model.unusable.clone().unwrap_or_default(),
+        };
+    }
+    let needs = s.needs.names();
+    RouteError::NoEligibleTarget {
+        route: route.name.clone(),
+        needs: if needs.is_empty() {
+            "no special capability".into()
+        } else {
+            needs.join(" + ")
+        },
+        tokens: s.prompt_tokens + s.completion_estimate(),
+        detail: route
+            .targets
+            .iter()
+            .map(|t| {
+                format!(
+                    "{}: {}{}",
+                    t.model.name,
+                    if t.model.capabilities == Capabilities::ALL {
+                        "all capabilities".to_owned()
+                    } else {
+                        t.model.capabilities.names().join("+")
+                    },
+                    t.model
+                        .context_window
+                        .map(|w| format!(", {w} tokens"))
+                        .unwrap_or_default()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+    }
 }
