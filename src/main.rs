@@ -38,7 +38,8 @@ const DEFAULT_THREADS: usize = 1;
 enum Command {
     /// Serve with a config file (watched and hot-reloaded, also on SIGHUP) or a ConfigMap
     /// watched through the Kubernetes API. The semantic cache's model and ONNX Runtime are read
-    /// from `cache.semantic.assets_dir`, else `$LLM_SIDECAR_ASSETS`, else `./assets`.
+    /// from `cache.semantic.assets_dir`, else `$LLM_SIDECAR_ASSETS`, else `./assets` or an
+    /// `assets` folder beside the binary (see docs/config.md).
     Serve {
         /// The config file (YAML; `check-config` validates one without serving).
         #[arg(

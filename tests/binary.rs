@@ -190,3 +190,63 @@ fn the_webhook_refuses_to_start_without_its_certificate_and_serve_needs_a_config
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// Started outside the checkout, with no `LLM_SIDECAR_ASSETS`, the sidecar finds the model in
+/// `assets` beside its binary instead of turning the semantic cache off.
+#[test]
+fn the_assets_are_found_beside_the_binary() {
+    let assets = std::env::var_os("LLM_SIDECAR_ASSETS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets"));
+    if !assets.join("tokenizer.json").is_file() {
+        eprintln!("SKIPPED: no assets (scripts/fetch-assets); the cache tests need them too");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bin_dir = dir.path().join("bin");
+    std::fs::create_dir(&bin_dir).unwrap();
+    let bin = bin_dir.join("llm-sidecar");
+    if std::fs::hard_link(BIN, &bin).is_err() {
+        std::fs::copy(BIN, &bin).unwrap();
+    }
+    std::os::unix::fs::symlink(std::fs::canonicalize(&assets).unwrap(), bin_dir.join("assets")).unwrap();
+    let (app, admin) = (free_port(), free_port());
+    let cfg = dir.path().join("config.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen: 127.0.0.1:{app}\nadmin_listen: 127.0.0.1:{admin}\nlogging: {{ format: json }}\n\
+             providers: {{ p: {{ base_url: \"http://127.0.0.1:1/v1\" }} }}\nmodels: {{ m: {{ provider: p }} }}\n\
+             cache: {{ semantic: {{ enabled: true }} }}\n"
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(&bin)
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .current_dir(dir.path())
+        .env_remove("LLM_SIDECAR_ASSETS")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let verdict = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains("semantic cache") => break line,
+            Ok(_) => {}
+            Err(_) => break String::from("no semantic cache line within 60 s"),
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(verdict.contains("semantic cache on"), "{verdict}");
+}

@@ -368,11 +368,32 @@ pub struct VerifierConfig {
 }
 
 /// The semantic cache's assets folder when `cache.semantic.assets_dir` is not set:
-/// `$LLM_SIDECAR_ASSETS`, else `./assets` (where `scripts/fetch-assets` puts them).
+/// `$LLM_SIDECAR_ASSETS`, else the first of these that holds a `tokenizer.json`: `./assets`
+/// (where `scripts/fetch-assets` puts them), `assets` beside the binary or two levels up (a
+/// checkout's `target/release/llm-sidecar`), `../share/llm-sidecar/assets` beside it, the
+/// image's `/opt/llm-sidecar/assets`, `/usr/share/llm-sidecar/assets`. So the sidecar finds
+/// them wherever it is started from, instead of turning the semantic cache off.
 pub(crate) fn default_assets_dir() -> PathBuf {
-    std::env::var_os("LLM_SIDECAR_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("assets"))
+    if let Some(dir) = std::env::var_os("LLM_SIDECAR_ASSETS") {
+        return PathBuf::from(dir);
+    }
+    let exe_dir = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(std::path::Path::to_path_buf));
+    let mut candidates = vec![PathBuf::from("assets")];
+    if let Some(d) = &exe_dir {
+        candidates.push(d.join("assets"));
+        candidates.push(d.join("../../assets"));
+        candidates.push(d.join("../share/llm-sidecar/assets"));
+    }
+    candidates.push(PathBuf::from("/opt/llm-sidecar/assets"));
+    candidates.push(PathBuf::from("/usr/share/llm-sidecar/assets"));
+    first_assets_dir(candidates).unwrap_or_else(|| PathBuf::from("assets"))
+}
+
+/// The first folder that holds a tokenizer (the model beside it is checked when it loads).
+fn first_assets_dir(candidates: impl IntoIterator<Item = PathBuf>) -> Option<PathBuf> {
+    candidates.into_iter().find(|d| d.join("tokenizer.json").is_file())
 }
 
 /// What the semantic layer does with a hit it finds.
@@ -601,5 +622,17 @@ impl Config {
     pub(crate) fn default_route(&self) -> Option<&RouteConfig> {
         let name = self.default_route.as_deref()?;
         self.routes.iter().find(|r| &*r.name == name)
+    }
+}
+
+#[cfg(test)]
+mod assets_tests {
+    #[test]
+    fn the_first_folder_with_a_tokenizer_is_the_assets_folder() {
+        let (empty, full) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        std::fs::write(full.path().join("tokenizer.json"), "{}").unwrap();
+        let found = super::first_assets_dir([empty.path().to_path_buf(), full.path().to_path_buf()]);
+        assert_eq!(found.as_deref(), Some(full.path()));
+        assert_eq!(super::first_assets_dir([empty.path().to_path_buf()]), None);
     }
 }
