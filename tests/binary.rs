@@ -17,6 +17,18 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// The child's stdout (its JSON log), line by line, as they come.
+fn stdout_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
 #[test]
 fn check_config_reports_every_problem_with_its_path() {
     let dir = tempfile::tempdir().unwrap();
@@ -120,13 +132,7 @@ fn sighup_reloads_and_sigterm_drains_and_exits_zero() {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let rx = stdout_lines(&mut child);
     let wait_for = |needle: &str| {
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(10) {
@@ -230,13 +236,7 @@ fn the_assets_are_found_beside_the_binary() {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let rx = stdout_lines(&mut child);
     let deadline = Instant::now() + Duration::from_secs(60);
     let verdict = loop {
         let left = deadline.saturating_duration_since(Instant::now());

@@ -648,15 +648,7 @@ async fn a_provider_without_its_key_is_reported_and_the_rest_serves() {
     let m = h.metrics().await;
     assert_eq!(metric(&m, r#"llm_sidecar_provider_usable{provider="keyless"}"#), 0.0);
     assert_eq!(metric(&m, r#"llm_sidecar_provider_usable{provider="mock"}"#), 1.0);
-    let cfg: Value = h
-        .client
-        .get(h.admin("/admin/config"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let cfg = h.admin_get("/admin/config").await;
     let keyless = cfg["providers"]
         .as_array()
         .unwrap()

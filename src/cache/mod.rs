@@ -99,7 +99,7 @@ impl EmbedObserver for Observer {
         self.0.embed_duration.observe(took.as_secs_f64());
     }
     fn expired(&self) {
-        self.0.cache_skip(Skip::EmbedTimeout.label());
+        Skip::EmbedTimeout.count(&self.0);
     }
     fn failed(&self, error: &EmbedError) {
         tracing::warn!(%error, "embedding failed; counted as cache misses");
@@ -310,7 +310,9 @@ impl Cache {
                         Ok(v) => {
                             index.add(id, v);
                         }
-                        Err(Unembedded::TooLong) => metrics.cache_skip(Skip::TooLong.label()),
+                        Err(Unembedded::TooLong) => {
+                            Skip::TooLong.count(&metrics);
+                        }
                         Err(_) => {}
                     }
                     publish(v.ok().map(<[f32]>::to_vec));
@@ -325,8 +327,7 @@ impl Cache {
 
     /// The semantic half did not run for this request: counted, and said in its log line.
     fn skip(&self, plan: &mut Plan, why: Skip) {
-        self.metrics.cache_skip(why.label());
-        plan.skipped = Some(why);
+        plan.skipped = Some(why.count(&self.metrics));
     }
 
     /// Routes new entries to Redis (fleet mode); see `l2`.

@@ -14,6 +14,7 @@ use super::{Cache, QUERY_MAX_BYTES};
 use crate::config::{CacheConfig, SemanticMode};
 use crate::openai::{Endpoint, RequestHead};
 use crate::router::Route;
+use crate::telemetry::Metrics;
 
 /// What the cache will do for one request.
 pub struct Plan {
@@ -97,6 +98,12 @@ pub enum Skip {
 }
 
 impl Skip {
+    /// Counts it in `llm_sidecar_cache_skips` and hands it on (to the plan or the log line).
+    pub(crate) fn count(self, metrics: &Metrics) -> Self {
+        metrics.cache_skip(self.label());
+        self
+    }
+
     pub(crate) fn label(self) -> &'static str {
         match self {
             Skip::Disabled => "disabled",
@@ -198,10 +205,7 @@ impl Cache {
         headers: &HeaderMap,
         body: &[u8],
     ) -> Result<Plan, Skip> {
-        let skip = |reason: Skip| {
-            self.metrics.cache_skip(reason.label());
-            reason
-        };
+        let skip = |reason: Skip| reason.count(&self.metrics);
         let (no_cache, no_store) = applies(config, route, endpoint, headers, body).map_err(skip)?;
         let version = &config.version;
         let keys = key::derive(&[tenant, &route.name, endpoint.label(), version], head).ok_or(Skip::Unkeyable);

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use super::commit::{Committed, first_event};
 use super::error::ApiError;
 use super::record::{Outcome as RecordOutcome, RequestRecord, operation_name};
-use super::response::{Received, full, internal, receive};
+use super::response::{Received, error_message, full, internal, receive};
 use super::settle::{Settle, transition};
 use super::traced;
 use crate::openai::Endpoint;
@@ -32,11 +32,7 @@ use crate::state::{Runtime, Shared};
 use crate::telemetry::trace::Kind;
 use crate::telemetry::{PriorityLabels, QueueRejectLabels};
 use crate::upstream::adapter::StreamTranslate;
-use crate::upstream::{BodyFailure, BodyRead, Provider, Upstream, UpstreamError, error_chain, error_detail, read_body};
-
-/// Error bodies of failed attempts are read for their message, up to this size and time.
-const ERROR_BODY_MAX: usize = 64 << 10;
-const ERROR_BODY_TIME: Duration = Duration::from_secs(2);
+use crate::upstream::{BodyFailure, Provider, Upstream, UpstreamError, error_chain};
 
 /// A provider's answer, ready to relay.
 pub(super) struct Success {
@@ -425,12 +421,7 @@ impl Attempt<'_> {
             .headers()
             .get(header::RETRY_AFTER)
             .and_then(parse_retry_after);
-        let (_, mut incoming) = up.response.into_parts();
-        let read_until = x.deadline.min(Instant::now() + ERROR_BODY_TIME);
-        let detail = match read_body(&mut incoming, x.idle, read_until, ERROR_BODY_MAX).await {
-            Ok(BodyRead::Complete(b)) => error_detail(&b),
-            _ => String::new(),
-        };
+        let detail = error_message(up.response, x.idle, x.deadline).await;
         drop(up.permit);
         let provider_name = provider.name().clone();
         let e = if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {

@@ -3,7 +3,6 @@
 //! tenant's limits, the priority queue, tracing and the relay's accounting.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
@@ -16,13 +15,13 @@ use super::error::ApiError;
 use super::proxy::{expects_continue, limit_error, priority_class};
 use super::record::RequestRecord;
 use super::reply::{Answer, fail, relay, route_header};
-use super::response::{Received, internal, receive};
+use super::response::{Received, error_message, internal, receive};
 use super::traced;
 use crate::config::{ModelConfig, ProviderKind};
 use crate::limits::ledger::now_ms;
 use crate::router::Route;
 use crate::state::{Runtime, Shared};
-use crate::upstream::{BodyRead, ClientBody, Provider, UpstreamError, read_body};
+use crate::upstream::{ClientBody, Provider, UpstreamError};
 
 /// Passes a `/v1/*` request the sidecar does not interpret (Responses API, audio, files,
 /// batches) to the default route's first provider, body and query unchanged.
@@ -257,12 +256,7 @@ impl Upstream<'_> {
         self.shared
             .metrics
             .upstream_auth_failure(provider.name(), status.as_u16());
-        let (_, mut incoming) = up.response.into_parts();
-        let until = deadline.min(Instant::now() + Duration::from_secs(2));
-        let detail = match read_body(&mut incoming, provider.config.timeouts.idle, until, 64 << 10).await {
-            Ok(BodyRead::Complete(b)) => crate::upstream::error_detail(&b),
-            _ => String::new(),
-        };
+        let detail = error_message(up.response, provider.config.timeouts.idle, deadline).await;
         ApiError::from(UpstreamError::Auth {
             provider: provider.name().clone(),
             status,

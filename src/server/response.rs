@@ -19,6 +19,20 @@ use crate::upstream::{BodyFailure, BodyRead, ClientBody, read_body};
 /// write with a `content-length`, and a provider failing mid-body can still be failed over.
 /// A larger body (a huge embeddings batch) streams.
 pub(crate) const MAX_HELD_BODY: usize = 8 << 20;
+/// Error bodies of refused requests are read for their message, up to this size and time.
+const ERROR_BODY_MAX: usize = 64 << 10;
+const ERROR_BODY_TIME: Duration = Duration::from_secs(2);
+
+/// The message of a provider's error answer (`": …"`, or "" when it has none or is too slow
+/// or too large to read), for the error the app or the log gets.
+pub(super) async fn error_message(response: http::Response<Incoming>, idle: Duration, deadline: Instant) -> String {
+    let (_, mut incoming) = response.into_parts();
+    let until = deadline.min(Instant::now() + ERROR_BODY_TIME);
+    match read_body(&mut incoming, idle, until, ERROR_BODY_MAX).await {
+        Ok(BodyRead::Complete(b)) => crate::upstream::error_detail(&b),
+        _ => String::new(),
+    }
+}
 
 pub(super) enum Received {
     /// The whole body.

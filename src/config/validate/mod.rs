@@ -71,7 +71,7 @@ pub(super) fn load(text: &str, vars: &dyn VarLookup) -> Result<Config, ConfigErr
 fn shape(mut value: serde_yaml_ng::Value) -> Result<RawConfig, ConfigErrors> {
     let mut issues = Vec::new();
     loop {
-        match serde_path_to_error::deserialize::<_, RawConfig>(value.clone()) {
+        match serde_path_to_error::deserialize::<_, RawConfig>(&value) {
             Ok(raw) if issues.is_empty() => return Ok(raw),
             Ok(_) => return Err(ConfigErrors(issues)),
             Err(e) => {
