@@ -245,7 +245,7 @@ async fn no_configured_secret_reaches_the_app() {
     // A passthrough path: no failover there, but the same 502 and no key.
     let r = p
         .client
-        .post(format!("http://{}/v1/responses", p.sidecar.app_addr()))
+        .post(format!("http://{}/v1/batches", p.sidecar.app_addr()))
         .json(&serde_json::json!({"model": "x", "input": "hi"}))
         .send()
         .await

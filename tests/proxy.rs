@@ -418,7 +418,7 @@ async fn other_v1_paths_pass_through_to_the_default_route() {
     let h = Harness::start().await;
     let r: Value = h
         .client
-        .post(h.url("/v1/responses?trace=1"))
+        .post(h.url("/v1/batches?trace=1"))
         .bearer_auth("sk-app")
         .body(r#"{"model":"whatever","input":"x"}"#)
         .send()
@@ -428,7 +428,7 @@ async fn other_v1_paths_pass_through_to_the_default_route() {
         .await
         .unwrap();
     assert_eq!(r["object"], "mock.echo");
-    assert_eq!(r["path"], "/v1/responses");
+    assert_eq!(r["path"], "/v1/batches");
     assert_eq!(r["query"], "trace=1");
     let seen = h.mock.last_request().unwrap();
     assert_eq!(

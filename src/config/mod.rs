@@ -617,7 +617,7 @@ impl Config {
         validate::load(text, vars)
     }
 
-    /// The route used for paths the sidecar does not interpret (`/v1/responses`, audio, files).
+    /// The route used for paths the sidecar does not interpret (audio, files, batches).
     #[cfg(test)]
     pub(crate) fn default_route(&self) -> Option<&RouteConfig> {
         let name = self.default_route.as_deref()?;

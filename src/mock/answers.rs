@@ -134,10 +134,6 @@ impl Completion {
         out.push(Bytes::from_static(b"data: [DONE]\n\n"));
         out
     }
-
-    pub(super) fn stream_response(&self, delay: Duration, cut: Option<(usize, bool)>) -> Response<MockBody> {
-        streamed(self.events(), delay, cut, "text/event-stream")
-    }
 }
 
 /// Sends `chunks` with `delay` between them. With `cut = Some((n, stall))`, after `n` chunks

@@ -1,5 +1,5 @@
-//! A deterministic OpenAI-compatible upstream (and an Anthropic Messages endpoint at
-//! `/v1/messages`) that runs in-process: the demo's provider, the
+//! A deterministic OpenAI-compatible upstream (chat, completions, embeddings, the Responses
+//! API, and an Anthropic Messages endpoint at `/v1/messages`) that runs in-process: the demo's provider, the
 //! load benchmark's "fast upstream", and the integration tests' provider that misbehaves on
 //! demand (status errors, slow first byte, connection reset, stream cut or stall mid-way).
 //! Answers are derived from the request, so tests can assert exactly what comes back.
@@ -7,11 +7,12 @@
 #![allow(clippy::disallowed_methods)]
 
 mod answers;
+mod responses;
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -29,6 +30,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use answers::*;
+use responses::{ResponsesAnswer, unknown_previous};
 
 /// How many requests the mock remembers for tests to inspect (the oldest are dropped).
 const RECORDED_MAX: usize = 1000;
@@ -96,6 +98,8 @@ pub struct MockControl {
     prose_words: AtomicUsize,
     /// Applied to every request when no queued fault is left.
     standing: Mutex<Option<Fault>>,
+    /// Ids of the responses this mock made (`previous_response_id` must name one).
+    issued: Mutex<HashSet<String>>,
 }
 
 impl MockControl {
@@ -112,6 +116,20 @@ impl MockControl {
 
     fn chunk_delay(&self) -> Duration {
         self.chunk_delay.lock().map(|d| *d).unwrap_or_default()
+    }
+
+    /// A fresh response id, unique across mocks in one process (as ids are across providers).
+    fn issue_response_id(&self) -> String {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        let id = format!("resp_mock_{}", NEXT.fetch_add(1, Ordering::Relaxed));
+        if let Ok(mut issued) = self.issued.lock() {
+            issued.insert(id.clone());
+        }
+        id
+    }
+
+    fn issued(&self, id: &str) -> bool {
+        self.issued.lock().is_ok_and(|i| i.contains(id))
     }
 }
 
@@ -334,13 +352,24 @@ async fn handle(control: Arc<MockControl>, req: Request<Incoming>) -> MockResult
         (Method::POST, "/v1/embeddings") if req.is_object() => {
             return Ok(json_response(StatusCode::OK, &embeddings(&req)));
         }
+        (Method::POST, "/v1/responses") if req.is_object() => {
+            if let Some(previous) = req["previous_response_id"].as_str()
+                && !control.issued(previous)
+            {
+                return Ok(json_response(StatusCode::BAD_REQUEST, &unknown_previous(previous)));
+            }
+            let id = control.issue_response_id();
+            let a = ResponsesAnswer::new(&req, id, &control.canned(), control.prose_words.load(Ordering::Relaxed));
+            let delay = control.chunk_delay();
+            return Ok(deliver(a.stream(), || a.events(), || a.json(true), delay, cut));
+        }
         (Method::GET, "/v1/models") => {
             return Ok(json_response(
                 StatusCode::OK,
                 &json!({"object": "list", "data": [{"id": "mock-model", "object": "model", "created": 0, "owned_by": "mock"}]}),
             ));
         }
-        (Method::POST, "/v1/chat/completions" | "/v1/completions" | "/v1/embeddings") => {
+        (Method::POST, "/v1/chat/completions" | "/v1/completions" | "/v1/embeddings" | "/v1/responses") => {
             return Ok(json_response(
                 StatusCode::BAD_REQUEST,
                 &json!({"error": {"message": "mock: body is not a JSON object", "type": "invalid_request_error", "param": null, "code": null}}),
@@ -353,20 +382,27 @@ async fn handle(control: Arc<MockControl>, req: Request<Incoming>) -> MockResult
             ));
         }
     };
-    if answer.stream {
-        Ok(answer.stream_response(control.chunk_delay(), cut))
+    let delay = control.chunk_delay();
+    Ok(deliver(answer.stream, || answer.events(), || answer.json(), delay, cut))
+}
+
+/// An answer as a stream of `events` or as the JSON `whole`; with `cut`, the stream breaks
+/// (or stalls) after that many events, and a JSON body half-way.
+fn deliver(
+    stream: bool,
+    events: impl FnOnce() -> Vec<Bytes>,
+    whole: impl FnOnce() -> Value,
+    delay: Duration,
+    cut: Option<(usize, bool)>,
+) -> Response<MockBody> {
+    if stream {
+        streamed(events(), delay, cut, "text/event-stream")
     } else if let Some((_, stall)) = cut {
-        // A JSON body that breaks (or stalls) half-way.
-        let body = Bytes::from(serde_json::to_vec(&answer.json()).unwrap_or_default());
+        let body = Bytes::from(serde_json::to_vec(&whole()).unwrap_or_default());
         let half = body.slice(..body.len() / 2);
-        Ok(streamed(
-            vec![half],
-            Duration::ZERO,
-            Some((1, stall)),
-            "application/json",
-        ))
+        streamed(vec![half], Duration::ZERO, Some((1, stall)), "application/json")
     } else {
-        Ok(json_response(StatusCode::OK, &answer.json()))
+        json_response(StatusCode::OK, &whole())
     }
 }
 

@@ -17,6 +17,8 @@ pub enum Expect {
     Choices,
     /// Embeddings: `data`.
     Data,
+    /// The Responses API: `output`.
+    Output,
 }
 
 /// How an answer body failed the check. The text is safe to show: it never quotes more than
@@ -43,6 +45,8 @@ struct Shape {
     choices: Option<Vec<IgnoredAny>>,
     #[serde(default)]
     data: Option<Vec<IgnoredAny>>,
+    #[serde(default)]
+    output: Option<Vec<IgnoredAny>>,
     #[serde(default)]
     error: Option<ErrorField>,
     #[serde(default)]
@@ -78,15 +82,13 @@ pub(crate) fn check(body: &[u8], expect: Expect) -> Result<Option<Usage>, Malfor
             .unwrap_or_default();
         return Err(Malformed::ErrorObject(message));
     }
-    let present = match expect {
-        Expect::Choices => shape.choices.is_some(),
-        Expect::Data => shape.data.is_some(),
+    let (present, name) = match expect {
+        Expect::Choices => (shape.choices.is_some(), "choices"),
+        Expect::Data => (shape.data.is_some(), "data"),
+        Expect::Output => (shape.output.is_some(), "output"),
     };
     if !present {
-        return Err(Malformed::Missing(match expect {
-            Expect::Choices => "choices",
-            Expect::Data => "data",
-        }));
+        return Err(Malformed::Missing(name));
     }
     Ok(shape.usage.map(Usage::from))
 }
@@ -110,6 +112,9 @@ mod tests {
         let u = check(body, Expect::Choices).unwrap().unwrap();
         assert_eq!((u.prompt_tokens, u.completion_tokens), (3, 1));
         assert_eq!(check(br#"{"data":[]}"#, Expect::Data), Ok(None));
+        let response = br#"{"id":"resp_1","object":"response","status":"completed","error":null,"output":[{"type":"message","content":[{"type":"output_text","text":"hi"}]}],"usage":{"input_tokens":7,"input_tokens_details":{"cached_tokens":2},"output_tokens":1,"total_tokens":8}}"#;
+        let u = check(response, Expect::Output).unwrap().unwrap();
+        assert_eq!((u.prompt_tokens, u.cached_tokens, u.completion_tokens), (7, 2, 1));
     }
 
     #[test]
@@ -131,6 +136,17 @@ mod tests {
         assert_eq!(
             check(br#"{"data":[]}"#, Expect::Choices),
             Err(Malformed::Missing("choices"))
+        );
+        assert_eq!(
+            check(br#"{"object":"response","status":"completed"}"#, Expect::Output),
+            Err(Malformed::Missing("output"))
+        );
+        assert_eq!(
+            check(
+                br#"{"object":"response","status":"failed","output":[],"error":{"code":"server_error","message":"boom"}}"#,
+                Expect::Output
+            ),
+            Err(Malformed::ErrorObject(": boom".into()))
         );
         assert!(matches!(
             check(br#"{"choices":"no"}"#, Expect::Choices),

@@ -27,6 +27,9 @@ pub enum Endpoint {
     Chat,
     Completions,
     Embeddings,
+    /// The Responses API (`POST /v1/responses`): routed, limited and accounted like chat; its
+    /// streams are typed events that end with `response.completed`, not `[DONE]`.
+    Responses,
 }
 
 impl Endpoint {
@@ -35,6 +38,7 @@ impl Endpoint {
             Endpoint::Chat => "/chat/completions",
             Endpoint::Completions => "/completions",
             Endpoint::Embeddings => "/embeddings",
+            Endpoint::Responses => "/responses",
         }
     }
 
@@ -43,6 +47,7 @@ impl Endpoint {
             Endpoint::Chat => "chat",
             Endpoint::Completions => "completions",
             Endpoint::Embeddings => "embeddings",
+            Endpoint::Responses => "responses",
         }
     }
 
@@ -50,11 +55,18 @@ impl Endpoint {
         !matches!(self, Endpoint::Embeddings)
     }
 
+    /// Whether the endpoint's streams take `stream_options.include_usage` (the Responses API
+    /// always reports usage in its `response.completed` event and has no such option).
+    pub(crate) fn stream_usage_option(self) -> bool {
+        matches!(self, Endpoint::Chat | Endpoint::Completions)
+    }
+
     /// What a whole answer of this endpoint must hold.
     pub(crate) fn expect(self) -> answer::Expect {
         match self {
             Endpoint::Embeddings => answer::Expect::Data,
             Endpoint::Chat | Endpoint::Completions => answer::Expect::Choices,
+            Endpoint::Responses => answer::Expect::Output,
         }
     }
 }

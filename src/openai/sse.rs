@@ -1,15 +1,21 @@
 //! A Server-Sent Events scanner for the response tee. It never holds back a complete event:
 //! bytes are forwarded as soon as an event boundary is seen, and when upstream frames align
 //! with events (the usual case) the frame is forwarded as the same `Bytes`, without a copy.
-//! While scanning it reports usage, `[DONE]` and in-band errors, and can drop the usage-only
-//! chunk the sidecar itself asked for.
+//! While scanning it reports usage, the stream's end (`[DONE]`, or the Responses API's
+//! `response.completed`) and in-band errors, and can drop the usage-only chunk the sidecar
+//! itself asked for.
 
 use std::sync::LazyLock;
 
 use bytes::{Bytes, BytesMut};
 use memchr::memmem::{Finder, FinderRev};
 
-use super::usage::{Usage, parse_usage};
+use std::borrow::Cow;
+
+use serde::Deserialize;
+
+use super::Endpoint;
+use super::usage::{Usage, parse_response_usage, parse_usage};
 
 /// A partial event longer than this is not an OpenAI chunk we could parse anyway; it is
 /// forwarded unparsed rather than buffered without bound.
@@ -30,7 +36,7 @@ pub struct SseScanner {
     strip_usage_only: bool,
     /// Usage reported by the stream (the last report wins, as providers send it once at the end).
     pub(crate) usage: Option<Usage>,
-    /// `data: [DONE]` was seen.
+    /// The stream's end was seen: `data: [DONE]`, or a Responses stream's terminal event.
     pub(crate) done: bool,
     /// An `{"error": ...}` event was seen.
     pub(crate) saw_error: bool,
@@ -50,6 +56,20 @@ pub struct SseScanner {
     pub(crate) finish_reason: Option<String>,
     /// Events are not judged (a passthrough stream of a shape the sidecar does not know).
     lenient: bool,
+    /// The Responses API's typed events (`{"type":"response.output_text.delta",…}`).
+    typed: bool,
+    /// The last `sequence_number` of a typed stream, so an error event the sidecar adds
+    /// follows it.
+    sequence: Option<u64>,
+}
+
+/// The head of a Responses API stream event.
+#[derive(Deserialize)]
+struct TypedEvent<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default)]
+    sequence_number: Option<u64>,
 }
 
 impl SseScanner {
@@ -57,6 +77,15 @@ impl SseScanner {
     pub fn new(strip_usage_only: bool) -> Self {
         Self {
             strip_usage_only,
+            ..Default::default()
+        }
+    }
+
+    /// The scanner for a stream of `endpoint`'s answer.
+    pub(crate) fn for_endpoint(endpoint: Endpoint, strip_usage_only: bool) -> Self {
+        Self {
+            strip_usage_only,
+            typed: endpoint == Endpoint::Responses,
             ..Default::default()
         }
     }
@@ -179,6 +208,9 @@ impl SseScanner {
             // Nothing after the terminator is read by SDKs; it cannot break the answer.
             return Verdict::Forward;
         }
+        if self.typed {
+            return self.scan_typed(data);
+        }
         if !self.lenient
             && (data.trim_ascii_start().first() != Some(&b'{')
                 || serde_json::from_slice::<serde::de::IgnoredAny>(data).is_err())
@@ -197,10 +229,7 @@ impl SseScanner {
             }
         }
         if data.starts_with(b"{\"error\"") || ERROR.find(data).is_some() {
-            self.saw_error = true;
-            if self.error_message.is_none() {
-                self.error_message = Some(error_message(data));
-            }
+            self.error(data);
         } else {
             self.content_events += 1;
         }
@@ -210,6 +239,77 @@ impl SseScanner {
             self.finish_reason = Some(reason);
         }
         verdict
+    }
+}
+
+impl SseScanner {
+    /// One Responses API event. `response.created`/`in_progress`/`queued` open the stream
+    /// but are not the answer (a stream that fails after them has shown the app nothing
+    /// worth keeping, so it can still fail over); `response.completed`/`incomplete` end it
+    /// with the usage; `error` and `response.failed` are the provider's failure.
+    fn scan_typed(&mut self, data: &[u8]) -> Verdict {
+        let event = match data.trim_ascii_start().first() {
+            Some(b'{') => serde_json::from_slice::<TypedEvent<'_>>(data).ok(),
+            _ => None,
+        };
+        let Some(event) = event else {
+            self.malformed = Some("an event that is not a JSON object");
+            return Verdict::Malformed;
+        };
+        if event.sequence_number.is_some() {
+            self.sequence = event.sequence_number;
+        }
+        match event.kind.as_deref() {
+            Some("response.created" | "response.in_progress" | "response.queued") => {}
+            Some("error") => self.error(data),
+            Some(end @ ("response.completed" | "response.incomplete" | "response.failed")) => {
+                self.done = true;
+                if let Some(u) = parse_response_usage(data) {
+                    self.usage = Some(u);
+                }
+                if self.track_finish {
+                    self.finish_reason = Some(end["response.".len()..].to_owned());
+                }
+                if end == "response.failed" {
+                    self.error(data);
+                } else {
+                    self.content_events += 1;
+                }
+            }
+            None if ERROR.find(data).is_some() => self.error(data),
+            _ => self.content_events += 1,
+        }
+        Verdict::Forward
+    }
+
+    fn error(&mut self, data: &[u8]) {
+        self.saw_error = true;
+        if self.error_message.is_none() {
+            self.error_message = Some(error_message(data));
+        }
+    }
+
+    /// The in-band error event an SDK raises on when the stream fails after its start: the
+    /// Responses API's `error` event for a typed stream, `{"error":…}` otherwise.
+    pub(crate) fn error_event(&self, message: &str, code: &str) -> Bytes {
+        let mut event = Vec::with_capacity(message.len() + 128);
+        if self.typed {
+            let body = serde_json::json!({
+                "type": "error",
+                "code": code,
+                "message": message,
+                "param": null,
+                "sequence_number": self.sequence.map_or(0, |s| s + 1),
+            });
+            event.extend_from_slice(b"event: error\ndata: ");
+            // Serialising a `Value` built from strings into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut event, &body);
+        } else {
+            event.extend_from_slice(b"data: ");
+            event.extend_from_slice(&super::error_body(message, "upstream_error", None, Some(code)));
+        }
+        event.extend_from_slice(b"\n\n");
+        Bytes::from(event)
     }
 }
 
@@ -251,20 +351,33 @@ enum Verdict {
     Malformed,
 }
 
-/// The `message` of an error event, or a generic text.
+/// The `message` of an error event (`{"error":{"message"}}`, a Responses `error` event's
+/// own `message`, or `response.failed`'s `response.error.message`), or a generic text.
 fn error_message(data: &[u8]) -> String {
-    #[derive(serde::Deserialize)]
+    #[derive(Deserialize, Default)]
     struct E {
-        error: Inner,
+        #[serde(default)]
+        error: Option<Inner>,
+        #[serde(default)]
+        message: Option<String>,
+        #[serde(default)]
+        response: Option<Failed>,
     }
-    #[derive(serde::Deserialize)]
+    #[derive(Deserialize, Default)]
+    struct Failed {
+        #[serde(default)]
+        error: Option<Inner>,
+    }
+    #[derive(Deserialize, Default)]
     struct Inner {
         #[serde(default)]
         message: Option<String>,
     }
-    serde_json::from_slice::<E>(data)
-        .ok()
-        .and_then(|e| e.error.message)
+    let e = serde_json::from_slice::<E>(data).unwrap_or_default();
+    e.error
+        .and_then(|i| i.message)
+        .or(e.message)
+        .or_else(|| e.response.and_then(|r| r.error).and_then(|i| i.message))
         .map(|m| m.chars().take(300).collect())
         .unwrap_or_else(|| "the provider sent an error event".to_owned())
 }
@@ -425,5 +538,72 @@ mod tests {
         assert!(s.push(Bytes::from_static(b"data: [DONE]")).is_empty());
         assert_eq!(&s.finish()[..], b"data: [DONE]");
         assert!(s.done);
+    }
+
+    const CREATED: &str = "event: response.created\ndata: {\"type\":\"response.created\",\"sequence_number\":0,\"response\":{\"id\":\"resp_1\",\"status\":\"in_progress\",\"output\":[],\"usage\":null,\"error\":null}}\n\n";
+    const DELTA: &str = "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"sequence_number\":1,\"delta\":\"\\\"response.completed\\\" said\"}\n\n";
+    const COMPLETED: &str = "event: response.completed\ndata: {\"type\":\"response.completed\",\"sequence_number\":2,\"response\":{\"id\":\"resp_1\",\"status\":\"completed\",\"output\":[],\"usage\":{\"input_tokens\":5,\"output_tokens\":2,\"total_tokens\":7},\"error\":null}}\n\n";
+
+    #[test]
+    fn responses_streams_end_with_their_terminal_event_and_report_usage() {
+        let mut s = SseScanner::for_endpoint(Endpoint::Responses, false);
+        s.track_finish_reason();
+        let out = s.push(Bytes::from(CREATED));
+        assert_eq!(out, CREATED.as_bytes());
+        assert_eq!(s.content_events, 0, "response.created is not the answer yet");
+        s.push(Bytes::from(DELTA));
+        assert_eq!(
+            (s.content_events, s.done),
+            (1, false),
+            "a delta quoting the event name is content"
+        );
+        s.push(Bytes::from(COMPLETED));
+        assert!(s.done && !s.saw_error);
+        assert_eq!(s.usage.map(|u| (u.prompt_tokens, u.completion_tokens)), Some((5, 2)));
+        assert_eq!(s.finish_reason.as_deref(), Some("completed"));
+        // A chat scanner would have called this stream unterminated (no [DONE]).
+        let mut chat = SseScanner::new(false);
+        chat.push(Bytes::from(format!("{CREATED}{DELTA}{COMPLETED}")));
+        assert!(!chat.done);
+    }
+
+    #[test]
+    fn responses_errors_and_failures_are_the_providers() {
+        let mut s = SseScanner::for_endpoint(Endpoint::Responses, false);
+        s.push(Bytes::from(CREATED));
+        s.push(Bytes::from_static(
+            b"event: error\ndata: {\"type\":\"error\",\"code\":\"server_error\",\"message\":\"overloaded\",\"sequence_number\":1}\n\n",
+        ));
+        assert!(s.saw_error && s.content_events == 0);
+        assert_eq!(s.error_message.as_deref(), Some("overloaded"));
+
+        let mut s = SseScanner::for_endpoint(Endpoint::Responses, false);
+        s.push(Bytes::from_static(
+            b"data: {\"type\":\"response.failed\",\"response\":{\"status\":\"failed\",\"error\":{\"code\":\"server_error\",\"message\":\"model crashed\"}}}\n\n",
+        ));
+        assert!(s.saw_error && s.done);
+        assert_eq!(s.error_message.as_deref(), Some("model crashed"));
+
+        let mut s = SseScanner::for_endpoint(Endpoint::Responses, false);
+        assert!(s.push(Bytes::from_static(b"data: [1,2]\n\n")).is_empty());
+        assert!(s.malformed.is_some());
+    }
+
+    #[test]
+    fn the_sidecars_error_event_speaks_the_streams_dialect() {
+        let mut s = SseScanner::for_endpoint(Endpoint::Responses, false);
+        s.push(Bytes::from(CREATED));
+        s.push(Bytes::from(DELTA));
+        let e = s.error_event("cut", "upstream_reset");
+        let text = std::str::from_utf8(&e).unwrap();
+        assert!(text.starts_with("event: error\ndata: {"), "{text}");
+        let v: serde_json::Value = serde_json::from_str(text["event: error\ndata: ".len()..].trim()).unwrap();
+        assert_eq!(
+            (v["type"].as_str(), v["code"].as_str()),
+            (Some("error"), Some("upstream_reset"))
+        );
+        assert_eq!(v["sequence_number"], 2);
+        let chat = SseScanner::new(false).error_event("cut", "upstream_reset");
+        assert!(chat.starts_with(b"data: {\"error\":{"));
     }
 }

@@ -71,6 +71,19 @@ pub(crate) fn parse_usage(json: &[u8]) -> Option<UsageReport> {
 }
 
 #[derive(Deserialize)]
+struct InResponse {
+    #[serde(default)]
+    response: Option<WithUsage>,
+}
+
+/// Reads `response.usage` from a Responses API stream event (`response.completed`,
+/// `response.incomplete`, `response.failed` carry the whole response object).
+pub(crate) fn parse_response_usage(json: &[u8]) -> Option<Usage> {
+    let w: InResponse = serde_json::from_slice(json).ok()?;
+    Some(w.response?.usage?.into())
+}
+
+#[derive(Deserialize)]
 struct WithChoices {
     #[serde(default)]
     choices: Vec<Choice>,
@@ -105,6 +118,17 @@ mod tests {
             }
         );
         assert!(!r.usage_only);
+    }
+
+    #[test]
+    fn reads_usage_nested_in_a_responses_event() {
+        let event = br#"{"type":"response.completed","response":{"id":"resp_1","output":[],"usage":{"input_tokens":9,"input_tokens_details":{"cached_tokens":0},"output_tokens":4,"total_tokens":13}},"sequence_number":7}"#;
+        let u = parse_response_usage(event).unwrap();
+        assert_eq!((u.prompt_tokens, u.completion_tokens), (9, 4));
+        assert_eq!(
+            parse_response_usage(br#"{"type":"response.created","response":{"usage":null}}"#),
+            None
+        );
     }
 
     #[test]

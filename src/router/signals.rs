@@ -20,7 +20,8 @@ pub(crate) const DEFAULT_COMPLETION_ESTIMATE: u64 = 256;
 
 #[derive(Debug, Default)]
 pub struct Signals<'a> {
-    /// The last user turn's text (chat) or the prompt (completions); `None` unless asked for.
+    /// The last user turn's text (chat, or a Responses `input`) or the prompt (completions);
+    /// `None` unless asked for.
     pub(crate) text: Option<Cow<'a, str>>,
     pub(crate) needs: Capabilities,
     pub prompt_tokens: u64,
@@ -34,10 +35,12 @@ impl Default for Capabilities {
     }
 }
 
+/// A chat message, or a Responses `input` item (items without a role, such as a tool's
+/// output, are read and skipped).
 #[derive(Deserialize)]
 struct Message<'a> {
-    #[serde(borrow)]
-    role: Cow<'a, str>,
+    #[serde(borrow, default)]
+    role: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     content: Option<&'a RawValue>,
 }
@@ -55,13 +58,12 @@ impl<'a> Signals<'a> {
         if non_empty(head.raw("tools")) || non_empty(head.raw("functions")) {
             needs = needs.union(Capabilities::TOOLS);
         }
-        if head
-            .raw("response_format")
-            .is_some_and(|v| v.get().contains("\"json_object\"") || v.get().contains("\"json_schema\""))
-        {
+        // Chat's `response_format`, or the Responses API's `text.format`.
+        let json_mode = |v: &RawValue| v.get().contains("\"json_object\"") || v.get().contains("\"json_schema\"");
+        if head.raw("response_format").is_some_and(json_mode) || head.raw("text").is_some_and(json_mode) {
             needs = needs.union(Capabilities::JSON);
         }
-        let messages = head.raw("messages");
+        let messages = head.raw("messages").or_else(|| head.raw("input"));
         if messages.is_some_and(|m| {
             memchr::memmem::find(m.get().as_bytes(), b"\"image_url\"").is_some()
                 || memchr::memmem::find(m.get().as_bytes(), b"\"input_image\"").is_some()
@@ -71,6 +73,7 @@ impl<'a> Signals<'a> {
         let max_tokens = head
             .raw("max_completion_tokens")
             .or_else(|| head.raw("max_tokens"))
+            .or_else(|| head.raw("max_output_tokens"))
             .and_then(|v| serde_json::from_str::<u64>(v.get()).ok());
         let user = head
             .raw("user")
@@ -99,9 +102,14 @@ impl<'a> Signals<'a> {
     }
 }
 
+/// The last user turn of a chat's `messages` or a Responses `input` (which may also be the
+/// user's text itself).
 fn last_user_text<'a>(messages: &'a RawValue) -> Option<Cow<'a, str>> {
+    if let Ok(s) = serde_json::from_str::<Cow<'a, str>>(messages.get()) {
+        return Some(s);
+    }
     let list: Vec<Message<'a>> = serde_json::from_str(messages.get()).ok()?;
-    let m = list.into_iter().rev().find(|m| m.role == "user")?;
+    let m = list.into_iter().rev().find(|m| m.role.as_deref() == Some("user"))?;
     let content = m.content?;
     if let Ok(s) = serde_json::from_str::<Cow<'a, str>>(content.get()) {
         return Some(s);
@@ -149,5 +157,26 @@ mod tests {
         assert_eq!(s.text.as_deref(), Some("hi \"there\""));
         assert_eq!(s.needs, Capabilities::NONE);
         assert!(Signals::read(&head, plain.len(), false).text.is_none());
+    }
+
+    #[test]
+    fn reads_a_responses_request() {
+        let body = br#"{"model":"m","instructions":"be brief","input":[{"role":"user","content":[{"type":"input_text","text":"describe"},{"type":"input_image","image_url":"data:x"}]},{"type":"function_call_output","call_id":"c1","output":"42"},{"type":"message","role":"user","content":"and now?"}],"tools":[{"type":"web_search"}],"text":{"format":{"type":"json_schema","name":"x","schema":{}}},"max_output_tokens":64}"#;
+        let head = RequestHead::parse(body).unwrap();
+        let s = Signals::read(&head, body.len(), true);
+        assert_eq!(s.text.as_deref(), Some("and now?"));
+        assert!(
+            s.needs.contains(
+                Capabilities::TOOLS
+                    .union(Capabilities::VISION)
+                    .union(Capabilities::JSON)
+            )
+        );
+        assert_eq!(s.max_tokens, Some(64));
+        let plain = br#"{"model":"m","input":"just a string","text":{"format":{"type":"text"}}}"#;
+        let head = RequestHead::parse(plain).unwrap();
+        let s = Signals::read(&head, plain.len(), true);
+        assert_eq!(s.text.as_deref(), Some("just a string"));
+        assert_eq!(s.needs, Capabilities::NONE);
     }
 }

@@ -324,6 +324,7 @@ impl Attempt<'_> {
         traceparent: Option<HeaderValue>,
     ) -> Outcome {
         let strip_usage = rec.stream()
+            && self.endpoint.stream_usage_option()
             && !self.head.include_usage
             && provider.adapter().adds_usage_chunk(provider.config.inject_stream_usage);
         let (uri, headers, send_body) = match self.upstream_request(rec, provider, target, strip_usage, traceparent) {
@@ -549,7 +550,7 @@ impl Attempt<'_> {
     ) -> Result<Checked, Outcome> {
         let mut translate = provider.adapter().stream(&target.model.name, self.head.include_usage);
         let first_byte = provider.config.timeouts.first_byte;
-        let mut scanner = SseScanner::new(x.strip_usage);
+        let mut scanner = SseScanner::for_endpoint(self.endpoint, x.strip_usage);
         if rec.trace().is_some() {
             scanner.track_finish_reason();
         }

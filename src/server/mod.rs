@@ -61,6 +61,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
         "/v1/chat/completions" => Some(Endpoint::Chat),
         "/v1/completions" => Some(Endpoint::Completions),
         "/v1/embeddings" => Some(Endpoint::Embeddings),
+        "/v1/responses" => Some(Endpoint::Responses),
         _ => None,
     };
     match (req.method(), endpoint) {

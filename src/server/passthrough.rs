@@ -1,4 +1,4 @@
-//! Paths the sidecar does not interpret (the Responses API, audio, files, batches): passed to
+//! Paths the sidecar does not interpret (audio, files, batches, a stored response): passed to
 //! the default route's first OpenAI-compatible provider, body and query unchanged, with the
 //! tenant's limits, the priority queue, tracing and the relay's accounting.
 
@@ -23,8 +23,8 @@ use crate::router::Route;
 use crate::state::{Runtime, Shared};
 use crate::upstream::{ClientBody, Provider, UpstreamError};
 
-/// Passes a `/v1/*` request the sidecar does not interpret (Responses API, audio, files,
-/// batches) to the default route's first provider, body and query unchanged.
+/// Passes a `/v1/*` request the sidecar does not interpret (audio, files, batches, a stored
+/// response) to the default route's first provider, body and query unchanged.
 ///
 /// `path` is the request's path as [`super::normalize_path`] spelled it: that, not the raw
 /// request target, is what reaches the provider.
@@ -49,7 +49,7 @@ pub(crate) async fn passthrough(
         admit(&shared, &rt, &mut rec, &tenant, &parts.headers)?;
         let route = rt.router.default_route().ok_or_else(|| {
             ApiError::unknown_url(&parts.method, &path).with_message(format!(
-                "Invalid URL ({} {}): this sidecar interprets chat/completions, completions, embeddings and models, and passes other /v1 paths to the default route, but no `default_route` is configured.",
+                "Invalid URL ({} {}): this sidecar interprets chat/completions, completions, embeddings, responses and models, and passes other /v1 paths to the default route, but no `default_route` is configured.",
                 parts.method,
                 path
             ))

@@ -679,7 +679,8 @@ impl Drop for RequestRecord {
 
 pub(super) fn operation_name(endpoint: &'static str) -> &'static str {
     match endpoint {
-        "chat" => "chat",
+        // GenAI semantic conventions: a Responses API call is a chat operation.
+        "chat" | "responses" => "chat",
         "completions" => "text_completion",
         "embeddings" => "embeddings",
         _ => "other",

@@ -22,7 +22,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::record::{Outcome, RequestRecord};
 use super::settle::Settle;
-use crate::openai::{SseScanner, error_body};
+use crate::openai::SseScanner;
 use crate::scheduler::Permit;
 use crate::upstream::adapter::StreamTranslate;
 use crate::upstream::redact::Redactor;
@@ -291,7 +291,7 @@ impl RelayProj<'_> {
             self.record.used(scanner.usage);
             self.record.finish(outcome);
             *self.state = State::Ending;
-            return Ok(Frame::data(error_event(&message, kind)));
+            return Ok(Frame::data(scanner.error_event(&message, kind)));
         }
         self.record.finish(outcome);
         *self.state = State::Done;
@@ -313,12 +313,4 @@ fn judge_end(scanner: &SseScanner, strict: bool, ok: Outcome) -> (Outcome, Optio
     } else {
         (ok, None)
     }
-}
-
-/// An OpenAI-style in-band error event: what SDKs raise on when a stream fails after its start.
-pub(crate) fn error_event(message: &str, code: &str) -> Bytes {
-    let mut event = b"data: ".to_vec();
-    event.extend_from_slice(&error_body(message, "upstream_error", None, Some(code)));
-    event.extend_from_slice(b"\n\n");
-    Bytes::from(event)
 }

@@ -137,7 +137,7 @@ pub(super) fn attempt(
 }
 
 /// A passthrough request's root span: named by its method and the API it addresses
-/// (`POST /v1/responses`, not the full path: file and batch ids would make names unique).
+/// (`POST /v1/files`, not the full path: file and batch ids would make names unique).
 pub(super) fn passthrough(t: &mut RequestTrace, method: &http::Method, path: &str) {
     let api = path
         .strip_prefix("/v1/")

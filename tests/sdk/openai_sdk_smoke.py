@@ -1,5 +1,5 @@
 """The official OpenAI Python SDK against a running llm-sidecar: chat (JSON and streaming),
-completions, embeddings, models, and an error. Exits non-zero on the first mismatch.
+the Responses API (JSON and streaming), completions, embeddings, models, and an error. Exits non-zero on the first mismatch.
 
 Usage: python openai_sdk_smoke.py http://127.0.0.1:PORT/v1
 """
@@ -41,6 +41,26 @@ for chunk in client.chat.completions.create(
 ):
     last = chunk
 assert last is not None and last.usage is not None and last.usage.completion_tokens == 5, last
+
+resp = client.responses.create(model="auto", input="hello responses", instructions="be brief")
+assert resp.output_text == "Mock answer to: hello responses", resp
+assert resp.usage.input_tokens == 6 and resp.usage.output_tokens == 5, resp.usage
+raw = client.responses.with_raw_response.create(model="auto", input="which model")
+assert raw.headers["x-llm-sidecar-model"] == "chat-model", dict(raw.headers)
+
+deltas = []
+completed = None
+for event in client.responses.create(model="auto", input="stream the response", stream=True):
+    if event.type == "response.output_text.delta":
+        deltas.append(event.delta)
+    elif event.type == "response.completed":
+        completed = event.response
+assert "".join(deltas) == "Mock answer to: stream the response", deltas
+assert completed is not None and completed.usage.output_tokens == 6, completed
+
+with client.responses.stream(model="auto", input="the stream helper") as stream:
+    final = stream.get_final_response()
+assert final.output_text == "Mock answer to: the stream helper", final
 
 comp = client.completions.create(model="chat-model", prompt="finish me")
 assert comp.choices[0].text == "Mock completion of: finish me", comp
