@@ -256,3 +256,81 @@ async fn tenant_limits_apply_to_responses() {
         1.0
     );
 }
+
+#[tokio::test]
+async fn a_follow_up_goes_to_the_provider_that_holds_the_conversation() {
+    let (h, backup) = pair("default_route: auto").await;
+    // The first turn fails over to the backup, which now holds the response's state.
+    h.mock.push_fault(Fault::Status {
+        status: 503,
+        retry_after: None,
+    });
+    let r = post(&h, json!({"model": "auto", "input": "first turn"})).await;
+    assert_eq!(r.headers()["x-llm-sidecar-model"], "b");
+    let first: Value = r.json().await.unwrap();
+    let id = first["id"].as_str().unwrap().to_owned();
+
+    // The route would send the next turn to the primary, which has never seen `id`.
+    let r = post(
+        &h,
+        json!({"model": "auto", "input": "second turn", "previous_response_id": id}),
+    )
+    .await;
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    assert_eq!(r.headers()["x-llm-sidecar-model"], "b");
+    let second: Value = r.json().await.unwrap();
+    assert_eq!(second["previous_response_id"], id.as_str());
+    assert_eq!(
+        h.mock.requests().len(),
+        1,
+        "the primary was asked once, for the first turn"
+    );
+
+    // A streamed turn's id (from response.created) is remembered the same way.
+    let r = post(
+        &h,
+        json!({"model": "auto", "input": "third turn", "previous_response_id": second["id"], "stream": true}),
+    )
+    .await;
+    let events = typed_events(r).await;
+    let third = events[0].1["response"]["id"].as_str().unwrap().to_owned();
+    let r = post(
+        &h,
+        json!({"model": "auto", "input": "fourth", "previous_response_id": third}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-llm-sidecar-model"], "b");
+
+    // Reading a stored response goes to its provider too (a passthrough).
+    let r = h
+        .client
+        .get(h.url(&format!("/v1/responses/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let seen = backup.last_request().unwrap();
+    assert_eq!(
+        (seen.method.as_str(), seen.path_and_query.as_str()),
+        ("GET", &*format!("/v1/responses/{id}"))
+    );
+    assert_eq!(h.mock.requests().len(), 1);
+
+    // With its provider down, a follow-up fails rather than going where it cannot work.
+    backup.set_standing_fault(Some(Fault::Status {
+        status: 503,
+        retry_after: None,
+    }));
+    let r = post(
+        &h,
+        json!({"model": "auto", "input": "fifth", "previous_response_id": id}),
+    )
+    .await;
+    assert!(r.status().is_server_error(), "{}", r.status());
+    assert_eq!(h.mock.requests().len(), 1);
+
+    // A new conversation is routed as usual.
+    let r = post(&h, json!({"model": "auto", "input": "new conversation"})).await;
+    assert_eq!(r.headers()["x-llm-sidecar-model"], "a");
+}

@@ -93,6 +93,16 @@ pub(crate) fn check(body: &[u8], expect: Expect) -> Result<Option<Usage>, Malfor
     Ok(shape.usage.map(Usage::from))
 }
 
+/// The `id` of a Responses API answer (checked already), for the provider affinity.
+pub(crate) fn response_id(body: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Id {
+        #[serde(default)]
+        id: Option<String>,
+    }
+    serde_json::from_slice::<Id>(body).ok()?.id
+}
+
 /// The first few printable characters of a body, for an error message.
 fn sample(body: &[u8]) -> String {
     String::from_utf8_lossy(&body[..body.len().min(24)])

@@ -61,6 +61,8 @@ pub struct SseScanner {
     /// The last `sequence_number` of a typed stream, so an error event the sidecar adds
     /// follows it.
     sequence: Option<u64>,
+    /// A Responses stream's response id (from `response.created`).
+    pub(crate) response_id: Option<String>,
 }
 
 /// The head of a Responses API stream event.
@@ -70,6 +72,14 @@ struct TypedEvent<'a> {
     kind: Option<Cow<'a, str>>,
     #[serde(default)]
     sequence_number: Option<u64>,
+    #[serde(borrow, default)]
+    response: Option<ResponseRef<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ResponseRef<'a> {
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
 }
 
 impl SseScanner {
@@ -260,7 +270,11 @@ impl SseScanner {
             self.sequence = event.sequence_number;
         }
         match event.kind.as_deref() {
-            Some("response.created" | "response.in_progress" | "response.queued") => {}
+            Some("response.created" | "response.in_progress" | "response.queued") => {
+                if self.response_id.is_none() {
+                    self.response_id = event.response.and_then(|r| r.id).map(Cow::into_owned);
+                }
+            }
             Some("error") => self.error(data),
             Some(end @ ("response.completed" | "response.incomplete" | "response.failed")) => {
                 self.done = true;
@@ -551,6 +565,7 @@ mod tests {
         let out = s.push(Bytes::from(CREATED));
         assert_eq!(out, CREATED.as_bytes());
         assert_eq!(s.content_events, 0, "response.created is not the answer yet");
+        assert_eq!(s.response_id.as_deref(), Some("resp_1"));
         s.push(Bytes::from(DELTA));
         assert_eq!(
             (s.content_events, s.done),

@@ -10,6 +10,7 @@
 //! functions of the request, the snapshot and two pieces of shared state: latency EWMAs
 //! (`resilience`) and canary windows, which outlive config reloads.
 
+pub mod affinity;
 pub mod complexity;
 pub mod signals;
 mod strategy;
@@ -291,6 +292,22 @@ pub struct Decision {
     pub(crate) filtered: usize,
     /// `true` when the app forced the route with [`ROUTE_HEADER`].
     pub(crate) forced: bool,
+    /// The provider the candidates were narrowed to: it holds the conversation's state
+    /// (see [`affinity`]).
+    pub(crate) pinned: Option<Arc<str>>,
+}
+
+impl Decision {
+    /// Keeps only the candidates served by `provider`, the one holding the state the request
+    /// builds on; changes nothing (and says `false`) when the route has no candidate there.
+    pub(crate) fn pin_to(&mut self, provider: &Arc<str>) -> bool {
+        if !self.candidates.iter().any(|c| c.model.provider == *provider) {
+            return false;
+        }
+        self.candidates.retain(|c| c.model.provider == *provider);
+        self.pinned = Some(provider.clone());
+        true
+    }
 }
 
 /// A decision, or a `semantic` route that needs the last user turn's embedding to decide.
@@ -591,6 +608,7 @@ impl Router {
                     reason: Reason::Semantic { similarity },
                     filtered,
                     forced: false,
+                    pinned: None,
                 }))
             }
             _ => self.decide(req, route.index + 1),
@@ -618,6 +636,7 @@ impl Router {
             reason,
             filtered,
             forced,
+            pinned: None,
         }))
     }
 

@@ -502,6 +502,9 @@ impl Attempt<'_> {
                     Ok(u) => u,
                     Err(m) => return bad(settle, &m.to_string()),
                 };
+                if self.endpoint == Endpoint::Responses {
+                    self.remember_owner(answer::response_id(&bytes).as_deref(), provider);
+                }
                 settle.answered(true);
                 let checked = Checked {
                     translate: None,
@@ -561,6 +564,7 @@ impl Attempt<'_> {
         };
         // A stream's first byte worth counting is its first content event.
         target.health.observe_latency(x.started.elapsed());
+        self.remember_owner(scanner.response_id.as_deref(), provider);
         Ok(Checked {
             translate,
             usage: None,
@@ -571,6 +575,13 @@ impl Attempt<'_> {
                 settle,
             }),
         })
+    }
+
+    /// A Responses API answer's id was made by `provider`: follow-ups go there.
+    fn remember_owner(&self, id: Option<&str>, provider: &Provider) {
+        if let Some(id) = id {
+            self.shared.response_owners.remember(id, provider.name());
+        }
     }
 
     /// The attempt's answer, ready to relay; `checked` holds what a 2xx carries besides its body.

@@ -55,7 +55,10 @@ pub(crate) async fn passthrough(
             ))
         })?;
         rec.routed(&route.name, None);
-        let (model, provider) = openai_target(&rt, route)?;
+        let (model, provider) = match stored_response_target(&shared, &rt, &path) {
+            Some(t) => t,
+            None => openai_target(&rt, route)?,
+        };
         let upstream = Upstream {
             shared: &shared,
             rt: &rt,
@@ -119,6 +122,24 @@ fn openai_target<'a>(rt: &'a Runtime, route: &'a Route) -> Result<(&'a Arc<Model
                 .map(|p| (&t.model, p))
         })
         .ok_or_else(|| internal("the default route has no OpenAI-compatible target"))
+}
+
+/// A stored response (`/v1/responses/{id}`, its `cancel` and `input_items`) is read at the
+/// provider that made it, when this sidecar relayed it.
+fn stored_response_target<'a>(
+    shared: &Shared,
+    rt: &'a Runtime,
+    path: &str,
+) -> Option<(&'a Arc<ModelConfig>, &'a Arc<Provider>)> {
+    let id = path.strip_prefix("/v1/responses/")?.split('/').next()?;
+    let owner = shared.response_owners.owner(id)?;
+    let provider = rt.providers.get(&owner).filter(|p| p.kind() == ProviderKind::OpenAi)?;
+    let model = rt
+        .config
+        .models
+        .values()
+        .find(|m| m.provider == owner && m.unusable.is_none())?;
+    Some((model, provider))
 }
 
 /// The passthrough's one attempt: the default route's first OpenAI-compatible target.

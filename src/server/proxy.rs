@@ -160,6 +160,20 @@ impl Stages<'_> {
         })
     }
 
+    /// A Responses request that continues a stored response goes to the provider that made
+    /// it (when this sidecar relayed it): no other provider can see that conversation.
+    fn pin(&self, decision: &mut Decision, head: &RequestHead<'_>) {
+        if self.endpoint != Endpoint::Responses {
+            return;
+        }
+        let previous = head
+            .raw("previous_response_id")
+            .and_then(|v| serde_json::from_str::<std::borrow::Cow<'_, str>>(v.get()).ok());
+        if let Some(owner) = previous.and_then(|id| self.shared.response_owners.owner(&id)) {
+            decision.pin_to(&owner);
+        }
+    }
+
     /// The route and its ordered candidates.
     async fn route(
         &self,
@@ -169,7 +183,7 @@ impl Stages<'_> {
         admitted: &Admitted<'_>,
     ) -> Result<Decision, ApiError> {
         let span = rec.trace().map(|t| t.open("route", Kind::Internal));
-        let decided = decide(
+        let mut decided = decide(
             self.shared,
             self.rt,
             head,
@@ -180,6 +194,9 @@ impl Stages<'_> {
             rec.trace_mut().zip(span.as_ref()),
         )
         .await;
+        if let Ok(d) = decided.as_mut() {
+            self.pin(d, head);
+        }
         if let (Some(t), Some(span)) = (rec.trace_mut(), span) {
             traced::route(t, span, &decided);
         }

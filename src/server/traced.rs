@@ -94,6 +94,9 @@ pub(super) fn route(t: &mut RequestTrace, mut span: Span, decided: &Result<Decis
             if d.forced {
                 span.set("llm_sidecar.route.forced", true);
             }
+            if let Some(p) = &d.pinned {
+                span.set("llm_sidecar.route.pinned_provider", p.to_string());
+            }
         }
         Err(e) => span.error(e.outcome.label(), Some(e.message.clone())),
     }

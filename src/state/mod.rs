@@ -189,6 +189,9 @@ pub struct Shared {
     /// Where the admin port is bound: off loopback, what changes state or shows prompts
     /// needs a token.
     pub(crate) admin_addr: std::sync::OnceLock<std::net::SocketAddr>,
+    /// Which provider made each Responses API response relayed here, so follow-ups
+    /// (`previous_response_id`) go where the conversation's state is.
+    pub(crate) response_owners: crate::router::affinity::ResponseOwners,
 }
 
 impl Shared {
@@ -223,6 +226,7 @@ impl Shared {
             streams_cut: tokio_util::sync::CancellationToken::new(),
             background,
             admin_addr: std::sync::OnceLock::new(),
+            response_owners: Default::default(),
         })
     }
 }
