@@ -38,8 +38,10 @@ const DEFAULT_THREADS: usize = 1;
 enum Command {
     /// Serve with a config file (watched and hot-reloaded, also on SIGHUP) or a ConfigMap
     /// watched through the Kubernetes API. The semantic cache's model and ONNX Runtime are read
-    /// from `cache.semantic.assets_dir`, else `$LLM_SIDECAR_ASSETS`, else `./assets` or an
-    /// `assets` folder beside the binary (see docs/config.md).
+    /// from `cache.semantic.assets_dir`, else `$LLM_SIDECAR_ASSETS`, else the first of
+    /// `./assets`, `assets` beside the binary, `../share/llm-sidecar/assets` beside it
+    /// (`scripts/install`), `/opt/llm-sidecar/assets` (the image), `/usr/share/llm-sidecar/assets`
+    /// that holds them (see docs/config.md).
     Serve {
         /// The config file (YAML; `check-config` validates one without serving).
         #[arg(
