@@ -28,12 +28,21 @@ pub(super) fn load(text: &str, vars: &dyn VarLookup) -> Result<Config, ConfigErr
         Ok(serde_yaml_ng::Value::Null) => serde_yaml_ng::Value::Mapping(Default::default()),
         Ok(v) => v,
         Err(e) => {
-            let at = e
-                .location()
-                .map(|l| format!("line {}, column {}", l.line(), l.column()));
+            let loc = e.location().map(|l| (l.line(), l.column()));
+            let message = e.to_string();
+            if let Some(d) = duplicate_key(text, &message, loc) {
+                return Err(ConfigErrors(vec![ConfigIssue::new(
+                    format!("line {}, column {}", d.line, d.column),
+                    format!(
+                        "the YAML does not parse: the key {:?} appears twice in one mapping (first at line {}); keep one",
+                        d.key, d.first_line
+                    ),
+                )]));
+            }
+            let at = loc.map(|(line, column)| format!("line {line}, column {column}"));
             return Err(ConfigErrors(vec![ConfigIssue::new(
                 at.unwrap_or_default(),
-                format!("the YAML does not parse: {e}"),
+                format!("the YAML does not parse: {message}"),
             )]));
         }
     };
@@ -63,6 +72,50 @@ pub(super) fn load(text: &str, vars: &dyn VarLookup) -> Result<Config, ConfigErr
         v.issues.extend(v.soft);
         Err(ConfigErrors(v.issues))
     }
+}
+
+struct DuplicateKey {
+    key: String,
+    line: usize,
+    column: usize,
+    first_line: usize,
+}
+
+/// Where a duplicate key is. The YAML parser names the key but places the error at the start
+/// of the mapping that holds it (line 1, column 1 for a top-level key), so the lines of that
+/// mapping are searched for the key at the mapping's column: its second occurrence is the one
+/// to point at. `None` when the text does not show it plainly (flow style, odd quoting): the
+/// parser's own message is shown then.
+fn duplicate_key(text: &str, message: &str, loc: Option<(usize, usize)>) -> Option<DuplicateKey> {
+    const MARK: &str = "duplicate entry with key \"";
+    let rest = &message[message.find(MARK)? + MARK.len()..];
+    let key = &rest[..rest.find('"')?];
+    let (start, column) = loc.unwrap_or((1, 1));
+    let indent = column.checked_sub(1)?;
+    let mut found = text
+        .lines()
+        .enumerate()
+        .skip(start.saturating_sub(1))
+        .filter(|(_, line)| {
+            let Some(body) = line.get(indent..) else { return false };
+            if !line[..indent].bytes().all(|b| b == b' ') {
+                return false;
+            }
+            [format!("{key}:"), format!("\"{key}\":"), format!("'{key}':")]
+                .iter()
+                .any(|k| {
+                    body.strip_prefix(k.as_str())
+                        .is_some_and(|after| after.is_empty() || after.starts_with([' ', '\t']))
+                })
+        });
+    let (first, _) = found.next()?;
+    let (second, _) = found.next()?;
+    Some(DuplicateKey {
+        key: key.to_owned(),
+        line: second + 1,
+        column,
+        first_line: first + 1,
+    })
 }
 
 /// The YAML as the raw config types. serde stops at the first unknown key or wrong type, so
@@ -417,6 +470,31 @@ tenants:
   list:
     team-a: { api_key_sha256: ["5E884898DA28047151D0E56F8DC6292773603D0D6AABBDD62A11EF721D1542D8"] }
 "#;
+
+    #[test]
+    fn a_duplicate_key_is_shown_where_it_repeats() {
+        let issue = |text: &str| {
+            let e = Config::load(text, &no_vars).unwrap_err();
+            assert_eq!(e.0.len(), 1, "{e:?}");
+            (e.0[0].path.clone(), e.0[0].message.clone())
+        };
+        // Top level: the parser itself says line 1, column 1.
+        let (at, msg) = issue("providers:\n  a: { base_url: \"http://x/v1\" }\nmodels: {}\nproviders:\n  b: {}\n");
+        assert_eq!(at, "line 4, column 1");
+        assert!(
+            msg.contains("\"providers\" appears twice") && msg.contains("first at line 1"),
+            "{msg}"
+        );
+        // Nested, with the same key in a sibling mapping before it.
+        let (at, msg) = issue(
+            "providers:\n  a:\n    base_url: http://x/v1\n  b:\n    base_url: http://y/v1\n    base_url: http://z/v1\n",
+        );
+        assert_eq!(at, "line 6, column 5");
+        assert!(msg.contains("first at line 5"), "{msg}");
+        // Flow style: the parser's own words.
+        let (_, msg) = issue("models: {m: {provider: a}, m: {provider: a}}\n");
+        assert!(msg.contains("duplicate entry"), "{msg}");
+    }
 
     #[test]
     fn a_good_config_loads_with_defaults() {
