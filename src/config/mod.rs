@@ -151,6 +151,9 @@ pub struct ModelConfig {
     pub(crate) capabilities: Capabilities,
     /// Why the model cannot be used (its provider's key is missing), when it cannot.
     pub(crate) unusable: Option<Arc<str>>,
+    /// `name` as the `x-llm-sidecar-model` response header, made once (`None` when the name
+    /// is not a valid header value).
+    pub(crate) header: Option<http::HeaderValue>,
 }
 
 /// What a model can do, as declared in the catalogue. A model that declares nothing is

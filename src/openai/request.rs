@@ -60,7 +60,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Fields<'a> {
             }
             fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
                 let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(8));
-                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                while let Some(Str(key)) = map.next_key::<Str<'de>>()? {
                     let value: &'de RawValue = map.next_value()?;
                     fields.push((key, value));
                 }
@@ -68,6 +68,32 @@ impl<'de: 'a, 'a> Deserialize<'de> for Fields<'a> {
             }
         }
         d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+/// A JSON string borrowed from the body when it has no escapes. serde's own `Cow<str>` always
+/// allocates (it deserializes through `String`): one allocation per top-level key, per request.
+struct Str<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Str<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Str(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V(std::marker::PhantomData))
     }
 }
 
@@ -99,7 +125,7 @@ impl<'a> RequestHead<'a> {
         for (k, v) in &fields {
             match k.as_ref() {
                 "model" => {
-                    let m: Cow<'a, str> = serde_json::from_str(v.get()).map_err(|_| RequestError::WrongType {
+                    let Str(m) = serde_json::from_str(v.get()).map_err(|_| RequestError::WrongType {
                         field: "model",
                         expected: "a string",
                     })?;
@@ -233,6 +259,15 @@ mod tests {
         let h = RequestHead::parse(br#"{"model":"m"}"#).unwrap();
         assert!(!h.needs_rewrite("m", false));
         assert!(h.needs_rewrite("n", false));
+    }
+
+    #[test]
+    fn plain_keys_and_models_are_borrowed_from_the_body() {
+        let h = RequestHead::parse(br#"{"model":"gpt-4o","messages":[],"temperature":0}"#).unwrap();
+        assert!(matches!(h.model, Cow::Borrowed("gpt-4o")));
+        assert!(h.fields.iter().all(|(k, _)| matches!(k, Cow::Borrowed(_))));
+        let h = RequestHead::parse(br#"{"mo\u0064el":"a\/b"}"#).unwrap();
+        assert!(matches!(h.model, Cow::Owned(_)) && matches!(h.fields[0].0, Cow::Owned(_)));
     }
 
     #[test]

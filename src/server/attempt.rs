@@ -18,6 +18,7 @@ use tokio::time::Instant;
 
 use super::commit::{Committed, first_event};
 use super::error::ApiError;
+use super::headers;
 use super::record::{Outcome as RecordOutcome, RequestRecord, operation_name};
 use super::response::{Received, error_message, full, internal, receive};
 use super::settle::{Settle, transition};
@@ -400,15 +401,15 @@ impl Attempt<'_> {
         // The tee reads the body; compression would hide usage from it.
         headers.remove(header::ACCEPT_ENCODING);
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        headers.insert("x-request-id", rec.request_id().clone());
+        headers.insert(headers::REQUEST_ID, rec.request_id().clone());
         if let Some(purpose) = self.purpose {
-            headers.insert("x-llm-sidecar-purpose", HeaderValue::from_static(purpose));
+            headers.insert(headers::PURPOSE, HeaderValue::from_static(purpose));
         }
         if let Some(tp) = traceparent {
             // The app's own `traceparent` was copied above; upstream, the parent is this attempt.
-            headers.insert("traceparent", tp);
+            headers.insert(headers::TRACEPARENT, tp);
         }
-        let uri = provider.uri(path, None).map_err(|e| Outcome::Fatal(internal(e)))?;
+        let uri = provider.routed_uri(path).map_err(|e| Outcome::Fatal(internal(e)))?;
         Ok((uri, headers, send_body))
     }
 

@@ -1,6 +1,7 @@
 //! The one place where failures become HTTP: every module's typed error is classified here
 //! into a status, an OpenAI-shaped body, and whether it is the app's fault or ours.
 
+use super::headers;
 use super::record::Outcome;
 use http::{HeaderValue, Response, StatusCode, header};
 
@@ -69,7 +70,7 @@ impl ApiError {
         *resp.status_mut() = self.status;
         let h = resp.headers_mut();
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        h.insert("x-request-id", request_id.clone());
+        h.insert(headers::REQUEST_ID, request_id.clone());
         if let Some(secs) = self.retry_after {
             h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }

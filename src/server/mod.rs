@@ -8,6 +8,7 @@ mod attempt;
 pub mod body;
 mod commit;
 pub mod error;
+mod headers;
 pub mod passthrough;
 pub mod proxy;
 pub mod record;
@@ -148,7 +149,7 @@ fn json(body: bytes::Bytes, request_id: &HeaderValue) -> Response<Body> {
     let mut resp = Response::new(Body::full(body));
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp.headers_mut().insert("x-request-id", request_id.clone());
+    resp.headers_mut().insert(headers::REQUEST_ID, request_id.clone());
     resp
 }
 

@@ -12,6 +12,7 @@ use tokio::time::Instant;
 
 use super::body::{Body, RateGuard, drain_after};
 use super::error::ApiError;
+use super::headers;
 use super::proxy::{expects_continue, limit_error, priority_class};
 use super::record::RequestRecord;
 use super::reply::{Answer, fail, relay, route_header};
@@ -181,7 +182,7 @@ impl Upstream<'_> {
         let uri = provider.uri(suffix, parts.uri.query()).map_err(internal)?;
         let mut headers = HeaderMap::with_capacity(parts.headers.len() + 2);
         provider.forward_headers(&parts.headers, &mut headers, true);
-        headers.insert("x-request-id", rec.request_id().clone());
+        headers.insert(headers::REQUEST_ID, rec.request_id().clone());
         self.sent(rec, parts, route, incoming, uri, headers, permit).await
     }
 

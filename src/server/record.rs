@@ -9,6 +9,7 @@ use std::time::Duration;
 use http::HeaderValue;
 use tokio::time::Instant;
 
+use super::headers;
 use crate::cache::CacheStatus;
 use crate::config::{Capabilities, Config, ModelConfig};
 use crate::limits::ledger::{Admission, Ledger, RateHeaders, now_ms};
@@ -265,7 +266,7 @@ impl RequestRecord {
         if let Some(t) = &self.trace
             && let Ok(v) = HeaderValue::try_from(t.trace_id_hex())
         {
-            h.insert("x-llm-sidecar-trace-id", v);
+            h.insert(headers::TRACE_ID, v);
         }
         let Some(r) = &self.ratelimit else { return };
         for name in [

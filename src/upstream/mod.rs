@@ -24,6 +24,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
 
 use crate::config::{ConfigIssue, ProviderConfig, ProviderKind};
+use crate::openai::Endpoint;
 // Lives with the logs (the exporter needs it too); callers keep naming it here.
 use crate::scheduler::{Permit, Scheduler};
 pub use crate::telemetry::error_chain;
@@ -254,6 +255,9 @@ pub struct Provider {
     pub(crate) scheduler: Arc<Scheduler>,
     /// Base URL path without a trailing slash, e.g. `/v1`.
     base_path: String,
+    /// The URI of each routed endpoint, made once: building and parsing it per request cost
+    /// three allocations on the hot path (#19).
+    routed_uris: Vec<(&'static str, Uri)>,
 }
 
 impl std::fmt::Debug for Provider {
@@ -293,12 +297,20 @@ impl Provider {
             .pool_max_idle_per_host(config.max_connections)
             .build(https);
         let base_path = config.base_url.path().trim_end_matches('/').to_owned();
-        Ok(Self {
+        let mut provider = Self {
             scheduler: Scheduler::new(config.max_connections, weights),
             client,
             base_path,
             config,
-        })
+            routed_uris: Vec::new(),
+        };
+        let adapter = provider.adapter();
+        provider.routed_uris = Endpoint::ALL
+            .iter()
+            .filter_map(|e| adapter.path(e.path()).ok())
+            .filter_map(|path| Some((path, provider.uri(path, None).ok()?)))
+            .collect();
+        Ok(provider)
     }
 
     pub(crate) fn name(&self) -> &Arc<str> {
@@ -314,6 +326,14 @@ impl Provider {
         match self.config.kind {
             ProviderKind::OpenAi => &openai_compat::OpenAiCompat,
             ProviderKind::Anthropic => &anthropic::Anthropic,
+        }
+    }
+
+    /// [`Self::uri`] of a routed endpoint's path (the adapter's), without the app's query.
+    pub(crate) fn routed_uri(&self, path: &'static str) -> Result<Uri, http::Error> {
+        match self.routed_uris.iter().find(|(p, _)| *p == path) {
+            Some((_, uri)) => Ok(uri.clone()),
+            None => self.uri(path, None),
         }
     }
 

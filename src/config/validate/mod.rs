@@ -292,6 +292,7 @@ impl Validator<'_> {
                     context_window: m.context_window,
                     capabilities,
                     unusable,
+                    header: HeaderValue::from_str(name.as_str()).ok(),
                 }),
             );
         }
