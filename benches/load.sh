@@ -6,6 +6,8 @@
 #   4. llm-sidecar answering from its cache (every request an exact hit),
 #   5. llm-sidecar tracing every request (OTLP/HTTP to nginx standing in for a collector),
 #   6. with BASE_BIN=path, that binary in the role of 3 (an A/B against an earlier build),
+#   7. a bare hyper proxy (examples/bare_proxy.rs: hyper's server and pooled client, nothing
+#      else, one thread): the floor under the sidecar's hop,
 # at concurrency 1, 16 and 64. Reports requests/s, latency p50/p99, the latency each proxy
 # adds over direct at p50, and CPU time per request of each proxy process.
 # Everything started here is stopped by PID on exit.
@@ -18,10 +20,12 @@ command -v wrk >/dev/null && command -v nginx >/dev/null || {
   echo "needs wrk and nginx: apt-get install -y wrk nginx-light" >&2; exit 2; }
 
 source benches/common.sh
+cargo build --release --locked --example bare_proxy >&2
+BARE=target/release/examples/bare_proxy
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 UP=$(free_port); NGX=$(free_port); SC=$(free_port); ADM=$(free_port); SC2=$(free_port); ADM2=$(free_port)
-SC3=$(free_port); ADM3=$(free_port); SC4=$(free_port); ADM4=$(free_port)
+SC3=$(free_port); ADM3=$(free_port); SC4=$(free_port); ADM4=$(free_port); BP=$(free_port)
 
 "$BIN" mock-upstream --listen "127.0.0.1:$UP" >/dev/null 2>&1 & PIDS+=($!); MOCK_PID=$!
 
@@ -52,6 +56,7 @@ http {
 }
 NGINX
 nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" & PIDS+=($!); NGINX_PID=$!
+"$BARE" "127.0.0.1:$BP" "http://127.0.0.1:$UP" & PIDS+=($!); BARE_PID=$!
 
 cat > "$WORK/sidecar.yaml" <<YAML
 listen: 127.0.0.1:$SC
@@ -84,7 +89,7 @@ wrk.body = '$BODY'
 wrk.headers["Content-Type"] = "application/json"
 LUA
 wait_http "http://127.0.0.1:$UP/v1/models"; wait_http "http://127.0.0.1:$NGX/v1/models"; wait_http "http://127.0.0.1:$ADM/readyz"
-wait_http "http://127.0.0.1:$ADM2/readyz"; wait_http "http://127.0.0.1:$ADM3/readyz"
+wait_http "http://127.0.0.1:$ADM2/readyz"; wait_http "http://127.0.0.1:$ADM3/readyz"; wait_http "http://127.0.0.1:$BP/v1/models"
 [ -n "${BASE_BIN:-}" ] && wait_http "http://127.0.0.1:$ADM4/readyz"
 
 # nginx's CPU: its worker processes (children of the master).
@@ -124,6 +129,7 @@ RESULTS=()
 for c in ${CONCURRENCY:-1 16 64}; do
   RESULTS+=("$(run direct "http://127.0.0.1:$UP/v1/chat/completions" $c none)")
   RESULTS+=("$(run nginx "http://127.0.0.1:$NGX/v1/chat/completions" $c nginx_ticks)")
+  RESULTS+=("$(run bare-hyper "http://127.0.0.1:$BP/v1/chat/completions" $c "cpu_ticks $BARE_PID")")
   RESULTS+=("$(run llm-sidecar "http://127.0.0.1:$SC/v1/chat/completions" $c "cpu_ticks $SC_PID")")
   RESULTS+=("$(run sidecar-cache-hit "http://127.0.0.1:$SC2/v1/chat/completions" $c "cpu_ticks $SC2_PID")")
   RESULTS+=("$(run sidecar-traced "http://127.0.0.1:$SC3/v1/chat/completions" $c "cpu_ticks $SC3_PID")")
@@ -152,7 +158,8 @@ OUT=bench-results/load-$(date -u +%Y%m%dT%H%M%SZ).md
   for c in ${CONCURRENCY:-1 16 64}; do
     n=$(field nginx "$c" 2)
     s=$(field llm-sidecar "$c" 2)
-    echo "- c=$c: llm-sidecar/nginx throughput = $(python3 -c "print(f'{$s/$n:.2f}')")x"
+    nc=$(field nginx "$c" 5); bc=$(field bare-hyper "$c" 5); sc=$(field llm-sidecar "$c" 5)
+    echo "- c=$c: llm-sidecar/nginx throughput = $(python3 -c "print(f'{$s/$n:.2f}')")x; CPU per request: llm-sidecar $sc µs = $(python3 -c "print(f'{$sc/$nc:.2f}x nginx, {$sc/$bc:.2f}x bare hyper')") (nginx $nc, bare hyper $bc)"
   done
   echo "- RSS after the runs: llm-sidecar $SC_RSS, nginx (master + workers) $NGX_RSS"
 } | tee "$OUT"
