@@ -217,11 +217,17 @@ pub(super) fn serve_cached(
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     h.insert(headers::REQUEST_ID, rec.request_id().clone());
     h.insert(headers::ROUTE, route);
-    if let Ok(v) = HeaderValue::from_str(&hit.model) {
+    let model = rt.config.models.get(&*hit.model).cloned();
+    // The catalogue's header value when the model is still configured (made once at load).
+    let model_header = match &model {
+        Some(m) => m.header.clone(),
+        None => HeaderValue::from_str(&hit.model).ok(),
+    };
+    if let Some(v) = model_header {
         h.insert(headers::MODEL, v);
     }
     h.insert(headers::ATTEMPTS, HeaderValue::from(0));
-    rec.served_from_cache(CacheStatus::from(hit.kind), rt.config.models.get(&*hit.model).cloned());
+    rec.served_from_cache(CacheStatus::from(hit.kind), model);
     if let HitKind::Semantic { similarity } = hit.kind
         && let Ok(v) = HeaderValue::from_str(&format!("{similarity:.4}"))
     {

@@ -92,6 +92,7 @@ fn duplicate_key(text: &str, message: &str, loc: Option<(usize, usize)>) -> Opti
     let key = &rest[..rest.find('"')?];
     let (start, column) = loc.unwrap_or((1, 1));
     let indent = column.checked_sub(1)?;
+    let spellings = [format!("{key}:"), format!("\"{key}\":"), format!("'{key}':")];
     let mut found = text
         .lines()
         .enumerate()
@@ -101,12 +102,10 @@ fn duplicate_key(text: &str, message: &str, loc: Option<(usize, usize)>) -> Opti
             if !line[..indent].bytes().all(|b| b == b' ') {
                 return false;
             }
-            [format!("{key}:"), format!("\"{key}\":"), format!("'{key}':")]
-                .iter()
-                .any(|k| {
-                    body.strip_prefix(k.as_str())
-                        .is_some_and(|after| after.is_empty() || after.starts_with([' ', '\t']))
-                })
+            spellings.iter().any(|k| {
+                body.strip_prefix(k.as_str())
+                    .is_some_and(|after| after.is_empty() || after.starts_with([' ', '\t']))
+            })
         });
     let (first, _) = found.next()?;
     let (second, _) = found.next()?;
