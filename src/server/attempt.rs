@@ -125,9 +125,7 @@ impl Attempt<'_> {
             let mut retry_after = None;
             for attempt in 0..res.retries.max_attempts {
                 if attempt > 0
-                    && !self
-                        .wait_to_retry(rec, target, provider, attempt, retry_after, &failures)
-                        .await
+                    && !Box::pin(self.wait_to_retry(rec, target, provider, attempt, retry_after, &failures)).await
                 {
                     break;
                 }
@@ -348,7 +346,8 @@ impl Attempt<'_> {
         };
         let status = up.response.status();
         if is_refusal(status) {
-            return self.refused(up, provider, settle, &exchange).await;
+            // Boxed: the error path's future would otherwise size every attempt's state.
+            return Box::pin(self.refused(up, provider, settle, &exchange)).await;
         }
         let headers_at = exchange.started.elapsed();
         let (parts, body) = match receive(up.response, exchange.idle, exchange.deadline).await {
@@ -524,9 +523,9 @@ impl Attempt<'_> {
                 sse: true,
             } => {
                 debug_assert!(prefix.is_none());
-                let checked = self
-                    .commit_stream(rec, target, provider, &mut incoming, settle, x)
-                    .await?;
+                // Boxed: a stream's first-event wait would otherwise size every JSON answer's
+                // state too (the whole request path's futures are moved as they nest).
+                let checked = Box::pin(self.commit_stream(rec, target, provider, &mut incoming, settle, x)).await?;
                 let body = Received::Stream {
                     incoming,
                     prefix: None,

@@ -153,7 +153,10 @@ fn json(body: bytes::Bytes, request_id: &HeaderValue) -> Response<Body> {
     resp
 }
 
-/// The app's `x-request-id` when it is a sane token, else a fresh random one.
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// The app's `x-request-id` when it is a sane token, else a fresh random one (32 hex digits,
+/// made on the stack: one allocation, the header value's).
 pub fn request_id(headers: &HeaderMap) -> HeaderValue {
     if let Some(v) = headers.get("x-request-id") {
         let b = v.as_bytes();
@@ -161,8 +164,12 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
             return v.clone();
         }
     }
-    HeaderValue::try_from(hex::encode(fastrand::u128(..).to_le_bytes()))
-        .unwrap_or_else(|_| HeaderValue::from_static("0"))
+    let mut hex = [0u8; 32];
+    for (i, byte) in fastrand::u128(..).to_le_bytes().iter().enumerate() {
+        hex[2 * i] = HEX[usize::from(byte >> 4)];
+        hex[2 * i + 1] = HEX[usize::from(byte & 0xf)];
+    }
+    HeaderValue::from_bytes(&hex).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 /// Idle keep-alive connections are closed when no new request starts within
@@ -259,5 +266,29 @@ async fn stop_requested(rx: &mut watch::Receiver<Option<Duration>>) -> Duration 
         if rx.changed().await.is_err() {
             return Duration::ZERO;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_the_apps_when_sane_else_fresh_hex() {
+        let fresh = |h: &HeaderMap| request_id(h).to_str().map(str::to_owned).unwrap_or_default();
+        let (a, b) = (fresh(&HeaderMap::new()), fresh(&HeaderMap::new()));
+        for id in [&a, &b] {
+            assert_eq!(id.len(), 32, "{id}");
+            assert!(
+                id.bytes().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()),
+                "{id}"
+            );
+        }
+        assert_ne!(a, b);
+        let mut h = HeaderMap::new();
+        h.insert("x-request-id", HeaderValue::from_static("app-42"));
+        assert_eq!(fresh(&h), "app-42");
+        h.insert("x-request-id", HeaderValue::from_static("has space"));
+        assert_eq!(fresh(&h).len(), 32);
     }
 }
