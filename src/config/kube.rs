@@ -4,13 +4,14 @@
 //! kubelet's sync delay for mounted ConfigMaps, and one ConfigMap in the platform's namespace
 //! can steer every sidecar in the cluster.
 //!
-//! The watcher re-lists by itself after a `410 Gone` (expired resource version) and reconnects
-//! with backoff when the API server goes away. A deleted ConfigMap, or one without the key,
+//! After a `410 Gone` (expired resource version) the watcher re-lists at once; when the API
+//! server goes away it reconnects with backoff. A deleted ConfigMap, or one without the key,
 //! leaves the last good config serving (a log line says so).
+
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
 use tokio::sync::mpsc;
@@ -113,12 +114,14 @@ impl KubeSource {
         #[allow(clippy::disallowed_methods)]
         tokio::spawn(async move {
             let config = watcher::Config::default().fields(&format!("metadata.name={}", self.name));
-            let mut events = watcher::watcher(self.api.clone(), config).default_backoff().boxed();
+            let mut events = watcher::watcher(self.api.clone(), config).boxed();
             let mut failing = false;
+            let mut retry = Retry::default();
             while let Some(event) = events.next().await {
                 let change = match event {
                     Ok(Event::Apply(cm) | Event::InitApply(cm)) => {
                         failing = false;
+                        retry = Retry::default();
                         match self.text(&cm) {
                             Ok(t) => Change::Text(t),
                             Err(e) => Change::Gone(e.to_string()),
@@ -129,10 +132,20 @@ impl KubeSource {
                     }
                     Ok(Event::Init | Event::InitDone) => continue,
                     Err(error) => {
-                        // The watcher retries with backoff; say so once per outage.
+                        // `410 Gone` (the resource version was compacted away) is not an
+                        // outage: the watcher re-lists on the next poll, so it goes at once — a
+                        // backoff there held an edit for seconds against a real API server. A
+                        // second one in a row waits like any other error.
+                        let expired = matches!(&error, watcher::Error::WatchError(s) if s.code == 410);
+                        if expired && !std::mem::replace(&mut retry.relisted, true) {
+                            tracing::debug!(%error, "config watch expired; re-listing");
+                            continue;
+                        }
+                        // Say so once per outage.
                         if !std::mem::replace(&mut failing, true) {
                             tracing::warn!(%error, configmap = %format!("{}/{}", self.namespace, self.name), "config watch failed; retrying with backoff, the current config keeps serving");
                         }
+                        tokio::time::sleep(retry.next()).await;
                         continue;
                     }
                 };
@@ -142,5 +155,46 @@ impl KubeSource {
             }
         });
         rx
+    }
+}
+
+/// The watch's retry delays: 0.8 s doubling to 30 s, with jitter so a fleet of sidecars does
+/// not reconnect in step after an API server restart (what kube-rs's default backoff does);
+/// back to the start after any event.
+#[derive(Default)]
+struct Retry {
+    failures: u32,
+    /// A `410 Gone` was just answered with an immediate re-list.
+    relisted: bool,
+}
+
+impl Retry {
+    const FIRST: Duration = Duration::from_millis(800);
+    const MAX: Duration = Duration::from_secs(30);
+
+    fn next(&mut self) -> Duration {
+        let base = Self::FIRST.saturating_mul(1u32 << self.failures.min(6)).min(Self::MAX);
+        self.failures = self.failures.saturating_add(1);
+        base.mul_f64(0.5 + fastrand::f64() / 2.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delays_grow_to_a_cap_with_jitter_and_restart() {
+        let mut r = Retry::default();
+        let delays: Vec<Duration> = (0..10).map(|_| r.next()).collect();
+        assert!(delays[0] >= Retry::FIRST / 2 && delays[0] <= Retry::FIRST, "{delays:?}");
+        assert!(
+            delays[3] >= Retry::FIRST * 4 && delays[3] <= Retry::FIRST * 8,
+            "{delays:?}"
+        );
+        assert!(delays.iter().all(|d| *d <= Retry::MAX), "{delays:?}");
+        assert!(delays[9] >= Retry::MAX / 2, "{delays:?}");
+        let mut fresh = Retry::default();
+        assert!(fresh.next() <= Retry::FIRST);
     }
 }
