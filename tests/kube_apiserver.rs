@@ -34,13 +34,17 @@ type Scenario = for<'a> fn(&'a mut ApiServer) -> Pin<Box<dyn Future<Output = ()>
 
 fn main() {
     let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
-    let scenarios: [(&str, Scenario); 3] = [
+    let scenarios: [(&str, Scenario); 4] = [
         ("real_1_20_chart_objects_pass_server_side_validation", |s| {
             Box::pin(chart_objects_pass_server_side_validation(s))
         }),
         (
             "real_1_20_configmap_watch_as_the_charts_role_survives_edits_restarts_410_and_deletion",
             |s| Box::pin(configmap_watch_as_the_charts_role(s)),
+        ),
+        (
+            "real_1_20_the_binary_serves_kube_configmap_with_a_kubeconfig_token",
+            |s| Box::pin(the_binary_serves_kube_configmap(s)),
         ),
         ("real_1_20_webhook_mutates_pods_created_through_the_api", |s| {
             Box::pin(webhook_mutates_pods_created_through_the_api(s))
@@ -438,6 +442,98 @@ async fn configmap_watch_as_the_charts_role(api: &mut ApiServer) {
     assert_eq!(h.chat(chat_body("after delete")).await.status(), 200);
     set_config(api, ns, &text(&h.mock, "recreated")).await;
     served(&h, "recreated", Duration::from_secs(30)).await;
+}
+
+/// `llm-sidecar serve --kube-configmap` as a pod runs it: the client from `KUBECONFIG` (here a
+/// file holding a token bound by the chart's Role), the config from the API, an edit followed.
+async fn the_binary_serves_kube_configmap(api: &mut ApiServer) {
+    let api = &*api;
+    let ns = "binary";
+    namespace(api, ns, json!({})).await;
+    for obj in manifest_objects("llm-sidecar.yaml") {
+        if obj["kind"] == "Role" || obj["kind"] == "RoleBinding" {
+            let mut obj = obj;
+            obj["metadata"]["namespace"] = json!(ns);
+            api.admin("POST", &collection(&obj, ns).unwrap(), Some(&obj)).await;
+        }
+    }
+    let token = service_account_token(api, ns, "app").await;
+    let mock = MockUpstream::start().await.unwrap();
+    set_config(api, ns, &text(&mock, "bin-1")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, api.kubeconfig(&token, ns)).unwrap();
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (port, admin) = (free(), free());
+    let started = Instant::now();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_llm-sidecar"))
+        .args(["serve", "--kube-configmap", &format!("{ns}/{CM}")])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+        .env("KUBECONFIG", &kubeconfig)
+        .env("UPSTREAM_KEY", UPSTREAM_KEY)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("sidecar.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let http = client();
+    let get_version = || {
+        let http = http.clone();
+        async move {
+            let r = http.get(format!("http://127.0.0.1:{admin}/admin/config")).send().await;
+            match r {
+                Ok(r) if r.status().is_success() => {
+                    let v: Value = r.json().await.unwrap_or_default();
+                    v["version"].as_str().unwrap_or("").to_owned()
+                }
+                _ => String::new(),
+            }
+        }
+    };
+    let wait_for = |want: &'static str| {
+        let get_version = &get_version;
+        async move {
+            let t = Instant::now();
+            while get_version().await != want {
+                assert!(t.elapsed() < Duration::from_secs(30), "the binary never served {want}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            t.elapsed()
+        }
+    };
+    let outcome = std::panic::AssertUnwindSafe(async {
+        wait_for("bin-1").await;
+        println!(
+            "  the binary served the ConfigMap's config {:?} after it started",
+            started.elapsed()
+        );
+        let r = http
+            .post(format!("http://127.0.0.1:{port}/v1/chat/completions"))
+            .json(&chat_body("hi"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        set_config(api, ns, &text(&mock, "bin-2")).await;
+        let took = wait_for("bin-2").await;
+        println!("  and followed an edit in {took:?}");
+    });
+    let result = futures_util::FutureExt::catch_unwind(outcome).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    if let Err(e) = result {
+        let log = std::fs::read_to_string(dir.path().join("sidecar.log")).unwrap_or_default();
+        println!("sidecar log:\n{log}");
+        std::panic::resume_unwind(e);
+    }
 }
 
 /// `expected` is contained in `actual`: the API server adds defaults (and its ServiceAccount

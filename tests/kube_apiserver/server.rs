@@ -280,17 +280,21 @@ impl ApiServer {
             .unwrap()
     }
 
-    /// A kube-rs client authenticated by `token` (what the sidecar's pod would hold).
-    pub async fn kube_client(&self, token: &str, namespace: &str) -> kube::Client {
+    /// A kubeconfig for `token`, the test CA inline, `namespace` as the default.
+    pub fn kubeconfig(&self, token: &str, namespace: &str) -> String {
         use base64::Engine;
         let ca = base64::engine::general_purpose::STANDARD.encode(&self.ca_pem);
-        let text = format!(
+        format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster:\n    server: {}\n    \
              certificate-authority-data: {ca}\nusers:\n- name: u\n  user:\n    token: {token}\ncontexts:\n\
              - name: t\n  context: {{cluster: t, user: u, namespace: {namespace}}}\ncurrent-context: t\n",
             self.url("")
-        );
-        let kc = kube::config::Kubeconfig::from_yaml(&text).unwrap();
+        )
+    }
+
+    /// A kube-rs client authenticated by `token` (what the sidecar's pod would hold).
+    pub async fn kube_client(&self, token: &str, namespace: &str) -> kube::Client {
+        let kc = kube::config::Kubeconfig::from_yaml(&self.kubeconfig(token, namespace)).unwrap();
         let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
             .await
             .unwrap();
