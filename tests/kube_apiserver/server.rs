@@ -1,6 +1,7 @@
 //! One real etcd + kube-apiserver 1.20.2 for this test binary: the API server binary from
-//! `../shared/kube-apiserver` (checksum-verified, unpacked once into a cache folder outside the
-//! checkout) or `$LLM_SIDECAR_KUBE_APISERVER`, etcd from Debian's `etcd-server`. Everything
+//! `scripts/kube-apiserver` (a checksum-verified cache outside the checkout, filled from
+//! `../shared/kube-apiserver` or built from Debian's source) or `$LLM_SIDECAR_KUBE_APISERVER`,
+//! etcd from Debian's `etcd-server`. Everything
 //! listens on free 127.0.0.1 ports, lives in one temporary folder and is stopped by PID.
 
 use std::io::Write;
@@ -9,13 +10,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use sha2::Digest;
 
 pub const ADMIN_TOKEN: &str = "admin-token-0123456789abcdef";
 /// The service-account issuer and audience (what kubelet's projected tokens carry in a cluster).
 pub const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
-const VERSION: &str = "1.20.2";
-const SHA256: &str = "1656a146a89d22f4c9543b0a5112590c62ed8c0883969be06ee45b9a8b73ea5b";
 
 pub struct ApiServer {
     pub dir: tempfile::TempDir,
@@ -38,62 +36,23 @@ fn free_port() -> u16 {
         .expect("free port")
 }
 
-fn cache_dir() -> PathBuf {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir);
-    base.join("llm-sidecar").join("kube-apiserver")
-}
-
-fn sha256_of(path: &Path) -> Option<String> {
-    let bytes = std::fs::read(path).ok()?;
-    Some(hex::encode(sha2::Sha256::digest(&bytes)))
-}
-
-/// The kube-apiserver binary, or why there is none.
+/// The kube-apiserver binary, or why there is none: `$LLM_SIDECAR_KUBE_APISERVER`, else what
+/// `scripts/kube-apiserver` finds (its cache, checksum-verified, or `../shared`'s build
+/// unpacked into it; `scripts/test` runs it with `--build` first, which compiles one from
+/// Debian's source when neither is there).
 pub fn find_binary() -> Result<PathBuf, String> {
     if let Some(p) = std::env::var_os("LLM_SIDECAR_KUBE_APISERVER") {
         return Ok(PathBuf::from(p));
     }
-    let cached = cache_dir().join(format!("kube-apiserver-{VERSION}"));
-    if sha256_of(&cached).as_deref() == Some(SHA256) {
-        return Ok(cached);
-    }
-    let shared = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/kube-apiserver")
-        .join(format!("kube-apiserver-{VERSION}-linux-amd64.xz"));
-    if !shared.exists() {
-        return Err(format!(
-            "no kube-apiserver: neither $LLM_SIDECAR_KUBE_APISERVER, nor {} (sha256 {SHA256}), nor {} \
-             (build one from Debian's source: ../shared/kube-apiserver/README.md)",
-            cached.display(),
-            shared.display()
-        ));
-    }
-    std::fs::create_dir_all(cache_dir()).map_err(|e| format!("{}: {e}", cache_dir().display()))?;
-    let out = Command::new("xz")
-        .arg("-dc")
-        .arg(&shared)
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kube-apiserver");
+    let out = Command::new("bash")
+        .arg(&script)
         .output()
-        .map_err(|e| format!("xz (apt-get install xz-utils): {e}"))?;
+        .map_err(|e| format!("{}: {e}", script.display()))?;
     if !out.status.success() {
-        return Err(format!(
-            "xz -dc {}: {}",
-            shared.display(),
-            String::from_utf8_lossy(&out.stderr)
-        ));
+        return Err(String::from_utf8_lossy(&out.stderr).trim().to_owned());
     }
-    let got = hex::encode(sha2::Sha256::digest(&out.stdout));
-    if got != SHA256 {
-        return Err(format!("{}: sha256 {got}, expected {SHA256}", shared.display()));
-    }
-    let tmp = cached.with_extension("partial");
-    std::fs::write(&tmp, &out.stdout).map_err(|e| e.to_string())?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
-    std::fs::rename(&tmp, &cached).map_err(|e| e.to_string())?;
-    Ok(cached)
+    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
