@@ -94,6 +94,8 @@ fn outcome(status: StatusCode) -> Outcome {
 /// map is reused rather than copied into a new one: that was 5-7 allocations per answer (#19).
 fn answer_headers(rec: &RequestRecord, answer: &mut Answer) -> HeaderMap {
     let mut h = std::mem::take(&mut answer.parts.headers);
+    // Room for the sidecar's headers and the length hyper adds: one growth at most, not two.
+    h.reserve(8);
     // The length is recomputed for what the app actually receives.
     h.remove(header::CONTENT_LENGTH);
     if h.keys().any(is_hop_header) {
@@ -107,9 +109,30 @@ fn answer_headers(rec: &RequestRecord, answer: &mut Answer) -> HeaderMap {
     if let Some(v) = &answer.model.header {
         h.insert(headers::MODEL, v.clone());
     }
-    h.insert(headers::ATTEMPTS, HeaderValue::from(rec.attempts()));
+    h.insert(headers::ATTEMPTS, attempts_header(rec.attempts()));
     h.insert(headers::CACHE, HeaderValue::from_static(rec.cache().header()));
     h
+}
+
+/// `x-llm-sidecar-attempts` without an allocation for the usual counts.
+fn attempts_header(n: u32) -> HeaderValue {
+    const SMALL: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+    match SMALL.get(n as usize) {
+        Some(s) => HeaderValue::from_static(s),
+        None => HeaderValue::from(n),
+    }
+}
+
+/// `x-llm-sidecar-cost-usd` (8 decimals), formatted on the stack: one allocation, the value's.
+fn cost_header(cost: f64) -> Option<HeaderValue> {
+    use std::io::Write;
+    // f64::MAX has 309 digits before the point.
+    let mut buf = [0u8; 328];
+    let total = buf.len();
+    let mut w = &mut buf[..];
+    write!(w, "{cost:.8}").ok()?;
+    let len = total - w.len();
+    HeaderValue::from_bytes(&buf[..len]).ok()
 }
 
 /// A whole answer: its usage and cost, stored when it passed the check, the record finished.
@@ -125,11 +148,8 @@ fn whole(rec: &mut RequestRecord, answer: Answer, bytes: Bytes, h: &mut HeaderMa
         if let Some(t) = rec.trace_mut() {
             t.finish_reasons = finish_reasons(&bytes);
         }
-        if let Some(u) = rec.usage() {
-            let cost = u.cost(&answer.model.pricing);
-            if let Ok(v) = HeaderValue::from_str(&format!("{cost:.8}")) {
-                h.insert(headers::COST_USD, v);
-            }
+        if let Some(v) = rec.usage().and_then(|u| cost_header(u.cost(&answer.model.pricing))) {
+            h.insert(headers::COST_USD, v);
         }
         // Only an answer that passed the check is ever stored.
         if let Some(c) = answer
@@ -268,4 +288,20 @@ pub(super) fn fail(mut rec: RequestRecord, mut e: ApiError, redact: &Redactor) -
 
 pub(super) fn route_header(name: &str) -> HeaderValue {
     HeaderValue::from_str(name).unwrap_or_else(|_| HeaderValue::from_static("invalid-name"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_and_costs_become_the_same_header_values_as_before() {
+        for n in [0u32, 1, 9, 10, 123] {
+            assert_eq!(attempts_header(n), HeaderValue::from(n));
+        }
+        for cost in [0.0, 0.0000123, 1.5, 1234.56789, f64::MAX] {
+            let want = HeaderValue::from_str(&format!("{cost:.8}")).unwrap();
+            assert_eq!(cost_header(cost), Some(want));
+        }
+    }
 }
