@@ -251,3 +251,101 @@ async fn a_password_protected_redis_is_used_with_the_password_from_a_file() {
         .unwrap();
     assert!(!cfg.contains("s3cr"), "{cfg}");
 }
+
+/// A fleet config whose cache seals what it writes to Redis with `keys` (id, key file).
+fn sealed_config(mock: &MockUpstream, redis: &RedisServer, keys: &[(&str, &std::path::Path)]) -> String {
+    let list: String = keys
+        .iter()
+        .map(|(id, f)| format!("      - {{ id: \"{id}\", key_file: {} }}\n", f.display()))
+        .collect();
+    fleet_config(mock, redis, "").replace(
+        &cache_section(""),
+        &cache_section(&format!("  encryption:\n    keys:\n{list}")),
+    )
+}
+
+#[tokio::test]
+async fn the_shared_cache_is_sealed_in_redis_and_opens_only_with_the_key() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = |name: &str, byte: u8| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, format!("{}\n", hex::encode([byte; 32]))).unwrap();
+        p
+    };
+    let (k1, k2, wrong) = (key_file("k1", 1), key_file("k2", 2), key_file("wrong", 9));
+    let (m1, m2, m3) = (
+        MockUpstream::start().await.unwrap(),
+        MockUpstream::start().await.unwrap(),
+        MockUpstream::start().await.unwrap(),
+    );
+    // A seals with k1; B has rotated (k2 seals, k1 still opens); C has another key.
+    let ta = sealed_config(&m1, &redis, &[("k1", &k1)]);
+    let tb = sealed_config(&m2, &redis, &[("k2", &k2), ("k1", &k1)]);
+    let tc = sealed_config(&m3, &redis, &[("other", &wrong)]);
+    let (a, b, c) = (sidecar(m1, ta).await, sidecar(m2, tb).await, sidecar(m3, tc).await);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let q = "What is my secret banking question number 7?";
+    let r = call(&a, chat_body(q)).await;
+    assert_eq!(r.headers()["x-llm-sidecar-cache"], "miss");
+    let answer: Value = r.json().await.unwrap();
+    let content = answer["choices"][0]["message"]["content"].as_str().unwrap().to_owned();
+    wait_until("B to receive A's sealed entry", async || {
+        metric(
+            &b.metrics().await,
+            r#"llm_sidecar_cache_l2_entries_total{result="received"}"#,
+        ) >= 1.0
+    })
+    .await;
+    assert_eq!(
+        call(&b, chat_body(q)).await.headers()["x-llm-sidecar-cache"],
+        "hit-exact"
+    );
+    // C cannot open it: a miss for C, counted.
+    wait_until("C to refuse A's entry", async || {
+        metric(
+            &c.metrics().await,
+            r#"llm_sidecar_cache_l2_entries_total{result="refused"}"#,
+        ) >= 1.0
+    })
+    .await;
+    assert_eq!(call(&c, chat_body(q)).await.headers()["x-llm-sidecar-cache"], "miss");
+    wait_until("C to publish its own entry", async || {
+        metric(
+            &c.metrics().await,
+            r#"llm_sidecar_cache_l2_entries_total{result="published"}"#,
+        ) >= 1.0
+    })
+    .await;
+
+    // What Redis holds: sealed payloads under keyed names (not the exact key, a plain hash of
+    // the request); no prompt, no answer.
+    {
+        let mut conn = redis::Client::open(redis.url()).unwrap().get_connection().unwrap();
+        let names: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut conn).unwrap();
+        let entries: Vec<&String> = names.iter().filter(|n| n.contains(":cache:entry:")).collect();
+        assert_eq!(
+            entries.len(),
+            2,
+            "A's and C's entries, under different names: {names:?}"
+        );
+        for name in &entries {
+            let v: String = redis::cmd("GET").arg(*name).query(&mut conn).unwrap();
+            assert!(v.starts_with("enc1:"), "{name}: {v}");
+            for secret in [q, content.as_str(), "secret banking"] {
+                assert!(!v.contains(secret), "{name} holds plaintext {secret:?}");
+            }
+        }
+        let stream: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+            .arg("{llm-sidecar}:cache:stream")
+            .arg("-")
+            .arg("+")
+            .query(&mut conn)
+            .unwrap();
+        assert!(!stream.is_empty());
+        for (_, fields) in &stream {
+            let names: Vec<&str> = fields.iter().map(|(k, _)| k.as_str()).collect();
+            assert_eq!(names, ["k", "o"], "the stream carries names, not content");
+        }
+    }
+}

@@ -5,7 +5,13 @@
 //! request path. A new pod loads the stream's most recent entries (`warm_entries`) at start.
 //!
 //! Redis down or slow: publications are dropped (counted), the follower reconnects with
-//! backoff and resumes from where it was; requests never wait. Entries carry their cache
+//! backoff and resumes from where it was; requests never wait.
+//!
+//! With `cache.encryption`, an entry is sealed (AES-256-GCM, `ring`) before it is written:
+//! `enc1:<key id>:<base64 of nonce, ciphertext and tag>`, the Redis key as associated data, so an
+//! entry moved to another key does not open. Prompts and answers never reach Redis in plaintext;
+//! an entry this pod cannot open (another key, tampered, or plaintext while sealing is on) is a
+//! miss, counted as `refused`. Entries carry their cache
 //! version inside their keys (the key scope includes `cache.version`), so pods on different
 //! versions never serve each other's answers.
 
@@ -20,7 +26,7 @@ use tokio::sync::mpsc;
 
 use super::Cache;
 use super::key::Key;
-use crate::config::{CacheConfig, RedisConfig};
+use crate::config::{CacheConfig, CacheKeys, RedisConfig};
 use crate::limits::ledger::now_ms;
 use crate::redis_link::{BACKOFF_MAX, BACKOFF_MIN, Link, connect, prefix};
 use crate::telemetry::{Metrics, ResultLabels};
@@ -83,6 +89,87 @@ fn encode(o: &Outgoing) -> Option<String> {
     serde_json::to_string(&w).ok()
 }
 
+/// The prefix of a sealed payload (its format's version).
+const SEALED: &str = "enc1:";
+
+/// `payload` sealed with the first key, bound to the Redis key it is written under.
+fn seal(keys: &CacheKeys, redis_key: &str, payload: &str) -> Option<String> {
+    use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+    use ring::rand::{SecureRandom, SystemRandom};
+    let (id, key) = keys.keys.first()?;
+    let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).ok()?);
+    let mut nonce = [0u8; 12];
+    SystemRandom::new().fill(&mut nonce).ok()?;
+    let mut buf = Vec::with_capacity(12 + payload.len() + AES_256_GCM.tag_len());
+    buf.extend_from_slice(&nonce);
+    buf.extend_from_slice(payload.as_bytes());
+    let tag = key
+        .seal_in_place_separate_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(redis_key.as_bytes()),
+            &mut buf[12..],
+        )
+        .ok()?;
+    buf.extend_from_slice(tag.as_ref());
+    Some(format!(
+        "{SEALED}{id}:{}",
+        base64::engine::general_purpose::STANDARD.encode(&buf)
+    ))
+}
+
+/// The entry's Redis key. Sealed, its name is a keyed hash (HMAC-SHA-256) of the exact key, not
+/// the exact key itself: that is a plain SHA-256 of the request, and whoever can list Redis
+/// could otherwise test a guessed prompt against it. Followers take names from the stream, so
+/// the name need not be computable without the key.
+fn entry_key(prefix: &str, exact: &Key, keys: Option<&CacheKeys>) -> String {
+    match keys.and_then(|k| k.keys.first()) {
+        Some((_, key)) => {
+            let tag = ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key), exact);
+            format!("{prefix}:cache:entry:{}", hex::encode(tag.as_ref()))
+        }
+        None => format!("{prefix}:cache:entry:{}", hex::encode(exact)),
+    }
+}
+
+/// Why a payload read from Redis was not used.
+#[derive(Debug, PartialEq)]
+enum Refused {
+    /// Sealed with a key id this pod does not have, or not opening with it (tampered, moved).
+    Key,
+    /// Plaintext while this pod seals: not trusted (anyone with Redis access could write it).
+    Plaintext,
+    /// Sealed while this pod has no keys.
+    NoKeys,
+}
+
+/// The payload's JSON: opened with the key its id names, or as is when nothing is sealed.
+fn open<'a>(keys: Option<&CacheKeys>, redis_key: &str, payload: &'a str) -> Result<std::borrow::Cow<'a, str>, Refused> {
+    use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+    let Some(sealed) = payload.strip_prefix(SEALED) else {
+        return match keys {
+            Some(_) => Err(Refused::Plaintext),
+            None => Ok(std::borrow::Cow::Borrowed(payload)),
+        };
+    };
+    let keys = keys.ok_or(Refused::NoKeys)?;
+    let (id, data) = sealed.split_once(':').ok_or(Refused::Key)?;
+    let (_, key) = keys.keys.iter().find(|(k, _)| **k == *id).ok_or(Refused::Key)?;
+    let mut buf = base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .map_err(|_| Refused::Key)?;
+    if buf.len() < 12 + AES_256_GCM.tag_len() {
+        return Err(Refused::Key);
+    }
+    let nonce = Nonce::try_assume_unique_for_key(&buf[..12]).map_err(|_| Refused::Key)?;
+    let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).map_err(|_| Refused::Key)?);
+    let plain = key
+        .open_in_place(nonce, Aad::from(redis_key.as_bytes()), &mut buf[12..])
+        .map_err(|_| Refused::Key)?;
+    String::from_utf8(plain.to_vec())
+        .map(std::borrow::Cow::Owned)
+        .map_err(|_| Refused::Key)
+}
+
 fn key_of(hex_str: &str) -> Option<Key> {
     let mut k = [0u8; 32];
     hex::decode_to_slice(hex_str, &mut k).ok()?;
@@ -138,7 +225,13 @@ pub(crate) fn spawn(
     let origin: Arc<str> = format!("{:016x}", fastrand::u64(..)).into();
     let (tx, rx) = mpsc::channel(OUTBOX);
     cache.attach_l2(tx);
-    background.spawn(publish(rx, redis.clone(), origin.clone(), metrics.clone()));
+    background.spawn(publish(
+        rx,
+        redis.clone(),
+        origin.clone(),
+        settings.clone(),
+        metrics.clone(),
+    ));
     background.spawn(follow(cache, redis, origin, settings, metrics));
 }
 
@@ -148,14 +241,33 @@ fn count(metrics: &Metrics, result: &'static str, n: u64) {
     }
 }
 
-async fn publish(mut rx: mpsc::Receiver<Outgoing>, cfg: RedisConfig, origin: Arc<str>, metrics: Arc<Metrics>) {
+async fn publish(
+    mut rx: mpsc::Receiver<Outgoing>,
+    cfg: RedisConfig,
+    origin: Arc<str>,
+    settings: Arc<dyn Fn() -> CacheConfig + Send + Sync>,
+    metrics: Arc<Metrics>,
+) {
     let p = prefix(&cfg);
     let stream = format!("{p}:cache:stream");
     let mut link = Link::new(metrics.clone(), "cache-publish");
     let mut conn = None;
     let mut backoff = BACKOFF_MIN;
     while let Some(out) = rx.recv().await {
-        let Some(payload) = encode(&out) else { continue };
+        // The keys of the current config: a rotation applies from the next entry on.
+        let keys = settings().encryption;
+        let key = entry_key(&p, &out.exact, keys.as_ref());
+        let Some(json) = encode(&out) else { continue };
+        let payload = match &keys {
+            Some(keys) => match seal(keys, &key, &json) {
+                Some(sealed) => sealed,
+                None => {
+                    count(&metrics, "dropped", 1);
+                    continue;
+                }
+            },
+            None => json,
+        };
         if conn.is_none() {
             match connect(&cfg).await {
                 Ok(c) => {
@@ -173,7 +285,6 @@ async fn publish(mut rx: mpsc::Receiver<Outgoing>, cfg: RedisConfig, origin: Arc
             }
         }
         let Some(c) = conn.as_mut() else { continue };
-        let key = format!("{p}:cache:entry:{}", hex::encode(out.exact));
         let ttl_ms = out.ttl.as_millis().max(1) as u64;
         let mut pipe = redis::pipe();
         pipe.cmd("SET")
@@ -244,7 +355,7 @@ async fn follow(
                 Ok(entries) => {
                     last_id = Some(entries.first().map_or_else(|| "0-0".to_owned(), |(id, _)| id.clone()));
                     let keys: Vec<StreamEntry> = entries.into_iter().rev().collect();
-                    let n = load(&cache, &mut conn, &keys, &origin, &settings, true).await;
+                    let n = load(&cache, &mut conn, &keys, &origin, &settings, &metrics, true).await;
                     count(&metrics, "warmed", n);
                     if n > 0 {
                         tracing::info!(entries = n, "cache warmed from the fleet's recent entries");
@@ -280,7 +391,7 @@ async fn follow(
             if let Some((id, _)) = entries.last() {
                 last_id = Some(id.clone());
             }
-            let n = load(&cache, &mut conn, &entries, &origin, &settings, false).await;
+            let n = load(&cache, &mut conn, &entries, &origin, &settings, &metrics, false).await;
             count(&metrics, "received", n);
         }
     }
@@ -293,6 +404,7 @@ async fn load(
     entries: &[StreamEntry],
     origin: &str,
     settings: &Arc<dyn Fn() -> CacheConfig + Send + Sync>,
+    metrics: &Metrics,
     warming: bool,
 ) -> u64 {
     let field =
@@ -311,18 +423,87 @@ async fn load(
     };
     let config = settings();
     let mut n = 0;
-    for payload in payloads.into_iter().flatten() {
-        if let Some(e) = decode(&payload) {
+    let mut refused = 0;
+    for (key, payload) in keys.iter().zip(payloads) {
+        let Some(payload) = payload else { continue };
+        let json = match open(config.encryption.as_ref(), key, &payload) {
+            Ok(j) => j,
+            Err(why) => {
+                if refused == 0 {
+                    tracing::debug!(?why, key = %key, "a cache entry from Redis was refused");
+                }
+                refused += 1;
+                continue;
+            }
+        };
+        if let Some(e) = decode(&json) {
             cache.insert_remote(e, &config);
             n += 1;
         }
     }
+    count(metrics, "refused", refused);
     n
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn keys(list: &[(&str, u8)]) -> CacheKeys {
+        CacheKeys {
+            keys: list.iter().map(|(id, b)| (Arc::from(*id), [*b; 32])).collect(),
+        }
+    }
+
+    #[test]
+    fn sealed_entries_open_only_with_their_key_under_their_name() {
+        let json = r#"{"query":"my secret prompt","response":"the secret answer"}"#;
+        let k1 = keys(&[("k1", 1)]);
+        let sealed = seal(&k1, "p:cache:entry:aa", json).unwrap();
+        assert!(sealed.starts_with("enc1:k1:"), "{sealed}");
+        assert!(!sealed.contains("secret"), "no plaintext in {sealed}");
+        assert_ne!(
+            seal(&k1, "p:cache:entry:aa", json).unwrap(),
+            sealed,
+            "a fresh nonce each time"
+        );
+        assert_eq!(open(Some(&k1), "p:cache:entry:aa", &sealed).unwrap(), json);
+        // Rotation: the new key seals, the old one still opens what it sealed.
+        let rotated = keys(&[("k2", 2), ("k1", 1)]);
+        assert_eq!(open(Some(&rotated), "p:cache:entry:aa", &sealed).unwrap(), json);
+        assert!(seal(&rotated, "x", json).unwrap().starts_with("enc1:k2:"));
+        // Another key, another name, a flipped byte, plaintext while sealing, sealed without keys.
+        assert_eq!(
+            open(Some(&keys(&[("k1", 9)])), "p:cache:entry:aa", &sealed),
+            Err(Refused::Key)
+        );
+        assert_eq!(
+            open(Some(&keys(&[("k3", 1)])), "p:cache:entry:aa", &sealed),
+            Err(Refused::Key)
+        );
+        assert_eq!(open(Some(&k1), "p:cache:entry:bb", &sealed), Err(Refused::Key));
+        let mut tampered = sealed.clone().into_bytes();
+        let last = tampered.len() - 3;
+        tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
+        let tampered = String::from_utf8(tampered).unwrap();
+        assert_eq!(open(Some(&k1), "p:cache:entry:aa", &tampered), Err(Refused::Key));
+        assert_eq!(open(Some(&k1), "k", json), Err(Refused::Plaintext));
+        assert_eq!(open(None, "k", &sealed), Err(Refused::NoKeys));
+        assert_eq!(open(None, "k", json).unwrap(), json);
+        assert_eq!(open(Some(&k1), "k", "enc1:k1:not base64!"), Err(Refused::Key));
+        assert_eq!(open(Some(&k1), "k", "enc1:k1:AAAA"), Err(Refused::Key));
+    }
+
+    #[test]
+    fn sealed_entry_names_are_keyed_hashes() {
+        let exact = [7u8; 32];
+        let plain = entry_key("p", &exact, None);
+        assert_eq!(plain, format!("p:cache:entry:{}", hex::encode(exact)));
+        let a = entry_key("p", &exact, Some(&keys(&[("k1", 1)])));
+        let b = entry_key("p", &exact, Some(&keys(&[("k2", 2)])));
+        assert!(a != plain && a != b && a.starts_with("p:cache:entry:"));
+        assert_eq!(a, entry_key("p", &exact, Some(&keys(&[("k1", 1), ("k0", 0)]))));
+    }
 
     #[test]
     fn entries_round_trip_through_the_wire_format() {

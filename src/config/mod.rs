@@ -329,6 +329,23 @@ pub struct CacheConfig {
     pub(crate) max_temperature: f64,
     pub(crate) privacy: regex::RegexSet,
     pub(crate) semantic: SemanticConfig,
+    /// `cache.encryption`: what the cache writes to Redis is sealed with the first key; entries
+    /// sealed with any listed key are read.
+    pub(crate) encryption: Option<CacheKeys>,
+}
+
+/// The keys of `cache.encryption`, in order: the first seals, all open (rotation without a
+/// flush: add the new key first, drop the old one once its entries have expired).
+#[derive(Clone, PartialEq)]
+pub struct CacheKeys {
+    pub(crate) keys: Vec<(Arc<str>, [u8; 32])>,
+}
+
+impl fmt::Debug for CacheKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ids: Vec<&str> = self.keys.iter().map(|(id, _)| &**id).collect();
+        write!(f, "CacheKeys {{ ids: {ids:?}, keys: <redacted> }}")
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

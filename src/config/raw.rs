@@ -186,6 +186,21 @@ pub struct RawCache {
     pub(crate) max_temperature: Option<f64>,
     pub(crate) privacy_patterns: Option<Vec<String>>,
     pub(crate) semantic: Option<RawSemantic>,
+    pub(crate) encryption: Option<RawEncryption>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawEncryption {
+    pub(crate) keys: Vec<RawEncryptionKey>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEncryptionKey {
+    pub(crate) id: String,
+    pub(crate) key_env: Option<String>,
+    pub(crate) key_file: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]

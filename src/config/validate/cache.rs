@@ -1,4 +1,5 @@
-//! `cache`: TTL, bounds, privacy patterns, the semantic layer and its per-route overrides.
+//! `cache`: TTL, bounds, privacy patterns, the semantic layer and its per-route overrides, and
+//! the keys that seal what the cache writes to Redis.
 
 use super::*;
 
@@ -189,6 +190,80 @@ impl Validator<'_> {
             max_temperature,
             privacy,
             semantic,
+            encryption: raw.encryption.and_then(|e| self.cache_keys(e)),
         }
     }
+
+    /// `cache.encryption.keys`: each an id (kept in every entry it seals) and 32 bytes, base64
+    /// or hex, from an environment variable or a file (a mounted Secret).
+    fn cache_keys(&mut self, raw: RawEncryption) -> Option<CacheKeys> {
+        let start = self.issues.len();
+        if raw.keys.is_empty() {
+            self.issue(
+                "cache.encryption.keys",
+                "list at least one key ({ id, key_env | key_file }), or remove cache.encryption",
+            );
+        }
+        let mut keys: Vec<(Arc<str>, [u8; 32])> = Vec::new();
+        let mut ids: Vec<String> = Vec::new();
+        for (i, k) in raw.keys.into_iter().enumerate() {
+            let path = format!("cache.encryption.keys[{i}]");
+            let id_ok = !k.id.is_empty()
+                && k.id.len() <= 64
+                && k.id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+            if !id_ok {
+                self.issue(
+                    format!("{path}.id"),
+                    format!("{:?}: use 1-64 letters, digits, '.', '_' or '-'", k.id),
+                );
+            } else if ids.contains(&k.id) {
+                self.issue(format!("{path}.id"), format!("{:?} is listed twice", k.id));
+            }
+            ids.push(k.id.clone());
+            let text = match (&k.key_env, &k.key_file) {
+                (Some(var), None) => match self.vars.var(var).filter(|v| !v.trim().is_empty()) {
+                    Some(v) => Some(v),
+                    None => {
+                        self.issue(
+                            format!("{path}.key_env"),
+                            format!("the environment variable {var} is not set or empty"),
+                        );
+                        None
+                    }
+                },
+                (None, Some(file)) => match std::fs::read_to_string(file) {
+                    Ok(v) => Some(v),
+                    Err(e) => {
+                        self.issue(format!("{path}.key_file"), format!("cannot read {file}: {e}"));
+                        None
+                    }
+                },
+                _ => {
+                    self.issue(&path, "set exactly one of key_env and key_file");
+                    None
+                }
+            };
+            let Some(text) = text else { continue };
+            match key_bytes(text.trim()) {
+                Some(bytes) => keys.push((k.id.as_str().into(), bytes)),
+                None => self.issue(
+                    &path,
+                    "the key must be 32 bytes, base64 (44 characters) or hex (64): e.g. `openssl rand -base64 32`",
+                ),
+            }
+        }
+        (self.issues.len() == start && !keys.is_empty()).then_some(CacheKeys { keys })
+    }
+}
+
+/// 32 bytes from base64 or hex text.
+fn key_bytes(text: &str) -> Option<[u8; 32]> {
+    use base64::Engine;
+    let mut out = [0u8; 32];
+    if text.len() == 64 && hex::decode_to_slice(text, &mut out).is_ok() {
+        return Some(out);
+    }
+    let bytes = base64::engine::general_purpose::STANDARD.decode(text).ok()?;
+    out.copy_from_slice(bytes.get(..32).filter(|_| bytes.len() == 32)?);
+    Some(out)
 }

@@ -544,6 +544,54 @@ cache:
     }
 
     #[test]
+    fn cache_encryption_keys_load_from_env_or_file_and_bad_ones_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("old");
+        std::fs::write(&file, format!("{}\n", "ab".repeat(32))).unwrap();
+        let text = format!(
+            r#"
+providers: {{ p: {{ base_url: "http://127.0.0.1:1/v1" }} }}
+models: {{ m: {{ provider: p }} }}
+cache:
+  encryption:
+    keys:
+      - {{ id: "2026-12", key_env: CACHE_KEY }}
+      - {{ id: "2026-11", key_file: {} }}
+"#,
+            file.display()
+        );
+        let b64 = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
+        let vars = |k: &str| (k == "CACHE_KEY").then(|| b64.to_owned());
+        let c = Config::load(&text, &vars).unwrap();
+        let keys = c.cache.encryption.as_ref().unwrap();
+        assert_eq!(keys.keys[0], (Arc::from("2026-12"), [1u8; 32]));
+        assert_eq!(keys.keys[1], (Arc::from("2026-11"), [0xab; 32]));
+        assert!(!format!("{c:?}").contains("171, 171"), "key bytes stay out of Debug");
+        let bad = r#"
+providers: { p: { base_url: "http://127.0.0.1:1/v1" } }
+models: { m: { provider: p } }
+cache:
+  encryption:
+    keys:
+      - { id: "a:b", key_env: SHORT }
+      - { id: ok, key_env: UNSET }
+      - { id: ok, key_env: SHORT, key_file: /x }
+"#;
+        let vars = |k: &str| (k == "SHORT").then(|| "c2hvcnQ=".to_owned());
+        let errs = Config::load(bad, &vars).unwrap_err();
+        let paths: Vec<&str> = errs.0.iter().map(|i| i.path.as_str()).collect();
+        for want in [
+            "cache.encryption.keys[0].id",
+            "cache.encryption.keys[0]",
+            "cache.encryption.keys[1].key_env",
+            "cache.encryption.keys[2].id",
+            "cache.encryption.keys[2]",
+        ] {
+            assert!(paths.contains(&want), "missing {want} in {paths:?}");
+        }
+    }
+
+    #[test]
     fn a_provider_without_its_key_is_unusable_not_fatal() {
         let two = r#"
 providers:
