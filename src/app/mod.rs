@@ -22,6 +22,7 @@ use crate::state::reload::{ReloadOutcome, Reloader};
 use crate::state::{Runtime, Shared};
 use crate::telemetry::Metrics;
 
+/// Where a sidecar's config comes from.
 pub enum ConfigInput {
     /// A file, watched and reloaded on change and on SIGHUP.
     File(PathBuf),
@@ -31,6 +32,8 @@ pub enum ConfigInput {
     Kube(Box<crate::config::kube::KubeSource>),
 }
 
+/// How to start a [`Sidecar`]: its config and, optionally, addresses that override the
+/// config's `listen` / `admin_listen` and where `${VAR}` references are looked up.
 pub struct Options {
     pub config: ConfigInput,
     pub vars: Arc<dyn VarLookup + Send + Sync>,
@@ -48,6 +51,36 @@ impl Options {
             listen: None,
             admin_listen: None,
         }
+    }
+
+    /// A config given as YAML text (never reloaded: there is nothing to watch).
+    pub fn from_yaml(text: impl Into<String>) -> Self {
+        Self::new(ConfigInput::Text(text.into()))
+    }
+
+    /// A config file, watched and reloaded on change (and by [`Sidecar::reload`]).
+    pub fn from_file(path: impl Into<PathBuf>) -> Self {
+        Self::new(ConfigInput::File(path.into()))
+    }
+
+    /// Serve the OpenAI API here instead of the config's `listen` (port 0: any free port,
+    /// then [`Sidecar::app_addr`]).
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = Some(addr);
+        self
+    }
+
+    /// Serve metrics, probes and `/admin` here instead of the config's `admin_listen`.
+    pub fn admin_listen(mut self, addr: SocketAddr) -> Self {
+        self.admin_listen = Some(addr);
+        self
+    }
+
+    /// Look `${VAR}`, `key_env` and `password_env` names up here instead of the process
+    /// environment (a secret store, a test's fixed values).
+    pub fn vars(mut self, vars: impl Fn(&str) -> Option<String> + Send + Sync + 'static) -> Self {
+        self.vars = Arc::new(vars);
+        self
     }
 }
 
@@ -87,6 +120,50 @@ impl StartError {
     }
 }
 
+/// One running sidecar inside this process: the OpenAI API, the admin port, its config
+/// watch and background tasks, on the current Tokio runtime. [`Sidecar::shutdown`] stops it
+/// gracefully (as SIGTERM does for the binary); dropping it without that aborts nothing but
+/// leaves its tasks running until the runtime ends.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use llm_sidecar::app::{Options, Sidecar};
+/// use llm_sidecar::mock::MockUpstream;
+///
+/// // An OpenAI-compatible upstream for the example; any provider's base URL works.
+/// let upstream = MockUpstream::start().await.unwrap();
+/// let config = format!(
+///     "providers: {{ p: {{ base_url: \"{}\", auth: {{ key_env: UPSTREAM_KEY }} }} }}\n\
+///      models: {{ gpt-4o-mini: {{ provider: p }} }}\n",
+///     upstream.base_url()
+/// );
+/// let sidecar = Sidecar::start(
+///     Options::from_yaml(config)
+///         .listen("127.0.0.1:0".parse().unwrap())
+///         .admin_listen("127.0.0.1:0".parse().unwrap())
+///         .vars(|name| (name == "UPSTREAM_KEY").then(|| "sk-example".to_owned())),
+/// )
+/// .await
+/// .unwrap();
+///
+/// // Point an OpenAI SDK (or any HTTP client) at it.
+/// let base_url = format!("http://{}/v1", sidecar.app_addr());
+/// let answer = reqwest::Client::new()
+///     .post(format!("{base_url}/chat/completions"))
+///     .json(&serde_json::json!({
+///         "model": "gpt-4o-mini",
+///         "messages": [{ "role": "user", "content": "Say hello" }]
+///     }))
+///     .send()
+///     .await
+///     .unwrap();
+/// assert_eq!(answer.status(), 200);
+/// // The live metrics, as the admin port's /metrics serves them.
+/// assert!(sidecar.metrics_text().contains("llm_sidecar_requests_total{"));
+/// sidecar.shutdown().await;
+/// # }
+/// ```
 pub struct Sidecar {
     app_addr: SocketAddr,
     admin_addr: SocketAddr,
@@ -239,6 +316,12 @@ impl Sidecar {
 
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
+    }
+
+    /// The live metrics in the Prometheus/OpenMetrics text format (what `/metrics` serves):
+    /// for a host program that exports its own metrics endpoint.
+    pub fn metrics_text(&self) -> String {
+        self.shared.metrics.encode()
     }
 
     /// Re-reads the config file now. `None` when the config is not from a file. With `force`
