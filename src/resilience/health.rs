@@ -6,7 +6,6 @@
 use std::time::Duration;
 
 use http::{HeaderMap, Method};
-use http_body_util::{BodyExt, Empty};
 use tokio::time::Instant;
 
 use crate::config::HealthCheck;
@@ -36,7 +35,7 @@ pub(crate) async fn probe(provider: &Provider, check: &HealthCheck) -> Result<()
         // Every slot busy with real traffic: the provider is answering, nothing to learn.
         Err(_) => return Ok(()),
     };
-    let body: ClientBody = Empty::new().map_err(|never| match never {}).boxed();
+    let body = ClientBody::empty();
     let up = provider
         .send(Method::GET, uri, HeaderMap::new(), body, deadline, permit)
         .await?;

@@ -208,7 +208,7 @@ impl Upstream<'_> {
         let body = incoming
             .take()
             .ok_or_else(|| internal("the request body was already sent"))?;
-        let body: ClientBody = RateGuard::new(body, &self.rt.config.server).boxed();
+        let body = ClientBody::Streamed(RateGuard::new(body, &self.rt.config.server).boxed());
         let deadline = Instant::now() + provider.config.timeouts.total;
         let sent = provider
             .send(parts.method.clone(), uri, headers, body, deadline, permit)

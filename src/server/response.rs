@@ -7,7 +7,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::StatusCode;
 use http::header;
-use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
@@ -81,7 +80,7 @@ pub(super) async fn receive(
 }
 
 pub(super) fn full(b: Bytes) -> ClientBody {
-    Full::new(b).map_err(|never| match never {}).boxed()
+    ClientBody::whole(b)
 }
 
 pub(super) fn internal(e: impl std::fmt::Display) -> ApiError {

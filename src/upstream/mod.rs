@@ -30,8 +30,55 @@ use crate::scheduler::{Permit, Scheduler};
 pub use crate::telemetry::error_chain;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// Request bodies sent upstream: a rewritten JSON body or the app's own streamed body.
-pub type ClientBody = BoxBody<Bytes, BoxError>;
+/// Request bodies sent upstream: a rewritten JSON body (whole, the usual case: no box, no
+/// allocation) or the app's own streamed body (passthrough).
+pub enum ClientBody {
+    Whole(Option<Bytes>),
+    Streamed(BoxBody<Bytes, BoxError>),
+}
+
+impl ClientBody {
+    pub(crate) fn whole(b: Bytes) -> Self {
+        ClientBody::Whole(Some(b))
+    }
+
+    pub(crate) fn empty() -> Self {
+        ClientBody::Whole(None)
+    }
+}
+
+impl http_body::Body for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ClientBody::Whole(b) => std::task::Poll::Ready(
+                b.take()
+                    .filter(|b| !b.is_empty())
+                    .map(|b| Ok(http_body::Frame::data(b))),
+            ),
+            ClientBody::Streamed(s) => std::pin::Pin::new(s).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Whole(b) => b.as_ref().is_none_or(Bytes::is_empty),
+            ClientBody::Streamed(s) => s.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            ClientBody::Whole(b) => http_body::SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            ClientBody::Streamed(s) => s.size_hint(),
+        }
+    }
+}
 
 /// Idle pooled connections are closed after this; providers' load balancers drop idle
 /// connections after 60–350 s, and reusing a half-closed one costs a failed request.
