@@ -4,8 +4,11 @@
 //!
 //! Modules depend downward only: each may use the ones listed before it, never one after it.
 //! `scripts/check-layers` (run by CI) reads every `crate::` path and fails on an upward one.
+//! The supported surface for embedding is [`app`] (see `docs/library.md`); modules marked
+//! crate-private are not reachable from outside, and the other public ones are public for the
+//! benchmarks and integration tests and may change.
 //!
-//! - [`tasks`] — the background tasks, stopped and awaited together at shutdown.
+//! - `tasks` (crate-private) — the background tasks, stopped and awaited together at shutdown.
 //! - [`config`] — the YAML schema, `${VAR}` interpolation, validation into an immutable
 //!   [`config::Config`] with precise key paths, and the watched file source.
 //! - [`openai`] — the slices of the OpenAI wire format we read: endpoints, request head, usage,
@@ -14,13 +17,15 @@
 //!   queue, word states for token alignment, the optional pair verifier.
 //! - [`telemetry`] — the Prometheus registry and metric families; the JSON log line; request
 //!   traces and their OTLP export; the live dashboard's ring and cost advice.
-//! - [`scheduler`] — per-provider concurrency slots and the priority queue in front of them.
-//! - [`upstream`] — provider clients over rustls, timeouts; the Anthropic translation; the
-//!   header allowlist and secret redaction.
+//! - `scheduler` (crate-private) — per-provider concurrency slots and the priority queue in
+//!   front of them.
+//! - `upstream` (crate-private) — provider clients over rustls, timeouts; the Anthropic
+//!   translation; the header allowlist and secret redaction.
 //! - [`resilience`] — backoff with jitter, the retry budget, circuit breakers, latency EWMAs,
 //!   active health checks.
 //! - [`router`] — route matching and strategies → ordered candidate models, with a reason.
-//! - [`redis_link`] — the Redis connection the fleet features share (URL, connect, backoff).
+//! - `redis_link` (crate-private) — the Redis connection the fleet features share (URL,
+//!   connect, backoff).
 //! - [`limits`] — tenant identification, rate limits and budgets (the ledger), fleet sync.
 //! - [`cache`] — the exact and semantic cache: keys, the guard, token alignment, the store and
 //!   its indexes, replay in either shape, the Redis L2, per-route measured quality.
@@ -51,15 +56,15 @@ pub mod inject;
 pub mod limits;
 pub mod mock;
 pub mod openai;
-pub mod redis_link;
+pub(crate) mod redis_link;
 pub mod resilience;
 pub mod router;
-pub mod scheduler;
+pub(crate) mod scheduler;
 pub mod server;
 pub mod state;
-pub mod tasks;
+pub(crate) mod tasks;
 pub mod telemetry;
-pub mod upstream;
+pub(crate) mod upstream;
 
 /// The demo's config, embedded in the binary.
 pub(crate) const DEMO_CONFIG: &str = include_str!("demo.yaml");
