@@ -12,9 +12,13 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
+use kube::runtime::utils::Backoff;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
 use tokio::sync::mpsc;
+
+/// The backoff's own cap, should it ever stop yielding delays.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Where the service account's namespace is mounted in every pod.
 const SA_NAMESPACE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
@@ -116,12 +120,17 @@ impl KubeSource {
             let config = watcher::Config::default().fields(&format!("metadata.name={}", self.name));
             let mut events = watcher::watcher(self.api.clone(), config).boxed();
             let mut failing = false;
-            let mut retry = Retry::default();
+            // kube-rs's own watcher backoff (0.8 s doubling to 30 s, jittered), driven here
+            // rather than wrapped around the stream, so a 410 can skip it.
+            let mut backoff = watcher::DefaultBackoff::default();
+            // A 410 was just answered with an immediate re-list.
+            let mut relisted = false;
             while let Some(event) = events.next().await {
                 let change = match event {
                     Ok(Event::Apply(cm) | Event::InitApply(cm)) => {
                         failing = false;
-                        retry = Retry::default();
+                        relisted = false;
+                        backoff.reset();
                         match self.text(&cm) {
                             Ok(t) => Change::Text(t),
                             Err(e) => Change::Gone(e.to_string()),
@@ -137,7 +146,7 @@ impl KubeSource {
                         // backoff there held an edit for seconds against a real API server. A
                         // second one in a row waits like any other error.
                         let expired = matches!(&error, watcher::Error::WatchError(s) if s.code == 410);
-                        if expired && !std::mem::replace(&mut retry.relisted, true) {
+                        if expired && !std::mem::replace(&mut relisted, true) {
                             tracing::debug!(%error, "config watch expired; re-listing");
                             continue;
                         }
@@ -145,7 +154,7 @@ impl KubeSource {
                         if !std::mem::replace(&mut failing, true) {
                             tracing::warn!(%error, configmap = %format!("{}/{}", self.namespace, self.name), "config watch failed; retrying with backoff, the current config keeps serving");
                         }
-                        tokio::time::sleep(retry.next()).await;
+                        tokio::time::sleep(backoff.next().unwrap_or(MAX_BACKOFF)).await;
                         continue;
                     }
                 };
@@ -155,46 +164,5 @@ impl KubeSource {
             }
         });
         rx
-    }
-}
-
-/// The watch's retry delays: 0.8 s doubling to 30 s, with jitter so a fleet of sidecars does
-/// not reconnect in step after an API server restart (what kube-rs's default backoff does);
-/// back to the start after any event.
-#[derive(Default)]
-struct Retry {
-    failures: u32,
-    /// A `410 Gone` was just answered with an immediate re-list.
-    relisted: bool,
-}
-
-impl Retry {
-    const FIRST: Duration = Duration::from_millis(800);
-    const MAX: Duration = Duration::from_secs(30);
-
-    fn next(&mut self) -> Duration {
-        let base = Self::FIRST.saturating_mul(1u32 << self.failures.min(6)).min(Self::MAX);
-        self.failures = self.failures.saturating_add(1);
-        base.mul_f64(0.5 + fastrand::f64() / 2.0)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn retry_delays_grow_to_a_cap_with_jitter_and_restart() {
-        let mut r = Retry::default();
-        let delays: Vec<Duration> = (0..10).map(|_| r.next()).collect();
-        assert!(delays[0] >= Retry::FIRST / 2 && delays[0] <= Retry::FIRST, "{delays:?}");
-        assert!(
-            delays[3] >= Retry::FIRST * 4 && delays[3] <= Retry::FIRST * 8,
-            "{delays:?}"
-        );
-        assert!(delays.iter().all(|d| *d <= Retry::MAX), "{delays:?}");
-        assert!(delays[9] >= Retry::MAX / 2, "{delays:?}");
-        let mut fresh = Retry::default();
-        assert!(fresh.next() <= Retry::FIRST);
     }
 }
