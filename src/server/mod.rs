@@ -153,8 +153,6 @@ fn json(body: bytes::Bytes, request_id: &HeaderValue) -> Response<Body> {
     resp
 }
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
 /// The app's `x-request-id` when it is a sane token, else a fresh random one (32 hex digits,
 /// made on the stack: one allocation, the header value's).
 pub fn request_id(headers: &HeaderMap) -> HeaderValue {
@@ -165,11 +163,10 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
         }
     }
     let mut hex = [0u8; 32];
-    for (i, byte) in fastrand::u128(..).to_le_bytes().iter().enumerate() {
-        hex[2 * i] = HEX[usize::from(byte >> 4)];
-        hex[2 * i + 1] = HEX[usize::from(byte & 0xf)];
+    match hex::encode_to_slice(fastrand::u128(..).to_le_bytes(), &mut hex) {
+        Ok(()) => HeaderValue::from_bytes(&hex).unwrap_or_else(|_| HeaderValue::from_static("0")),
+        Err(_) => HeaderValue::from_static("0"),
     }
-    HeaderValue::from_bytes(&hex).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 /// Idle keep-alive connections are closed when no new request starts within

@@ -15,6 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName};
 use http::{Method, Request, Response, Uri};
+use http_body_util::Full;
 use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
@@ -30,20 +31,20 @@ use crate::scheduler::{Permit, Scheduler};
 pub use crate::telemetry::error_chain;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// Request bodies sent upstream: a rewritten JSON body (whole, the usual case: no box, no
+/// Request bodies sent upstream: a rewritten JSON body (whole, the usual case: not boxed, no
 /// allocation) or the app's own streamed body (passthrough).
 pub enum ClientBody {
-    Whole(Option<Bytes>),
+    Whole(Full<Bytes>),
     Streamed(BoxBody<Bytes, BoxError>),
 }
 
 impl ClientBody {
     pub(crate) fn whole(b: Bytes) -> Self {
-        ClientBody::Whole(Some(b))
+        ClientBody::Whole(Full::new(b))
     }
 
     pub(crate) fn empty() -> Self {
-        ClientBody::Whole(None)
+        ClientBody::Whole(Full::default())
     }
 }
 
@@ -56,25 +57,23 @@ impl http_body::Body for ClientBody {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            ClientBody::Whole(b) => std::task::Poll::Ready(
-                b.take()
-                    .filter(|b| !b.is_empty())
-                    .map(|b| Ok(http_body::Frame::data(b))),
-            ),
+            ClientBody::Whole(b) => std::pin::Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(|never| match never {}))),
             ClientBody::Streamed(s) => std::pin::Pin::new(s).poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ClientBody::Whole(b) => b.as_ref().is_none_or(Bytes::is_empty),
+            ClientBody::Whole(b) => b.is_end_stream(),
             ClientBody::Streamed(s) => s.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
         match self {
-            ClientBody::Whole(b) => http_body::SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            ClientBody::Whole(b) => b.size_hint(),
             ClientBody::Streamed(s) => s.size_hint(),
         }
     }
