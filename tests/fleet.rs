@@ -66,6 +66,12 @@ async fn wait_until(what: &str, mut f: impl AsyncFnMut() -> bool) {
     }
 }
 
+/// Waits until `h` has counted at least one L2 entry with this `result`.
+async fn wait_l2(h: &Harness, result: &str, what: &str) {
+    let series = format!(r#"llm_sidecar_cache_l2_entries_total{{result="{result}"}}"#);
+    wait_until(what, async || metric(&h.metrics().await, &series) >= 1.0).await;
+}
+
 #[tokio::test]
 async fn two_sidecars_share_rate_limits_and_budgets() {
     let redis = RedisServer::start();
@@ -149,13 +155,7 @@ async fn a_paraphrase_answered_in_one_pod_is_a_hit_in_another_and_new_pods_start
     let q = "How do I reset my online banking password?";
     let r = call(&a, chat_body(q)).await;
     assert_eq!(r.headers()["x-llm-sidecar-cache"], "miss");
-    wait_until("B to receive A's entry", async || {
-        metric(
-            &b.metrics().await,
-            r#"llm_sidecar_cache_l2_entries_total{result="received"}"#,
-        ) >= 1.0
-    })
-    .await;
+    wait_l2(&b, "received", "B to receive A's entry").await;
     let r = call(&b, chat_body(q)).await;
     assert_eq!(r.headers()["x-llm-sidecar-cache"], "hit-exact");
     let r = call(&b, chat_body("how can I reset my online banking password")).await;
@@ -170,13 +170,7 @@ async fn a_paraphrase_answered_in_one_pod_is_a_hit_in_another_and_new_pods_start
     let m3 = MockUpstream::start().await.unwrap();
     let tc = fleet_config(&m3, &redis, "");
     let c = sidecar(m3, tc).await;
-    wait_until("C to warm up", async || {
-        metric(
-            &c.metrics().await,
-            r#"llm_sidecar_cache_l2_entries_total{result="warmed"}"#,
-        ) >= 1.0
-    })
-    .await;
+    wait_l2(&c, "warmed", "C to warm up").await;
     assert_eq!(
         call(&c, chat_body(q)).await.headers()["x-llm-sidecar-cache"],
         "hit-exact"
@@ -290,33 +284,15 @@ async fn the_shared_cache_is_sealed_in_redis_and_opens_only_with_the_key() {
     assert_eq!(r.headers()["x-llm-sidecar-cache"], "miss");
     let answer: Value = r.json().await.unwrap();
     let content = answer["choices"][0]["message"]["content"].as_str().unwrap().to_owned();
-    wait_until("B to receive A's sealed entry", async || {
-        metric(
-            &b.metrics().await,
-            r#"llm_sidecar_cache_l2_entries_total{result="received"}"#,
-        ) >= 1.0
-    })
-    .await;
+    wait_l2(&b, "received", "B to receive A's sealed entry").await;
     assert_eq!(
         call(&b, chat_body(q)).await.headers()["x-llm-sidecar-cache"],
         "hit-exact"
     );
     // C cannot open it: a miss for C, counted.
-    wait_until("C to refuse A's entry", async || {
-        metric(
-            &c.metrics().await,
-            r#"llm_sidecar_cache_l2_entries_total{result="refused"}"#,
-        ) >= 1.0
-    })
-    .await;
+    wait_l2(&c, "refused", "C to refuse A's entry").await;
     assert_eq!(call(&c, chat_body(q)).await.headers()["x-llm-sidecar-cache"], "miss");
-    wait_until("C to publish its own entry", async || {
-        metric(
-            &c.metrics().await,
-            r#"llm_sidecar_cache_l2_entries_total{result="published"}"#,
-        ) >= 1.0
-    })
-    .await;
+    wait_l2(&c, "published", "C to publish its own entry").await;
 
     // What Redis holds: sealed payloads under keyed names (not the exact key, a plain hash of
     // the request); no prompt, no answer.

@@ -4,6 +4,8 @@
 //! are validated against the Kubernetes schemas by `scripts/k8s-check`), and the HTTPS server
 //! with certificate rotation. `UPDATE_GOLDEN=1 cargo test --test inject` rewrites the goldens.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -298,19 +300,7 @@ async fn the_https_server_answers_reviews_and_picks_up_a_rotated_certificate() {
 
     // Rotate: a new CA and certificate; after the next check the new one is served.
     let (cert2, key2, ca2) = certs("localhost");
-    std::fs::write(&cert_path, &cert2).unwrap();
-    std::fs::write(&key_path, &key2).unwrap();
-    // Make sure the mtime differs even on coarse filesystems.
-    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(2);
-    for p in [&cert_path, &key_path] {
-        std::fs::File::options()
-            .write(true)
-            .open(p)
-            .unwrap()
-            .set_modified(later)
-            .unwrap();
-    }
-    reloading.expire_check();
+    common::rotate_cert(&reloading, (&cert_path, &cert2), (&key_path, &key2));
     let r = client(&ca2).post(&url).body(read("plain.review.json")).send().await;
     assert_eq!(r.unwrap().status(), 200, "the rotated certificate is served");
     assert!(

@@ -21,7 +21,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use llm_sidecar::app::{ConfigInput, Sidecar};
 use llm_sidecar::config::kube::KubeSource;
 use llm_sidecar::inject::{Mode, Settings};
 use llm_sidecar::mock::MockUpstream;
@@ -231,31 +230,6 @@ async fn chart_objects_pass_server_side_validation(api: &mut ApiServer) {
     );
 }
 
-fn text(mock: &MockUpstream, version: &str) -> String {
-    config(&mock.base_url(), "").replace("version: test-1", &format!("version: {version}"))
-}
-
-async fn version(h: &Harness) -> String {
-    h.admin_get("/admin/config").await["version"]
-        .as_str()
-        .unwrap_or("")
-        .to_owned()
-}
-
-/// Waits until the sidecar serves `want`; returns how long it took.
-async fn served(h: &Harness, want: &str, within: Duration) -> Duration {
-    let start = Instant::now();
-    while version(h).await != want {
-        assert!(
-            start.elapsed() < within,
-            "config {want} not served within {within:?} (at {})",
-            version(h).await
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    start.elapsed()
-}
-
 async fn set_config(api: &ApiServer, ns: &str, body: &str) {
     let path = format!("/api/v1/namespaces/{ns}/configmaps/{CM}");
     let (status, _) = api.call(ADMIN_TOKEN, "GET", &path, None).await;
@@ -303,11 +277,10 @@ async fn service_account_token(api: &ApiServer, ns: &str, sa: &str) -> String {
     v["status"]["token"].as_str().unwrap().to_owned()
 }
 
-async fn configmap_watch_as_the_charts_role(api: &mut ApiServer) {
-    let ns = "cm-watch";
+/// A new namespace holding the chart's Role and RoleBinding, as rendered, and a token of a
+/// ServiceAccount there: it has exactly the rights the chart grants, so a wrong Role fails.
+async fn charts_role_token(api: &ApiServer, ns: &str) -> String {
     namespace(api, ns, json!({})).await;
-    // The chart's Role and RoleBinding, as rendered, in this namespace: the sidecar's token has
-    // exactly the rights the chart grants, so a wrong Role fails here.
     for obj in manifest_objects("llm-sidecar.yaml") {
         if obj["kind"] == "Role" || obj["kind"] == "RoleBinding" {
             let mut obj = obj;
@@ -315,7 +288,12 @@ async fn configmap_watch_as_the_charts_role(api: &mut ApiServer) {
             api.admin("POST", &collection(&obj, ns).unwrap(), Some(&obj)).await;
         }
     }
-    let token = service_account_token(api, ns, "app").await;
+    service_account_token(api, ns, "app").await
+}
+
+async fn configmap_watch_as_the_charts_role(api: &mut ApiServer) {
+    let ns = "cm-watch";
+    let token = charts_role_token(api, ns).await;
     // What the Role must not allow: other ConfigMaps, an unfiltered list, Secrets.
     for path in [
         format!("/api/v1/namespaces/{ns}/configmaps/other"),
@@ -326,7 +304,7 @@ async fn configmap_watch_as_the_charts_role(api: &mut ApiServer) {
         assert_eq!(status, 403, "the chart's Role allows GET {path}");
     }
     let mock = MockUpstream::start().await.unwrap();
-    set_config(api, ns, &text(&mock, "kube-1")).await;
+    set_config(api, ns, &versioned_config(&mock, "kube-1")).await;
     let (status, _) = api
         .call(&token, "GET", &format!("/api/v1/namespaces/{ns}/configmaps/{CM}"), None)
         .await;
@@ -336,16 +314,8 @@ async fn configmap_watch_as_the_charts_role(api: &mut ApiServer) {
     let source = KubeSource::new(&format!("{ns}/{CM}"), "config.yaml", Some(kube))
         .await
         .unwrap();
-    let sidecar = Sidecar::start(options(ConfigInput::Kube(Box::new(source))))
-        .await
-        .unwrap();
-    let h = Harness {
-        mock,
-        sidecar: Some(sidecar),
-        client: client(),
-        dir: None,
-    };
-    assert_eq!(version(&h).await, "kube-1");
+    let h = Harness::with_kube(mock, source).await;
+    assert_eq!(h.config_version().await, "kube-1");
     assert_eq!(h.chat(chat_body("hi")).await.status(), 200);
 
     // Edits are served within the watch's latency.
@@ -354,8 +324,8 @@ async fn configmap_watch_as_the_charts_role(api: &mut ApiServer) {
     for i in 2..=8 {
         let v = format!("kube-{i}");
         let t = Instant::now();
-        set_config(api, ns, &text(&h.mock, &v)).await;
-        served(&h, &v, Duration::from_secs(10)).await;
+        set_config(api, ns, &versioned_config(&h.mock, &v)).await;
+        h.served(&v, Duration::from_secs(10)).await;
         latencies.push(t.elapsed());
     }
     latencies.sort();
@@ -365,14 +335,14 @@ async fn configmap_watch_as_the_charts_role(api: &mut ApiServer) {
     // A bad edit is refused; the last good config keeps serving.
     set_config(api, ns, "routes: [ {").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(version(&h).await, "kube-8");
+    assert_eq!(h.config_version().await, "kube-8");
     assert!(
         h.wait_for_metric(r#"llm_sidecar_config_reloads_total{outcome="rejected"}"#)
             .await
             >= 1.0
     );
-    set_config(api, ns, &text(&h.mock, "kube-9")).await;
-    served(&h, "kube-9", Duration::from_secs(10)).await;
+    set_config(api, ns, &versioned_config(&h.mock, "kube-9")).await;
+    h.served("kube-9", Duration::from_secs(10)).await;
 
     // The API server is killed: requests keep being served; once it is back, an edit arrives.
     api.kill_apiserver();
@@ -381,8 +351,8 @@ async fn configmap_watch_as_the_charts_role(api: &mut ApiServer) {
     let t = Instant::now();
     api.start_apiserver().await.unwrap();
     let restarted = t.elapsed();
-    set_config(api, ns, &text(&h.mock, "after-restart")).await;
-    let caught_up = served(&h, "after-restart", Duration::from_secs(60)).await;
+    set_config(api, ns, &versioned_config(&h.mock, "after-restart")).await;
+    let caught_up = h.served("after-restart", Duration::from_secs(60)).await;
     println!("  API server restarted in {restarted:?}; the edit made after it was served in {caught_up:?}");
 
     // 410 Gone for real: the sidecar's last resourceVersion is compacted away (other objects
@@ -433,8 +403,8 @@ async fn configmap_watch_as_the_charts_role(api: &mut ApiServer) {
     );
     api.kill_apiserver();
     api.start_apiserver().await.unwrap();
-    set_config(api, ns, &text(&h.mock, "after-410")).await;
-    let after_410 = served(&h, "after-410", Duration::from_secs(60)).await;
+    set_config(api, ns, &versioned_config(&h.mock, "after-410")).await;
+    let after_410 = h.served("after-410", Duration::from_secs(60)).await;
     println!("  after a real 410 Gone, the next edit was served in {after_410:?}");
 
     // Deleted: keep serving the last good config; re-created: follow it again.
@@ -445,10 +415,10 @@ async fn configmap_watch_as_the_charts_role(api: &mut ApiServer) {
             .await
             >= 1.0
     );
-    assert_eq!(version(&h).await, "after-410");
+    assert_eq!(h.config_version().await, "after-410");
     assert_eq!(h.chat(chat_body("after delete")).await.status(), 200);
-    set_config(api, ns, &text(&h.mock, "recreated")).await;
-    served(&h, "recreated", Duration::from_secs(30)).await;
+    set_config(api, ns, &versioned_config(&h.mock, "recreated")).await;
+    h.served("recreated", Duration::from_secs(30)).await;
 }
 
 /// `llm-sidecar serve --kube-configmap` as a pod runs it: the client from `KUBECONFIG` (here a
@@ -456,17 +426,9 @@ async fn configmap_watch_as_the_charts_role(api: &mut ApiServer) {
 async fn the_binary_serves_kube_configmap(api: &mut ApiServer) {
     let api = &*api;
     let ns = "binary";
-    namespace(api, ns, json!({})).await;
-    for obj in manifest_objects("llm-sidecar.yaml") {
-        if obj["kind"] == "Role" || obj["kind"] == "RoleBinding" {
-            let mut obj = obj;
-            obj["metadata"]["namespace"] = json!(ns);
-            api.admin("POST", &collection(&obj, ns).unwrap(), Some(&obj)).await;
-        }
-    }
-    let token = service_account_token(api, ns, "app").await;
+    let token = charts_role_token(api, ns).await;
     let mock = MockUpstream::start().await.unwrap();
-    set_config(api, ns, &text(&mock, "bin-1")).await;
+    set_config(api, ns, &versioned_config(&mock, "bin-1")).await;
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
     std::fs::write(&kubeconfig, api.kubeconfig(&token, ns)).unwrap();
@@ -529,7 +491,7 @@ async fn the_binary_serves_kube_configmap(api: &mut ApiServer) {
             .unwrap();
         assert_eq!(r.status(), 200);
         tokio::time::sleep(Duration::from_millis(300)).await;
-        set_config(api, ns, &text(&mock, "bin-2")).await;
+        set_config(api, ns, &versioned_config(&mock, "bin-2")).await;
         let took = wait_for("bin-2").await;
         println!("  and followed an edit in {took:?}");
     });
@@ -752,19 +714,8 @@ async fn webhook_mutates_pods_created_through_the_api(api: &mut ApiServer) {
     let rotating = async {
         tokio::time::sleep(Duration::from_millis(60)).await;
         let (cert, key) = server::serving_cert(&api.ca);
-        std::fs::write(&cert_path, cert).unwrap();
-        std::fs::write(&key_path, key).unwrap();
-        let later = std::time::SystemTime::now() + Duration::from_secs(2);
-        for p in [&cert_path, &key_path] {
-            std::fs::File::options()
-                .write(true)
-                .open(p)
-                .unwrap()
-                .set_modified(later)
-                .unwrap();
-        }
-        reloading.expire_check();
-        std::fs::read_to_string(&cert_path).unwrap()
+        rotate_cert(&reloading, (&cert_path, &cert), (&key_path, &key));
+        cert
     };
     let (injected, new_cert) = tokio::join!(creating, rotating);
     assert_eq!(injected, 30, "every pod created during the rotation was injected");

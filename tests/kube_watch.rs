@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
@@ -215,59 +215,26 @@ impl FakeApi {
     }
 }
 
-fn text(mock: &MockUpstream, version: &str) -> String {
-    config(&mock.base_url(), "").replace("version: test-1", &format!("version: {version}"))
-}
-
-async fn version(h: &Harness) -> String {
-    h.admin_get("/admin/config").await["version"]
-        .as_str()
-        .unwrap_or("")
-        .to_owned()
-}
-
-/// Waits until the sidecar serves `want`; returns how long it took.
-async fn served(h: &Harness, want: &str) -> Duration {
-    let start = Instant::now();
-    while version(h).await != want {
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "config {want} never served (at {})",
-            version(h).await
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    start.elapsed()
-}
-
 #[tokio::test]
 async fn a_configmap_watched_through_the_api_survives_expiry_restarts_and_deletion() {
     let api = FakeApi::start().await;
     let mock = MockUpstream::start().await.unwrap();
-    api.set(&text(&mock, "kube-1"));
+    api.set(&versioned_config(&mock, "kube-1"));
     let source = KubeSource::new(&format!("{NS}/{NAME}"), "config.yaml", Some(api.client()))
         .await
         .unwrap();
-    let sidecar = Sidecar::start(options(ConfigInput::Kube(Box::new(source))))
-        .await
-        .unwrap();
-    let h = Harness {
-        mock,
-        sidecar: Some(sidecar),
-        client: client(),
-        dir: None,
-    };
-    assert_eq!(version(&h).await, "kube-1");
+    let h = Harness::with_kube(mock, source).await;
+    assert_eq!(h.config_version().await, "kube-1");
     assert_eq!(h.chat(chat_body("hi")).await.status(), 200);
 
     // An edit is served within the watch's latency.
-    served(&h, "kube-1").await;
+    h.served("kube-1", Duration::from_secs(15)).await;
     tokio::time::sleep(Duration::from_millis(300)).await; // let the watch connect
     let mut latencies = Vec::new();
     for i in 2..=6 {
         let v = format!("kube-{i}");
-        api.set(&text(&h.mock, &v));
-        latencies.push(served(&h, &v).await);
+        api.set(&versioned_config(&h.mock, &v));
+        latencies.push(h.served(&v, Duration::from_secs(15)).await);
     }
     latencies.sort();
     println!("edit→served through the API watch: {latencies:?}");
@@ -277,8 +244,8 @@ async fn a_configmap_watched_through_the_api_survives_expiry_restarts_and_deleti
     // tests/kube_apiserver.rs, a backoff there held the next edit for 6 s.)
     let lists = api.seen("list");
     api.expire();
-    api.set(&text(&h.mock, "after-410"));
-    let after_410 = served(&h, "after-410").await;
+    api.set(&versioned_config(&h.mock, "after-410"));
+    let after_410 = h.served("after-410", Duration::from_secs(15)).await;
     assert!(api.seen("list") > lists, "re-listed after 410");
     assert!(
         after_410 < Duration::from_millis(300),
@@ -288,31 +255,31 @@ async fn a_configmap_watched_through_the_api_survives_expiry_restarts_and_deleti
     // The API server restarts; an edit made meanwhile arrives once it is back.
     api.down();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    api.set(&text(&h.mock, "during-restart"));
+    api.set(&versioned_config(&h.mock, "during-restart"));
     assert_eq!(h.chat(chat_body("still serving")).await.status(), 200);
     api.up();
-    let waited = served(&h, "during-restart").await;
+    let waited = h.served("during-restart", Duration::from_secs(15)).await;
     println!("caught up after an API server restart in {waited:?}");
 
     // A bad edit is rejected; the last good config keeps serving.
     api.set("routes: [ {");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(version(&h).await, "during-restart");
+    assert_eq!(h.config_version().await, "during-restart");
     let m = h.metrics().await;
     assert!(metric(&m, r#"llm_sidecar_config_reloads_total{outcome="rejected"}"#) >= 1.0);
 
     // Deleted: keep serving; re-created: follow it again.
     api.change("DELETED", None);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(version(&h).await, "during-restart");
+    assert_eq!(h.config_version().await, "during-restart");
     assert_eq!(h.chat(chat_body("after delete")).await.status(), 200);
     let m = h.metrics().await;
     assert_eq!(
         metric(&m, r#"llm_sidecar_config_reloads_total{outcome="source_gone"}"#),
         1.0
     );
-    api.set(&text(&h.mock, "recreated"));
-    served(&h, "recreated").await;
+    api.set(&versioned_config(&h.mock, "recreated"));
+    h.served("recreated", Duration::from_secs(15)).await;
 }
 
 #[tokio::test]

@@ -184,15 +184,21 @@ mod tests {
     use super::*;
     use crate::telemetry::logwriter::tests::Sink;
 
-    #[test]
-    fn one_valid_json_object_per_line_with_typed_fields() {
+    /// What `emit` logs through [`JsonLines`].
+    fn logged(emit: impl FnOnce()) -> String {
         let buf = Sink::default();
         let out = buf.clone();
         let subscriber = tracing_subscriber::fmt()
             .event_format(JsonLines)
             .with_writer(move || out.clone())
             .finish();
-        tracing::subscriber::with_default(subscriber, || {
+        tracing::subscriber::with_default(subscriber, emit);
+        String::from_utf8(buf.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn one_valid_json_object_per_line_with_typed_fields() {
+        let text = logged(|| {
             tracing::info!(
                 request_id = "r-1",
                 status = 200u16,
@@ -205,7 +211,6 @@ mod tests {
                 "request"
             );
         });
-        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
         assert!(text.ends_with("}\n") && text.lines().count() == 1, "{text}");
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["level"], "INFO");
@@ -230,16 +235,9 @@ mod tests {
 
     #[test]
     fn numbers_keep_their_values() {
-        let buf = Sink::default();
-        let out = buf.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .event_format(JsonLines)
-            .with_writer(move || out.clone())
-            .finish();
-        tracing::subscriber::with_default(subscriber, || {
+        let text = logged(|| {
             tracing::info!(a = 12.0, b = 1e-7, c = 123456.789, d = u64::MAX, e = i64::MIN, "n");
         });
-        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["a"], 12.0);
         assert_eq!(v["b"], 1e-7);

@@ -58,6 +58,11 @@ server:
     )
 }
 
+/// [`config`] with its `version` set to `version` (what `/admin/config` reports once served).
+pub fn versioned_config(mock: &MockUpstream, version: &str) -> String {
+    config(&mock.base_url(), "").replace("version: test-1", &format!("version: {version}"))
+}
+
 /// The assets folder (fetched by scripts/fetch-assets): `$LLM_SIDECAR_ASSETS` or `<crate>/assets`.
 pub fn assets_dir() -> PathBuf {
     std::env::var_os("LLM_SIDECAR_ASSETS")
@@ -120,6 +125,41 @@ impl Harness {
             dir: Some(dir),
         };
         (h, path)
+    }
+
+    /// A sidecar reading its config from a ConfigMap through the Kubernetes API.
+    pub async fn with_kube(mock: MockUpstream, source: llm_sidecar::config::kube::KubeSource) -> Harness {
+        let sidecar = Sidecar::start(options(ConfigInput::Kube(Box::new(source))))
+            .await
+            .expect("sidecar starts");
+        Harness {
+            mock,
+            sidecar: Some(sidecar),
+            client: client(),
+            dir: None,
+        }
+    }
+
+    /// The `version` of the config being served.
+    pub async fn config_version(&self) -> String {
+        self.admin_get("/admin/config").await["version"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    }
+
+    /// Waits until the sidecar serves config `want`; returns how long it took.
+    pub async fn served(&self, want: &str, within: Duration) -> Duration {
+        let start = std::time::Instant::now();
+        while self.config_version().await != want {
+            assert!(
+                start.elapsed() < within,
+                "config {want} not served within {within:?} (at {})",
+                self.config_version().await
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        start.elapsed()
     }
 
     /// A sidecar reading a kubelet-style mounted ConfigMap folder.
@@ -211,6 +251,26 @@ pub fn kubelet_write(dir: &Path, key: &str, content: &str) {
     if let Some(old) = old {
         let _ = std::fs::remove_dir_all(dir.join(old));
     }
+}
+
+/// Replaces the webhook's certificate and key as a renewed Secret would, with their mtime moved
+/// forward (so the change shows even on coarse filesystems), and makes the server check now.
+pub fn rotate_cert(
+    reloading: &llm_sidecar::inject::server::ReloadingCert,
+    (cert_path, cert): (&Path, &str),
+    (key_path, key): (&Path, &str),
+) {
+    std::fs::write(cert_path, cert).expect("write cert");
+    std::fs::write(key_path, key).expect("write key");
+    let later = std::time::SystemTime::now() + Duration::from_secs(2);
+    for p in [cert_path, key_path] {
+        std::fs::File::options()
+            .write(true)
+            .open(p)
+            .and_then(|f| f.set_modified(later))
+            .expect("set mtime");
+    }
+    reloading.expire_check();
 }
 
 pub fn chat_body(content: &str) -> serde_json::Value {
