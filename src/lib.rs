@@ -27,6 +27,7 @@
 //! - `redis_link` (crate-private) — the Redis connection the fleet features share (URL,
 //!   connect, backoff).
 //! - [`limits`] — tenant identification, rate limits and budgets (the ledger), fleet sync.
+//! - `callout` (crate-private) — the HTTP callouts before routing and after the answer.
 //! - [`cache`] — the exact and semantic cache: keys, the guard, token alignment, the store and
 //!   its indexes, replay in either shape, the Redis L2, per-route measured quality.
 //! - [`state`] — the live [`state::Runtime`] snapshot behind one `ArcSwap`, and reload.
@@ -50,6 +51,7 @@
 
 pub mod app;
 pub mod cache;
+pub(crate) mod callout;
 pub mod config;
 pub mod embed;
 pub mod inject;

@@ -22,7 +22,7 @@ impl Cache {
     /// bounds verifications in flight and must live as long as the verification.
     pub(crate) fn should_verify(&self, config: &CacheConfig) -> Option<tokio::sync::OwnedSemaphorePermit> {
         let p = config.semantic.verify_sample;
-        if p <= 0.0 || self.embedder.is_none() || fastrand::f32() >= p {
+        if p <= 0.0 || !self.semantic_available() || fastrand::f32() >= p {
             return None;
         }
         self.verify_permits.clone().try_acquire_owned().ok()
@@ -135,7 +135,7 @@ impl Cache {
     pub(crate) fn report(&self, routes: &[Arc<Route>], config: &CacheConfig) -> serde_json::Value {
         serde_json::json!({
             "enabled": config.enabled,
-            "semantic": config.enabled && config.semantic.enabled && self.embedder.is_some(),
+            "semantic": config.enabled && config.semantic.enabled && self.semantic_available(),
             "entries": self.store.len(),
             "bytes": self.store.bytes(),
             "routes": routes.iter().map(|r| {
@@ -163,7 +163,7 @@ impl Cache {
     }
 
     async fn embed_now(&self, text: &str, config: &CacheConfig) -> Option<Vec<f32>> {
-        let embedder = self.embedder.as_ref()?;
+        let embedder = self.embedder.load_full()?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let deadline = Instant::now() + config.semantic.timeout.max(Duration::from_secs(1));
         let then = Box::new(move |v: Result<&[f32], Unembedded>| {

@@ -50,6 +50,8 @@ pub struct Entry {
     /// Time left to live.
     pub(crate) ttl: Duration,
     pub(crate) vector: Option<Vec<f32>>,
+    /// The identity of the embedder that made `vector` (see `Embedder::identity`).
+    pub(crate) embedder: Option<Arc<str>>,
 }
 
 pub type Outgoing = Entry;
@@ -65,6 +67,10 @@ struct Wire {
     query: Option<String>,
     /// Little-endian f32s, base64.
     vector: Option<String>,
+    /// Which embedder made the vector; absent from entries of sidecars before remote
+    /// embedders (the local model's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    embedder: Option<String>,
     response: String,
     model: String,
     expires_ms: u64,
@@ -82,6 +88,7 @@ fn encode(o: &Outgoing) -> Option<String> {
         route: o.route.to_string(),
         query: o.query.clone(),
         vector,
+        embedder: o.embedder.as_deref().map(str::to_owned),
         response: String::from_utf8(o.response.to_vec()).ok()?,
         model: o.model.to_string(),
         expires_ms: now_ms() + o.ttl.as_millis() as u64,
@@ -210,6 +217,7 @@ fn decode(payload: &str) -> Option<Incoming> {
         model: w.model.into(),
         ttl: Duration::from_millis(w.expires_ms - now),
         vector,
+        embedder: w.embedder.map(Into::into),
     })
 }
 
@@ -517,8 +525,10 @@ mod tests {
             model: "m".into(),
             ttl: Duration::from_secs(60),
             vector: Some(vec![0.25, -1.5, 3.0]),
+            embedder: Some("remote:http://e/v1#m#3".into()),
         };
         let e = decode(&encode(&o).unwrap()).unwrap();
+        assert_eq!(e.embedder, o.embedder);
         assert_eq!((e.exact, e.partition), (o.exact, o.partition));
         assert_eq!(e.vector, o.vector);
         assert_eq!(e.response, o.response);
@@ -547,6 +557,7 @@ mod tests {
             model: "m".into(),
             ttl: Duration::from_secs(60),
             vector: None,
+            embedder: None,
         };
         for broken in [
             &b"{\"choices\":[{\"mess"[..],

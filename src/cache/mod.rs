@@ -28,14 +28,17 @@ pub mod store;
 pub use plan::{CacheStatus, Hit, HitKind, Plan, SemanticTiming, ShadowHit, Skip, policy};
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use tokio::time::Instant;
 
 use self::quality::Quality;
 use self::store::{NewEntry, Store};
 use crate::config::CacheConfig;
+use crate::embed::remote::RemoteSettings;
 use crate::embed::{EmbedError, EmbedObserver, Embedder, EmbedderSettings, Fit, Lane, Unembedded};
 use crate::router::Route;
 use crate::telemetry::{Metrics, ReasonLabels};
@@ -50,7 +53,16 @@ const INSERT_EMBED_BUDGET: Duration = Duration::from_secs(10);
 
 pub struct Cache {
     store: Store,
-    embedder: Option<Embedder>,
+    /// The embedder, replaced when a reload changes it (see [`Cache::reconfigure`]); a lookup
+    /// holds the one it started with.
+    embedder: ArcSwapOption<Embedder>,
+    /// What the live embedder was built from, and the identity of the vectors in the store.
+    embedding: std::sync::Mutex<Embedding>,
+    /// Numbers the embedders: a vector is only stored by the cache while the embedder that
+    /// made it is the live one.
+    epochs: AtomicU64,
+    /// Where a remote embedder's requests run.
+    runtime: Option<tokio::runtime::Handle>,
     metrics: Arc<Metrics>,
     /// Bounds background verifications in flight.
     verify_permits: Arc<tokio::sync::Semaphore>,
@@ -61,6 +73,53 @@ pub struct Cache {
     background: crate::tasks::Background,
     /// Fleet mode: new entries go to Redis through this (see `l2`).
     l2: std::sync::OnceLock<tokio::sync::mpsc::Sender<l2::Outgoing>>,
+}
+
+/// Which embedder a config asks for.
+#[derive(Debug, Clone, PartialEq)]
+enum EmbedderSpec {
+    Off,
+    Local {
+        assets_dir: std::path::PathBuf,
+        queue: usize,
+        max_batch: Option<usize>,
+        threads: usize,
+        verifier: Option<crate::config::VerifierConfig>,
+    },
+    Remote {
+        config: crate::config::RemoteEmbedderConfig,
+        queue: usize,
+    },
+}
+
+impl EmbedderSpec {
+    /// `for_routing`: some route uses the `semantic` strategy, so an embedder is wanted even
+    /// when the semantic cache is off.
+    fn of(config: &CacheConfig, for_routing: bool) -> Self {
+        let s = &config.semantic;
+        if !((config.enabled && s.enabled) || for_routing) {
+            return EmbedderSpec::Off;
+        }
+        match &s.embedder {
+            Some(remote) => EmbedderSpec::Remote {
+                config: remote.clone(),
+                queue: s.queue,
+            },
+            None => EmbedderSpec::Local {
+                assets_dir: s.assets_dir.clone(),
+                queue: s.queue,
+                max_batch: s.max_batch,
+                threads: s.threads,
+                verifier: s.verifier.clone(),
+            },
+        }
+    }
+}
+
+struct Embedding {
+    spec: EmbedderSpec,
+    /// The identity of the embedder whose vectors the store's indexes hold.
+    stored: Option<Arc<str>>,
 }
 
 /// Background verifications in flight at most: they cost upstream calls, and must never pile up.
@@ -91,77 +150,200 @@ fn answer_text(json: &[u8]) -> Option<String> {
     Some(text.to_owned())
 }
 
-struct Observer(Arc<Metrics>);
+/// How often an embedder failure is logged at most: a remote embedder that is down fails
+/// every batch, and the metric (`embed_failed`) counts them all.
+const FAILURE_LOG_EVERY: Duration = Duration::from_secs(10);
+
+struct Observer {
+    metrics: Arc<Metrics>,
+    /// When a failure was last logged, and how many were not logged since.
+    logged: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl Observer {
+    fn new(metrics: Arc<Metrics>) -> Self {
+        Observer {
+            metrics,
+            logged: std::sync::Mutex::new((None, 0)),
+        }
+    }
+}
 
 impl EmbedObserver for Observer {
     fn batch(&self, size: usize, took: Duration) {
-        self.0.embed_batch.observe(size as f64);
-        self.0.embed_duration.observe(took.as_secs_f64());
+        self.metrics.embed_batch.observe(size as f64);
+        self.metrics.embed_duration.observe(took.as_secs_f64());
     }
     fn expired(&self) {
-        Skip::EmbedTimeout.count(&self.0);
+        Skip::EmbedTimeout.count(&self.metrics);
     }
     fn failed(&self, error: &EmbedError) {
-        tracing::warn!(%error, "embedding failed; counted as cache misses");
+        let Ok(mut logged) = self.logged.lock() else { return };
+        let now = std::time::Instant::now();
+        if logged.0.is_some_and(|at| now.duration_since(at) < FAILURE_LOG_EVERY) {
+            logged.1 += 1;
+            return;
+        }
+        let suppressed = std::mem::take(&mut logged.1);
+        logged.0 = Some(now);
+        drop(logged);
+        tracing::warn!(%error, suppressed, "embedding failed; counted as cache misses (embed_failed)");
     }
 }
 
 impl Cache {
-    /// Builds the cache; loads the embedder when the semantic cache is on. Missing or broken
+    /// Builds the cache; starts the embedder when the semantic cache is on. Missing or broken
     /// assets turn the semantic cache off (one log line, a metric), never the sidecar.
-    /// `for_routing`: some route uses the `semantic` strategy, so the embedder is loaded even
-    /// when the semantic cache is off.
+    /// `for_routing`: some route uses the `semantic` strategy, so the embedder is started
+    /// even when the semantic cache is off.
     pub(crate) fn new(
         config: &CacheConfig,
         for_routing: bool,
         metrics: Arc<Metrics>,
         background: crate::tasks::Background,
     ) -> Cache {
-        let mut embedder = None;
-        if (config.enabled && config.semantic.enabled) || for_routing {
-            let s = &config.semantic;
-            let settings = EmbedderSettings {
-                queue: s.queue,
-                max_batch: s.max_batch,
-                intra_threads: s.threads,
-                verifier: s.verifier.as_ref().map(|v| (v.model.clone(), v.tokenizer.clone())),
-            };
-            match Embedder::start(&s.assets_dir, settings, Arc::new(Observer(metrics.clone()))) {
-                Ok(e) => {
-                    tracing::info!(
-                        assets = %s.assets_dir.display(), quantized = e.quantized, max_batch = e.max_batch,
-                        verifier = e.verifier,
-                        "semantic cache on: embedding model loaded"
-                    );
-                    embedder = Some(e);
-                }
-                Err(error) => tracing::error!(
-                    %error,
-                    "semantic cache OFF: the embedding model (or the configured verifier) could not be loaded; the exact cache still works"
-                ),
-            }
-        }
-        metrics.embedder_available.set(i64::from(embedder.is_some()));
-        Cache {
+        let cache = Cache {
             store: Store::default(),
-            embedder,
+            embedder: ArcSwapOption::empty(),
+            embedding: std::sync::Mutex::new(Embedding {
+                spec: EmbedderSpec::Off,
+                stored: None,
+            }),
+            epochs: AtomicU64::new(0),
+            runtime: tokio::runtime::Handle::try_current().ok(),
             metrics,
             verify_permits: Arc::new(tokio::sync::Semaphore::new(MAX_VERIFICATIONS)),
             shadow_permits: Arc::new(tokio::sync::Semaphore::new(MAX_SHADOW_JUDGMENTS)),
             quality: Quality::default(),
             background,
             l2: std::sync::OnceLock::new(),
+        };
+        cache.reconfigure(config, for_routing);
+        cache
+    }
+
+    /// Starts the embedder a config asks for, if it is not the live one (blocking: a local
+    /// model loads from disk). A new embedder that cannot start leaves the live one serving;
+    /// one that makes vectors of another space (another model, width or service) first
+    /// empties the index: entries stored for semantic lookups are dropped, exact ones stay.
+    pub(crate) fn reconfigure(&self, config: &CacheConfig, for_routing: bool) {
+        let spec = EmbedderSpec::of(config, for_routing);
+        let mut embedding = self.embedding.lock().unwrap_or_else(|p| p.into_inner());
+        if embedding.spec == spec {
+            return;
+        }
+        let started = match &spec {
+            EmbedderSpec::Off => None,
+            EmbedderSpec::Local { .. } | EmbedderSpec::Remote { .. } => match self.start_embedder(&spec) {
+                Ok(e) => Some(e),
+                Err(error) if self.embedder.load().is_some() => {
+                    tracing::error!(%error, "the new embedder could not be started; the current one keeps serving");
+                    return;
+                }
+                Err(error) => {
+                    tracing::error!(
+                        %error,
+                        "semantic cache OFF: the embedder could not be started; the exact cache still works"
+                    );
+                    None
+                }
+            },
+        };
+        embedding.spec = spec;
+        let Some(mut e) = started else {
+            self.embedder.store(None);
+            self.metrics.embedder_available.set(0);
+            return;
+        };
+        let identity = e.identity.clone();
+        // Another vector space: a new generation, and the old one's vectors are dropped.
+        // The same one (a local model's threads changed): its vectors stay comparable.
+        if embedding.stored.as_ref() == Some(&identity) {
+            e.epoch = self.epochs.load(Ordering::Relaxed);
+        } else {
+            e.epoch = self.epochs.fetch_add(1, Ordering::Relaxed) + 1;
+            let n = self.store.clear_vectors(e.epoch);
+            if embedding.stored.is_some() {
+                self.metrics.cache_vectors_dropped.inc_by(n as u64);
+                tracing::info!(
+                    vectors = n,
+                    embedder = &*identity,
+                    "semantic index emptied: the new embedder's vectors cannot be compared with the old one's (the entries stay for exact hits)"
+                );
+            }
+        }
+        if let Some(d) = e.dimensions {
+            self.store.set_dimensions(d);
+        }
+        self.embedder.store(Some(Arc::new(e)));
+        self.metrics.embedder_available.set(1);
+        embedding.stored = Some(identity);
+    }
+
+    fn start_embedder(&self, spec: &EmbedderSpec) -> Result<Embedder, String> {
+        let observer = Arc::new(Observer::new(self.metrics.clone()));
+        match spec {
+            EmbedderSpec::Off => Err("no embedder is configured".into()),
+            EmbedderSpec::Local {
+                assets_dir,
+                queue,
+                max_batch,
+                threads,
+                verifier,
+            } => {
+                let settings = EmbedderSettings {
+                    queue: *queue,
+                    max_batch: *max_batch,
+                    intra_threads: *threads,
+                    verifier: verifier.as_ref().map(|v| (v.model.clone(), v.tokenizer.clone())),
+                };
+                let e = Embedder::start(assets_dir, settings, observer).map_err(|e| e.to_string())?;
+                tracing::info!(
+                    assets = %assets_dir.display(), quantized = e.quantized, max_batch = e.max_batch,
+                    verifier = e.verifier,
+                    "semantic cache on: embedding model loaded"
+                );
+                Ok(e)
+            }
+            EmbedderSpec::Remote { config, queue } => {
+                if let Some(why) = &config.provider.unusable {
+                    return Err(format!(
+                        "provider {} of cache.semantic.embedder: {why}",
+                        config.provider.name
+                    ));
+                }
+                let runtime = self
+                    .runtime
+                    .clone()
+                    .ok_or("a remote embedder needs the Tokio runtime the cache was made on")?;
+                let client = crate::upstream::embeddings::Embeddings::new(config).map_err(|i| i.to_string())?;
+                let settings = RemoteSettings {
+                    queue: *queue,
+                    max_batch: config.max_batch,
+                    concurrency: config.concurrency,
+                    max_chars: config.max_chars,
+                    dimensions: config.dimensions,
+                    identity: config.identity().into(),
+                };
+                let e =
+                    Embedder::start_remote(Arc::new(client), settings, observer, runtime).map_err(|e| e.to_string())?;
+                tracing::info!(
+                    provider = &*config.provider.name, model = %config.model, max_batch = e.max_batch,
+                    "semantic cache on: remote embedder"
+                );
+                Ok(e)
+            }
         }
     }
 
     pub(crate) fn semantic_available(&self) -> bool {
-        self.embedder.is_some()
+        self.embedder.load().is_some()
     }
 
     /// Embeds a text within `budget` on the embedder's threads (for semantic routing).
     /// `None` when there is no embedder, its queue is full, or the budget runs out.
     pub(crate) async fn embed(&self, text: &str, budget: Duration) -> Option<Vec<f32>> {
-        let embedder = self.embedder.as_ref()?;
+        let embedder = self.embedder.load_full()?;
         let deadline = Instant::now() + budget;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let then = Box::new(move |v: Result<&[f32], Unembedded>| {
@@ -235,9 +417,15 @@ impl Cache {
             vector,
             late,
             semantic,
+            epoch,
             ..
         } = plan;
-        let vector = vector.or_else(|| late.and_then(|l| l.get().cloned()));
+        let embedder = self.embedder.load_full();
+        // A vector of an embedder replaced since the lookup (a reload) is not comparable with
+        // the live one's: the entry is embedded again instead.
+        let vector = vector
+            .or_else(|| late.and_then(|l| l.get().cloned()))
+            .filter(|_| embedder.as_ref().is_some_and(|e| e.epoch == epoch));
         let query = if semantic { keys.query } else { None };
         let partition = if semantic { keys.partition } else { None };
         let outgoing = self.l2.get().map(|tx| {
@@ -253,6 +441,7 @@ impl Cache {
                     model: model.clone(),
                     ttl: config.ttl,
                     vector: None,
+                    embedder: None,
                 },
             )
         });
@@ -271,15 +460,17 @@ impl Cache {
         self.evicted(&evicted);
         self.update_gauges();
         // Published once the vector is known, so other sidecars need not embed it again.
+        let identity = embedder.as_ref().map(|e| e.identity.clone());
         let publish = move |vector: Option<Vec<f32>>| {
             if let Some((tx, mut out)) = outgoing {
+                out.embedder = vector.as_ref().and(identity);
                 out.vector = vector;
                 // A full channel (Redis slow) drops the publication, never blocks the request.
                 let _ = tx.try_send(out);
             }
         };
         match (index, query) {
-            (Some(index), Some(query)) => self.index_vector(id, index, query, vector, publish),
+            (Some(index), Some(query)) => self.index_vector(id, index, query, vector, embedder, publish),
             _ => publish(None),
         }
     }
@@ -293,22 +484,31 @@ impl Cache {
         index: Arc<store::PartitionIndex>,
         query: String,
         vector: Option<Vec<f32>>,
+        embedder: Option<Arc<Embedder>>,
         publish: impl FnOnce(Option<Vec<f32>>) + Send + 'static,
     ) {
-        match (vector, &self.embedder) {
-            (Some(v), _) => {
+        if let Some(v) = &vector {
+            self.store.set_dimensions(v.len());
+        }
+        match (vector, embedder) {
+            (Some(v), Some(embedder)) => {
+                let epoch = embedder.epoch;
                 tokio::task::spawn_blocking(move || {
-                    index.add(id, &v);
+                    index.add_from(epoch, id, &v);
                     publish(Some(v));
                 });
             }
             (None, Some(embedder)) => {
                 let deadline = std::time::Instant::now() + INSERT_EMBED_BUDGET;
                 let metrics = self.metrics.clone();
+                let epoch = embedder.epoch;
                 let then = Box::new(move |v: Result<&[f32], Unembedded>| {
                     match v {
                         Ok(v) => {
-                            index.add(id, v);
+                            index.add_from(epoch, id, v);
+                        }
+                        Err(Unembedded::Failed) => {
+                            Skip::EmbedFailed.count(&metrics);
                         }
                         Err(Unembedded::TooLong) => {
                             Skip::TooLong.count(&metrics);
@@ -321,7 +521,7 @@ impl Cache {
                 // exact-only: lookups have priority.
                 let _ = embedder.submit(query, Fit::Whole, deadline, Lane::Background, then);
             }
-            (None, None) => publish(None),
+            (_, None) => publish(None),
         }
     }
 
@@ -367,20 +567,29 @@ impl Cache {
         let (Some(index), Some(query)) = (index, e.query) else {
             return;
         };
-        match (e.vector, &self.embedder) {
-            (Some(v), _) => {
-                index.add(id, &v);
+        let embedder = self.embedder.load_full();
+        // A vector from another embedder (a pod on another config, mid-rollout) lives in
+        // another space: embedded here instead. Entries from before identities were sent
+        // came from the local model.
+        let sender = e.embedder.as_deref().unwrap_or(crate::embed::LOCAL_IDENTITY);
+        let vector = e
+            .vector
+            .filter(|_| embedder.as_ref().is_some_and(|m| *m.identity == *sender));
+        let Some(embedder) = embedder else { return };
+        let epoch = embedder.epoch;
+        match vector {
+            Some(v) => {
+                index.add_from(epoch, id, &v);
             }
-            (None, Some(embedder)) => {
+            None => {
                 let deadline = std::time::Instant::now() + INSERT_EMBED_BUDGET;
                 let then = Box::new(move |v: Result<&[f32], Unembedded>| {
                     if let Ok(v) = v {
-                        index.add(id, v);
+                        index.add_from(epoch, id, v);
                     }
                 });
                 let _ = embedder.submit(query, Fit::Whole, deadline, Lane::Background, then);
             }
-            (None, None) => {}
         }
     }
 

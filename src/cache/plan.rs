@@ -43,6 +43,9 @@ pub struct Plan {
     /// Where the lookup's vector lands if it comes after the lookup gave up waiting (under
     /// load): the insert takes it from here instead of embedding the same text again.
     pub(super) late: Option<Arc<std::sync::OnceLock<Vec<f32>>>>,
+    /// Which embedder made `vector` (see `Cache::embedder`): a vector of an embedder replaced
+    /// since (a reload) is not stored.
+    pub(super) epoch: u64,
     /// On a semantic miss: the similarity of the best candidate found (for cost advice).
     pub(crate) best_similarity: Option<f32>,
     /// When the semantic lookup ran, for the request's trace.
@@ -95,6 +98,8 @@ pub enum Skip {
     EmbedTimeout,
     EmbedQueueFull,
     EmbedderUnavailable,
+    /// The embedder answered with an error (a remote embedder's 5xx, a broken answer).
+    EmbedFailed,
 }
 
 impl Skip {
@@ -117,6 +122,7 @@ impl Skip {
             Skip::EmbedTimeout => "embed_timeout",
             Skip::EmbedQueueFull => "embed_queue_full",
             Skip::EmbedderUnavailable => "embedder_unavailable",
+            Skip::EmbedFailed => "embed_failed",
         }
     }
 }
@@ -245,6 +251,7 @@ impl Cache {
             route: route.name.clone(),
             vector: None,
             late: None,
+            epoch: 0,
             skipped,
             best_similarity: None,
             timing: None,

@@ -32,10 +32,15 @@ impl Cache {
         let (Some(partition), Some(query)) = (plan.keys.partition, plan.keys.query.clone()) else {
             return None;
         };
-        let Some(embedder) = &self.embedder else {
+        let Some(embedder) = self.embedder.load_full() else {
             self.skip(plan, Skip::EmbedderUnavailable);
             return None;
         };
+        let embedder = &*embedder;
+        // Token alignment needs word states, which only the local model gives.
+        if !embedder.aligns {
+            plan.band = 0.0;
+        }
         // An empty partition has nothing to find: skip the embedding (the insert embeds).
         let index = self.store.partition(&partition)?;
         let deadline = Instant::now() + budget;
@@ -73,11 +78,13 @@ impl Cache {
         let submitted = std::time::Instant::now();
         let late = Arc::new(std::sync::OnceLock::new());
         plan.late = Some(late.clone());
+        plan.epoch = embedder.epoch;
+        let epoch = embedder.epoch;
         let then = Box::new(move |v: Result<&[f32], Unembedded>| {
             if let Ok(v) = v {
                 let _ = late.set(v.to_vec());
             }
-            let _ = tx.send(v.map(|v| search(&index, v, &metrics)));
+            let _ = tx.send(v.map(|v| search(&index, epoch, v, &metrics)));
         });
         match embedder.submit(query.to_owned(), Fit::Whole, deadline.into_std(), Lane::Request, then) {
             Ok(()) => {}
@@ -98,7 +105,11 @@ impl Cache {
                 plan.semantic = false;
                 return None;
             }
-            // Expired in the queue or failed: counted by the embedder's observer.
+            Ok(Ok(Err(Unembedded::Failed))) => {
+                self.skip(plan, Skip::EmbedFailed);
+                return None;
+            }
+            // Expired in the queue or on its way: counted by the embedder's observer.
             Ok(_) => {
                 plan.skipped = Some(Skip::EmbedTimeout);
                 return None;
@@ -252,11 +263,12 @@ impl Cache {
 /// (vector, candidates, search start, search end).
 fn search(
     index: &store::PartitionIndex,
+    epoch: u64,
     v: &[f32],
     metrics: &Metrics,
 ) -> (Vec<f32>, Vec<(u64, f32)>, std::time::Instant, std::time::Instant) {
     let start = std::time::Instant::now();
-    let found = index.search(v, SEARCH_CANDIDATES);
+    let found = index.search_from(epoch, v, SEARCH_CANDIDATES);
     let end = std::time::Instant::now();
     metrics.search_duration.observe((end - start).as_secs_f64());
     (v.to_vec(), found, start, end)

@@ -112,6 +112,13 @@ pub(crate) const DEFAULT_ALIGNMENT_BAND: f32 = 0.05;
 pub(crate) const DEFAULT_MIN_ALIGNMENT: f32 = 0.5;
 /// A pair verifier's score (a probability) a semantic hit needs: even odds.
 pub(crate) const DEFAULT_VERIFIER_MIN_SCORE: f32 = 0.5;
+/// A remote embedder's texts per request: one request carries what queued meanwhile.
+pub(crate) const DEFAULT_REMOTE_EMBED_BATCH: u64 = 64;
+/// A remote embedder's requests in flight.
+pub(crate) const DEFAULT_REMOTE_EMBED_CONCURRENCY: u64 = 4;
+/// Longer texts are not sent whole: the cache's queries are at most 4 KiB anyway, and 4,096
+/// characters stay under an 8,191-token input limit for any script.
+pub(crate) const DEFAULT_REMOTE_EMBED_MAX_CHARS: u64 = 4096;
 /// The lowest threshold `max_wrong_rate` may choose, and where shadow judging starts: below
 /// 0.80 the model's neighbours are mostly other questions on the same topic.
 pub(crate) const DEFAULT_MIN_THRESHOLD: f32 = 0.80;

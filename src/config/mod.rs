@@ -46,6 +46,8 @@ pub struct Config {
     pub(crate) redis: Option<RedisConfig>,
     /// OpenTelemetry trace export; `None` when tracing is off.
     pub tracing: Option<Arc<TracingConfig>>,
+    /// `callouts`: the HTTP services asked before routing and told after answering.
+    pub(crate) callouts: CalloutsConfig,
     /// SHA-256 of the source text, so a reload of identical bytes is recognised and skipped.
     pub(crate) digest: String,
     /// What makes part of the config unusable without making it wrong: a provider whose key
@@ -375,6 +377,73 @@ pub struct SemanticConfig {
     pub(crate) min_alignment: f32,
     /// `cache.semantic.verifier`: a pair model that must agree before a semantic hit is served.
     pub(crate) verifier: Option<VerifierConfig>,
+    /// `cache.semantic.embedder`: a remote embedder instead of the local model.
+    pub(crate) embedder: Option<RemoteEmbedderConfig>,
+}
+
+/// `callouts`: out-of-process extension points.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CalloutsConfig {
+    pub(crate) before_route: Option<Arc<CalloutConfig>>,
+    pub(crate) after_answer: Option<Arc<CalloutConfig>>,
+}
+
+/// Where in a request a callout is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CalloutPoint {
+    /// Before routing: may rewrite the model, add headers, or refuse the request.
+    BeforeRoute,
+    /// After the answer: told what happened (usage, cost, status), never waited for.
+    AfterAnswer,
+}
+
+impl CalloutPoint {
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            CalloutPoint::BeforeRoute => "before_route",
+            CalloutPoint::AfterAnswer => "after_answer",
+        }
+    }
+}
+
+/// One callout: where it is sent and how its failures are handled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CalloutConfig {
+    pub(crate) point: CalloutPoint,
+    pub(crate) url: Uri,
+    /// The HTTP client's settings (TLS roots, auth, headers, connect timeout), as a provider's.
+    pub(crate) client: Arc<ProviderConfig>,
+    /// The whole call, connect to the last byte of the answer.
+    pub(crate) timeout: Duration,
+    /// Fail closed: a request whose before_route callout fails is refused (503).
+    pub(crate) fail_closed: bool,
+    pub(crate) send_body: bool,
+    pub(crate) max_in_flight: usize,
+    /// Consecutive failures that open the breaker, and how long it stays open.
+    pub(crate) breaker_failures: u32,
+    pub(crate) breaker_cooldown: Duration,
+}
+
+/// A provider's `/v1/embeddings` as the semantic cache's (and semantic routing's) embedder.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemoteEmbedderConfig {
+    pub(crate) provider: Arc<ProviderConfig>,
+    pub(crate) model: String,
+    /// Sent as `dimensions` (models that can shorten their vectors) and required of answers.
+    pub(crate) dimensions: Option<usize>,
+    pub(crate) max_batch: usize,
+    pub(crate) concurrency: usize,
+    pub(crate) max_chars: usize,
+}
+
+impl RemoteEmbedderConfig {
+    /// The vector space this embedder's vectors live in: the same model behind the same URL
+    /// at the same width. Vectors of two identities are never compared (entries of another
+    /// identity are dropped from the index, and re-embedded when they come from Redis).
+    pub(crate) fn identity(&self) -> String {
+        let dims = self.dimensions.map_or_else(|| "native".to_owned(), |d| d.to_string());
+        format!("remote:{}#{}#{dims}", self.provider.base_url, self.model)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

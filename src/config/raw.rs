@@ -31,6 +31,40 @@ pub struct RawConfig {
     pub(crate) scheduling: Option<RawScheduling>,
     pub(crate) redis: Option<RawRedis>,
     pub(crate) tracing: Option<RawTracing>,
+    pub(crate) callouts: Option<RawCallouts>,
+}
+
+/// `callouts`: HTTP services the sidecar asks before routing and tells after answering.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawCallouts {
+    pub(crate) before_route: Option<RawCallout>,
+    pub(crate) after_answer: Option<RawCallout>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCallout {
+    pub(crate) url: String,
+    pub(crate) timeout: Option<String>,
+    /// `allow` (fail open) or `refuse` (fail closed); before_route only.
+    pub(crate) on_failure: Option<String>,
+    pub(crate) auth: Option<RawAuth>,
+    #[serde(default)]
+    pub(crate) headers: BTreeMap<String, String>,
+    pub(crate) ca_file: Option<String>,
+    /// before_route: send the app's request body (the prompt) too.
+    pub(crate) send_body: Option<bool>,
+    /// Calls in flight at most (after_answer: beyond it, events are dropped and counted).
+    pub(crate) max_in_flight: Option<u32>,
+    pub(crate) breaker: Option<RawCalloutBreaker>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawCalloutBreaker {
+    pub(crate) failures: Option<u32>,
+    pub(crate) cooldown: Option<String>,
 }
 
 /// OpenTelemetry trace export. Every key falls back to the standard `OTEL_*` variable.
@@ -223,6 +257,19 @@ pub struct RawSemantic {
     pub(crate) alignment_band: Option<f32>,
     pub(crate) min_alignment: Option<f32>,
     pub(crate) verifier: Option<RawVerifier>,
+    pub(crate) embedder: Option<RawEmbedder>,
+}
+
+/// `cache.semantic.embedder`: a provider's `/v1/embeddings` instead of the local model.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawEmbedder {
+    pub(crate) provider: String,
+    pub(crate) model: String,
+    pub(crate) dimensions: Option<u64>,
+    pub(crate) max_batch: Option<u64>,
+    pub(crate) concurrency: Option<u64>,
+    pub(crate) max_chars: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]

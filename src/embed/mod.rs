@@ -10,6 +10,9 @@
 //! model's window is embedded from its start only when the caller allows it ([`Fit`]). A pair
 //! job ([`Embedder::submit_pair`]) returns two texts' words in context instead of pooled
 //! vectors, for the cache's token alignment.
+//!
+//! The same queue can instead feed a remote embedder (`remote`): an OpenAI-compatible
+//! `/v1/embeddings` endpoint, batched, a bounded number of requests in flight.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -21,6 +24,7 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::value::Tensor;
 
 pub mod pair;
+pub mod remote;
 pub mod wordpiece;
 
 use pair::PairModel;
@@ -53,6 +57,12 @@ pub enum EmbedError {
     Tokenizer(String),
     #[error("embedding failed: {0}")]
     Inference(String),
+    /// The remote embedder answered with an error or something that is not embeddings.
+    #[error("the remote embedder failed: {0}")]
+    Remote(String),
+    /// The remote embedder did not answer before the batch's deadline.
+    #[error("the remote embedder did not answer in time")]
+    Timeout,
 }
 
 /// ONNX Runtime can be initialised once per process; later loads reuse it. The error is kept
@@ -420,6 +430,16 @@ struct Queue {
     capacity: usize,
 }
 
+impl Queue {
+    fn new(capacity: usize) -> Arc<Queue> {
+        Arc::new(Queue {
+            state: Mutex::new(Lanes::default()),
+            ready: Condvar::new(),
+            capacity: capacity.max(1),
+        })
+    }
+}
+
 #[derive(Default)]
 struct Lanes {
     request: VecDeque<Job>,
@@ -427,15 +447,28 @@ struct Lanes {
     closed: bool,
 }
 
-/// The embedder service: a worker thread owning the model, fed through a bounded two-lane
-/// queue.
+/// The embedder service: a worker thread owning the model (or the remote embedder's
+/// dispatcher), fed through a bounded two-lane queue.
 pub struct Embedder {
     queue: Arc<Queue>,
     pub(crate) quantized: bool,
     pub(crate) max_batch: usize,
     /// A pair verifier is loaded ([`Embedder::submit_verify`]).
     pub(crate) verifier: bool,
+    /// Word states for token alignment ([`Embedder::submit_pair`]) are available: the local
+    /// model only.
+    pub(crate) aligns: bool,
+    /// Which vector space this embedder's vectors live in: vectors of two embedders with
+    /// different identities are never compared.
+    pub(crate) identity: Arc<str>,
+    /// The width of its vectors, when known before the first one.
+    pub(crate) dimensions: Option<usize>,
+    /// Set by the owner to tell this embedder's vectors from a predecessor's (0 until then).
+    pub(crate) epoch: u64,
 }
+
+/// The local model's identity (see [`Embedder::identity`]).
+pub const LOCAL_IDENTITY: &str = "local:all-MiniLM-L6-v2";
 
 impl Drop for Embedder {
     fn drop(&mut self) {
@@ -472,11 +505,7 @@ impl Embedder {
             None => None,
         };
         let verifier = pair.is_some();
-        let queue = Arc::new(Queue {
-            state: Mutex::new(Lanes::default()),
-            ready: Condvar::new(),
-            capacity: settings.queue.max(1),
-        });
+        let queue = Queue::new(settings.queue);
         let max_batch = settings
             .max_batch
             .unwrap_or(if model.quantized { 1 } else { 16 })
@@ -491,6 +520,10 @@ impl Embedder {
             quantized,
             max_batch,
             verifier,
+            aligns: true,
+            identity: LOCAL_IDENTITY.into(),
+            dimensions: Some(DIMENSIONS),
+            epoch: 0,
         })
     }
 

@@ -313,8 +313,10 @@ pub(super) fn content_text(content: &Value) -> String {
     }
 }
 
-/// Deterministic unit vectors derived from the input text (FNV-1a seeded), so equal inputs get
-/// equal embeddings.
+/// Deterministic unit vectors: a hashed bag of the input's lower-case words (each word a
+/// pseudo-random direction, FNV-1a seeded), so equal inputs get equal embeddings and
+/// rewordings that share most words land close together, like a real model's: enough for a
+/// remote embedder's semantic hits to be tested against the mock.
 pub(super) fn embeddings(req: &Value) -> Value {
     let inputs: Vec<String> = match &req["input"] {
         Value::String(s) => vec![s.clone()],
@@ -333,20 +335,27 @@ pub(super) fn embeddings(req: &Value) -> Value {
         .enumerate()
         .map(|(i, text)| {
             tokens += text.split_whitespace().count() as u64;
-            let mut h: u64 = 0xcbf29ce484222325;
-            for b in text.bytes() {
-                h = (h ^ b as u64).wrapping_mul(0x100000001b3);
-            }
-            let mut v: Vec<f64> = (0..dims)
-                .map(|_| {
+            let mut v = vec![0f64; dims];
+            let lower = text.to_lowercase();
+            let words = lower.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty());
+            for word in words {
+                let mut h: u64 = 0xcbf29ce484222325;
+                for b in word.bytes() {
+                    h = (h ^ b as u64).wrapping_mul(0x100000001b3);
+                }
+                for x in v.iter_mut() {
                     h ^= h << 13;
                     h ^= h >> 7;
                     h ^= h << 17;
-                    (h % 2000) as f64 / 1000.0 - 1.0
-                })
-                .collect();
-            let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-9);
-            v.iter_mut().for_each(|x| *x /= norm);
+                    *x += (h % 2000) as f64 / 1000.0 - 1.0;
+                }
+            }
+            let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+            if norm > 0.0 {
+                v.iter_mut().for_each(|x| *x /= norm);
+            } else {
+                v[0] = 1.0;
+            }
             let embedding = if base64 {
                 let bytes: Vec<u8> = v.iter().flat_map(|x| (*x as f32).to_le_bytes()).collect();
                 json!(base64::engine::general_purpose::STANDARD.encode(bytes))

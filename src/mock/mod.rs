@@ -100,6 +100,8 @@ pub struct MockControl {
     standing: Mutex<Option<Fault>>,
     /// Ids of the responses this mock made (`previous_response_id` must name one).
     issued: Mutex<HashSet<String>>,
+    /// What `POST /callout` answers: the mock as a callout service (`callouts`).
+    callout_answer: Mutex<Option<Value>>,
 }
 
 impl MockControl {
@@ -245,6 +247,14 @@ impl MockUpstream {
     }
 
     /// Pause between stream chunks (default none).
+    /// What `POST /callout` answers from now on (`{}`, "continue", until set): the mock as
+    /// the service behind `callouts.*.url` (`<addr>/callout`); faults apply as to any path.
+    pub fn set_callout_answer(&self, answer: Value) {
+        if let Ok(mut a) = self.control.callout_answer.lock() {
+            *a = Some(answer);
+        }
+    }
+
     pub fn set_chunk_delay(&self, d: Duration) {
         if let Ok(mut c) = self.control.chunk_delay.lock() {
             *c = d;
@@ -351,6 +361,10 @@ async fn handle(control: Arc<MockControl>, req: Request<Incoming>) -> MockResult
         }
         (Method::POST, "/v1/embeddings") if req.is_object() => {
             return Ok(json_response(StatusCode::OK, &embeddings(&req)));
+        }
+        (Method::POST, "/callout") => {
+            let answer = control.callout_answer.lock().ok().and_then(|a| a.clone());
+            return Ok(json_response(StatusCode::OK, &answer.unwrap_or_else(|| json!({}))));
         }
         (Method::POST, "/v1/responses") if req.is_object() => {
             if let Some(previous) = req["previous_response_id"].as_str()

@@ -107,6 +107,8 @@ pub(super) struct Attempt<'a> {
     pub(crate) head: &'a RequestHead<'a>,
     pub(crate) body: &'a Bytes,
     pub(crate) app_headers: &'a HeaderMap,
+    /// Headers the before_route callout adds upstream.
+    pub(crate) added_headers: Option<&'a HeaderMap>,
     pub(crate) class: usize,
     /// Sent as `x-llm-sidecar-purpose` on requests the sidecar makes on its own, so a
     /// provider's logs can tell them from the app's.
@@ -397,6 +399,11 @@ impl Attempt<'_> {
             .map_err(|e| unsupported(e.to_string()))?;
         let mut headers = HeaderMap::with_capacity(self.app_headers.len() + 4);
         provider.forward_headers(self.app_headers, &mut headers, false);
+        if let Some(added) = self.added_headers {
+            for (k, v) in added {
+                headers.insert(k.clone(), v.clone());
+            }
+        }
         // The tee reads the body; compression would hide usage from it.
         headers.remove(header::ACCEPT_ENCODING);
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));

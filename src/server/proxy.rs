@@ -18,6 +18,7 @@ use super::reply::{Answer, CacheStore, fail, relay, route_header, serve_cached};
 use super::traced;
 use super::verify::{self, Verification};
 use crate::cache::{CacheStatus, Hit, HitKind, Plan};
+use crate::callout::Verdict;
 use crate::config::ServerSettings;
 use crate::limits::ledger::{self, now_ms};
 use crate::openai::{Endpoint, RequestHead};
@@ -101,7 +102,11 @@ impl Stages<'_> {
     async fn run(&self, rec: &mut RequestRecord, incoming: &mut Incoming) -> Result<Reply, ApiError> {
         let tenant = self.rt.tenants.identify(self.headers)?;
         rec.identified(&tenant);
+        if let Some(after) = &self.rt.callouts.after_answer {
+            rec.tell(after.clone());
+        }
         let body = read_request_body(incoming, self.headers, &self.rt.config.server, &self.shared.metrics).await?;
+        let (body, added) = self.before_route(rec, &tenant, body).await?;
         let head = RequestHead::parse(&body)?;
         rec.streams(head.stream && self.endpoint.streams());
         if let Some(t) = rec.trace_mut() {
@@ -119,7 +124,56 @@ impl Stages<'_> {
                 a.best_miss = p.best_similarity;
             }
         }
-        self.attempt(rec, &decision, &head, &body, admitted.class, plan).await
+        self.attempt(rec, &decision, &head, &body, admitted.class, plan, added.as_ref())
+            .await
+    }
+
+    /// The before_route callout, when one is configured: the body, with the model it chose,
+    /// and the headers it adds upstream; or its refusal.
+    async fn before_route(
+        &self,
+        rec: &mut RequestRecord,
+        tenant: &Arc<str>,
+        body: Bytes,
+    ) -> Result<(Bytes, Option<HeaderMap>), ApiError> {
+        let Some(callout) = &self.rt.callouts.before_route else {
+            return Ok((body, None));
+        };
+        let head = RequestHead::parse(&body)?;
+        let ask = crate::callout::BeforeRoute {
+            request_id: rec.request_id().to_str().unwrap_or(""),
+            tenant,
+            endpoint: self.endpoint.label(),
+            model: &head.model,
+            stream: head.stream,
+            body: &body,
+        };
+        match callout.before(ask, &self.shared.metrics).await {
+            Verdict::Continue { model, headers } => {
+                let body = match model.filter(|m| *m != head.model) {
+                    Some(m) => Bytes::from(head.rewrite(&m, false)),
+                    None => body.clone(),
+                };
+                Ok((body, (!headers.is_empty()).then_some(headers)))
+            }
+            Verdict::Refuse { status, message } => Err(ApiError::new(
+                status,
+                "invalid_request_error",
+                Some("refused_by_policy"),
+                message,
+            )),
+            Verdict::Unavailable(e) => Err(ApiError {
+                outcome: Outcome::UpstreamError,
+                ..ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server_error",
+                    Some("callout_unavailable"),
+                    format!(
+                        "The policy service this sidecar must ask before routing (callouts.before_route) failed: {e}. Retry later."
+                    ),
+                )
+            }),
+        }
     }
 
     /// Priority class, the request's signals, and the tenant's limits and budget.
@@ -307,6 +361,8 @@ impl Stages<'_> {
     }
 
     /// The candidates in order (retries, failover) until one answers.
+    // The request's parts as each stage produced them; a struct of them would only be unpacked.
+    #[allow(clippy::too_many_arguments)]
     async fn attempt(
         &self,
         rec: &mut RequestRecord,
@@ -315,6 +371,7 @@ impl Stages<'_> {
         body: &Bytes,
         class: usize,
         plan: Option<Plan>,
+        added: Option<&HeaderMap>,
     ) -> Result<Reply, ApiError> {
         let attempt = Attempt {
             shared: self.shared,
@@ -323,6 +380,7 @@ impl Stages<'_> {
             head,
             body,
             app_headers: self.headers,
+            added_headers: added,
             class,
             purpose: None,
         };

@@ -62,6 +62,8 @@ pub struct RequestRecord {
     prompt: Option<String>,
     /// The request's spans, when tracing is on and the request sampled.
     trace: Option<Box<RequestTrace>>,
+    /// The after_answer callout, told when the request ends.
+    after: Option<Arc<crate::callout::Callout>>,
     finished: bool,
 }
 
@@ -118,6 +120,7 @@ impl RequestRecord {
             live: None,
             prompt: None,
             trace: None,
+            after: None,
             finished,
         }
     }
@@ -135,6 +138,11 @@ impl RequestRecord {
     }
 
     /// The body was read: whether the app asked for a stream.
+    /// The after_answer callout is told about this request when it ends.
+    pub(crate) fn tell(&mut self, callout: Arc<crate::callout::Callout>) {
+        self.after = Some(callout);
+    }
+
     pub(crate) fn streams(&mut self, stream: bool) {
         self.stream = stream;
     }
@@ -314,6 +322,32 @@ impl RequestRecord {
             self.finish_trace(trace, outcome, failed, cost);
         }
         self.log_line(outcome, failed, elapsed, &model_name, &provider, cost);
+        if let Some(callout) = self.after.take() {
+            self.tell_callout(&callout, outcome, elapsed, cost);
+        }
+    }
+
+    /// The after_answer event: what happened, never the prompt or the answer.
+    fn tell_callout(&self, callout: &Arc<crate::callout::Callout>, outcome: Outcome, elapsed: Duration, cost: f64) {
+        let event = crate::callout::AfterAnswer {
+            point: "after_answer",
+            request_id: self.request_id.to_str().unwrap_or(""),
+            tenant: self.tenant.as_deref(),
+            endpoint: self.endpoint,
+            route: self.route.as_deref(),
+            model: self.model.as_ref().map(|m| &*m.name),
+            provider: self.model.as_ref().map(|m| &*m.provider),
+            status: self.status,
+            outcome: outcome.label(),
+            cache: self.cache.header(),
+            stream: self.stream,
+            attempts: self.attempts,
+            input_tokens: self.usage.map(|u| u.prompt_tokens),
+            output_tokens: self.usage.map(|u| u.completion_tokens),
+            cost_usd: cost,
+            duration_ms: elapsed.as_secs_f64() * 1000.0,
+        };
+        callout.after(&event, &self.metrics);
     }
 
     /// The request's metrics (count, duration, TTFT, tokens, cost); returns its cost in USD

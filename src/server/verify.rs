@@ -64,6 +64,7 @@ async fn ask(shared: &Shared, rt: &Runtime, v: &Verification) -> Option<Bytes> {
     let head = RequestHead::parse(&body).ok()?;
     let no_headers = HeaderMap::new();
     let attempt = Attempt {
+        added_headers: None,
         shared,
         rt,
         endpoint,

@@ -37,6 +37,8 @@ pub struct Runtime {
     pub(crate) models_json: Bytes,
     /// This config's secrets, masked in everything relayed or generated for the app.
     pub(crate) redact: Arc<Redactor>,
+    /// The callouts before routing and after the answer.
+    pub(crate) callouts: crate::callout::Callouts,
 }
 
 impl Runtime {
@@ -86,6 +88,8 @@ impl Runtime {
         let tenants = Tenants::new(&config.tenants);
         let models_json = models_json(&router);
         let redact = Arc::new(Redactor::from_config(&config));
+        let callouts = crate::callout::Callouts::new(&config.callouts, previous.map(|p| &p.callouts))
+            .map_err(|issue| ConfigErrors(vec![issue]))?;
         Ok(Runtime {
             config: Arc::new(config),
             generation,
@@ -96,6 +100,7 @@ impl Runtime {
             tenants,
             models_json,
             redact,
+            callouts,
         })
     }
 }
@@ -135,6 +140,15 @@ impl Runtime {
             }
         }
     }
+}
+
+/// Some route uses the `semantic` strategy, so an embedder is needed even without the
+/// semantic cache.
+pub(crate) fn semantic_routes(config: &Config) -> bool {
+    config
+        .routes
+        .iter()
+        .any(|r| r.strategy == crate::config::Strategy::Semantic)
 }
 
 fn models_json(router: &Router) -> Bytes {
@@ -198,15 +212,10 @@ impl Shared {
     pub(crate) fn new(runtime: Runtime, metrics: Arc<Metrics>) -> Arc<Self> {
         metrics.config_generation.set(runtime.generation as i64);
         runtime.attach(&metrics);
-        let semantic_routes = runtime
-            .config
-            .routes
-            .iter()
-            .any(|r| r.strategy == crate::config::Strategy::Semantic);
         let background = crate::tasks::Background::default();
         let cache = Arc::new(Cache::new(
             &runtime.config.cache,
-            semantic_routes,
+            semantic_routes(&runtime.config),
             metrics.clone(),
             background.clone(),
         ));

@@ -115,11 +115,11 @@ impl Reloader {
                 let (old_cache, new_cache) = (&current.config.cache, &next.config.cache);
                 // Entries of another cache version can never be hit again: free them now.
                 let purge = old_cache.version != new_cache.version || !new_cache.enabled;
-                if new_cache.enabled && new_cache.semantic.enabled && !self.shared.cache.semantic_available() {
-                    tracing::warn!(
-                        "the semantic cache is enabled but the embedder was not loaded at start; restart to load it"
-                    );
-                }
+                // Before the swap: requests of the new config find its embedder (a model loads
+                // here, on the reload's blocking thread; one that cannot start keeps the old).
+                self.shared
+                    .cache
+                    .reconfigure(new_cache, super::semantic_routes(&next.config));
                 next.attach(&self.shared.metrics);
                 self.shared.tracer.configure(next.config.tracing.clone());
                 self.shared.runtime.store(Arc::new(next));

@@ -74,6 +74,17 @@ pub struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CalloutLabels {
+    pub(crate) point: &'static str,
+    pub(crate) result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PointLabels {
+    pub(crate) point: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub(crate) result: &'static str,
 }
@@ -199,6 +210,11 @@ pub struct Metrics {
     pub(crate) embed_batch: Histogram,
     pub(crate) search_duration: Histogram,
     pub(crate) embedder_available: Gauge,
+    /// Vectors dropped because a reload changed the embedder's vector space.
+    pub(crate) cache_vectors_dropped: Counter,
+    /// Callouts made (or skipped) by point and result.
+    pub(crate) callouts: Family<CalloutLabels, Counter>,
+    pub(crate) callout_duration: HistogramFamily<PointLabels>,
     pub(crate) route_decisions: Family<DecisionLabels, Counter>,
     pub(crate) circuit_state: Family<ModelLabels, Gauge>,
     pub(crate) provider_usable: Family<ProviderLabels, Gauge>,
@@ -337,7 +353,7 @@ impl Metrics {
         let cache_skips = Family::default();
         registry.register(
             "llm_sidecar_cache_skips",
-            "Why the cache (or its semantic part) was not used: disabled, endpoint, no_cache, no_store, privacy, temperature, embed_timeout, embed_queue_full, embedder_unavailable, too_long (a last turn longer than the embedder's window: exact-only), not_semantic",
+            "Why the cache (or its semantic part) was not used: disabled, endpoint, no_cache, no_store, privacy, temperature, embed_timeout, embed_queue_full, embed_failed (the embedder answered an error), embedder_unavailable, too_long (a last turn longer than the embedder's window: exact-only), not_semantic",
             cache_skips.clone(),
         );
         let cache_guard_rejections = Family::default();
@@ -430,8 +446,28 @@ impl Metrics {
         let embedder_available = Gauge::default();
         registry.register(
             "llm_sidecar_embedder_available",
-            "1 when the embedding model is loaded (semantic cache possible)",
+            "1 when the embedder (the local model or a remote embedder) is started (semantic cache possible)",
             embedder_available.clone(),
+        );
+        let callouts = Family::default();
+        registry.register(
+            "llm_sidecar_callouts",
+            "Callouts by point (before_route, after_answer) and result: continue, rewrite, refuse, error, timeout, circuit_open, dropped (after_answer, too many in flight)",
+            callouts.clone(),
+        );
+        let callout_duration: HistogramFamily<PointLabels> =
+            Family::new_with_constructor(|| Histogram::new(EMBED_BUCKETS));
+        registry.register_with_unit(
+            "llm_sidecar_callout_duration",
+            "Time of one callout, connect to the last byte of its answer",
+            Unit::Seconds,
+            callout_duration.clone(),
+        );
+        let cache_vectors_dropped = Counter::default();
+        registry.register(
+            "llm_sidecar_cache_vectors_dropped",
+            "Semantic index vectors dropped because a reload changed the embedder (another model, width or service); their entries stay for exact hits",
+            cache_vectors_dropped.clone(),
         );
         let route_decisions = Family::default();
         registry.register(
@@ -569,6 +605,9 @@ impl Metrics {
             embed_batch,
             search_duration,
             embedder_available,
+            cache_vectors_dropped,
+            callouts,
+            callout_duration,
             registry,
             requests,
             duration,

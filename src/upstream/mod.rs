@@ -6,6 +6,7 @@
 
 pub mod adapter;
 pub mod anthropic;
+pub(crate) mod embeddings;
 pub mod openai_compat;
 pub mod redact;
 

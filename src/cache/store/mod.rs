@@ -13,6 +13,7 @@
 //! - `pack` — an entry's query and answer as one zstd-packed block.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -80,6 +81,9 @@ struct Entry {
     /// Learned by online verification: a semantic hit on this entry needs at least this
     /// similarity (0 until a verification found it served a wrong answer).
     min_similarity: f32,
+    /// What its vector was counted as against `max_bytes` (0 for exact-only), kept so that a
+    /// change of embedder width never unbalances the count (fits in the padding).
+    vector_cost: u32,
 }
 
 struct Slot {
@@ -256,9 +260,9 @@ impl Inner {
     }
 
     /// The index of a partition, created on first use, counting one more entry in it.
-    fn partition_for(&mut self, key: Key) -> Arc<PartitionIndex> {
+    fn partition_for(&mut self, key: Key, epoch: u64) -> Arc<PartitionIndex> {
         let part = self.partitions.entry(key).or_insert_with(|| Partition {
-            index: Arc::new(PartitionIndex::new(key)),
+            index: Arc::new(PartitionIndex::new(key, epoch)),
             live: 0,
         });
         part.live += 1;
@@ -282,7 +286,7 @@ impl Inner {
         if let Ok(found) = self.exact.find_entry(key_hash(&e.exact), |&s| s == slot) {
             found.remove();
         }
-        self.bytes = self.bytes.saturating_sub(cost(&e.blob, e.partition.is_some()));
+        self.bytes = self.bytes.saturating_sub(cost(&e.blob, e.vector_cost as usize));
         // The interning set and this entry hold the last two references.
         if Arc::strong_count(&e.labels) == 2 {
             self.labels.remove(&*e.labels);
@@ -341,12 +345,19 @@ type Removals = Vec<(Arc<PartitionIndex>, u64)>;
 
 pub struct Store {
     inner: Mutex<Inner>,
+    /// What a new semantic entry's vector counts against `max_bytes`: follows the embedder's
+    /// width ([`Store::set_dimensions`]).
+    vector_cost: AtomicUsize,
+    /// The embedder generation new partitions belong to ([`Store::clear_vectors`]).
+    epoch: AtomicU64,
 }
 
 impl Default for Store {
     fn default() -> Self {
         Store {
             inner: Mutex::new(Inner::new()),
+            vector_cost: AtomicUsize::new(VECTOR_OVERHEAD),
+            epoch: AtomicU64::new(0),
         }
     }
 }
@@ -362,12 +373,14 @@ pub(crate) const LEARNED_MARGIN: f32 = 0.005;
 const ENTRY_OVERHEAD: usize = 208;
 /// And for an entry stored for semantic lookups: its i8 vector (384 bytes), its HNSW node and
 /// links, usearch's key table and growth headroom. Measured as above: 1,216 resident bytes per
-/// entry for 417-byte blobs.
+/// entry for 417-byte blobs. Another width (a remote embedder) changes the vector's share
+/// byte for byte.
 const VECTOR_OVERHEAD: usize = 592;
+const VECTOR_OVERHEAD_WIDTH: usize = crate::embed::DIMENSIONS;
 
 /// What an entry counts against `max_bytes`.
-fn cost(blob: &Blob, semantic: bool) -> usize {
-    blob.size() + ENTRY_OVERHEAD + if semantic { VECTOR_OVERHEAD } else { 0 }
+fn cost(blob: &Blob, vector_cost: usize) -> usize {
+    blob.size() + ENTRY_OVERHEAD + vector_cost
 }
 
 /// Slots examined per lock by sweeps and purges.
@@ -383,6 +396,12 @@ impl Store {
 
     pub(crate) fn len(&self) -> usize {
         self.lock().len
+    }
+
+    /// The embedder's vectors are `dims` wide: what a semantic entry counts from now on.
+    pub(crate) fn set_dimensions(&self, dims: usize) {
+        let cost = (VECTOR_OVERHEAD - VECTOR_OVERHEAD_WIDTH + dims).min(u32::MAX as usize);
+        self.vector_cost.store(cost, Ordering::Relaxed);
     }
 
     pub fn bytes(&self) -> usize {
@@ -465,7 +484,12 @@ impl Store {
         let Some(blob) = Blob::new(new.query.as_deref(), &new.response) else {
             return (0, None, evicted);
         };
-        let bytes = cost(&blob, new.partition.is_some());
+        let vector_cost = if new.partition.is_some() {
+            self.vector_cost.load(Ordering::Relaxed)
+        } else {
+            0
+        };
+        let bytes = cost(&blob, vector_cost);
         // One answer larger than the whole budget would only flush the cache to be evicted next.
         if bytes > max_bytes {
             return (0, None, evicted);
@@ -486,7 +510,8 @@ impl Store {
                 inner.remove(inner.oldest, &mut removals);
                 evicted.push(Eviction::Lru);
             }
-            let index = new.partition.map(|key| inner.partition_for(key));
+            let epoch = self.epoch.load(Ordering::Relaxed);
+            let index = new.partition.map(|key| inner.partition_for(key, epoch));
             let labels = inner.intern(new.tenant, new.route, new.model);
             let entry = Entry {
                 exact: tag(&new.exact),
@@ -495,6 +520,7 @@ impl Store {
                 expires: inner.millis(new.expires),
                 partition: index.clone(),
                 min_similarity: 0.0,
+                vector_cost: vector_cost as u32,
             };
             let slot = inner.take_slot(entry, max_entries, max_bytes);
             inner.push_newest(slot);
@@ -524,6 +550,20 @@ impl Store {
     pub(crate) fn sweep(&self, now: Instant) -> usize {
         let now = self.lock().millis(now);
         self.remove_where(|e| e.expires <= now)
+    }
+
+    /// Empties every partition's vectors, which came from an embedder that is gone: from now
+    /// on they take vectors of generation `epoch` only. The entries stay, for exact lookups
+    /// (a new answer to a question replaces its entry, vector and all). Returns how many
+    /// vectors were dropped.
+    pub(crate) fn clear_vectors(&self, epoch: u64) -> usize {
+        let indexes: Vec<Arc<PartitionIndex>> = {
+            let inner = self.lock();
+            // Set under the lock: a partition created from now on is of the new generation.
+            self.epoch.store(epoch, Ordering::Relaxed);
+            inner.partitions.values().map(|p| p.index.clone()).collect()
+        };
+        indexes.iter().map(|i| i.clear(epoch)).sum()
     }
 
     /// Removes entries of a tenant and/or route (all when both are `None`).

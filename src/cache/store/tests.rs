@@ -134,7 +134,7 @@ fn exact_hits_expire_and_lru_bounds_hold() {
 fn cost_of(e: &NewEntry) -> usize {
     cost(
         &Blob::new(e.query.as_deref(), &e.response).unwrap(),
-        e.partition.is_some(),
+        if e.partition.is_some() { VECTOR_OVERHEAD } else { 0 },
     )
 }
 
@@ -161,6 +161,40 @@ fn an_entry_stored_for_semantic_lookups_counts_its_vector() {
     s.insert(entry(1, Some(1), "a"), 100, usize::MAX);
     s.insert(entry(1, None, "a"), 100, usize::MAX);
     assert_eq!((s.len(), s.bytes()), (1, exact_only));
+    // A wider embedder's entries count their wider vectors; entries counted before the
+    // change give back what they were counted, not the new width.
+    let s = Store::default();
+    s.insert(entry(1, Some(1), "a"), 100, usize::MAX);
+    s.set_dimensions(1536);
+    s.insert(entry(2, Some(1), "a"), 100, usize::MAX);
+    assert_eq!(s.bytes(), 2 * semantic + 1536 - DIMENSIONS);
+    s.purge(None, None);
+    assert_eq!((s.len(), s.bytes()), (0, 0));
+}
+
+#[test]
+fn clearing_the_vectors_keeps_the_entries_and_refuses_the_old_generation() {
+    let s = Store::default();
+    let (a, ia, _) = s.insert(entry(1, Some(7), "a"), 100, usize::MAX);
+    let ia = ia.unwrap();
+    assert!(ia.add_from(0, a, &unit(3)));
+    assert_eq!(ia.search_from(0, &unit(3), 4).len(), 1);
+    assert_eq!(s.clear_vectors(1), 1);
+    // The entry is still an exact hit; its vector is gone, and the old generation's are refused.
+    assert!(s.get_exact(&[1; 32], Instant::now()).unwrap().is_some());
+    assert!(ia.search_from(1, &unit(3), 4).is_empty());
+    assert!(ia.search_from(0, &unit(3), 4).is_empty());
+    assert!(
+        !ia.add_from(0, a, &unit(3)),
+        "a vector of the old embedder, arriving late"
+    );
+    // A vector of the new one, of another width, is taken; so are new partitions'.
+    let wide = vec![0.5f32; 4];
+    assert!(ia.add_from(1, a, &wide));
+    assert_eq!(ia.search_from(1, &wide, 4)[0].0, a);
+    let (b, ib, _) = s.insert(entry(2, Some(8), "a"), 100, usize::MAX);
+    assert!(!ib.as_ref().unwrap().add_from(0, b, &unit(1)));
+    assert!(ib.unwrap().add_from(1, b, &unit(1)));
 }
 
 #[test]

@@ -74,7 +74,91 @@ impl Validator<'_> {
         }
     }
 
-    pub(super) fn cache(&mut self, raw: Option<RawCache>) -> CacheConfig {
+    /// `cache.semantic.embedder`: an OpenAI-compatible provider and one of its embedding models.
+    fn remote_embedder(
+        &mut self,
+        raw: RawEmbedder,
+        providers: &BTreeMap<String, Arc<ProviderConfig>>,
+    ) -> Option<RemoteEmbedderConfig> {
+        let path = "cache.semantic.embedder";
+        let start = self.issues.len();
+        let provider = match providers.get(&raw.provider) {
+            Some(p) if p.kind == ProviderKind::OpenAi => Some(p.clone()),
+            Some(_) => {
+                self.issue(
+                    format!("{path}.provider"),
+                    format!("{:?} speaks Anthropic's API, which has no embeddings endpoint: name an OpenAI-compatible provider", raw.provider),
+                );
+                None
+            }
+            None => {
+                self.issue(
+                    format!("{path}.provider"),
+                    format!(
+                        "unknown provider {:?}: name one of the providers ({})",
+                        raw.provider,
+                        names(providers.keys().map(String::as_str))
+                    ),
+                );
+                None
+            }
+        };
+        if raw.model.trim().is_empty() {
+            self.issue(
+                format!("{path}.model"),
+                "name the embedding model (e.g. text-embedding-3-small)",
+            );
+        }
+        let mut bounded = |key: &str, value: Option<u64>, default: u64, max: u64, what: &str| -> usize {
+            let v = value.unwrap_or(default);
+            if !(1..=max).contains(&v) {
+                self.issue(
+                    format!("{path}.{key}"),
+                    format!("{v} is out of range: use 1 to {max} ({what})"),
+                );
+            }
+            v.clamp(1, max) as usize
+        };
+        let dimensions = raw
+            .dimensions
+            .map(|d| bounded("dimensions", Some(d), d, 16384, "the width of the model's vectors"));
+        let max_batch = bounded(
+            "max_batch",
+            raw.max_batch,
+            DEFAULT_REMOTE_EMBED_BATCH,
+            2048,
+            "texts per request",
+        );
+        let concurrency = bounded(
+            "concurrency",
+            raw.concurrency,
+            DEFAULT_REMOTE_EMBED_CONCURRENCY,
+            64,
+            "requests in flight",
+        );
+        let max_chars = bounded(
+            "max_chars",
+            raw.max_chars,
+            DEFAULT_REMOTE_EMBED_MAX_CHARS,
+            1 << 20,
+            "the longest text sent whole, in characters",
+        );
+        let provider = provider.filter(|_| self.issues.len() == start)?;
+        Some(RemoteEmbedderConfig {
+            provider,
+            model: raw.model,
+            dimensions,
+            max_batch,
+            concurrency,
+            max_chars,
+        })
+    }
+
+    pub(super) fn cache(
+        &mut self,
+        raw: Option<RawCache>,
+        providers: &BTreeMap<String, Arc<ProviderConfig>>,
+    ) -> CacheConfig {
         // No `cache:` section: caching is off. A section, even empty, turns it on with defaults.
         let present = raw.is_some();
         let raw = raw.unwrap_or_default();
@@ -116,7 +200,8 @@ impl Validator<'_> {
             }
         }
         let privacy = regex::RegexSet::new(&privacy_patterns).unwrap_or_else(|_| regex::RegexSet::empty());
-        let s = raw.semantic.unwrap_or_default();
+        let mut s = raw.semantic.unwrap_or_default();
+        let embedder = s.embedder.take().and_then(|e| self.remote_embedder(e, providers));
         let threshold = s.threshold.unwrap_or(DEFAULT_SEMANTIC_THRESHOLD);
         self.threshold("cache.semantic.threshold", threshold);
         let semantic = SemanticConfig {
@@ -154,7 +239,14 @@ impl Validator<'_> {
                     min_score: v.min_score.unwrap_or(DEFAULT_VERIFIER_MIN_SCORE),
                 }
             }),
+            embedder,
         };
+        if semantic.verifier.is_some() && semantic.embedder.is_some() {
+            self.issue(
+                "cache.semantic.verifier",
+                "the pair verifier runs on the local model's ONNX Runtime: remove it, or remove cache.semantic.embedder to use the local model",
+            );
+        }
         if let Some(v) = &semantic.verifier {
             self.threshold("cache.semantic.verifier.min_score", v.min_score);
         }

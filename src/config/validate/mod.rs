@@ -17,6 +17,7 @@ use super::raw::*;
 use super::*;
 
 mod cache;
+mod callouts;
 mod providers;
 mod routes;
 mod tenants;
@@ -310,13 +311,14 @@ impl Validator<'_> {
         }
         let scheduling = self.scheduling(raw.scheduling.unwrap_or_default());
         let tenants = self.tenants(raw.tenants.unwrap_or_default(), &scheduling);
-        let cache = self.cache(raw.cache);
+        let cache = self.cache(raw.cache, &providers);
         let routing = RoutingSettings {
             allow_route_header: raw.routing.unwrap_or_default().allow_route_header.unwrap_or(false),
         };
         let resilience = self.resilience(raw.resilience.unwrap_or_default());
         let redis = raw.redis.and_then(|r| self.redis(r));
         let tracing = self.tracing(raw.tracing.unwrap_or_default());
+        let callouts = self.callouts(raw.callouts.unwrap_or_default());
 
         Config {
             version: raw.version,
@@ -335,6 +337,7 @@ impl Validator<'_> {
             scheduling,
             redis,
             tracing,
+            callouts,
             digest: hex::encode(Sha256::digest(text.as_bytes())),
             warnings: Vec::new(),
         }

@@ -3,6 +3,37 @@
 use super::*;
 
 impl Validator<'_> {
+    /// `<path>.headers`: static headers sent with every request.
+    pub(super) fn header_list(&mut self, path: &str, raw: BTreeMap<String, String>) -> Vec<(HeaderName, HeaderValue)> {
+        let mut headers = Vec::new();
+        for (k, v) in raw {
+            let hp = format!("{path}.headers.{k}");
+            match (HeaderName::try_from(k.as_str()), HeaderValue::try_from(v.as_str())) {
+                (Ok(k), Ok(v)) => headers.push((k, v)),
+                (Err(_), _) => self.issue(hp, "is not a valid HTTP header name"),
+                (_, Err(_)) => self.issue(hp, "is not a valid HTTP header value (no control characters)"),
+            }
+        }
+        headers
+    }
+
+    /// `<path>.ca_file`: an extra CA bundle, which must be readable.
+    pub(super) fn ca_file(&mut self, path: &str, raw: Option<String>) -> Option<PathBuf> {
+        let ca_file = raw.map(PathBuf::from);
+        if let Some(ca) = &ca_file
+            && std::fs::metadata(ca).is_err()
+        {
+            self.issue(
+                format!("{path}.ca_file"),
+                format!(
+                    "{} cannot be read: mount the CA bundle there or remove the key",
+                    ca.display()
+                ),
+            );
+        }
+        ca_file
+    }
+
     pub(super) fn provider(&mut self, name: &str, raw: RawProvider) -> Option<ProviderConfig> {
         let path = format!("providers.{name}");
         let start = self.issues.len();
@@ -30,33 +61,14 @@ impl Validator<'_> {
         let soft = self.soft.len();
         let auth = raw.auth.and_then(|a| self.auth(&format!("{path}.auth"), a));
         let unusable = self.soft[soft..].first().map(|i| Arc::from(i.message.as_str()));
-        let mut headers = Vec::new();
-        for (k, v) in raw.headers {
-            let hp = format!("{path}.headers.{k}");
-            match (HeaderName::try_from(k.as_str()), HeaderValue::try_from(v.as_str())) {
-                (Ok(k), Ok(v)) => headers.push((k, v)),
-                (Err(_), _) => self.issue(hp, "is not a valid HTTP header name"),
-                (_, Err(_)) => self.issue(hp, "is not a valid HTTP header value (no control characters)"),
-            }
-        }
+        let headers = self.header_list(&path, raw.headers);
         let query = raw
             .query
             .iter()
             .map(|(k, v)| format!("{}={}", encode_query(k), encode_query(v)))
             .collect::<Vec<_>>()
             .join("&");
-        let ca_file = raw.ca_file.map(PathBuf::from);
-        if let Some(ca) = &ca_file
-            && std::fs::metadata(ca).is_err()
-        {
-            self.issue(
-                format!("{path}.ca_file"),
-                format!(
-                    "{} cannot be read: mount the CA bundle there or remove the key",
-                    ca.display()
-                ),
-            );
-        }
+        let ca_file = self.ca_file(&path, raw.ca_file);
         let t = raw.timeouts.unwrap_or_default();
         let tp = format!("{path}.timeouts");
         let timeouts = Timeouts {
