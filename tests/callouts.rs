@@ -37,6 +37,14 @@ fn calls(service: &MockUpstream, point: &str) -> Vec<Value> {
         .collect()
 }
 
+/// `llm_sidecar_callouts_total` of `point` and `result` in `metrics`.
+fn counted(metrics: &str, point: &str, result: &str) -> f64 {
+    metric(
+        metrics,
+        &format!(r#"llm_sidecar_callouts_total{{point="{point}",result="{result}"}}"#),
+    )
+}
+
 fn chat_requests(mock: &MockUpstream) -> Vec<llm_sidecar::mock::Recorded> {
     mock.requests()
         .into_iter()
@@ -79,20 +87,8 @@ async fn before_route_sees_the_request_and_may_rewrite_the_model_and_add_headers
     assert_eq!(up.json()["model"], "embed-model");
     assert_eq!(up.headers["x-team"], "search");
     let m = h.metrics().await;
-    assert_eq!(
-        metric(
-            &m,
-            r#"llm_sidecar_callouts_total{point="before_route",result="continue"}"#
-        ),
-        1.0
-    );
-    assert_eq!(
-        metric(
-            &m,
-            r#"llm_sidecar_callouts_total{point="before_route",result="rewrite"}"#
-        ),
-        1.0
-    );
+    assert_eq!(counted(&m, "before_route", "continue"), 1.0);
+    assert_eq!(counted(&m, "before_route", "rewrite"), 1.0);
     assert!(
         metric(
             &m,
@@ -140,17 +136,8 @@ async fn a_failing_callout_is_skipped_when_failing_open() {
     let up = chat_requests(&h.mock).pop().unwrap();
     assert_eq!(up.headers["authorization"], format!("Bearer {UPSTREAM_KEY}"));
     let m = h.metrics().await;
-    assert_eq!(
-        metric(&m, r#"llm_sidecar_callouts_total{point="before_route",result="error"}"#),
-        2.0
-    );
-    assert_eq!(
-        metric(
-            &m,
-            r#"llm_sidecar_callouts_total{point="before_route",result="timeout"}"#
-        ),
-        1.0
-    );
+    assert_eq!(counted(&m, "before_route", "error"), 2.0);
+    assert_eq!(counted(&m, "before_route", "timeout"), 1.0);
 }
 
 #[tokio::test]
@@ -181,20 +168,8 @@ async fn failing_closed_refuses_and_the_breaker_stops_asking() {
     assert_eq!(h.chat(chat_body("hello")).await.status(), 200);
     assert_eq!(h.chat(chat_body("hello there")).await.status(), 200);
     let m = h.metrics().await;
-    assert_eq!(
-        metric(
-            &m,
-            r#"llm_sidecar_callouts_total{point="before_route",result="circuit_open"}"#
-        ),
-        1.0
-    );
-    assert_eq!(
-        metric(
-            &m,
-            r#"llm_sidecar_callouts_total{point="before_route",result="timeout"}"#
-        ),
-        2.0
-    );
+    assert_eq!(counted(&m, "before_route", "circuit_open"), 1.0);
+    assert_eq!(counted(&m, "before_route", "timeout"), 2.0);
 }
 
 #[tokio::test]
@@ -302,10 +277,7 @@ async fn bad_callout_configs_name_the_key_to_fix() {
         ("during: { url: http://x }", "callouts", "during"),
     ] {
         let text = config(&mock.base_url(), &format!("callouts:\n  {callouts}\n"));
-        let err = match llm_sidecar::app::Sidecar::start(options(llm_sidecar::app::ConfigInput::Text(text))).await {
-            Err(e) => e.to_string(),
-            Ok(_) => panic!("{callouts} was accepted"),
-        };
+        let err = refused(text).await;
         assert!(err.contains(key) && err.contains(says), "{callouts}: {err}");
     }
 }

@@ -211,6 +211,14 @@ impl Harness {
     }
 }
 
+/// Starts a sidecar on `text`, which must be refused at start; returns the error as shown.
+pub async fn refused(text: String) -> String {
+    match Sidecar::start(options(ConfigInput::Text(text.clone()))).await {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("the config was accepted:\n{text}"),
+    }
+}
+
 pub fn options(config: ConfigInput) -> Options {
     Options {
         vars: Arc::new(vars),
