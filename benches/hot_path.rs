@@ -141,7 +141,7 @@ fn decisions(c: &mut Criterion) {
     for (i, h) in health.iter().enumerate() {
         h.observe_latency(std::time::Duration::from_millis(100 + 50 * i as u64));
     }
-    let router = Router::new(&routing, &health, None);
+    let router = Router::new(&routing, &health, None, &Default::default());
     let headers = HeaderMap::new();
     let body = chat_body(2);
     let head = RequestHead::parse(&body).unwrap();

@@ -11,6 +11,8 @@
 //! - `tasks` (crate-private) — the background tasks, stopped and awaited together at shutdown.
 //! - [`config`] — the YAML schema, `${VAR}` interpolation, validation into an immutable
 //!   [`config::Config`] with precise key paths, and the watched file source.
+//! - [`plugin`] — the extension traits a program embedding the sidecar implements: a routing
+//!   strategy, a shared cache store, a request sink.
 //! - [`openai`] — the slices of the OpenAI wire format we read: endpoints, request head, usage,
 //!   SSE, the check of a provider's answer.
 //! - [`embed`] — the sentence embedder (ONNX Runtime, WordPiece) on its own thread, its two-lane
@@ -58,6 +60,7 @@ pub mod inject;
 pub mod limits;
 pub mod mock;
 pub mod openai;
+pub mod plugin;
 pub(crate) mod redis_link;
 pub mod resilience;
 pub mod router;

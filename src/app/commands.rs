@@ -168,7 +168,7 @@ pub fn check_config(file: &Path, no_env: bool) -> ExitCode {
     let vars: &dyn VarLookup = if no_env { &stand_in } else { &Env };
     match Config::load(&text, vars)
         .map_err(|e| e.0)
-        .and_then(|c| crate::state::Runtime::build(c, None, 1).map_err(|e| e.0))
+        .and_then(|c| crate::state::Runtime::build(c, None, 1, &crate::plugin::Plugins::default()).map_err(|e| e.0))
     {
         Ok(rt) => {
             let c = &rt.config;

@@ -41,6 +41,9 @@ pub struct Options {
     pub listen: Option<SocketAddr>,
     /// Overrides `admin_listen`.
     pub admin_listen: Option<SocketAddr>,
+    /// Extensions the host registered ([`Options::strategy`], [`Options::cache_store`],
+    /// [`Options::sink`]).
+    pub plugins: crate::plugin::Plugins,
 }
 
 impl Options {
@@ -50,6 +53,7 @@ impl Options {
             vars: Arc::new(crate::config::Env),
             listen: None,
             admin_listen: None,
+            plugins: crate::plugin::Plugins::default(),
         }
     }
 
@@ -80,6 +84,26 @@ impl Options {
     /// environment (a secret store, a test's fixed values).
     pub fn vars(mut self, vars: impl Fn(&str) -> Option<String> + Send + Sync + 'static) -> Self {
         self.vars = Arc::new(vars);
+        self
+    }
+
+    /// Registers a routing strategy that routes name with `strategy: plugin` and
+    /// `plugin: <name>` (a config naming one that is not registered is refused).
+    pub fn strategy(mut self, name: impl Into<String>, strategy: impl crate::plugin::RoutingStrategy) -> Self {
+        self.plugins.strategies.insert(name.into(), Arc::new(strategy));
+        self
+    }
+
+    /// Puts a shared cache store behind the sidecar's own cache (when `cache:` is on): asked
+    /// after an exact miss, told every answer stored.
+    pub fn cache_store(mut self, store: impl crate::plugin::CacheStore) -> Self {
+        self.plugins.cache_store = Some(Arc::new(store));
+        self
+    }
+
+    /// Adds a sink told about every finished request (several may be added).
+    pub fn sink(mut self, sink: impl crate::plugin::RequestSink) -> Self {
+        self.plugins.sinks.push(Arc::new(sink));
         self
     }
 }
@@ -189,7 +213,7 @@ impl Sidecar {
             ConfigInput::Kube(k) => (k.read().await?, None, Some(*k)),
         };
         let config = Config::load(&text, &*opts.vars)?;
-        let runtime = Runtime::build(config, None, 1)?;
+        let runtime = Runtime::build(config, None, 1, &opts.plugins)?;
         let app_addr = opts.listen.unwrap_or(runtime.config.listen);
         let admin_addr = opts.admin_listen.unwrap_or(runtime.config.admin_listen);
         let app_listener = TcpListener::bind(app_addr)
@@ -211,7 +235,7 @@ impl Sidecar {
         if runtime.config.redis.is_some() {
             metrics.fleet_mode();
         }
-        let shared = Shared::new(runtime, Arc::new(metrics));
+        let shared = Shared::new(runtime, Arc::new(metrics), opts.plugins);
         let _ = shared.admin_addr.set(admin_addr);
         let (stop_app, app_rx) = watch::channel(None);
         let (stop_admin, admin_rx) = watch::channel(None);

@@ -40,6 +40,7 @@ use self::store::{NewEntry, Store};
 use crate::config::CacheConfig;
 use crate::embed::remote::RemoteSettings;
 use crate::embed::{EmbedError, EmbedObserver, Embedder, EmbedderSettings, Fit, Lane, Unembedded};
+use crate::plugin::{CacheKey, CacheStore, StoredAnswer};
 use crate::router::Route;
 use crate::telemetry::{Metrics, ReasonLabels};
 
@@ -73,6 +74,8 @@ pub struct Cache {
     background: crate::tasks::Background,
     /// Fleet mode: new entries go to Redis through this (see `l2`).
     l2: std::sync::OnceLock<tokio::sync::mpsc::Sender<l2::Outgoing>>,
+    /// A store the embedding program registered: asked after an exact miss, told every insert.
+    external: std::sync::OnceLock<Arc<dyn CacheStore>>,
 }
 
 /// Which embedder a config asks for.
@@ -217,6 +220,7 @@ impl Cache {
             quality: Quality::default(),
             background,
             l2: std::sync::OnceLock::new(),
+            external: std::sync::OnceLock::new(),
         };
         cache.reconfigure(config, for_routing);
         cache
@@ -390,6 +394,10 @@ impl Cache {
             Ok(None) => {}
             Err(evicted) => self.evicted(&evicted),
         }
+        if let Some(hit) = self.external_lookup(plan, config, config.semantic.timeout).await {
+            self.metrics.cache_lookup(CacheStatus::HitExact.label());
+            return Some(hit);
+        }
         let hit = if plan.semantic {
             self.semantic(plan, config.semantic.timeout).await
         } else {
@@ -455,6 +463,13 @@ impl Cache {
             model,
             expires: std::time::Instant::now() + config.ttl,
         };
+        if let Some(store) = self.external.get() {
+            let answer = StoredAnswer {
+                answer: new.response.clone(),
+                model: new.model.to_string(),
+            };
+            store.put(&CacheKey(new.exact), answer, config.ttl);
+        }
         let (id, index, evicted) = self.store.insert(new, config.max_entries, config.max_bytes);
         self.metrics.cache_inserts.inc();
         self.evicted(&evicted);
@@ -528,6 +543,61 @@ impl Cache {
     /// The semantic half did not run for this request: counted, and said in its log line.
     fn skip(&self, plan: &mut Plan, why: Skip) {
         plan.skipped = Some(why.count(&self.metrics));
+    }
+
+    /// Puts the embedding program's store behind this cache.
+    pub(crate) fn attach_store(&self, store: Arc<dyn CacheStore>) {
+        let _ = self.external.set(store);
+    }
+
+    /// The external store's answer for an exact miss, within `budget`; a hit is copied into
+    /// this cache (exact-only) so the next one is served from memory.
+    async fn external_lookup(&self, plan: &Plan, config: &CacheConfig, budget: Duration) -> Option<Hit> {
+        let store = self.external.get()?;
+        let key = CacheKey(plan.keys.exact);
+        let count = |result: &'static str| {
+            self.metrics
+                .cache_store_lookups
+                .get_or_create(&crate::telemetry::ResultLabels { result })
+                .inc();
+        };
+        let found = match tokio::time::timeout(budget, store.get(&key)).await {
+            Ok(Some(found)) => found,
+            Ok(None) => {
+                count("miss");
+                return None;
+            }
+            Err(_) => {
+                count("timeout");
+                return None;
+            }
+        };
+        // Whoever wrote it, a broken answer is never served.
+        if crate::openai::answer::check(&found.answer, crate::openai::answer::Expect::Choices).is_err() {
+            count("malformed");
+            return None;
+        }
+        count("hit");
+        let model: Arc<str> = found.model.into();
+        let new = NewEntry {
+            exact: plan.keys.exact,
+            partition: None,
+            tenant: plan.tenant.clone(),
+            route: plan.route.clone(),
+            query: None,
+            response: found.answer.clone(),
+            model: model.clone(),
+            expires: std::time::Instant::now() + config.ttl,
+        };
+        let (id, _, evicted) = self.store.insert(new, config.max_entries, config.max_bytes);
+        self.evicted(&evicted);
+        self.update_gauges();
+        Some(Hit {
+            kind: HitKind::Exact,
+            response: found.answer,
+            model,
+            entry: id,
+        })
     }
 
     /// Routes new entries to Redis (fleet mode); see `l2`.

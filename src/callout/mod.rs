@@ -14,6 +14,7 @@ use http::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{CalloutConfig, CalloutsConfig, ConfigIssue};
+use crate::plugin::RequestEvent;
 use crate::telemetry::{CalloutLabels, Metrics, PointLabels};
 use crate::upstream::{BodyRead, ClientBody, Provider, UpstreamError, read_body};
 
@@ -120,27 +121,6 @@ struct BeforeAnswer {
     headers: std::collections::BTreeMap<String, String>,
     status: Option<u16>,
     message: Option<String>,
-}
-
-/// What the after_answer callout is told about one finished request.
-#[derive(Serialize)]
-pub(crate) struct AfterAnswer<'a> {
-    pub(crate) point: &'static str,
-    pub(crate) request_id: &'a str,
-    pub(crate) tenant: Option<&'a str>,
-    pub(crate) endpoint: &'static str,
-    pub(crate) route: Option<&'a str>,
-    pub(crate) model: Option<&'a str>,
-    pub(crate) provider: Option<&'a str>,
-    pub(crate) status: u16,
-    pub(crate) outcome: &'static str,
-    pub(crate) cache: &'static str,
-    pub(crate) stream: bool,
-    pub(crate) attempts: u32,
-    pub(crate) input_tokens: Option<u64>,
-    pub(crate) output_tokens: Option<u64>,
-    pub(crate) cost_usd: f64,
-    pub(crate) duration_ms: f64,
 }
 
 impl Callout {
@@ -299,7 +279,7 @@ impl Callout {
     /// Tells the after_answer callout about a finished request, in the background: never
     /// waited for; dropped (and counted) when `max_in_flight` calls are already out or the
     /// breaker is open.
-    pub(crate) fn after(self: &Arc<Self>, event: &AfterAnswer<'_>, metrics: &Arc<Metrics>) {
+    pub(crate) fn after(self: &Arc<Self>, event: &RequestEvent<'_>, metrics: &Arc<Metrics>) {
         if self.breaker_open() {
             self.count(metrics, "circuit_open");
             return;

@@ -225,10 +225,12 @@ pub enum Strategy {
     Semantic,
     /// The `light` or `strong` tier, by a score of the prompt's complexity.
     Complexity,
+    /// A strategy the program embedding the sidecar registered (`plugin: <name>`).
+    Plugin,
 }
 
 impl Strategy {
-    pub(crate) const NAMES: [(&'static str, Strategy); 7] = [
+    pub(crate) const NAMES: [(&'static str, Strategy); 8] = [
         ("ordered", Strategy::Ordered),
         ("weighted", Strategy::Weighted),
         ("canary", Strategy::Canary),
@@ -236,6 +238,7 @@ impl Strategy {
         ("fastest", Strategy::Fastest),
         ("semantic", Strategy::Semantic),
         ("complexity", Strategy::Complexity),
+        ("plugin", Strategy::Plugin),
     ];
 
     pub(crate) fn label(self) -> &'static str {
@@ -319,6 +322,8 @@ pub struct RouteConfig {
     pub(crate) complexity_threshold: f64,
     /// `routes[].cache`: overrides of `cache.semantic` for this route.
     pub(crate) cache: RouteCacheConfig,
+    /// `strategy: plugin`: the registered strategy's name.
+    pub(crate) plugin: Option<String>,
 }
 
 #[derive(Debug, Clone)]

@@ -382,6 +382,8 @@ pub struct RawRoute {
     pub(crate) latency_budget: Option<String>,
     pub(crate) semantic_threshold: Option<f32>,
     pub(crate) complexity_threshold: Option<f64>,
+    /// `strategy: plugin`: the name the embedding program registered its strategy under.
+    pub(crate) plugin: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]

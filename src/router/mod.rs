@@ -58,6 +58,8 @@ pub struct Route {
     pub(crate) examples: Vec<(usize, String)>,
     /// The examples' embeddings, computed once on first use by whoever holds an embedder.
     pub(crate) example_vectors: OnceLock<Vec<(usize, Vec<f32>)>>,
+    /// `strategy: plugin`: the strategy the embedding program registered.
+    plugin: Option<Arc<dyn crate::plugin::RoutingStrategy>>,
 }
 
 impl fmt::Debug for Route {
@@ -257,6 +259,11 @@ pub enum Reason {
         score: f32,
         tier: Tier,
     },
+    /// A registered strategy ordered the candidates (`applied: false`: it left none, or named
+    /// one twice, and the route's order was kept).
+    Plugin {
+        applied: bool,
+    },
 }
 
 impl fmt::Display for Reason {
@@ -278,6 +285,8 @@ impl fmt::Display for Reason {
                 "complexity (score {score:.2} → {})",
                 if tier == Tier::Strong { "strong" } else { "light" }
             ),
+            Reason::Plugin { applied: true } => f.write_str("plugin"),
+            Reason::Plugin { applied: false } => f.write_str("plugin (its order was unusable: route order kept)"),
         }
     }
 }
@@ -383,7 +392,14 @@ fn target(model: &Arc<ModelConfig>, health: &HealthRegistry) -> Target {
 impl Router {
     /// Builds the router for a config. Canary windows (and reverts) carry over from `previous`
     /// for routes whose canary settings did not change.
-    pub fn new(config: &Config, health: &HealthRegistry, previous: Option<&Router>) -> Self {
+    /// `plugins`: the strategies a `strategy: plugin` route may name (checked by
+    /// [`Router::missing_plugin`] first).
+    pub fn new(
+        config: &Config,
+        health: &HealthRegistry,
+        previous: Option<&Router>,
+        plugins: &crate::plugin::Plugins,
+    ) -> Self {
         let mut catalogue: HashMap<Box<str>, Arc<Route>> = HashMap::new();
         for (name, model) in &config.models {
             let route = Route {
@@ -400,6 +416,7 @@ impl Router {
                 semantic_threshold: 1.0,
                 examples: Vec::new(),
                 example_vectors: OnceLock::new(),
+                plugin: None,
             };
             catalogue.insert(name.as_str().into(), Arc::new(route));
         }
@@ -408,10 +425,12 @@ impl Router {
         let mut default = None;
         let mut needs_text = false;
         for (index, r) in config.routes.iter().enumerate() {
-            let route = Arc::new(Self::route(index, r, config, health, previous));
+            let mut route = Self::route(index, r, config, health, previous);
+            route.plugin = r.plugin.as_deref().and_then(|p| plugins.strategy(p)).cloned();
+            let route = Arc::new(route);
             needs_text |= route.matcher.regex.is_some()
                 || !route.matcher.keywords.is_empty()
-                || matches!(r.strategy, Strategy::Semantic | Strategy::Complexity);
+                || matches!(r.strategy, Strategy::Semantic | Strategy::Complexity | Strategy::Plugin);
             if config.default_route.as_deref() == Some(&*r.name) {
                 default = Some(route.clone());
             }
@@ -522,7 +541,19 @@ impl Router {
             semantic_threshold: r.semantic_threshold,
             examples,
             example_vectors: OnceLock::new(),
+            plugin: None,
         }
+    }
+
+    /// The first `strategy: plugin` route naming a strategy that is not registered: (route
+    /// index, name).
+    pub(crate) fn missing_plugin<'c>(config: &'c Config, plugins: &crate::plugin::Plugins) -> Option<(usize, &'c str)> {
+        config.routes.iter().enumerate().find_map(|(i, r)| {
+            r.plugin
+                .as_deref()
+                .filter(|p| plugins.strategy(p).is_none())
+                .map(|p| (i, p))
+        })
     }
 
     /// Whether any route reads the last user turn (so the caller extracts it).
@@ -629,6 +660,10 @@ impl Router {
             Strategy::Cheapest => strategy::cheapest(req.signals, c),
             Strategy::Fastest => strategy::fastest(route, c),
             Strategy::Complexity => strategy::by_complexity(route, req.signals, c),
+            Strategy::Plugin => match &route.plugin {
+                Some(p) => strategy::plugin(&**p, route, req, c),
+                None => Reason::Ordered,
+            },
         };
         Ok(Step::Decided(Decision {
             route: route.clone(),

@@ -108,6 +108,50 @@ pub(super) fn by_complexity(route: &Route, s: &Signals, candidates: &mut [Target
     Reason::Complexity { score, tier }
 }
 
+/// The order a registered strategy chose. It sees the candidates as plain values and may only
+/// reorder or drop them; dropping all, or naming one twice, leaves the route's own order.
+pub(super) fn plugin(
+    strategy: &dyn crate::plugin::RoutingStrategy,
+    route: &Route,
+    req: &Request<'_>,
+    candidates: &mut Vec<Target>,
+) -> Reason {
+    let mut view: Vec<crate::plugin::Candidate> = candidates
+        .iter()
+        .enumerate()
+        .map(|(index, t)| crate::plugin::Candidate {
+            model: t.model.name.clone(),
+            provider: t.model.provider.clone(),
+            input_price: t.model.pricing.input,
+            output_price: t.model.pricing.output,
+            latency: t.health.latency(),
+            weight: t.weight,
+            index,
+        })
+        .collect();
+    let s = req.signals;
+    let request = crate::plugin::RouteRequest {
+        route: &route.name,
+        tenant: req.tenant,
+        model: req.model,
+        prompt_tokens: s.prompt_tokens,
+        text: s.text.as_deref(),
+        user: s.user.as_deref(),
+    };
+    strategy.order(&request, &mut view);
+    let mut seen = vec![false; candidates.len()];
+    let valid = !view.is_empty()
+        && view
+            .iter()
+            .all(|c| c.index < seen.len() && !std::mem::replace(&mut seen[c.index], true));
+    if !valid {
+        return Reason::Plugin { applied: false };
+    }
+    let mut old: Vec<Option<Target>> = candidates.drain(..).map(Some).collect();
+    candidates.extend(view.iter().filter_map(|c| old[c.index].take()));
+    Reason::Plugin { applied: true }
+}
+
 /// The hash a sticky route draws by: the same tenant (or user) always lands on the same arm.
 fn sticky_key(sticky: Sticky, req: &Request<'_>) -> Option<u64> {
     let key: &str = match sticky {

@@ -4,7 +4,7 @@ use crate::openai::RequestHead;
 fn router(text: &str) -> (Config, Router) {
     let config = Config::load(text, &|_: &str| None).unwrap();
     let health = HealthRegistry::carry(config.models.values(), None, |_| true);
-    let r = Router::new(&config, &health, None);
+    let r = Router::new(&config, &health, None, &crate::plugin::Plugins::default());
     (config, r)
 }
 
@@ -216,10 +216,10 @@ async fn canary_splits_then_reverts_on_errors_and_survives_reload() {
     }
     // A reload with the same canary keeps it reverted; a changed canary starts afresh.
     let health = HealthRegistry::carry(config.models.values(), None, |_| true);
-    let r2 = Router::new(&config, &health, Some(&r));
+    let r2 = Router::new(&config, &health, Some(&r), &Default::default());
     assert_eq!(r2.routes()[0].canary_status().map(|(_, rev)| rev), Some(true));
     let changed = Config::load(&text.replace("percent: 25", "percent: 5"), &|_: &str| None).unwrap();
-    let r3 = Router::new(&changed, &health, Some(&r2));
+    let r3 = Router::new(&changed, &health, Some(&r2), &Default::default());
     assert_eq!(r3.routes()[0].canary_status().map(|(_, rev)| rev), Some(false));
 }
 
@@ -259,4 +259,46 @@ fn semantic_routes_ask_for_an_embedding_and_fall_through() {
         panic!()
     };
     assert_eq!(&*d.route.name, "rest");
+}
+
+/// A registered strategy: puts the candidates named in `order` first, in that order, and drops
+/// the rest (an empty or repeating order is the strategy's mistake).
+struct Fixed(Vec<&'static str>);
+
+impl crate::plugin::RoutingStrategy for Fixed {
+    fn order(&self, request: &crate::plugin::RouteRequest<'_>, candidates: &mut Vec<crate::plugin::Candidate>) {
+        assert_eq!(
+            (request.route, request.model, request.text),
+            ("r", "auto", Some("hi there"))
+        );
+        let all = std::mem::take(candidates);
+        for name in &self.0 {
+            if let Some(c) = all.iter().find(|c| &*c.model == *name) {
+                candidates.push(c.clone());
+            }
+        }
+    }
+}
+
+#[test]
+fn a_plugin_strategy_orders_and_an_unusable_order_keeps_the_routes() {
+    let config = Config::load(
+        &format!("{BASE}routes:\n  - {{ name: r, models: [auto], strategy: plugin, plugin: fixed, targets: [{{ model: a }}, {{ model: b }}, {{ model: c }}] }}\n"),
+        &|_: &str| None,
+    )
+    .unwrap();
+    let health = HealthRegistry::carry(config.models.values(), None, |_| true);
+    for (order, want, applied) in [
+        (vec!["c", "a"], vec!["c", "a"], true),
+        (vec![], vec!["a", "b", "c"], false),
+        (vec!["b", "b"], vec!["a", "b", "c"], false),
+    ] {
+        let mut plugins = crate::plugin::Plugins::default();
+        plugins.strategies.insert("fixed".into(), Arc::new(Fixed(order)));
+        assert_eq!(Router::missing_plugin(&config, &plugins), None);
+        let r = Router::new(&config, &health, None, &plugins);
+        let d = Req::new("auto", "hi there").decided(&r);
+        assert_eq!((names(&d), d.reason), (want, Reason::Plugin { applied }));
+    }
+    assert_eq!(Router::missing_plugin(&config, &Default::default()), Some((0, "fixed")));
 }

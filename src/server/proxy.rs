@@ -105,6 +105,9 @@ impl Stages<'_> {
         if let Some(after) = &self.rt.callouts.after_answer {
             rec.tell(after.clone());
         }
+        if let Some(sinks) = &self.shared.sinks {
+            rec.tell_sinks(sinks.clone());
+        }
         let body = read_request_body(incoming, self.headers, &self.rt.config.server, &self.shared.metrics).await?;
         let (body, added) = self.before_route(rec, &tenant, body).await?;
         let head = RequestHead::parse(&body)?;

@@ -14,6 +14,7 @@ use crate::cache::CacheStatus;
 use crate::config::{Capabilities, Config, ModelConfig};
 use crate::limits::ledger::{Admission, Ledger, RateHeaders, now_ms};
 use crate::openai::Usage;
+use crate::plugin::{RequestEvent, Sinks};
 use crate::router::Reason;
 use crate::telemetry::advice::{Advisor, Observation};
 use crate::telemetry::live::{Live, Recent};
@@ -64,6 +65,8 @@ pub struct RequestRecord {
     trace: Option<Box<RequestTrace>>,
     /// The after_answer callout, told when the request ends.
     after: Option<Arc<crate::callout::Callout>>,
+    /// The embedding program's request sinks, told when the request ends.
+    sinks: Option<Sinks>,
     finished: bool,
 }
 
@@ -121,6 +124,7 @@ impl RequestRecord {
             prompt: None,
             trace: None,
             after: None,
+            sinks: None,
             finished,
         }
     }
@@ -141,6 +145,11 @@ impl RequestRecord {
     /// The after_answer callout is told about this request when it ends.
     pub(crate) fn tell(&mut self, callout: Arc<crate::callout::Callout>) {
         self.after = Some(callout);
+    }
+
+    /// So are these sinks.
+    pub(crate) fn tell_sinks(&mut self, sinks: Sinks) {
+        self.sinks = Some(sinks);
     }
 
     pub(crate) fn streams(&mut self, stream: bool) {
@@ -322,14 +331,14 @@ impl RequestRecord {
             self.finish_trace(trace, outcome, failed, cost);
         }
         self.log_line(outcome, failed, elapsed, &model_name, &provider, cost);
-        if let Some(callout) = self.after.take() {
-            self.tell_callout(&callout, outcome, elapsed, cost);
+        if self.after.is_some() || self.sinks.is_some() {
+            self.tell_listeners(outcome, elapsed, cost);
         }
     }
 
-    /// The after_answer event: what happened, never the prompt or the answer.
-    fn tell_callout(&self, callout: &Arc<crate::callout::Callout>, outcome: Outcome, elapsed: Duration, cost: f64) {
-        let event = crate::callout::AfterAnswer {
+    /// The after_answer callout and the sinks: what happened, never the prompt or the answer.
+    fn tell_listeners(&mut self, outcome: Outcome, elapsed: Duration, cost: f64) {
+        let event = RequestEvent {
             point: "after_answer",
             request_id: self.request_id.to_str().unwrap_or(""),
             tenant: self.tenant.as_deref(),
@@ -347,7 +356,12 @@ impl RequestRecord {
             cost_usd: cost,
             duration_ms: elapsed.as_secs_f64() * 1000.0,
         };
-        callout.after(&event, &self.metrics);
+        if let Some(callout) = &self.after {
+            callout.after(&event, &self.metrics);
+        }
+        for sink in self.sinks.iter().flat_map(|s| s.iter()) {
+            sink.record(&event);
+        }
     }
 
     /// The request's metrics (count, duration, TTFT, tokens, cost); returns its cost in USD

@@ -45,7 +45,13 @@ impl Runtime {
     /// Prepares a snapshot. Fallible work (TLS roots, CA files) happens here, before any swap.
     /// Provider clients whose settings did not change are carried over from `previous`, so a
     /// reload keeps their warm connection pools.
-    pub(crate) fn build(config: Config, previous: Option<&Runtime>, generation: u64) -> Result<Runtime, ConfigErrors> {
+    /// `plugins`: what the program embedding the sidecar registered (none in the binary).
+    pub(crate) fn build(
+        config: Config,
+        previous: Option<&Runtime>,
+        generation: u64,
+        plugins: &crate::plugin::Plugins,
+    ) -> Result<Runtime, ConfigErrors> {
         let mut providers = HashMap::new();
         let mut issues = Vec::new();
         if config.models.is_empty() {
@@ -84,7 +90,21 @@ impl Runtime {
                 .and_then(|p| p.config.models.get(&*m.name))
                 .is_some_and(|old| old.upstream_model == m.upstream_model)
         });
-        let router = Router::new(&config, &health, previous.map(|p| &p.router));
+        if let Some((i, name)) = Router::missing_plugin(&config, plugins) {
+            let registered: Vec<&str> = plugins.strategies.keys().map(String::as_str).collect();
+            return Err(ConfigErrors(vec![ConfigIssue::new(
+                format!("routes[{i}].plugin"),
+                format!(
+                    "{name:?} is not a registered strategy: a plugin strategy is registered by a program embedding the sidecar (Options::strategy); registered: {}",
+                    if registered.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        registered.join(", ")
+                    }
+                ),
+            )]));
+        }
+        let router = Router::new(&config, &health, previous.map(|p| &p.router), plugins);
         let tenants = Tenants::new(&config.tenants);
         let models_json = models_json(&router);
         let redact = Arc::new(Redactor::from_config(&config));
@@ -206,10 +226,15 @@ pub struct Shared {
     /// Which provider made each Responses API response relayed here, so follow-ups
     /// (`previous_response_id`) go where the conversation's state is.
     pub(crate) response_owners: crate::router::affinity::ResponseOwners,
+    /// What the program embedding the sidecar registered: strategies (for reloads), the
+    /// cache store (in `cache`), sinks.
+    pub(crate) plugins: crate::plugin::Plugins,
+    /// `plugins.sinks`, shared by every request's record (`None`: there are none).
+    pub(crate) sinks: Option<crate::plugin::Sinks>,
 }
 
 impl Shared {
-    pub(crate) fn new(runtime: Runtime, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub(crate) fn new(runtime: Runtime, metrics: Arc<Metrics>, plugins: crate::plugin::Plugins) -> Arc<Self> {
         metrics.config_generation.set(runtime.generation as i64);
         runtime.attach(&metrics);
         let background = crate::tasks::Background::default();
@@ -219,6 +244,9 @@ impl Shared {
             metrics.clone(),
             background.clone(),
         ));
+        if let Some(store) = &plugins.cache_store {
+            cache.attach_store(store.clone());
+        }
         let tracer = crate::telemetry::trace::Tracer::new(metrics.clone());
         tracer.configure(runtime.config.tracing.clone());
         Arc::new(Shared {
@@ -236,6 +264,8 @@ impl Shared {
             background,
             admin_addr: std::sync::OnceLock::new(),
             response_owners: Default::default(),
+            sinks: (!plugins.sinks.is_empty()).then(|| plugins.sinks.iter().cloned().collect()),
+            plugins,
         })
     }
 }

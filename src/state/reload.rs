@@ -98,7 +98,8 @@ impl Reloader {
             return ReloadOutcome::Unchanged;
         }
         let generation = current.generation + 1;
-        let prepared = Config::load(&text, &*self.vars).and_then(|c| Runtime::build(c, Some(&current), generation));
+        let prepared = Config::load(&text, &*self.vars)
+            .and_then(|c| Runtime::build(c, Some(&current), generation, &self.shared.plugins));
         match prepared {
             Ok(next) => {
                 if next.config.listen != current.config.listen

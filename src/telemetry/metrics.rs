@@ -212,6 +212,8 @@ pub struct Metrics {
     pub(crate) embedder_available: Gauge,
     /// Vectors dropped because a reload changed the embedder's vector space.
     pub(crate) cache_vectors_dropped: Counter,
+    /// Lookups in a host's cache store (`Options::cache_store`) by result.
+    pub(crate) cache_store_lookups: Family<ResultLabels, Counter>,
     /// Callouts made (or skipped) by point and result.
     pub(crate) callouts: Family<CalloutLabels, Counter>,
     pub(crate) callout_duration: HistogramFamily<PointLabels>,
@@ -449,6 +451,12 @@ impl Metrics {
             "1 when the embedder (the local model or a remote embedder) is started (semantic cache possible)",
             embedder_available.clone(),
         );
+        let cache_store_lookups = Family::default();
+        registry.register(
+            "llm_sidecar_cache_store_lookups",
+            "Lookups in the cache store a program embedding the sidecar registered, after an exact miss: hit, miss, timeout, malformed (refused: not a complete answer)",
+            cache_store_lookups.clone(),
+        );
         let callouts = Family::default();
         registry.register(
             "llm_sidecar_callouts",
@@ -608,6 +616,7 @@ impl Metrics {
             cache_vectors_dropped,
             callouts,
             callout_duration,
+            cache_store_lookups,
             registry,
             requests,
             duration,

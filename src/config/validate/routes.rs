@@ -193,6 +193,16 @@ impl Validator<'_> {
             }
             let rc = r.cache.unwrap_or_default();
             let cache = self.route_cache(&format!("{path}.cache"), rc);
+            match (&r.plugin, strategy) {
+                (None, Strategy::Plugin) => self.issue(
+                    format!("{path}.plugin"),
+                    "is required by strategy plugin: the name a program embedding the sidecar registered (Options::strategy)",
+                ),
+                (Some(_), s) if s != Strategy::Plugin => {
+                    self.issue(format!("{path}.plugin"), "is only used by strategy: plugin")
+                }
+                _ => {}
+            }
             routes.push(RouteConfig {
                 name: r.name.as_str().into(),
                 models: r.models,
@@ -205,6 +215,7 @@ impl Validator<'_> {
                 semantic_threshold,
                 complexity_threshold,
                 cache,
+                plugin: r.plugin,
             });
         }
         routes
