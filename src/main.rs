@@ -8,9 +8,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use llm_sidecar::app::init_logging;
 use llm_sidecar::app::{commands, exit};
 use llm_sidecar::inject::{self, ConfigSource, Settings};
-use llm_sidecar::telemetry::init_logging;
 
 #[derive(Parser)]
 #[command(

@@ -15,10 +15,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::source::{FileSource, SourceError};
-use crate::config::{Config, ConfigErrors, VarLookup};
+use crate::config::Config;
+use crate::config::source::FileSource;
 use crate::server;
-use crate::state::reload::{ReloadOutcome, Reloader};
+use crate::state::reload::Reloader;
 use crate::state::{Runtime, Shared};
 use crate::telemetry::Metrics;
 
@@ -29,11 +29,20 @@ pub enum ConfigInput {
     /// Fixed text (the demo's embedded config); never reloaded.
     Text(String),
     /// A ConfigMap key, read and watched through the Kubernetes API.
-    Kube(Box<crate::config::kube::KubeSource>),
+    Kube(Box<KubeSource>),
 }
 
 /// How to start a [`Sidecar`]: its config and, optionally, addresses that override the
 /// config's `listen` / `admin_listen` and where `${VAR}` references are looked up.
+// What `Options`, `StartError` and `Sidecar::reload` speak of, and the binary's JSON log
+// writer (for a host without a `tracing` subscriber of its own): the modules they live in are
+// crate-private.
+pub use crate::config::kube::{KubeSource, KubeSourceError};
+pub use crate::config::source::SourceError;
+pub use crate::config::{ConfigErrors, ConfigIssue, LoggingSettings, VarLookup};
+pub use crate::state::reload::ReloadOutcome;
+pub use crate::telemetry::{LogGuard, init_logging};
+
 pub struct Options {
     pub config: ConfigInput,
     pub vars: Arc<dyn VarLookup + Send + Sync>,

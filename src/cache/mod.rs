@@ -25,7 +25,7 @@ pub mod replay;
 mod semantic;
 pub mod store;
 
-pub use plan::{CacheStatus, Hit, HitKind, Plan, SemanticTiming, ShadowHit, Skip, policy};
+pub use plan::{CacheStatus, Hit, HitKind, Plan, Skip, policy};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -23,7 +23,7 @@ use http::{HeaderName, HeaderValue, Uri};
 
 pub use defaults::*;
 pub use interpolate::{Env, VarLookup};
-pub use otel::{OtlpProtocol, SamplerConfig, TracingConfig};
+pub use otel::{OtlpProtocol, TracingConfig};
 
 /// A validated configuration. Cheap to share (`Arc`), never mutated: a reload builds a new one.
 #[derive(Debug, Clone)]

@@ -177,7 +177,9 @@ impl Model {
     }
 
     /// Embeds texts as one batch. A text longer than the window is embedded from its first
-    /// [`MAX_TOKENS`] tokens.
+    /// [`MAX_TOKENS`] tokens. (The calibration tool, benches and tests; the service pushes
+    /// rows itself.)
+    #[cfg(any(test, feature = "internals"))]
     pub fn embed(&mut self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {
         self.tokens.clear();
         self.ends.clear();

@@ -180,6 +180,7 @@ impl WordPiece {
         Ok(wp)
     }
 
+    #[cfg(any(test, feature = "internals"))]
     pub fn vocab_size(&self) -> usize {
         self.starts.len() - 1
     }

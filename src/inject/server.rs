@@ -225,7 +225,7 @@ pub(crate) const DRAIN: Duration = Duration::from_secs(10);
 
 /// Serves the webhook on `listener` (TLS) until `stop` is cancelled; then it stops accepting
 /// and lets the admission reviews in flight finish (a pod admitted half-way would be created
-/// without its sidecar, or refused, by `failurePolicy`), for at most [`DRAIN`].
+/// without its sidecar, or refused, by `failurePolicy`), for at most `DRAIN` (10 s).
 pub async fn serve(
     listener: TcpListener,
     tls: rustls::ServerConfig,
@@ -301,7 +301,7 @@ pub async fn bind(listen: SocketAddr, admin: SocketAddr) -> std::io::Result<(Tcp
 }
 
 /// The `inject` command: serve the webhook and its admin port until SIGTERM or Ctrl-C, then
-/// drain the reviews in flight (bounded by [`DRAIN`]) and stop the admin port last.
+/// drain the reviews in flight (bounded by `DRAIN`) and stop the admin port last.
 pub async fn run(
     settings: Settings,
     tls_cert: PathBuf,

@@ -25,7 +25,9 @@ use crate::config::{Budget, TenantsConfig};
 use crate::openai::Usage;
 
 use window::*;
-pub use window::{civil_month, now_ms};
+#[cfg(test)]
+use window::civil_month;
+pub use window::now_ms;
 
 /// One row of `/admin/usage`.
 #[derive(Debug, Default, Clone, Copy, PartialEq)]

@@ -84,6 +84,7 @@ struct ResponseRef<'a> {
 
 impl SseScanner {
     /// `strip_usage_only`: drop the usage-only chunk (the app did not ask for it; we did).
+    #[cfg(any(test, feature = "internals"))]
     pub fn new(strip_usage_only: bool) -> Self {
         Self {
             strip_usage_only,

@@ -38,7 +38,7 @@ pub type LogGuard = Option<logwriter::FlushGuard>;
 
 /// Installs the global `tracing` subscriber. JSON when stdout is not a terminal (a container),
 /// text otherwise; `RUST_LOG` overrides the configured level. Lines reach stdout through
-/// [`logwriter::BatchWriter`], off the event loop. Safe to call twice (the second call is
+/// `logwriter::BatchWriter`, off the event loop. Safe to call twice (the second call is
 /// ignored), which the tests rely on.
 pub fn init_logging(settings: &LoggingSettings) -> LogGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

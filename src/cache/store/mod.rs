@@ -26,7 +26,9 @@ mod pack;
 mod vectors;
 
 use self::pack::*;
-pub use self::vectors::{FLAT_MAX, PartitionIndex, SEARCH_CANDIDATES};
+#[cfg(any(test, feature = "internals"))]
+pub use self::vectors::FLAT_MAX;
+pub use self::vectors::{PartitionIndex, SEARCH_CANDIDATES};
 
 /// What is stored for one answer.
 pub struct NewEntry {
@@ -327,7 +329,6 @@ impl Inner {
 pub enum Eviction {
     Lru,
     Expired,
-    Purge,
 }
 
 impl Eviction {
@@ -335,7 +336,6 @@ impl Eviction {
         match self {
             Eviction::Lru => "lru",
             Eviction::Expired => "expired",
-            Eviction::Purge => "purge",
         }
     }
 }
@@ -409,6 +409,7 @@ impl Store {
     }
 
     /// Memory held by all partition indexes.
+    #[cfg(any(test, feature = "internals"))]
     pub fn index_memory(&self) -> usize {
         let indexes: Vec<_> = self.lock().partitions.values().map(|p| p.index.clone()).collect();
         indexes.iter().map(|i| i.memory_usage()).sum()

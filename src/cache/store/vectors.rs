@@ -95,6 +95,7 @@ impl Flat {
         self.data.truncate(last * dims);
     }
 
+    #[cfg(any(test, feature = "internals"))]
     fn memory(&self) -> usize {
         self.ids.capacity() * 12 + self.data.capacity()
     }
@@ -173,12 +174,14 @@ impl PartitionIndex {
     }
 
     /// [`Self::add_from`] in the set's own generation (benches and tests).
+    #[cfg(any(test, feature = "internals"))]
     pub fn add(&self, id: u64, vector: &[f32]) -> bool {
         let epoch = self.vectors.read().map_or(0, |v| v.epoch);
         self.add_from(epoch, id, vector)
     }
 
     /// [`Self::search_from`] in the set's own generation (benches and tests).
+    #[cfg(any(test, feature = "internals"))]
     pub fn search(&self, vector: &[f32], count: usize) -> Vec<(u64, f32)> {
         let epoch = self.vectors.read().map_or(0, |v| v.epoch);
         self.search_from(epoch, vector, count)
@@ -274,6 +277,7 @@ impl PartitionIndex {
         }
     }
 
+    #[cfg(any(test, feature = "internals"))]
     pub(crate) fn memory_usage(&self) -> usize {
         match self.vectors.read().as_deref() {
             Ok(Vectors { set: Set::Flat(f), .. }) => f.memory(),

@@ -195,6 +195,8 @@ pub type Attr = (&'static str, Value);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
     Unset = 0,
+    /// OTLP's value; the sidecar sets Unset or Error only.
+    #[allow(dead_code)]
     Ok = 1,
     Error = 2,
 }
