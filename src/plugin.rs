@@ -4,6 +4,24 @@
 //! registers none; everyone else extends the sidecar over HTTP (`callouts`). Examples of each
 //! are in `examples/` (built and run by `tests/examples.rs`); `docs/library.md` has the
 //! contract.
+//!
+//! ```no_run
+//! use llm_sidecar::app::{Options, Sidecar, StartError};
+//! use llm_sidecar::plugin::{RequestEvent, RequestSink};
+//!
+//! /// Every finished request, one line on stderr.
+//! struct Stderr;
+//!
+//! impl RequestSink for Stderr {
+//!     fn record(&self, e: &RequestEvent<'_>) {
+//!         eprintln!("{} {} {:?} ${:.6}", e.request_id, e.status, e.model, e.cost_usd);
+//!     }
+//! }
+//!
+//! async fn start() -> Result<Sidecar, StartError> {
+//!     Sidecar::start(Options::from_file("/etc/llm-sidecar/config.yaml").sink(Stderr)).await
+//! }
+//! ```
 
 use std::collections::HashMap;
 use std::future::Future;
