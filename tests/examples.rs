@@ -160,3 +160,30 @@ async fn a_store_answer_that_is_broken_or_late_is_a_miss() {
         sidecar.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn a_config_given_as_a_value_is_validated_like_yaml() {
+    use llm_sidecar::app::{Options, Sidecar};
+    let mock = llm_sidecar::mock::MockUpstream::start().await.unwrap();
+    let mut config = serde_json::json!({
+        "providers": { "mock": { "base_url": mock.base_url() } },
+        "models": { "m": { "provider": "mock" } },
+        "admin_listen": "127.0.0.1:0",
+    });
+    let any = "127.0.0.1:0".parse().unwrap();
+    let sidecar = Sidecar::start(Options::from_value(&config).listen(any)).await.unwrap();
+    let r = reqwest::Client::new()
+        .post(format!("http://{}/v1/chat/completions", sidecar.app_addr()))
+        .json(&serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    sidecar.shutdown().await;
+    config["models"]["m"]["colour"] = "red".into();
+    let err = match Sidecar::start(Options::from_value(&config).listen(any)).await {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("an unknown key was accepted"),
+    };
+    assert!(err.contains("models.m") && err.contains("colour"), "{err}");
+}

@@ -71,6 +71,13 @@ impl Options {
         Self::new(ConfigInput::Text(text.into()))
     }
 
+    /// A config built as a value (`serde_json::json!`, or any `Serialize` type converted with
+    /// `serde_json::to_value`): the same schema, keys and validation as the YAML (JSON is
+    /// YAML), never reloaded. `${VAR}` references in strings are resolved as in a file.
+    pub fn from_value(config: &serde_json::Value) -> Self {
+        Self::from_yaml(config.to_string())
+    }
+
     /// A config file, watched and reloaded on change (and by [`Sidecar::reload`]).
     pub fn from_file(path: impl Into<PathBuf>) -> Self {
         Self::new(ConfigInput::File(path.into()))
