@@ -4,6 +4,9 @@
 //! without building a JSON tree.
 
 use std::borrow::Cow;
+use std::sync::LazyLock;
+
+use memchr::memmem::Finder;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -53,6 +56,10 @@ struct Part<'a> {
 
 impl<'a> Signals<'a> {
     pub fn read(head: &RequestHead<'a>, body_len: usize, want_text: bool) -> Self {
+        // Built once: `memmem::find` builds a searcher per call (0.3 % of a proxied request's
+        // CPU in the #19 profile).
+        static IMAGE_URL: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"image_url\""));
+        static INPUT_IMAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"input_image\""));
         let mut needs = Capabilities::NONE;
         let non_empty = |v: Option<&RawValue>| v.is_some_and(|v| !matches!(v.get().trim(), "null" | "[]"));
         if non_empty(head.raw("tools")) || non_empty(head.raw("functions")) {
@@ -65,8 +72,7 @@ impl<'a> Signals<'a> {
         }
         let messages = head.raw("messages").or_else(|| head.raw("input"));
         if messages.is_some_and(|m| {
-            memchr::memmem::find(m.get().as_bytes(), b"\"image_url\"").is_some()
-                || memchr::memmem::find(m.get().as_bytes(), b"\"input_image\"").is_some()
+            IMAGE_URL.find(m.get().as_bytes()).is_some() || INPUT_IMAGE.find(m.get().as_bytes()).is_some()
         }) {
             needs = needs.union(Capabilities::VISION);
         }
