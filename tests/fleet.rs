@@ -325,3 +325,72 @@ async fn the_shared_cache_is_sealed_in_redis_and_opens_only_with_the_key() {
         }
     }
 }
+
+/// A pod whose semantic cache embeds through `embeds` (shared by the fleet) with `model`.
+fn remote_embedder_config(mock: &MockUpstream, embeds: &MockUpstream, redis: &RedisServer, model: &str) -> String {
+    let extra = format!(
+        "redis: {{ url: \"{}\", sync_interval: 50ms, timeout: 300ms }}\ncache:\n  semantic:\n    timeout: 2s\n    verify_sample: 0\n    threshold: 0.9\n    embedder: {{ provider: embeds, model: {model}, dimensions: 64 }}\n",
+        redis.url()
+    );
+    config(&mock.base_url(), &extra).replace(
+        "providers:\n",
+        &format!("providers:\n  embeds: {{ base_url: \"{}\" }}\n", embeds.base_url()),
+    )
+}
+
+/// The texts `embeds` was asked to embed with `model`.
+fn embedded(embeds: &MockUpstream, model: &str) -> Vec<String> {
+    embeds
+        .requests()
+        .into_iter()
+        .map(|r| r.json())
+        .filter(|b| b["model"] == model)
+        .flat_map(|b| {
+            b["input"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t.as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_shared_entrys_vector_is_used_only_by_pods_on_the_same_embedder() {
+    let redis = RedisServer::start();
+    let embeds = MockUpstream::start().await.unwrap();
+    let (ma, mb, mc) = (
+        MockUpstream::start().await.unwrap(),
+        MockUpstream::start().await.unwrap(),
+        MockUpstream::start().await.unwrap(),
+    );
+    let ta = remote_embedder_config(&ma, &embeds, &redis, "embed-1");
+    let tb = remote_embedder_config(&mb, &embeds, &redis, "embed-1");
+    let tc = remote_embedder_config(&mc, &embeds, &redis, "embed-2");
+    let (a, b, c) = (
+        Harness::with_text(ma, ta).await,
+        Harness::with_text(mb, tb).await,
+        Harness::with_text(mc, tc).await,
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let q = "Which documents do I need to open a savings account?";
+    assert_eq!(cache_header(&a.chat(chat_body(q)).await), "miss");
+    wait_l2(&b, "received", "B to receive A's entry").await;
+    wait_l2(&c, "received", "C to receive A's entry").await;
+    // C, on another model, embeds the entry's question itself; B uses the vector that came.
+    wait_until("C to embed the entry", async || {
+        embedded(&embeds, "embed-2").iter().any(|t| t == q)
+    })
+    .await;
+    let reworded = "To open a savings account, which documents do I need?";
+    for pod in [&b, &c] {
+        assert_eq!(cache_header(&pod.chat(chat_body(reworded)).await), "hit-semantic");
+        assert!(pod.mock.requests().is_empty(), "answered from A's entry");
+    }
+    assert_eq!(
+        embedded(&embeds, "embed-1").iter().filter(|t| *t == q).count(),
+        1,
+        "only A's own lookup embedded it with embed-1: B used the vector that came"
+    );
+}
