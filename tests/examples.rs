@@ -37,14 +37,19 @@ async fn a_registered_sink_is_told_every_request() {
     assert!((a.2 - 2.0 * b.2).abs() < 1e-12 && b.2 > 0.0, "{counted:?}");
 }
 
+/// A config with one model `m` on `mock`, and `extra` after it.
+fn one_model(mock: &llm_sidecar::mock::MockUpstream, extra: &str) -> String {
+    format!(
+        "providers: {{ mock: {{ base_url: \"{}\" }} }}\nmodels: {{ m: {{ provider: mock }} }}\n{extra}",
+        mock.base_url()
+    )
+}
+
 #[tokio::test]
 async fn a_plugin_nobody_registered_is_refused_at_start_and_at_reload() {
     use llm_sidecar::app::{Options, Sidecar};
     let mock = llm_sidecar::mock::MockUpstream::start().await.unwrap();
-    let base = format!(
-        "providers: {{ mock: {{ base_url: \"{}\" }} }}\nmodels: {{ m: {{ provider: mock }} }}\n",
-        mock.base_url()
-    );
+    let base = one_model(&mock, "");
     let with_plugin = format!(
         "{base}routes: [{{ name: r, models: [x], strategy: plugin, plugin: nobody, targets: [{{ model: m }}] }}]\n"
     );
@@ -102,10 +107,7 @@ async fn a_store_answer_that_is_broken_or_late_is_a_miss() {
     use llm_sidecar::app::{Options, Sidecar};
     use std::time::Duration;
     let mock = llm_sidecar::mock::MockUpstream::start().await.unwrap();
-    let config = format!(
-        "providers: {{ mock: {{ base_url: \"{}\" }} }}\nmodels: {{ m: {{ provider: mock }} }}\ncache: {{ semantic: {{ enabled: false, timeout: 100ms }} }}\n",
-        mock.base_url()
-    );
+    let config = one_model(&mock, "cache: { semantic: { enabled: false, timeout: 100ms } }\n");
     let any = "127.0.0.1:0".parse().unwrap();
     for (answer, delay, want, counted) in [
         (
