@@ -9,14 +9,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, StatusCode};
+use http::StatusCode;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{CalloutConfig, CalloutsConfig, ConfigIssue};
 use crate::plugin::RequestEvent;
 use crate::telemetry::{CalloutLabels, Metrics, PointLabels};
-use crate::upstream::{BodyRead, ClientBody, Provider, UpstreamError, read_body};
+use crate::upstream::{PostError, Provider};
 
 /// The largest answer read from a before_route callout.
 const MAX_ANSWER: usize = 64 << 10;
@@ -168,60 +168,25 @@ impl Callout {
         }
     }
 
-    /// POSTs `body` and reads the answer, within the callout's timeout.
-    async fn call(&self, body: Vec<u8>, metrics: &Metrics) -> Result<(StatusCode, Bytes), CalloutError> {
+    /// POSTs `body` and reads the 2xx answer, within the callout's timeout.
+    async fn call(&self, body: Vec<u8>, metrics: &Metrics) -> Result<Bytes, CalloutError> {
         if self.breaker_open() {
             return Err(CalloutError::CircuitOpen);
         }
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + self.config.timeout;
-        let result = async {
-            let permit = self
-                .client
-                .scheduler
-                .acquire(0, self.config.timeout, usize::MAX)
-                .await
-                .map_err(|_| CalloutError::Timeout(self.config.timeout))?;
-            let mut headers = HeaderMap::new();
-            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            let up = self
-                .client
-                .send(
-                    Method::POST,
-                    self.config.url.clone(),
-                    headers,
-                    ClientBody::whole(body.into()),
-                    deadline,
-                    permit,
-                )
-                .await
-                .map_err(|e| match e {
-                    UpstreamError::FirstByteTimeout { .. } => CalloutError::Timeout(self.config.timeout),
-                    other => CalloutError::Failed(other.to_string()),
-                })?;
-            let status = up.response.status();
-            let mut incoming = up.response.into_body();
-            match read_body(&mut incoming, self.config.timeout, deadline, MAX_ANSWER).await {
-                Ok(BodyRead::Complete(b)) => Ok((status, b)),
-                Ok(BodyRead::TooLarge(_)) => Err(CalloutError::Failed(format!(
-                    "its answer is over {} KiB",
-                    MAX_ANSWER >> 10
-                ))),
-                Err(_) => Err(CalloutError::Timeout(self.config.timeout)),
-            }
-        }
-        .await;
+        let result = self
+            .client
+            .post_json(self.config.url.clone(), body, deadline, MAX_ANSWER)
+            .await
+            .map_err(|e| match e {
+                PostError::Timeout => CalloutError::Timeout(self.config.timeout),
+                PostError::Failed(why) => CalloutError::Failed(why),
+            });
         metrics
             .callout_duration
             .get_or_create(&PointLabels { point: self.point() })
             .observe(started.elapsed().as_secs_f64());
-        let result = result.and_then(|(status, body)| {
-            if status.is_success() {
-                Ok((status, body))
-            } else {
-                Err(CalloutError::Failed(format!("it answered HTTP {}", status.as_u16())))
-            }
-        });
         self.learn(result.is_ok());
         result
     }
@@ -245,7 +210,7 @@ impl Callout {
         };
         let verdict = match serde_json::to_vec(&payload) {
             Ok(bytes) => match self.call(bytes, metrics).await {
-                Ok((_, answer)) => read_verdict(&answer),
+                Ok(answer) => read_verdict(&answer),
                 Err(e) => Err(e),
             },
             Err(e) => Err(CalloutError::Failed(e.to_string())),

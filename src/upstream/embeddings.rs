@@ -8,11 +8,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use base64::Engine;
-use http::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
-use http::{Method, Uri};
+use http::Uri;
 use serde::Deserialize;
 
-use super::{BodyRead, ClientBody, Provider, Upstream, UpstreamError, error_detail, read_body};
+use super::{PostError, Provider};
 use crate::config::{ConfigIssue, RemoteEmbedderConfig};
 use crate::embed::EmbedError;
 use crate::embed::remote::{EmbedFuture, Remote};
@@ -57,13 +56,6 @@ impl Remote for Embeddings {
     }
 }
 
-fn failed(e: UpstreamError) -> EmbedError {
-    match e {
-        UpstreamError::FirstByteTimeout { .. } => EmbedError::Timeout,
-        other => EmbedError::Remote(other.to_string()),
-    }
-}
-
 impl Inner {
     async fn embed(&self, texts: Vec<String>, deadline: tokio::time::Instant) -> Result<Vec<Vec<f32>>, EmbedError> {
         let n = texts.len();
@@ -76,50 +68,15 @@ impl Inner {
             request["dimensions"] = d.into();
         }
         let body = serde_json::to_vec(&request).map_err(|e| EmbedError::Remote(e.to_string()))?;
-        let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
-        // The provider's own slots bound what this client holds open; the embedder's
-        // `concurrency` already bounds what waits for them.
-        let permit = self
+        let answer = self
             .provider
-            .scheduler
-            .acquire(0, wait, usize::MAX)
+            .post_json(self.uri.clone(), body, deadline, MAX_ANSWER)
             .await
-            .map_err(|_| EmbedError::Timeout)?;
-        let mut headers = HeaderMap::new();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        let Upstream { response, permit } = self
-            .provider
-            .send(
-                Method::POST,
-                self.uri.clone(),
-                headers,
-                ClientBody::whole(body.into()),
-                deadline,
-                permit,
-            )
-            .await
-            .map_err(failed)?;
-        let status = response.status();
-        let mut incoming = response.into_body();
-        let idle = self.provider.config.timeouts.idle;
-        let read = read_body(&mut incoming, idle, deadline, MAX_ANSWER).await;
-        drop(permit);
-        let body = match read {
-            Ok(BodyRead::Complete(b)) => b,
-            Ok(BodyRead::TooLarge(_)) => {
-                return Err(EmbedError::Remote(format!("answer over {} MiB", MAX_ANSWER >> 20)));
-            }
-            Err(f) if !f.retryable() => return Err(EmbedError::Timeout),
-            Err(f) => return Err(EmbedError::Remote(f.to_string())),
-        };
-        if !status.is_success() {
-            return Err(EmbedError::Remote(format!(
-                "HTTP {}{}",
-                status.as_u16(),
-                error_detail(&body)
-            )));
-        }
-        parse(&body, n, self.dimensions).map_err(EmbedError::Remote)
+            .map_err(|e| match e {
+                PostError::Timeout => EmbedError::Timeout,
+                PostError::Failed(why) => EmbedError::Remote(why),
+            })?;
+        parse(&answer, n, self.dimensions).map_err(EmbedError::Remote)
     }
 }
 

@@ -459,6 +459,73 @@ impl Provider {
     }
 }
 
+/// Why [`Provider::post_json`] got no answer.
+#[derive(Debug)]
+pub(crate) enum PostError {
+    /// No slot, no headers or no whole body before the deadline (or the idle timeout).
+    Timeout,
+    /// A connection error, a broken body, an answer over the cap, or a non-2xx status.
+    Failed(String),
+}
+
+impl Provider {
+    /// POSTs a JSON body and reads the whole 2xx answer (at most `cap` bytes) by `deadline`,
+    /// through one of the provider's slots: the sidecar's own calls (a remote embedder's
+    /// batches, callouts), not an app's request.
+    pub(crate) async fn post_json(
+        &self,
+        uri: Uri,
+        body: Vec<u8>,
+        deadline: Instant,
+        cap: usize,
+    ) -> Result<Bytes, PostError> {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        // The caller bounds how many wait here; the slots bound what is held open.
+        let permit = self
+            .scheduler
+            .acquire(0, wait, usize::MAX)
+            .await
+            .map_err(|_| PostError::Timeout)?;
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        let Upstream { response, permit } = self
+            .send(
+                Method::POST,
+                uri,
+                headers,
+                ClientBody::whole(body.into()),
+                deadline,
+                permit,
+            )
+            .await
+            .map_err(|e| match e {
+                UpstreamError::FirstByteTimeout { .. } => PostError::Timeout,
+                other => PostError::Failed(other.to_string()),
+            })?;
+        let status = response.status();
+        let mut incoming = response.into_body();
+        let read = read_body(&mut incoming, self.config.timeouts.idle, deadline, cap).await;
+        drop(permit);
+        let body = match read {
+            Ok(BodyRead::Complete(b)) => b,
+            Ok(BodyRead::TooLarge(_)) => return Err(PostError::Failed(format!("an answer over {cap} bytes"))),
+            Err(f) if !f.retryable() => return Err(PostError::Timeout),
+            Err(f) => return Err(PostError::Failed(f.to_string())),
+        };
+        if !status.is_success() {
+            return Err(PostError::Failed(format!(
+                "HTTP {}{}",
+                status.as_u16(),
+                error_detail(&body)
+            )));
+        }
+        Ok(body)
+    }
+}
+
 /// `: message` from an error body in OpenAI's or Anthropic's shape (at most 300 characters),
 /// or an empty string.
 pub(crate) fn error_detail(body: &[u8]) -> String {
