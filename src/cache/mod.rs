@@ -229,29 +229,26 @@ impl Cache {
     /// Starts the embedder a config asks for, if it is not the live one (blocking: a local
     /// model loads from disk). A new embedder that cannot start leaves the live one serving;
     /// one that makes vectors of another space (another model, width or service) first
-    /// empties the index: entries stored for semantic lookups are dropped, exact ones stay.
+    /// empties the index: the vectors go, the entries stay for exact hits.
     pub(crate) fn reconfigure(&self, config: &CacheConfig, for_routing: bool) {
         let spec = EmbedderSpec::of(config, for_routing);
         let mut embedding = self.embedding.lock().unwrap_or_else(|p| p.into_inner());
         if embedding.spec == spec {
             return;
         }
-        let started = match &spec {
-            EmbedderSpec::Off => None,
-            EmbedderSpec::Local { .. } | EmbedderSpec::Remote { .. } => match self.start_embedder(&spec) {
-                Ok(e) => Some(e),
-                Err(error) if self.embedder.load().is_some() => {
-                    tracing::error!(%error, "the new embedder could not be started; the current one keeps serving");
-                    return;
-                }
-                Err(error) => {
-                    tracing::error!(
-                        %error,
-                        "semantic cache OFF: the embedder could not be started; the exact cache still works"
-                    );
-                    None
-                }
-            },
+        let started = match self.start_embedder(&spec) {
+            Ok(e) => e,
+            Err(error) if self.embedder.load().is_some() => {
+                tracing::error!(%error, "the new embedder could not be started; the current one keeps serving");
+                return;
+            }
+            Err(error) => {
+                tracing::error!(
+                    %error,
+                    "semantic cache OFF: the embedder could not be started; the exact cache still works"
+                );
+                None
+            }
         };
         embedding.spec = spec;
         let Some(mut e) = started else {
@@ -284,10 +281,11 @@ impl Cache {
         embedding.stored = Some(identity);
     }
 
-    fn start_embedder(&self, spec: &EmbedderSpec) -> Result<Embedder, String> {
+    /// The embedder `spec` asks for (`None` for `Off`).
+    fn start_embedder(&self, spec: &EmbedderSpec) -> Result<Option<Embedder>, String> {
         let observer = Arc::new(Observer::new(self.metrics.clone()));
         match spec {
-            EmbedderSpec::Off => Err("no embedder is configured".into()),
+            EmbedderSpec::Off => Ok(None),
             EmbedderSpec::Local {
                 assets_dir,
                 queue,
@@ -307,7 +305,7 @@ impl Cache {
                     verifier = e.verifier,
                     "semantic cache on: embedding model loaded"
                 );
-                Ok(e)
+                Ok(Some(e))
             }
             EmbedderSpec::Remote { config, queue } => {
                 if let Some(why) = &config.provider.unusable {
@@ -335,7 +333,7 @@ impl Cache {
                     provider = &*config.provider.name, model = %config.model, max_batch = e.max_batch,
                     "semantic cache on: remote embedder"
                 );
-                Ok(e)
+                Ok(Some(e))
             }
         }
     }
@@ -490,9 +488,9 @@ impl Cache {
         }
     }
 
-    /// Adds a stored entry to its partition's vector index: with the lookup's vector when
-    /// there was one, else embedded in the background (lookups have priority); `publish` gets
-    /// the vector either way.
+    /// Adds a stored entry (this pod's, or one another pod published) to its partition's
+    /// vector index: with the vector it came with when there was one, else embedded in the
+    /// background (lookups have priority); `publish` gets the vector either way.
     fn index_vector(
         &self,
         id: u64,
@@ -605,8 +603,9 @@ impl Cache {
         let _ = self.l2.set(tx);
     }
 
-    /// Inserts an entry another sidecar answered (fleet mode). Its vector is used as is;
-    /// without one, the entry is embedded here like a local insert.
+    /// Inserts an entry another sidecar answered (fleet mode). Its vector is used as is when
+    /// it comes from the same embedder; otherwise the entry is embedded here like a local
+    /// insert.
     pub(crate) fn insert_remote(&self, e: l2::Incoming, config: &CacheConfig) {
         if !config.enabled {
             return;
@@ -645,22 +644,8 @@ impl Cache {
         let vector = e
             .vector
             .filter(|_| embedder.as_ref().is_some_and(|m| *m.identity == *sender));
-        let Some(embedder) = embedder else { return };
-        let epoch = embedder.epoch;
-        match vector {
-            Some(v) => {
-                index.add_from(epoch, id, &v);
-            }
-            None => {
-                let deadline = std::time::Instant::now() + INSERT_EMBED_BUDGET;
-                let then = Box::new(move |v: Result<&[f32], Unembedded>| {
-                    if let Ok(v) = v {
-                        index.add_from(epoch, id, v);
-                    }
-                });
-                let _ = embedder.submit(query, Fit::Whole, deadline, Lane::Background, then);
-            }
-        }
+        // Already published by the pod that answered: nothing to publish here.
+        self.index_vector(id, index, query, vector, embedder, |_| {});
     }
 
     pub(crate) fn sweep(&self) {
