@@ -108,55 +108,59 @@ impl Stages<'_> {
         if let Some(sinks) = &self.shared.sinks {
             rec.tell_sinks(sinks.clone());
         }
-        let body = read_request_body(incoming, self.headers, &self.rt.config.server, &self.shared.metrics).await?;
-        let (body, added) = self.before_route(rec, &tenant, body).await?;
-        let head = RequestHead::parse(&body)?;
+        let read = read_request_body(incoming, self.headers, &self.rt.config.server, &self.shared.metrics).await?;
+        let head = RequestHead::parse(&read)?;
+        // Parsed again only when the before_route callout chose another model.
+        let (rewritten, added) = self.before_route(rec, &tenant, &head, &read).await?;
+        let (body, head) = match &rewritten {
+            Some(b) => (b, RequestHead::parse(b)?),
+            None => (&read, head),
+        };
         rec.streams(head.stream && self.endpoint.streams());
         if let Some(t) = rec.trace_mut() {
             traced::request(t, operation_name(self.endpoint.label()), &head);
         }
         let admitted = self.admit(rec, &tenant, &head, body.len())?;
         let decision = self.route(rec, &tenant, &head, &admitted).await?;
-        let mut plan = self.cache_plan(rec, &decision, &tenant, &head, &body);
+        let mut plan = self.cache_plan(rec, &decision, &tenant, &head, body);
         self.advice_input(rec, &admitted, &decision);
         if let Some(p) = plan.as_mut().filter(|p| p.lookup) {
             if let Some(hit) = self.lookup(rec, p).await {
-                return Ok(self.cached(rec, hit, &tenant, &decision, &head, &body));
+                return Ok(self.cached(rec, hit, &tenant, &decision, &head, body));
             }
             if let Some(a) = rec.advice_mut() {
                 a.best_miss = p.best_similarity;
             }
         }
-        self.attempt(rec, &decision, &head, &body, admitted.class, plan, added.as_ref())
+        self.attempt(rec, &decision, &head, body, admitted.class, plan, added.as_ref())
             .await
     }
 
-    /// The before_route callout, when one is configured: the body, with the model it chose,
-    /// and the headers it adds upstream; or its refusal.
+    /// The before_route callout, when one is configured: the body rewritten to the model it
+    /// chose (if another), and the headers it adds upstream; or its refusal.
     async fn before_route(
         &self,
         rec: &mut RequestRecord,
         tenant: &Arc<str>,
-        body: Bytes,
-    ) -> Result<(Bytes, Option<HeaderMap>), ApiError> {
+        head: &RequestHead<'_>,
+        body: &Bytes,
+    ) -> Result<(Option<Bytes>, Option<HeaderMap>), ApiError> {
         let Some(callout) = &self.rt.callouts.before_route else {
-            return Ok((body, None));
+            return Ok((None, None));
         };
-        let head = RequestHead::parse(&body)?;
         let ask = crate::callout::BeforeRoute {
             request_id: rec.request_id().to_str().unwrap_or(""),
             tenant,
             endpoint: self.endpoint.label(),
             model: &head.model,
             stream: head.stream,
-            body: &body,
+            body,
         };
         match callout.before(ask, &self.shared.metrics).await {
             Verdict::Continue { model, headers } => {
-                let body = match model.filter(|m| *m != head.model) {
-                    Some(m) => Bytes::from(head.rewrite(&m, false)),
-                    None => body.clone(),
-                };
+                let body = model
+                    .filter(|m| *m != head.model)
+                    .map(|m| Bytes::from(head.rewrite(&m, false)));
                 Ok((body, (!headers.is_empty()).then_some(headers)))
             }
             Verdict::Refuse { status, message } => Err(ApiError::new(
