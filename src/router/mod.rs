@@ -425,9 +425,7 @@ impl Router {
         let mut default = None;
         let mut needs_text = false;
         for (index, r) in config.routes.iter().enumerate() {
-            let mut route = Self::route(index, r, config, health, previous);
-            route.plugin = r.plugin.as_deref().and_then(|p| plugins.strategy(p)).cloned();
-            let route = Arc::new(route);
+            let route = Arc::new(Self::route(index, r, config, health, previous, plugins));
             needs_text |= route.matcher.regex.is_some()
                 || !route.matcher.keywords.is_empty()
                 || matches!(r.strategy, Strategy::Semantic | Strategy::Complexity | Strategy::Plugin);
@@ -472,6 +470,7 @@ impl Router {
         config: &Config,
         health: &HealthRegistry,
         previous: Option<&Router>,
+        plugins: &crate::plugin::Plugins,
     ) -> Route {
         let mut targets = Vec::new();
         let mut examples = Vec::new();
@@ -541,7 +540,7 @@ impl Router {
             semantic_threshold: r.semantic_threshold,
             examples,
             example_vectors: OnceLock::new(),
-            plugin: None,
+            plugin: r.plugin.as_deref().and_then(|p| plugins.strategy(p)).cloned(),
         }
     }
 
