@@ -37,6 +37,16 @@ async fn a_registered_sink_is_told_every_request() {
     assert!((a.2 - 2.0 * b.2).abs() < 1e-12 && b.2 > 0.0, "{counted:?}");
 }
 
+/// "hi" to model `m` through `sidecar`.
+async fn ask_hi(sidecar: &llm_sidecar::app::Sidecar) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("http://{}/v1/chat/completions", sidecar.app_addr()))
+        .json(&serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap()
+}
+
 /// A config with one model `m` on `mock`, and `extra` after it.
 fn one_model(mock: &llm_sidecar::mock::MockUpstream, extra: &str) -> String {
     format!(
@@ -141,12 +151,7 @@ async fn a_store_answer_that_is_broken_or_late_is_a_miss() {
         )
         .await
         .unwrap();
-        let r = reqwest::Client::new()
-            .post(format!("http://{}/v1/chat/completions", sidecar.app_addr()))
-            .json(&serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}))
-            .send()
-            .await
-            .unwrap();
+        let r = ask_hi(&sidecar).await;
         assert_eq!(r.status(), 200);
         assert_eq!(r.headers()["x-llm-sidecar-cache"], want, "{counted}");
         let body: serde_json::Value = r.json().await.unwrap();
@@ -174,12 +179,7 @@ async fn a_config_given_as_a_value_is_validated_like_yaml() {
     });
     let any = "127.0.0.1:0".parse().unwrap();
     let sidecar = Sidecar::start(Options::from_value(&config).listen(any)).await.unwrap();
-    let r = reqwest::Client::new()
-        .post(format!("http://{}/v1/chat/completions", sidecar.app_addr()))
-        .json(&serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}))
-        .send()
-        .await
-        .unwrap();
+    let r = ask_hi(&sidecar).await;
     assert_eq!(r.status(), 200);
     sidecar.shutdown().await;
     config["models"]["m"]["colour"] = "red".into();

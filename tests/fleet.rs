@@ -8,7 +8,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use llm_sidecar::app::{ConfigInput, Sidecar};
 use llm_sidecar::mock::MockUpstream;
 use serde_json::Value;
 
@@ -33,16 +32,6 @@ tenants:
         cache_section("")
     );
     config(&mock.base_url(), &extra)
-}
-
-async fn sidecar(mock: MockUpstream, text: String) -> Harness {
-    let sidecar = Sidecar::start(options(ConfigInput::Text(text))).await.unwrap();
-    Harness {
-        mock,
-        sidecar: Some(sidecar),
-        client: client(),
-        dir: None,
-    }
 }
 
 async fn call(h: &Harness, body: Value) -> reqwest::Response {
@@ -83,7 +72,7 @@ async fn two_sidecars_share_rate_limits_and_budgets() {
     // No cache here: every request must reach a provider to be counted and priced.
     let text = |m: &MockUpstream| fleet_config(m, &redis, tenant).replace("\ncache:\n", "\ncache:\n  enabled: false\n");
     let (ta, tb) = (text(&m1), text(&m2));
-    let (a, b) = (sidecar(m1, ta).await, sidecar(m2, tb).await);
+    let (a, b) = (Harness::with_text(m1, ta).await, Harness::with_text(m2, tb).await);
     // The budget (5e-5 USD) is 5 "hi" requests at 1e-5 each, fleet-wide.
     for _ in 0..3 {
         assert_eq!(call(&a, chat_body("hi")).await.status(), 200);
@@ -118,7 +107,7 @@ async fn fleet_rate_limits_count_both_sidecars() {
         MockUpstream::start().await.unwrap(),
     );
     let (ta, tb) = (text(&m1), text(&m2));
-    let (a, b) = (sidecar(m1, ta).await, sidecar(m2, tb).await);
+    let (a, b) = (Harness::with_text(m1, ta).await, Harness::with_text(m2, tb).await);
     for _ in 0..6 {
         assert_eq!(call(&a, chat_body("hi")).await.status(), 200);
     }
@@ -150,7 +139,7 @@ async fn a_paraphrase_answered_in_one_pod_is_a_hit_in_another_and_new_pods_start
         MockUpstream::start().await.unwrap(),
     );
     let (ta, tb) = (fleet_config(&m1, &redis, ""), fleet_config(&m2, &redis, ""));
-    let (a, b) = (sidecar(m1, ta).await, sidecar(m2, tb).await);
+    let (a, b) = (Harness::with_text(m1, ta).await, Harness::with_text(m2, tb).await);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let q = "How do I reset my online banking password?";
     let r = call(&a, chat_body(q)).await;
@@ -169,7 +158,7 @@ async fn a_paraphrase_answered_in_one_pod_is_a_hit_in_another_and_new_pods_start
     // A third pod starts warm from the stream.
     let m3 = MockUpstream::start().await.unwrap();
     let tc = fleet_config(&m3, &redis, "");
-    let c = sidecar(m3, tc).await;
+    let c = Harness::with_text(m3, tc).await;
     wait_l2(&c, "warmed", "C to warm up").await;
     assert_eq!(
         call(&c, chat_body(q)).await.headers()["x-llm-sidecar-cache"],
@@ -227,7 +216,7 @@ async fn a_password_protected_redis_is_used_with_the_password_from_a_file() {
         "sync_interval: 50ms",
         &format!("sync_interval: 50ms, password_file: {}", pw.display()),
     );
-    let h = sidecar(mock, text).await;
+    let h = Harness::with_text(mock, text).await;
     assert_eq!(call(&h, chat_body("hi")).await.status(), 200);
     wait_until("the authenticated sync", async || {
         metric(&h.metrics().await, "llm_sidecar_redis_up") == 1.0
@@ -277,7 +266,11 @@ async fn the_shared_cache_is_sealed_in_redis_and_opens_only_with_the_key() {
     let ta = sealed_config(&m1, &redis, &[("k1", &k1)]);
     let tb = sealed_config(&m2, &redis, &[("k2", &k2), ("k1", &k1)]);
     let tc = sealed_config(&m3, &redis, &[("other", &wrong)]);
-    let (a, b, c) = (sidecar(m1, ta).await, sidecar(m2, tb).await, sidecar(m3, tc).await);
+    let (a, b, c) = (
+        Harness::with_text(m1, ta).await,
+        Harness::with_text(m2, tb).await,
+        Harness::with_text(m3, tc).await,
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
     let q = "What is my secret banking question number 7?";
     let r = call(&a, chat_body(q)).await;

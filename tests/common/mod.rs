@@ -99,14 +99,17 @@ impl Harness {
     }
 
     pub async fn with_text(mock: MockUpstream, text: String) -> Harness {
-        let sidecar = Sidecar::start(options(ConfigInput::Text(text)))
-            .await
-            .expect("sidecar starts");
+        Self::with_input(mock, ConfigInput::Text(text), None).await
+    }
+
+    /// A sidecar started on `input`; `dir` (where its config lives) is kept as long as it.
+    async fn with_input(mock: MockUpstream, input: ConfigInput, dir: Option<tempfile::TempDir>) -> Harness {
+        let sidecar = Sidecar::start(options(input)).await.expect("sidecar starts");
         Harness {
             mock,
             sidecar: Some(sidecar),
             client: client(),
-            dir: None,
+            dir,
         }
     }
 
@@ -115,29 +118,13 @@ impl Harness {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("sidecar.yaml");
         std::fs::write(&path, &text).expect("write");
-        let sidecar = Sidecar::start(options(ConfigInput::File(path.clone())))
-            .await
-            .expect("sidecar starts");
-        let h = Harness {
-            mock,
-            sidecar: Some(sidecar),
-            client: client(),
-            dir: Some(dir),
-        };
+        let h = Self::with_input(mock, ConfigInput::File(path.clone()), Some(dir)).await;
         (h, path)
     }
 
     /// A sidecar reading its config from a ConfigMap through the Kubernetes API.
     pub async fn with_kube(mock: MockUpstream, source: llm_sidecar::config::kube::KubeSource) -> Harness {
-        let sidecar = Sidecar::start(options(ConfigInput::Kube(Box::new(source))))
-            .await
-            .expect("sidecar starts");
-        Harness {
-            mock,
-            sidecar: Some(sidecar),
-            client: client(),
-            dir: None,
-        }
+        Self::with_input(mock, ConfigInput::Kube(Box::new(source)), None).await
     }
 
     /// The `version` of the config being served.
@@ -167,15 +154,7 @@ impl Harness {
         let dir = tempfile::tempdir().expect("tempdir");
         kubelet_write(dir.path(), "config.yaml", &text);
         let path = dir.path().join("config.yaml");
-        let sidecar = Sidecar::start(options(ConfigInput::File(path)))
-            .await
-            .expect("sidecar starts");
-        Harness {
-            mock,
-            sidecar: Some(sidecar),
-            client: client(),
-            dir: Some(dir),
-        }
+        Self::with_input(mock, ConfigInput::File(path), Some(dir)).await
     }
 
     pub fn sidecar(&self) -> &Sidecar {
