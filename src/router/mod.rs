@@ -37,11 +37,16 @@ pub struct Target {
     pub(crate) health: Arc<ModelHealth>,
     pub(crate) weight: u32,
     pub(crate) tier: Option<Tier>,
+    /// The metric series this target's answers update, kept once made.
+    pub(crate) series: Arc<crate::telemetry::ModelSeries>,
 }
 
 /// One route, ready to decide.
 pub struct Route {
     pub(crate) name: Arc<str>,
+    /// `name` as the `x-llm-sidecar-route` response header, made once: a header value made
+    /// per request was two allocations (its bytes, then their promotion when cloned).
+    pub(crate) header: http::HeaderValue,
     pub(crate) strategy: Strategy,
     pub(crate) targets: Vec<Target>,
     /// `routes[].cache` (all `None` for a catalogue model's own route).
@@ -60,6 +65,12 @@ pub struct Route {
     pub(crate) example_vectors: OnceLock<Vec<(usize, Vec<f32>)>>,
     /// `strategy: plugin`: the strategy the embedding program registered.
     plugin: Option<Arc<dyn crate::plugin::RoutingStrategy>>,
+}
+
+/// A route's name as a header value; a name that cannot be one (control characters) gets a
+/// placeholder, so the header is always there.
+pub(crate) fn route_header(name: &str) -> http::HeaderValue {
+    http::HeaderValue::from_str(name).unwrap_or_else(|_| http::HeaderValue::from_static("invalid-name"))
 }
 
 impl fmt::Debug for Route {
@@ -376,7 +387,7 @@ pub struct Router {
     pub(crate) model_ids: Vec<Arc<str>>,
 }
 
-fn target(model: &Arc<ModelConfig>, health: &HealthRegistry) -> Target {
+fn target(route: &Arc<str>, model: &Arc<ModelConfig>, health: &HealthRegistry) -> Target {
     let h = health
         .get(&model.name)
         .cloned()
@@ -386,6 +397,11 @@ fn target(model: &Arc<ModelConfig>, health: &HealthRegistry) -> Target {
         health: h,
         weight: 1,
         tier: None,
+        series: Arc::new(crate::telemetry::ModelSeries::new(
+            route.clone(),
+            model.name.clone(),
+            model.provider.clone(),
+        )),
     }
 }
 
@@ -404,8 +420,9 @@ impl Router {
         for (name, model) in &config.models {
             let route = Route {
                 name: model.name.clone(),
+                header: route_header(&model.name),
                 strategy: Strategy::Ordered,
-                targets: vec![target(model, health)],
+                targets: vec![target(&model.name, model, health)],
                 cache: Default::default(),
                 index: usize::MAX,
                 matcher: Matcher::default(),
@@ -484,7 +501,7 @@ impl Router {
             targets.push(Target {
                 weight: t.weight,
                 tier: t.tier,
-                ..target(m, health)
+                ..target(&r.name, m, health)
             });
         }
         let canary = r.canary.as_ref().and_then(|c| {
@@ -507,7 +524,7 @@ impl Router {
                 });
             Some(Canary {
                 config: c.clone(),
-                target: target(model, health),
+                target: target(&r.name, model, health),
                 state,
             })
         });
@@ -528,6 +545,7 @@ impl Router {
         };
         Route {
             name: r.name.clone(),
+            header: route_header(&r.name),
             strategy: r.strategy,
             targets,
             cache: r.cache,

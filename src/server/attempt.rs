@@ -240,7 +240,7 @@ impl Attempt<'_> {
             Ok(p) => p,
             Err(outcome) => return outcome,
         };
-        rec.attempting(&target.model);
+        rec.attempting(&target.model, Some(&target.series));
         let operation = operation_name(self.endpoint.label());
         let span = rec
             .trace()

@@ -11,7 +11,6 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, Response, header};
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
@@ -71,8 +70,8 @@ pub(crate) async fn read_request(
     let mut buf = BytesMut::new();
     let mut received: u64 = 0;
     loop {
-        let due = next_byte_due(started, deadline, received, s.body_min_rate);
-        let frame = match tokio::time::timeout_at(due, body.frame()).await {
+        let due = || next_byte_due(started, deadline, received, s.body_min_rate);
+        let frame = match crate::upstream::next_frame(body, due).await {
             Err(_) if Instant::now() >= deadline => return Err(ReadError::Timeout(s.body_timeout)),
             Err(_) => {
                 let elapsed = started.elapsed();

@@ -154,7 +154,7 @@ fn json(body: bytes::Bytes, request_id: &HeaderValue) -> Response<Body> {
 }
 
 /// The app's `x-request-id` when it is a sane token, else a fresh random one (32 hex digits,
-/// made on the stack: one allocation, the header value's).
+/// made on the stack: one allocation, the header value's, however often it is cloned).
 pub fn request_id(headers: &HeaderMap) -> HeaderValue {
     if let Some(v) = headers.get("x-request-id") {
         let b = v.as_bytes();
@@ -164,7 +164,10 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
     }
     let mut hex = [0u8; 32];
     match hex::encode_to_slice(fastrand::u128(..).to_le_bytes(), &mut hex) {
-        Ok(()) => HeaderValue::from_bytes(&hex).unwrap_or_else(|_| HeaderValue::from_static("0")),
+        // Owned by a shared block from the start: the id is cloned into the upstream request
+        // and the response, and a copied slice would allocate again at its first clone.
+        Ok(()) => HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(hex))
+            .unwrap_or_else(|_| HeaderValue::from_static("0")),
         Err(_) => HeaderValue::from_static("0"),
     }
 }

@@ -15,7 +15,7 @@ use super::error::ApiError;
 use super::headers;
 use super::proxy::{expects_continue, limit_error, priority_class};
 use super::record::RequestRecord;
-use super::reply::{Answer, fail, relay, route_header};
+use super::reply::{Answer, fail, relay};
 use super::response::{Received, error_message, internal, receive};
 use super::traced;
 use crate::config::{ModelConfig, ProviderKind};
@@ -177,7 +177,7 @@ impl Upstream<'_> {
                     reason,
                 })
             })?;
-        rec.attempting(self.model);
+        rec.attempting(self.model, None);
         let suffix = path.strip_prefix("/v1").unwrap_or(path);
         let uri = provider.uri(suffix, parts.uri.query()).map_err(internal)?;
         let mut headers = HeaderMap::with_capacity(parts.headers.len() + 2);
@@ -256,7 +256,7 @@ impl Upstream<'_> {
             parts,
             body,
             permit,
-            route: route_header(&route.name),
+            route: route.header.clone(),
             model: self.model.clone(),
             strip_usage: false,
             idle: self.provider.config.timeouts.idle,

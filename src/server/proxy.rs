@@ -14,7 +14,7 @@ use super::attempt::Attempt;
 use super::body::{Body, ReadError, drain_after, read_request};
 use super::error::ApiError;
 use super::record::{AdviceInput, Outcome, RequestRecord, operation_name};
-use super::reply::{Answer, CacheStore, fail, relay, route_header, serve_cached};
+use super::reply::{Answer, CacheStore, fail, relay, serve_cached};
 use super::traced;
 use super::verify::{self, Verification};
 use crate::cache::{CacheStatus, Hit, HitKind, Plan};
@@ -363,7 +363,7 @@ impl Stages<'_> {
             hit,
             stream: rec.stream(),
             include_usage: head.include_usage,
-            route: route_header(&decision.route.name),
+            route: decision.route.header.clone(),
         }
     }
 
@@ -401,7 +401,7 @@ impl Stages<'_> {
             parts: s.parts,
             body: s.body,
             permit: s.permit,
-            route: route_header(&decision.route.name),
+            route: decision.route.header.clone(),
             model: s.target.model,
             strip_usage: s.strip_usage,
             idle: s.idle,

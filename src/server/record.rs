@@ -19,7 +19,7 @@ use crate::router::Reason;
 use crate::telemetry::advice::{Advisor, Observation};
 use crate::telemetry::live::{Live, Recent};
 use crate::telemetry::trace::{Kind, RequestTrace};
-use crate::telemetry::{BudgetLabels, Metrics, OperationLabels, RequestLabels, TokenLabels};
+use crate::telemetry::{BudgetLabels, Finished, Metrics, ModelSeries};
 use crate::upstream::BodyFailure;
 
 /// Label for requests that never reached a route (bad JSON, unknown model).
@@ -33,6 +33,8 @@ pub struct RequestRecord {
     tenant: Option<Arc<str>>,
     route: Option<Arc<str>>,
     model: Option<Arc<ModelConfig>>,
+    /// The metric series of the target that answered (see [`ModelSeries`]).
+    series: Option<Arc<ModelSeries>>,
     stream: bool,
     attempts: u32,
     start: Instant,
@@ -106,6 +108,7 @@ impl RequestRecord {
             tenant: None,
             route: None,
             model: None,
+            series: None,
             stream: false,
             attempts: 0,
             start: Instant::now(),
@@ -207,9 +210,11 @@ impl RequestRecord {
     }
 
     /// One more attempt, on `model`.
-    pub(crate) fn attempting(&mut self, model: &Arc<ModelConfig>) {
+    /// `series`: the target's kept metric series (`None` off the routed path).
+    pub(crate) fn attempting(&mut self, model: &Arc<ModelConfig>, series: Option<&Arc<ModelSeries>>) {
         self.attempts += 1;
         self.model = Some(model.clone());
+        self.series = series.cloned();
     }
 
     pub(crate) fn retrying(&mut self) {
@@ -367,51 +372,30 @@ impl RequestRecord {
     /// The request's metrics (count, duration, TTFT, tokens, cost); returns its cost in USD
     /// (0 when the cache answered: nothing was spent).
     fn count(&self, elapsed: Duration, model_name: &Arc<str>, provider: &Arc<str>, served_by_cache: bool) -> f64 {
-        let m = &self.metrics;
         let none: Arc<str> = NONE_LABEL.clone();
-        let route = self.route.clone().unwrap_or_else(|| none.clone());
-        m.requests
-            .get_or_create(&RequestLabels {
+        let route = self.route.as_ref().unwrap_or(&none);
+        let model = self.model.as_ref().filter(|_| !served_by_cache);
+        let usage = self.usage.filter(|_| model.is_some());
+        self.metrics.finished(
+            self.series.as_deref(),
+            &Finished {
                 endpoint: self.endpoint,
+                operation: operation_name(self.endpoint),
                 route,
-                model: model_name.clone(),
+                model: model_name,
+                provider,
                 status: self.status,
-            })
-            .inc();
-        let mut cost = 0.0;
-        if let Some(model) = self.model.as_ref().filter(|_| !served_by_cache) {
-            let op = OperationLabels {
-                gen_ai_operation_name: operation_name(self.endpoint),
-                gen_ai_request_model: model_name.clone(),
-                gen_ai_provider_name: provider.clone(),
-            };
-            m.duration.get_or_create(&op).observe(elapsed.as_secs_f64());
-            if let Some(t) = self.ttft {
-                m.ttft.get_or_create(&op).observe(t.as_secs_f64());
-            }
-            if let Some(u) = self.usage {
-                cost = u.cost(&model.pricing);
-                for (kind, n, histogram) in [
-                    ("input", u.prompt_tokens, true),
-                    ("output", u.completion_tokens, true),
-                    ("cached_input", u.cached_tokens, false),
-                ] {
-                    let labels = TokenLabels {
-                        gen_ai_token_type: kind,
-                        gen_ai_request_model: model_name.clone(),
-                        gen_ai_provider_name: provider.clone(),
-                    };
-                    if histogram {
-                        m.token_usage.get_or_create(&labels).observe(n as f64);
-                    }
-                    if n > 0 {
-                        m.tokens.get_or_create(&labels).inc_by(n);
-                    }
-                }
-                let tenant = self.tenant.clone().unwrap_or_else(|| none.clone());
-                m.spend(tenant, model_name.clone(), cost);
-            }
-        }
+                operation_seconds: model.map(|_| elapsed.as_secs_f64()),
+                ttft_seconds: self.ttft.map(|t| t.as_secs_f64()),
+                tokens: usage.map(|u| [u.prompt_tokens, u.completion_tokens, u.cached_tokens]),
+            },
+        );
+        let (Some(model), Some(u)) = (model, usage) else {
+            return 0.0;
+        };
+        let cost = u.cost(&model.pricing);
+        let tenant = self.tenant.clone().unwrap_or(none);
+        self.metrics.spend(tenant, model_name.clone(), cost);
         cost
     }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode};
 use hyper::body::Incoming;
 use tokio::time::Instant;
@@ -98,11 +98,10 @@ fn answer_headers(rec: &RequestRecord, answer: &mut Answer) -> HeaderMap {
     h.reserve(8);
     // The length is recomputed for what the app actually receives.
     h.remove(header::CONTENT_LENGTH);
-    if h.keys().any(is_hop_header) {
-        let hop: Vec<HeaderName> = h.keys().filter(|n| is_hop_header(n)).cloned().collect();
-        for name in hop {
-            h.remove(name);
-        }
+    // One name at a time rather than collected first: cloning a standard name (the usual
+    // `transfer-encoding`) is free, where the list was an allocation per answer.
+    while let Some(name) = h.keys().find(|n| is_hop_header(n)).cloned() {
+        h.remove(&name);
     }
     h.insert(headers::REQUEST_ID, rec.request_id().clone());
     h.insert(headers::ROUTE, answer.route.clone());
@@ -276,7 +275,8 @@ pub(super) fn fail(mut rec: RequestRecord, mut e: ApiError, redact: &Redactor) -
         e.into_response(&id)
     };
     if let Some(route) = rec.route() {
-        resp.headers_mut().insert(headers::ROUTE, route_header(route));
+        resp.headers_mut()
+            .insert(headers::ROUTE, crate::router::route_header(route));
     }
     if rec.attempts() > 0 {
         resp.headers_mut()
@@ -286,9 +286,6 @@ pub(super) fn fail(mut rec: RequestRecord, mut e: ApiError, redact: &Redactor) -
     resp
 }
 
-pub(super) fn route_header(name: &str) -> HeaderValue {
-    HeaderValue::from_str(name).unwrap_or_else(|_| HeaderValue::from_static("invalid-name"))
-}
 
 #[cfg(test)]
 mod tests {
