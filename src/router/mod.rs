@@ -194,6 +194,10 @@ pub struct Reverted {
 }
 
 impl Route {
+    pub(crate) fn has_canary(&self) -> bool {
+        self.canary.is_some()
+    }
+
     /// Feeds the canary's window with one request's outcome; `Some` when this reverts it.
     pub(crate) fn canary_report(&self, model: &str, success: bool, latency: Duration) -> Option<Reverted> {
         let c = self.canary.as_ref()?;

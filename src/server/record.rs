@@ -329,8 +329,10 @@ impl RequestRecord {
         if !served_by_cache {
             self.advise(cost);
         }
-        self.settle(cost, served_by_cache);
-        self.dashboard_row(outcome, elapsed, &model_name, cost);
+        // One wall-clock read for the ledger and the dashboard.
+        let now = if self.account.is_some() || self.live.is_some() { now_ms() } else { 0 };
+        self.settle(cost, served_by_cache, now);
+        self.dashboard_row(outcome, elapsed, &model_name, cost, now);
         let failed = self.status >= 500 || outcome.failed();
         if let Some(trace) = self.trace.take() {
             self.finish_trace(trace, outcome, failed, cost);
@@ -423,12 +425,11 @@ impl RequestRecord {
 
     /// Settles the tenant's admission (real usage and cost against the estimate) and updates
     /// the budget gauges.
-    fn settle(&mut self, cost: f64, served_by_cache: bool) {
+    fn settle(&mut self, cost: f64, served_by_cache: bool, now: u64) {
         let m = &self.metrics;
         if let Some(a) = self.account.take() {
             let served = self.model.as_ref().filter(|_| !served_by_cache).map(|m| &m.name);
             let usage = self.usage.filter(|_| !served_by_cache);
-            let now = now_ms();
             if let Some(c) = a
                 .ledger
                 .settle(&a.config.tenants, &a.admission, served, usage, cost, now)
@@ -456,12 +457,12 @@ impl RequestRecord {
     }
 
     /// The request's row in the live dashboard's ring.
-    fn dashboard_row(&mut self, outcome: Outcome, elapsed: Duration, model_name: &Arc<str>, cost: f64) {
+    fn dashboard_row(&mut self, outcome: Outcome, elapsed: Duration, model_name: &Arc<str>, cost: f64, now: u64) {
         let none: Arc<str> = NONE_LABEL.clone();
         if let Some(live) = self.live.take() {
             let u = self.usage.unwrap_or_default();
             live.record(Recent {
-                at_ms: now_ms(),
+                at_ms: now,
                 request_id: self.request_id.clone(),
                 endpoint: self.endpoint,
                 tenant: self.tenant.clone().unwrap_or_else(|| none.clone()),

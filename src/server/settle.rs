@@ -3,7 +3,6 @@
 //! or a canary is reverted.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -40,14 +39,14 @@ impl Settle {
         let breaker = &self.config.resilience.breaker;
         let t = self.target.health.record(breaker, true);
         transition(&self.metrics, &self.target, t);
-        canary(&self.metrics, &self.route, &self.target, good, self.started.elapsed());
+        canary(&self.metrics, &self.route, &self.target, good, self.started);
     }
 
     pub(crate) fn failed(self, kind: &'static str) {
         self.metrics.upstream_error(&self.target.model.provider, kind);
         let t = self.target.health.record(&self.config.resilience.breaker, false);
         transition(&self.metrics, &self.target, t);
-        canary(&self.metrics, &self.route, &self.target, false, self.started.elapsed());
+        canary(&self.metrics, &self.route, &self.target, false, self.started);
     }
 }
 
@@ -63,8 +62,12 @@ pub(super) fn transition(metrics: &Metrics, target: &Target, t: Option<crate::re
     );
 }
 
-fn canary(metrics: &Metrics, route: &Route, target: &Target, success: bool, latency: Duration) {
-    if let Some(r) = route.canary_report(&target.model.name, success, latency) {
+fn canary(metrics: &Metrics, route: &Route, target: &Target, success: bool, started: Instant) {
+    // The clock is read only for a route with a canary (one read per attempt saved, #19).
+    if !route.has_canary() {
+        return;
+    }
+    if let Some(r) = route.canary_report(&target.model.name, success, started.elapsed()) {
         metrics
             .canary_reverted
             .get_or_create(&crate::telemetry::CanaryLabels {
