@@ -50,7 +50,8 @@ pub(crate) fn derive(scope: &[&str], head: &RequestHead<'_>) -> Option<Keys> {
         fields.insert(k, serde_json::from_str(raw.get()).ok()?);
     }
     let temperature = fields.get("temperature").and_then(Value::as_f64).unwrap_or(1.0);
-    let raw_exact = hash(scope, &fields);
+    // Each key serialises the fields once; the whole-body key is only wanted when there is
+    // no query (hashing both was two serialisations per cacheable request, #19).
     let (exact, partition, query) = match take_query(&mut fields) {
         Some(q) => {
             let partition = hash(scope, &fields);
@@ -61,7 +62,7 @@ pub(crate) fn derive(scope: &[&str], head: &RequestHead<'_>) -> Option<Keys> {
             h.update(normalize(&q).as_bytes());
             (h.finalize().into(), Some(partition), Some(q))
         }
-        None => (raw_exact, None, None),
+        None => (hash(scope, &fields), None, None),
     };
     Some(Keys {
         exact,
@@ -71,7 +72,8 @@ pub(crate) fn derive(scope: &[&str], head: &RequestHead<'_>) -> Option<Keys> {
     })
 }
 
-/// Removes the wording of the last user turn (or the prompt) from `fields`, returning it.
+/// Removes the wording of the last user turn (or the prompt) from `fields`, returning it;
+/// `fields` is left as it was when there is none.
 fn take_query(fields: &mut BTreeMap<&str, Value>) -> Option<String> {
     if let Some(Value::Array(messages)) = fields.get_mut("messages") {
         let last = messages.last_mut()?;
@@ -80,7 +82,8 @@ fn take_query(fields: &mut BTreeMap<&str, Value>) -> Option<String> {
         }
         let content = last.get_mut("content")?;
         let text = match content {
-            Value::String(s) => s.clone(),
+            Value::String(s) if s.trim().is_empty() => return None,
+            Value::String(s) => std::mem::take(s),
             // Text parts only: an image or audio part makes the request exact-only.
             Value::Array(parts) => {
                 let mut out = Vec::new();
@@ -94,12 +97,16 @@ fn take_query(fields: &mut BTreeMap<&str, Value>) -> Option<String> {
             }
             _ => return None,
         };
+        if text.trim().is_empty() {
+            return None;
+        }
         *content = Value::Null;
-        return (!text.trim().is_empty()).then_some(text);
+        return Some(text);
     }
-    if let Some(Value::String(prompt)) = fields.get_mut("prompt") {
-        let text = std::mem::take(prompt);
-        return (!text.trim().is_empty()).then_some(text);
+    if let Some(Value::String(prompt)) = fields.get_mut("prompt")
+        && !prompt.trim().is_empty()
+    {
+        return Some(std::mem::take(prompt));
     }
     None
 }
@@ -198,9 +205,23 @@ fn hash(scope: &[&str], fields: &BTreeMap<&str, Value>) -> Key {
         h.update((s.len() as u64).to_le_bytes());
         h.update(s.as_bytes());
     }
-    // Serialising a map of `Value`s cannot fail.
-    h.update(serde_json::to_vec(fields).unwrap_or_default());
+    // Serialised straight into the digest (the same bytes `to_vec` made, without the
+    // buffer); serialising a map of `Value`s cannot fail.
+    let _ = serde_json::to_writer(Digesting(&mut h), fields);
     h.finalize().into()
+}
+
+/// A `Write` that feeds a SHA-256 digest.
+struct Digesting<'a>(&'a mut Sha256);
+
+impl std::io::Write for Digesting<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -213,6 +234,50 @@ mod tests {
             &RequestHead::parse(body.as_bytes()).unwrap(),
         )
         .unwrap()
+    }
+
+    /// Keys are stored (in Redis, shared by pods of several versions): the same request
+    /// must keep its keys across releases. Values computed by the implementation before
+    /// the single-serialisation change (#19).
+    #[test]
+    fn keys_stay_what_earlier_versions_computed() {
+        let cases = [
+            (
+                r#"{"model":"auto","messages":[{"role":"system","content":"s"},{"role":"user","content":"Reset my password, please!"}],"temperature":0}"#,
+                "50fe9f6fa80106a9a86dcc63c85d82884d4b3daa14e15561310b1918f1cee5b8",
+                Some("6b121a5ea8be78803f6666e9a23e8129cf1e606631018c6d17ac3fb73b4b83ab"),
+            ),
+            (
+                r#"{"model":"auto","messages":[{"role":"user","content":"   "}]}"#,
+                "3c81d22b3514d2e17b9c669b5c184663f3d3515322ee6ff5b0bae5d54a406326",
+                None,
+            ),
+            (
+                r#"{"model":"m","prompt":"  "}"#,
+                "39068cb22b147b76216dda43d26856ce1d790b81846db85c367c71d345578781",
+                None,
+            ),
+            (
+                r#"{"model":"m","prompt":"complete this"}"#,
+                "65cb3c90dfb5c404fc2a517b0846a0248ab891148f9421160241f907cf1daade",
+                Some("428487de5853421b82fef729fabc4784d7dac2fdbfcb10f1a0f8de660ce3f3df"),
+            ),
+            (
+                r#"{"model":"auto","messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}],"tools":[{"type":"function"}]}"#,
+                "53d74e8f79851f830e9484addc382984d89b54fe0ef2cfdadc82c40b008bec65",
+                Some("dcf469ef56f22be2f3b210f606eea11a4cef3cecee5b37d457f0baa55d4c1b6e"),
+            ),
+            (
+                r#"{"model":"auto","messages":[{"role":"assistant","content":"x"}]}"#,
+                "5480f883ba4a5000a7eb5a09685935e65539d5c20279296147669ae3342fef05",
+                None,
+            ),
+        ];
+        for (body, exact, partition) in cases {
+            let k = derive(&["t", "auto", "chat", "v1"], &RequestHead::parse(body.as_bytes()).unwrap()).unwrap();
+            assert_eq!(hex::encode(k.exact), exact, "{body}");
+            assert_eq!(k.partition.map(hex::encode).as_deref(), partition, "{body}");
+        }
     }
 
     #[test]

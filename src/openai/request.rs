@@ -73,7 +73,18 @@ impl<'de: 'a, 'a> Deserialize<'de> for Fields<'a> {
 
 /// A JSON string borrowed from the body when it has no escapes. serde's own `Cow<str>` always
 /// allocates (it deserializes through `String`): one allocation per top-level key, per request.
-struct Str<'a>(Cow<'a, str>);
+pub(crate) struct Str<'a>(pub(crate) Cow<'a, str>);
+
+impl<'a> Str<'a> {
+    /// `raw` as a string when it is one (borrowed unless it has escapes); `None` for any
+    /// other JSON value, found without building an error (a failed parse formats one).
+    pub(crate) fn of(raw: &'a RawValue) -> Option<Cow<'a, str>> {
+        if !raw.get().trim_start().starts_with('"') {
+            return None;
+        }
+        serde_json::from_str::<Str<'a>>(raw.get()).ok().map(|s| s.0)
+    }
+}
 
 impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
     fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

@@ -13,6 +13,7 @@ use serde_json::value::RawValue;
 
 use crate::config::Capabilities;
 use crate::openai::RequestHead;
+use crate::openai::request::Str;
 
 /// Bytes of request JSON per token, for estimates before the provider counts: English text
 /// runs ~4 characters per token with BPE tokenizers, and JSON framing adds a little, so this
@@ -81,15 +82,11 @@ impl<'a> Signals<'a> {
             .or_else(|| head.raw("max_tokens"))
             .or_else(|| head.raw("max_output_tokens"))
             .and_then(|v| serde_json::from_str::<u64>(v.get()).ok());
-        let user = head
-            .raw("user")
-            .and_then(|v| serde_json::from_str::<Cow<'a, str>>(v.get()).ok());
+        let user = head.raw("user").and_then(Str::of);
         let text = if want_text {
             match messages {
                 Some(m) => last_user_text(m),
-                None => head
-                    .raw("prompt")
-                    .and_then(|p| serde_json::from_str::<Cow<'a, str>>(p.get()).ok()),
+                None => head.raw("prompt").and_then(Str::of),
             }
         } else {
             None
@@ -111,13 +108,13 @@ impl<'a> Signals<'a> {
 /// The last user turn of a chat's `messages` or a Responses `input` (which may also be the
 /// user's text itself).
 fn last_user_text<'a>(messages: &'a RawValue) -> Option<Cow<'a, str>> {
-    if let Ok(s) = serde_json::from_str::<Cow<'a, str>>(messages.get()) {
+    if let Some(s) = Str::of(messages) {
         return Some(s);
     }
     let list: Vec<Message<'a>> = serde_json::from_str(messages.get()).ok()?;
     let m = list.into_iter().rev().find(|m| m.role.as_deref() == Some("user"))?;
     let content = m.content?;
-    if let Ok(s) = serde_json::from_str::<Cow<'a, str>>(content.get()) {
+    if let Some(s) = Str::of(content) {
         return Some(s);
     }
     let parts: Vec<Part<'a>> = serde_json::from_str(content.get()).ok()?;
