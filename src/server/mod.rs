@@ -247,13 +247,14 @@ where
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
     service_fn(move |req| {
-        let fut = handler(req);
-        async move {
-            let mut resp = fut.await;
+        // A combinator, not an `async move` block: a block that captures the handler's future
+        // and awaits it holds it twice (the capture and the await slot), 10.7 KB instead of
+        // 5.4 KB, copied into hyper's slot for every request (#19).
+        futures_util::FutureExt::map(handler(req), |mut resp| {
             resp.headers_mut()
                 .insert(header::HeaderName::from_static("keep-alive"), KEEP_ALIVE_ADVERTISED);
             Ok::<_, Infallible>(resp)
-        }
+        })
     })
 }
 
