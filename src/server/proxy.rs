@@ -392,10 +392,12 @@ impl Stages<'_> {
             purpose: None,
         };
         let s = attempt.run(rec, decision).await?;
-        let cache = plan.map(|plan| CacheStore {
-            cache: self.shared.cache.clone(),
-            plan,
-            config: self.rt.config.clone(),
+        let cache = plan.map(|plan| {
+            Box::new(CacheStore {
+                cache: self.shared.cache.clone(),
+                plan,
+                config: self.rt.config.clone(),
+            })
         });
         Ok(Reply::Upstream(Answer {
             parts: s.parts,
@@ -409,7 +411,7 @@ impl Stages<'_> {
             cache,
             translate: s.translate,
             checked: s.committed.is_none().then_some(s.usage),
-            committed: s.committed,
+            committed: s.committed.map(Box::new),
             redact: self.rt.redact.clone(),
             stop: self.shared.streams_cut.clone(),
         }))
