@@ -79,7 +79,9 @@ fn api_key(headers: &HeaderMap) -> Option<&[u8]> {
             return Some(b[7..].trim_ascii());
         }
     }
-    headers.get("api-key").map(|v| v.as_bytes().trim_ascii())
+    // A name made once: a `&str` is parsed into one at every lookup.
+    const API_KEY: http::HeaderName = http::HeaderName::from_static("api-key");
+    headers.get(&API_KEY).map(|v| v.as_bytes().trim_ascii())
 }
 
 #[cfg(test)]

@@ -156,7 +156,7 @@ fn json(body: bytes::Bytes, request_id: &HeaderValue) -> Response<Body> {
 /// The app's `x-request-id` when it is a sane token, else a fresh random one (32 hex digits,
 /// made on the stack: one allocation, the header value's, however often it is cloned).
 pub fn request_id(headers: &HeaderMap) -> HeaderValue {
-    if let Some(v) = headers.get("x-request-id") {
+    if let Some(v) = headers.get(&headers::REQUEST_ID) {
         let b = v.as_bytes();
         if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic()) {
             return v.clone();

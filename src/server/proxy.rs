@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
@@ -28,7 +28,7 @@ use crate::telemetry::trace::{Kind, RequestTrace, Span};
 use crate::telemetry::{DecisionLabels, LimitLabels, Metrics};
 
 /// The header an app sends to pick its priority class.
-pub(crate) const PRIORITY_HEADER: &str = "x-llm-sidecar-priority";
+pub(crate) const PRIORITY_HEADER: HeaderName = HeaderName::from_static("x-llm-sidecar-priority");
 
 // Transient: built and matched once per request, on the stack; boxing would cost an allocation.
 #[allow(clippy::large_enum_variant)]
@@ -482,7 +482,7 @@ pub(super) fn limit_error(
 /// The priority class: `x-llm-sidecar-priority`, else the tenant's, else the default.
 pub(super) fn priority_class(rt: &Runtime, headers: &HeaderMap, tenant: &str) -> Result<usize, ApiError> {
     let s = &rt.config.scheduling;
-    if let Some(v) = headers.get(PRIORITY_HEADER) {
+    if let Some(v) = headers.get(&PRIORITY_HEADER) {
         let name = String::from_utf8_lossy(v.as_bytes());
         return s.class(&name).ok_or_else(|| {
             ApiError::invalid(
