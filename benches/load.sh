@@ -13,6 +13,7 @@
 # Everything started here is stopped by PID on exit.
 #
 #   benches/load.sh [seconds-per-run]        (default 10; results also go to bench-results/)
+#   ROUNDS=3 benches/load.sh 5               (each figure the median of 3 interleaved rounds)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${1:-10}
@@ -125,25 +126,52 @@ PY
 none() { echo 0; }
 # field NAME CONC COLUMN: one column of the result row for (target, concurrency).
 field() { for d in "${RESULTS[@]}"; do read -r -a f <<<"$d"; if [ "${f[0]}" = "$1" ] && [ "${f[1]}" = "$2" ]; then echo "${f[$3]}"; fi; done; }
-RESULTS=()
+RAW=()
 for c in ${CONCURRENCY:-1 16 64}; do
-  RESULTS+=("$(run direct "http://127.0.0.1:$UP/v1/chat/completions" $c none)")
-  RESULTS+=("$(run nginx "http://127.0.0.1:$NGX/v1/chat/completions" $c nginx_ticks)")
-  RESULTS+=("$(run bare-hyper "http://127.0.0.1:$BP/v1/chat/completions" $c "cpu_ticks $BARE_PID")")
-  RESULTS+=("$(run llm-sidecar "http://127.0.0.1:$SC/v1/chat/completions" $c "cpu_ticks $SC_PID")")
-  RESULTS+=("$(run sidecar-cache-hit "http://127.0.0.1:$SC2/v1/chat/completions" $c "cpu_ticks $SC2_PID")")
-  RESULTS+=("$(run sidecar-traced "http://127.0.0.1:$SC3/v1/chat/completions" $c "cpu_ticks $SC3_PID")")
-  if [ -n "${BASE_BIN:-}" ]; then
-    RESULTS+=("$(run sidecar-base "http://127.0.0.1:$SC4/v1/chat/completions" $c "cpu_ticks $SC4_PID")")
-  fi
+  # ROUNDS > 1 repeats the whole set of targets, interleaved, so that the machine's drift
+  # (2-3x from day to day, ~10 % within minutes here) hits every target alike; the table
+  # gives each figure's median over the rounds.
+  for _ in $(seq "${ROUNDS:-1}"); do
+    RAW+=("$(run direct "http://127.0.0.1:$UP/v1/chat/completions" $c none)")
+    RAW+=("$(run nginx "http://127.0.0.1:$NGX/v1/chat/completions" $c nginx_ticks)")
+    RAW+=("$(run bare-hyper "http://127.0.0.1:$BP/v1/chat/completions" $c "cpu_ticks $BARE_PID")")
+    RAW+=("$(run llm-sidecar "http://127.0.0.1:$SC/v1/chat/completions" $c "cpu_ticks $SC_PID")")
+    RAW+=("$(run sidecar-cache-hit "http://127.0.0.1:$SC2/v1/chat/completions" $c "cpu_ticks $SC2_PID")")
+    RAW+=("$(run sidecar-traced "http://127.0.0.1:$SC3/v1/chat/completions" $c "cpu_ticks $SC3_PID")")
+    if [ -n "${BASE_BIN:-}" ]; then
+      RAW+=("$(run sidecar-base "http://127.0.0.1:$SC4/v1/chat/completions" $c "cpu_ticks $SC4_PID")")
+    fi
+  done
 done
+# One row per (target, concurrency): the median of each figure over the rounds.
+mapfile -t RESULTS < <(printf '%s\n' "${RAW[@]}" | python3 -c '
+import re, statistics, sys
+rows, order = {}, []
+for line in sys.stdin:
+    f = line.split(None, 6)
+    if len(f) < 6:
+        continue
+    key = (f[0], f[1])
+    if key not in rows:
+        rows[key] = []
+        order.append(key)
+    rows[key].append(f)
+def us(v):
+    m = re.match(r"([\d.]+)(us|ms|s)$", v)
+    return float(m.group(1)) * {"us": 1, "ms": 1e3, "s": 1e6}[m.group(2)]
+for name, conc in order:
+    fs = rows[(name, conc)]
+    med = lambda i, conv=float: statistics.median(conv(f[i]) for f in fs)
+    errs = " ".join(sorted({f[6].strip() for f in fs if len(f) > 6 and f[6].strip()}))
+    print(f"{name} {conc} {med(2):.2f} {med(3, us):.2f}us {med(4, us):.2f}us {med(5):.1f} {errs}".rstrip())
+')
 
 SC_RSS=$(awk '/VmRSS/ {print $2/1024 " MiB"}' "/proc/$SC_PID/status")
 NGX_RSS=$(for p in $(pgrep -P "$NGINX_PID") "$NGINX_PID"; do awk '/VmRSS/ {print $2}' "/proc/$p/status"; done | awk '{s+=$1} END {print s/1024 " MiB"}')
 mkdir -p bench-results
 OUT=bench-results/load-$(date -u +%Y%m%dT%H%M%SZ).md
 {
-  echo "# load: ${DURATION}s per run, $(nproc) cores, $(date -u)"
+  echo "# load: ${DURATION}s per run, ${ROUNDS:-1} interleaved round(s) (medians), $(nproc) cores, $(date -u)"
   echo
   echo "| target | conc | req/s | p50 | p99 | added p50 vs direct | proxy CPU µs/req | errors |"
   echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
