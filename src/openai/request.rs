@@ -73,7 +73,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Fields<'a> {
 
 /// A JSON string borrowed from the body when it has no escapes. serde's own `Cow<str>` always
 /// allocates (it deserializes through `String`): one allocation per top-level key, per request.
-pub(crate) struct Str<'a>(pub(crate) Cow<'a, str>);
+pub(crate) struct Str<'a>(Cow<'a, str>);
 
 impl<'a> Str<'a> {
     /// `raw` as a string when it is one (borrowed unless it has escapes); `None` for any
@@ -136,11 +136,10 @@ impl<'a> RequestHead<'a> {
         for (k, v) in &fields {
             match k.as_ref() {
                 "model" => {
-                    let Str(m) = serde_json::from_str(v.get()).map_err(|_| RequestError::WrongType {
+                    model = Some(Str::of(v).ok_or(RequestError::WrongType {
                         field: "model",
                         expected: "a string",
-                    })?;
-                    model = Some(m);
+                    })?);
                 }
                 "stream" => {
                     stream = serde_json::from_str::<Option<bool>>(v.get())

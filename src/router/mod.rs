@@ -194,16 +194,20 @@ pub struct Reverted {
 }
 
 impl Route {
-    pub(crate) fn has_canary(&self) -> bool {
-        self.canary.is_some()
-    }
-
     /// Feeds the canary's window with one request's outcome; `Some` when this reverts it.
-    pub(crate) fn canary_report(&self, model: &str, success: bool, latency: Duration) -> Option<Reverted> {
+    /// `latency` is asked only when the request counts for a canary (a clock read per attempt
+    /// otherwise, #19).
+    pub(crate) fn canary_report(
+        &self,
+        model: &str,
+        success: bool,
+        latency: impl FnOnce() -> Duration,
+    ) -> Option<Reverted> {
         let c = self.canary.as_ref()?;
         if *c.config.model != *model || c.state.reverted.load(Ordering::Relaxed) {
             return None;
         }
+        let latency = latency();
         let now = Instant::now();
         let mut w = c.state.window.lock().ok()?;
         if now.saturating_duration_since(w.started) >= c.config.window {

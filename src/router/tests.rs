@@ -199,7 +199,7 @@ async fn canary_splits_then_reverts_on_errors_and_survives_reload() {
     let route = r.routes()[0].clone();
     let mut reverted = None;
     for i in 0..10 {
-        reverted = reverted.or(route.canary_report("b", i % 2 == 0, Duration::from_millis(50)));
+        reverted = reverted.or(route.canary_report("b", i % 2 == 0, || Duration::from_millis(50)));
     }
     let rev = reverted.expect("50 % errors over 10 requests reverts");
     assert_eq!((&*rev.model, rev.requests), ("b", 10));

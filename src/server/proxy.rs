@@ -229,7 +229,7 @@ impl Stages<'_> {
         }
         let previous = head
             .raw("previous_response_id")
-            .and_then(|v| serde_json::from_str::<std::borrow::Cow<'_, str>>(v.get()).ok());
+            .and_then(crate::openai::request::Str::of);
         if let Some(owner) = previous.and_then(|id| self.shared.response_owners.owner(&id)) {
             decision.pin_to(&owner);
         }

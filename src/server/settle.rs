@@ -63,11 +63,7 @@ pub(super) fn transition(metrics: &Metrics, target: &Target, t: Option<crate::re
 }
 
 fn canary(metrics: &Metrics, route: &Route, target: &Target, success: bool, started: Instant) {
-    // The clock is read only for a route with a canary (one read per attempt saved, #19).
-    if !route.has_canary() {
-        return;
-    }
-    if let Some(r) = route.canary_report(&target.model.name, success, started.elapsed()) {
+    if let Some(r) = route.canary_report(&target.model.name, success, || started.elapsed()) {
         metrics
             .canary_reverted
             .get_or_create(&crate::telemetry::CanaryLabels {

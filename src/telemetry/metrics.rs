@@ -337,7 +337,6 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Counts `usd` spent by `tenant` on `model` (nothing for a free answer).
     /// A finished request's count, durations and tokens, through `series` when it holds
     /// them (see [`ModelSeries`]).
     pub(crate) fn finished(&self, series: Option<&ModelSeries>, f: &Finished<'_>) {
@@ -387,6 +386,7 @@ impl Metrics {
         }
     }
 
+    /// Counts `usd` spent by `tenant` on `model` (nothing for a free answer).
     pub(crate) fn spend(&self, tenant: Arc<str>, model: Arc<str>, usd: f64) {
         if usd > 0.0 {
             self.cost.get_or_create(&CostLabels { tenant, model }).inc_by(usd);

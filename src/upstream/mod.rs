@@ -226,8 +226,6 @@ pub enum BodyRead {
     TooLarge(Bytes),
 }
 
-/// Reads a response body to its end within the idle and total timeouts, keeping at most `cap`
-/// bytes. A body that arrives in one frame (the usual case) is returned without a copy.
 /// The body's next frame, or `Err` when none came by `due`. A frame that is there already is
 /// taken without a timer: a small body usually arrives with its head, and arming a timer per
 /// frame (a clock read and a timer-wheel entry) cost ~1 % of a proxied request's CPU (#19).
@@ -242,6 +240,8 @@ pub(crate) async fn next_frame<B: http_body::Body + Unpin>(
     tokio::time::timeout_at(due(), body.frame()).await
 }
 
+/// Reads a response body to its end within the idle and total timeouts, keeping at most `cap`
+/// bytes. A body that arrives in one frame (the usual case) is returned without a copy.
 pub(crate) async fn read_body(
     incoming: &mut Incoming,
     idle: Duration,
@@ -522,10 +522,7 @@ impl Provider {
             .await
             .map_err(|_| PostError::Timeout)?;
         let mut headers = HeaderMap::new();
-        headers.insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/json"),
-        );
+        headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         let Upstream { response, permit } = self
             .send(
                 Method::POST,
