@@ -250,3 +250,126 @@ fn the_assets_are_found_beside_the_binary() {
     let _ = child.wait();
     assert!(verdict.contains("semantic cache on"), "{verdict}");
 }
+
+/// One request through the binary, its JSON log on: the request line carries every field, in
+/// order (written without `tracing` in JSON mode, so this is the test that it is written).
+#[test]
+fn each_request_is_one_json_line_with_its_fields() {
+    use std::io::{Read, Write};
+    let (up, app, admin) = (free_port(), free_port(), free_port());
+    let mut mock = Command::new(BIN)
+        .args(["mock-upstream", "--listen", &format!("127.0.0.1:{up}")])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen: 127.0.0.1:{app}\nadmin_listen: 127.0.0.1:{admin}\nlogging: {{ format: json }}\n\
+             providers: {{ p: {{ base_url: \"http://127.0.0.1:{up}/v1\" }}, down: {{ base_url: \"http://127.0.0.1:1/v1\" }} }}\n\
+             models: {{ m: {{ provider: p, pricing: {{ input: 1.0, output: 2.0 }} }}, gone: {{ provider: down }} }}\n"
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let rx = stdout_lines(&mut child);
+    let request_line = |model: &str| {
+        let body = format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi \"there\""}}]}}"#);
+        let start = Instant::now();
+        let mut answer = String::new();
+        while start.elapsed() < Duration::from_secs(10) {
+            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", app)) {
+                write!(
+                    s,
+                    "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+                     x-request-id: id-{model}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .unwrap();
+                s.read_to_string(&mut answer).unwrap();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(answer.starts_with("HTTP/1.1"), "{answer}");
+        let needle = format!("\"request_id\":\"id-{model}\"");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(line) = rx.recv_timeout(Duration::from_millis(100))
+                && line.contains(&needle)
+            {
+                return line;
+            }
+        }
+        panic!("no request line with {needle}");
+    };
+
+    let ok = request_line("m");
+    let v: serde_json::Value = serde_json::from_str(&ok).unwrap();
+    assert_eq!(v["level"], "INFO");
+    assert_eq!(v["message"], "request");
+    assert_eq!(v["endpoint"], "chat");
+    assert_eq!(v["model"], "m");
+    assert_eq!(v["provider"], "p");
+    assert_eq!(v["status"], 200);
+    assert_eq!(v["stream"], false);
+    assert_eq!(v["attempts"], 1);
+    assert!(v["duration_ms"].as_f64().unwrap() > 0.0);
+    assert!(v["prompt_tokens"].as_u64().unwrap() > 0);
+    assert!(v["cost_usd"].as_f64().unwrap() > 0.0);
+    let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    let order = [
+        "timestamp",
+        "level",
+        "message",
+        "request_id",
+        "endpoint",
+        "tenant",
+        "route",
+        "model",
+        "provider",
+        "status",
+        "outcome",
+        "cache",
+        "stream",
+        "attempts",
+        "retries",
+    ];
+    let at = |k: &str| {
+        ok.find(&format!("\"{k}\":"))
+            .unwrap_or_else(|| panic!("no {k} in {ok}"))
+    };
+    for pair in order.windows(2) {
+        assert!(at(pair[0]) < at(pair[1]), "{} before {} in {ok}", pair[0], pair[1]);
+    }
+    for k in [
+        "duration_ms",
+        "prompt_tokens",
+        "completion_tokens",
+        "cached_tokens",
+        "cost_usd",
+    ] {
+        assert!(keys.contains(&k), "{k} in {ok}");
+    }
+
+    // The provider refuses the connection: a warning, with what the app got.
+    let failed = request_line("gone");
+    let v: serde_json::Value = serde_json::from_str(&failed).unwrap();
+    assert_eq!(v["level"], "WARN");
+    assert_eq!(v["provider"], "down");
+    assert!(v["status"].as_u64().unwrap() >= 500, "{failed}");
+    assert_eq!(v["cost_usd"], 0.0);
+
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = mock.kill();
+    let _ = mock.wait();
+}

@@ -19,6 +19,7 @@ use crate::router::Reason;
 use crate::telemetry::advice::{Advisor, Observation};
 use crate::telemetry::live::{Live, Recent};
 use crate::telemetry::trace::{Kind, RequestTrace};
+use crate::telemetry::jsonlog;
 use crate::telemetry::{BudgetLabels, Finished, Metrics, ModelSeries};
 use crate::upstream::BodyFailure;
 
@@ -257,6 +258,11 @@ impl RequestRecord {
         self.stream
     }
 
+    /// When the request's head arrived: the clock the body's timeouts run on too.
+    pub(crate) fn started(&self) -> Instant {
+        self.start
+    }
+
     pub(crate) fn attempts(&self) -> u32 {
         self.attempts
     }
@@ -488,6 +494,49 @@ impl RequestRecord {
     fn log_line(&self, outcome: Outcome, failed: bool, elapsed: Duration, model_name: &str, provider: &str, cost: f64) {
         let usage = self.usage.unwrap_or_default();
         let request_id = self.request_id.to_str().unwrap_or("");
+        let (level, enabled) = if failed {
+            (tracing::Level::WARN, tracing::enabled!(target: "request", tracing::Level::WARN))
+        } else {
+            (tracing::Level::INFO, tracing::enabled!(target: "request", tracing::Level::INFO))
+        };
+        if !enabled {
+            return;
+        }
+        // The same fields, in the same order, as the event below.
+        let direct = jsonlog::write_direct(level, "request", |f| {
+            f.str("request_id", request_id);
+            f.str("endpoint", self.endpoint);
+            f.str("tenant", self.tenant.as_deref().unwrap_or(NONE));
+            f.str("route", self.route.as_deref().unwrap_or(NONE));
+            f.str("model", model_name);
+            f.str("provider", provider);
+            f.u64("status", u64::from(self.status));
+            f.str("outcome", outcome.label());
+            f.str("cache", self.cache.header());
+            if let Some(skip) = self.cache_skip {
+                f.str("cache_skip", skip.label());
+            }
+            f.bool("stream", self.stream);
+            f.u64("attempts", u64::from(self.attempts));
+            f.u64("retries", u64::from(self.retries));
+            if let Some(reason) = self.reason {
+                f.display("reason", &reason);
+            }
+            if let Some(priority) = self.priority.as_deref() {
+                f.str("priority", priority);
+            }
+            f.f64("duration_ms", elapsed.as_secs_f64() * 1e3);
+            if let Some(t) = self.ttft {
+                f.f64("ttft_ms", t.as_secs_f64() * 1e3);
+            }
+            f.u64("prompt_tokens", usage.prompt_tokens);
+            f.u64("completion_tokens", usage.completion_tokens);
+            f.u64("cached_tokens", usage.cached_tokens);
+            f.f64("cost_usd", cost);
+        });
+        if direct {
+            return;
+        }
         macro_rules! line {
             ($level:expr) => {
                 tracing::event!(

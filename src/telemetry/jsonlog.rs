@@ -5,18 +5,77 @@
 //! line — straight into the line buffer. Numbers go through `itoa`/`ryu` and the timestamp's
 //! date and time of day are formatted once a second: `core::fmt`'s float and integer paths and
 //! a full RFC 3339 formatting per line were a third of the line's cost.
+//!
+//! The per-request line skips `tracing` altogether when the JSON format is installed
+//! ([`write_direct`]): its ~20 fields went through the dispatcher, the fmt layer's own buffer
+//! (a second copy of the line) and a dynamic call per field (#19). It comes out byte for byte
+//! as the equivalent event would.
 
 use std::cell::RefCell;
 use std::fmt::{self, Write};
+use std::io::Write as _;
+use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tracing::field::{Field, Visit};
-use tracing::{Event, Subscriber};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
+use super::logwriter::BatchWriter;
+
 pub struct JsonLines;
+
+/// Where [`write_direct`] writes: the writer of the installed JSON subscriber.
+static DIRECT: OnceLock<BatchWriter> = OnceLock::new();
+
+/// Lets [`write_direct`] write through `w`, the installed JSON subscriber's writer.
+pub(crate) fn install_direct(w: BatchWriter) {
+    let _ = DIRECT.set(w);
+}
+
+/// Writes a JSON line at `level` with `message` and the fields `fields` adds, as [`JsonLines`]
+/// would write the equivalent event, without going through `tracing`. False, and nothing
+/// written, when the installed subscriber is not the JSON one: then log through `tracing`.
+/// The caller checks the level is enabled (`tracing::enabled!`).
+pub(crate) fn write_direct(level: Level, message: &str, fields: impl FnOnce(&mut Fields<'_>)) -> bool {
+    let Some(out) = DIRECT.get() else { return false };
+    with_line(|line| {
+        direct_line(line, level, message, fields);
+        let _ = out.make_writer().write(line.as_bytes());
+    });
+    true
+}
+
+fn direct_line(line: &mut String, level: Level, message: &str, fields: impl FnOnce(&mut Fields<'_>)) {
+    start_line(line, level);
+    let mut f = Fields(line);
+    f.str("message", message);
+    fields(&mut f);
+    line.push_str("}\n");
+}
+
+/// `f` on this thread's line buffer, cleared: a field's `Debug` that logs itself finds the
+/// buffer taken and gets a fresh one.
+fn with_line<R>(f: impl FnOnce(&mut String) -> R) -> R {
+    thread_local! {
+        static LINE: RefCell<String> = const { RefCell::new(String::new()) };
+    }
+    LINE.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut line) => {
+            line.clear();
+            let r = f(&mut line);
+            // One huge line does not keep its buffer for the thread's life.
+            if line.capacity() > 64 << 10 {
+                *line = String::new();
+            }
+            r
+        }
+        Err(_) => f(&mut String::new()),
+    })
+}
 
 impl<S, N> FormatEvent<S, N> for JsonLines
 where
@@ -26,71 +85,48 @@ where
     fn format_event(&self, _ctx: &FmtContext<'_, S, N>, mut w: Writer<'_>, event: &Event<'_>) -> fmt::Result {
         // The line is made in a `String` of this thread and handed over in one write: the
         // writer is a `dyn fmt::Write`, and ~100 small writes through it were a third of the
-        // line's cost (#19). A field's `Debug` that logs itself finds the buffer taken and
-        // gets a fresh one.
-        thread_local! {
-            static LINE: RefCell<String> = const { RefCell::new(String::new()) };
-        }
-        LINE.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut line) => {
-                line.clear();
-                format_line(&mut line, event);
-                let written = w.write_str(&line);
-                // One huge line does not keep its buffer for the thread's life.
-                if line.capacity() > 64 << 10 {
-                    *line = String::new();
-                }
-                written
-            }
-            Err(_) => {
-                let mut line = String::new();
-                format_line(&mut line, event);
-                w.write_str(&line)
-            }
+        // line's cost (#19).
+        with_line(|line| {
+            start_line(line, *event.metadata().level());
+            event.record(&mut Fields(line));
+            line.push_str("}\n");
+            w.write_str(line)
         })
     }
 }
 
-fn format_line(line: &mut String, event: &Event<'_>) {
+fn start_line(line: &mut String, level: Level) {
     line.push_str("{\"timestamp\":\"");
     timestamp(line);
     line.push_str("\",\"level\":\"");
-    line.push_str(event.metadata().level().as_str());
+    line.push_str(level.as_str());
     line.push('"');
-    event.record(&mut Fields(line));
-    line.push_str("}\n");
 }
 
-struct Fields<'a>(&'a mut String);
+/// A line's fields, written as they are given.
+pub(crate) struct Fields<'a>(&'a mut String);
 
 impl Fields<'_> {
-    fn key(&mut self, field: &Field) {
+    fn key(&mut self, name: &str) {
         self.0.push_str(",\"");
-        escape(self.0, field.name());
+        escape(self.0, name);
         self.0.push_str("\":");
     }
-}
 
-impl Visit for Fields<'_> {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.key(field);
+    pub(crate) fn str(&mut self, name: &str, value: &str) {
+        self.key(name);
         self.0.push('"');
         escape(self.0, value);
         self.0.push('"');
     }
 
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        self.key(field);
+    pub(crate) fn u64(&mut self, name: &str, value: u64) {
+        self.key(name);
         self.0.push_str(itoa::Buffer::new().format(value));
     }
 
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        self.key(field);
-        self.0.push_str(itoa::Buffer::new().format(value));
-    }
-
-    fn record_f64(&mut self, field: &Field, value: f64) {
-        self.key(field);
+    pub(crate) fn f64(&mut self, name: &str, value: f64) {
+        self.key(name);
         // JSON has no NaN or infinity.
         if value.is_finite() {
             self.0.push_str(ryu::Buffer::new().format_finite(value));
@@ -99,13 +135,45 @@ impl Visit for Fields<'_> {
         }
     }
 
-    fn record_bool(&mut self, field: &Field, value: bool) {
-        self.key(field);
+    pub(crate) fn bool(&mut self, name: &str, value: bool) {
+        self.key(name);
         self.0.push_str(if value { "true" } else { "false" });
     }
 
+    /// A value's `Display`, as a string (what `tracing::field::display` logs).
+    pub(crate) fn display(&mut self, name: &str, value: &dyn fmt::Display) {
+        self.key(name);
+        self.0.push('"');
+        // Writing into a `String` cannot fail.
+        let _ = write!(Escaped(self.0), "{value}");
+        self.0.push('"');
+    }
+}
+
+impl Visit for Fields<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.str(field.name(), value);
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.key(field.name());
+        self.0.push_str(itoa::Buffer::new().format(value));
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.u64(field.name(), value);
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.f64(field.name(), value);
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.bool(field.name(), value);
+    }
+
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.key(field);
+        self.key(field.name());
         self.0.push('"');
         // Writing into a `String` cannot fail.
         let _ = write!(Escaped(self.0), "{value:?}");
@@ -157,7 +225,7 @@ fn timestamp(line: &mut String) {
 
 fn escape(out: &mut String, s: &str) {
     // Almost every value (ids, names, labels) needs no escaping: one scan, one copy.
-    if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+    if !needs_escape(s.as_bytes()) {
         out.push_str(s);
         return;
     }
@@ -183,6 +251,27 @@ fn escape(out: &mut String, s: &str) {
     out.push_str(&s[start..]);
 }
 
+/// Whether `s` has a byte a JSON string must escape: `"`, `\\` or a control character. A line
+/// has ~40 keys and values to check, so this looks at eight bytes at a time: in
+/// `(x - n·0x01…) & !x & 0x80…` a byte's high bit is set only if some byte at or below it is
+/// under `n`, so the word is flagged exactly when one of its bytes is (a borrow starts only at
+/// such a byte; bytes from 0x80 up, UTF-8 beyond ASCII, are masked out by `!x`).
+fn needs_escape(s: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let under = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x & HIGH;
+    let mut words = s.chunks_exact(8);
+    for w in &mut words {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(w);
+        let x = u64::from_le_bytes(b);
+        if under(x, 0x20) | under(x ^ (ONES * u64::from(b'"')), 1) | under(x ^ (ONES * u64::from(b'\\')), 1) != 0 {
+            return true;
+        }
+    }
+    words.remainder().iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,6 +287,75 @@ mod tests {
             .finish();
         tracing::subscriber::with_default(subscriber, emit);
         String::from_utf8(buf.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn the_word_at_a_time_scan_flags_exactly_the_bytes_json_escapes() {
+        let naive = |s: &[u8]| s.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\');
+        // Every byte value at every position of strings up to three words long, over a
+        // background of plain text and of UTF-8 beyond ASCII (high bits set, where a wrong
+        // mask or a borrow would show).
+        for fill in [b'a', 0x7f, 0x80, 0xff, b' ', b'!', b'#', b'[', b']'] {
+            for len in 0..24 {
+                let plain = vec![fill; len];
+                assert_eq!(needs_escape(&plain), naive(&plain), "fill {fill:#x} len {len}");
+                for at in 0..len {
+                    for b in 0..=255u8 {
+                        let mut s = plain.clone();
+                        s[at] = b;
+                        assert_eq!(needs_escape(&s), naive(&s), "fill {fill:#x} len {len} byte {b:#x} at {at}");
+                    }
+                }
+            }
+        }
+        let mut line = String::new();
+        escape(&mut line, "a\"b\\c\u{1}\té");
+        assert_eq!(line, "a\\\"b\\\\c\\u0001\\té");
+    }
+
+    /// The line without its timestamp's value, which differs between two lines.
+    fn untimed(line: &str) -> String {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(v["timestamp"].as_str().unwrap().ends_with('Z'));
+        let (head, rest) = line.split_once("\",\"level\"").unwrap();
+        assert!(head.starts_with("{\"timestamp\":\""));
+        rest.to_string()
+    }
+
+    #[test]
+    fn a_line_written_directly_is_the_line_the_event_would_make() {
+        let reason = std::net::Ipv4Addr::new(10, 0, 0, 1);
+        let (absent, present): (Option<&str>, Option<&str>) = (None, Some("tab\there"));
+        let via_tracing = logged(|| {
+            tracing::warn!(
+                request_id = "r-\"1\"",
+                status = 502u16,
+                stream = false,
+                cache_skip = absent,
+                priority = present,
+                reason = tracing::field::display(reason),
+                duration_ms = 1.25f64,
+                cost_usd = 0.0f64,
+                tokens = 0u64,
+                "request"
+            )
+        });
+        let mut direct = String::new();
+        direct_line(&mut direct, Level::WARN, "request", |f| {
+            f.str("request_id", "r-\"1\"");
+            f.u64("status", 502);
+            f.bool("stream", false);
+            if let Some(p) = present {
+                f.str("priority", p);
+            }
+            f.display("reason", &reason);
+            f.f64("duration_ms", 1.25);
+            f.f64("cost_usd", 0.0);
+            f.u64("tokens", 0);
+        });
+        assert_eq!(untimed(&direct), untimed(via_tracing.trim_end()) + "\n");
+        assert!(direct.contains(r#""level":"WARN","message":"request","request_id":"r-\"1\"""#), "{direct}");
+        assert!(direct.contains(r#""priority":"tab\there","reason":"10.0.0.1""#), "{direct}");
     }
 
     #[test]

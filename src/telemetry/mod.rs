@@ -54,6 +54,7 @@ pub fn init_logging(settings: &LoggingSettings) -> LogGuard {
         let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
         return None;
     };
+    let direct = writer.clone();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
@@ -63,5 +64,8 @@ pub fn init_logging(settings: &LoggingSettings) -> LogGuard {
     } else {
         builder.with_ansi(std::io::stdout().is_terminal()).try_init()
     };
+    if json && installed.is_ok() {
+        jsonlog::install_direct(direct);
+    }
     installed.ok().map(|_| guard)
 }
