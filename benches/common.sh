@@ -1,7 +1,7 @@
 # Shared by the load scripts (sourced, from the repository root): builds the release binary,
 # makes a work folder, stops every process in PIDS and removes the folder on exit.
 cargo build --release --locked --bin llm-sidecar >&2
-BIN=target/release/llm-sidecar
+BIN=${BIN:-target/release/llm-sidecar}
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }

@@ -172,6 +172,18 @@ impl Scheduler {
         self.inner.lock().map(|i| (i.in_use, i.queued)).unwrap_or((0, 0))
     }
 
+    /// A slot at once, if one is free and nobody waits for one.
+    pub(crate) fn try_acquire(self: &Arc<Self>) -> Option<Permit> {
+        let Ok(mut inner) = self.inner.lock() else {
+            return Some(self.permit());
+        };
+        if inner.in_use < self.limit && inner.queued == 0 {
+            inner.in_use += 1;
+            return Some(self.permit());
+        }
+        None
+    }
+
     /// Waits for a slot in priority `class` for at most `timeout`.
     pub(crate) async fn acquire(
         self: &Arc<Self>,

@@ -262,12 +262,19 @@ impl Attempt<'_> {
     async fn acquire(&self, rec: &mut RequestRecord, provider: &Provider) -> Result<Permit, Outcome> {
         let metrics = &self.shared.metrics;
         let sched = &self.rt.config.scheduling;
-        let waited = Instant::now();
         let queue_span = rec.trace().map(|t| t.open("queue wait", Kind::Internal));
-        let acquired = provider
-            .scheduler
-            .acquire(self.class, sched.queue_timeout, sched.max_queued)
-            .await;
+        // Usually a slot is free: nothing waited, and the clock is not read twice to say so.
+        let free = provider.scheduler.try_acquire();
+        let waited = free.is_none().then(Instant::now);
+        let acquired = match free {
+            Some(permit) => Ok(permit),
+            None => {
+                provider
+                    .scheduler
+                    .acquire(self.class, sched.queue_timeout, sched.max_queued)
+                    .await
+            }
+        };
         if let (Some(t), Some(mut span)) = (rec.trace_mut(), queue_span) {
             span.set("llm_sidecar.provider", provider.name());
             span.set("llm_sidecar.priority", self.class_name());
@@ -310,7 +317,7 @@ impl Attempt<'_> {
             .get_or_create(&PriorityLabels {
                 priority: self.class_name(),
             })
-            .observe(waited.elapsed().as_secs_f64());
+            .observe(waited.map_or(0.0, |w| w.elapsed().as_secs_f64()));
         Ok(permit)
     }
 

@@ -54,17 +54,18 @@ fn next_byte_due(started: Instant, deadline: Instant, received: u64, min_rate: u
 /// Reads a whole request body. Each frame is copied into one growing buffer and dropped: a
 /// frame is a slice of the connection's read buffer, and keeping trickled one-byte frames
 /// would pin a whole read buffer per byte. The one exception, a body that arrives in a single
-/// frame (the usual case), is kept as it is, without a copy.
+/// frame (the usual case), is kept as it is, without a copy. The body's time and rate count
+/// from `started`, when the request's head arrived.
 pub(crate) async fn read_request(
     body: &mut Incoming,
     declared: Option<u64>,
     s: &ServerSettings,
+    started: Instant,
 ) -> Result<Bytes, ReadError> {
     let limit = s.max_body_bytes;
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ReadError::TooLarge(limit));
     }
-    let started = Instant::now();
     let deadline = started + s.body_timeout;
     let mut first: Option<Bytes> = None;
     let mut buf = BytesMut::new();

@@ -108,7 +108,7 @@ impl Stages<'_> {
         if let Some(sinks) = &self.shared.sinks {
             rec.tell_sinks(sinks.clone());
         }
-        let read = read_request_body(incoming, self.headers, &self.rt.config.server, &self.shared.metrics).await?;
+        let read = read_request_body(incoming, self.headers, &self.rt.config.server, &self.shared.metrics, rec.started()).await?;
         let head = RequestHead::parse(&read)?;
         // Parsed again only when the before_route callout chose another model.
         let (rewritten, added) = self.before_route(rec, &tenant, &head, &read).await?;
@@ -509,12 +509,13 @@ async fn read_request_body(
     headers: &HeaderMap,
     server: &ServerSettings,
     metrics: &Metrics,
+    started: tokio::time::Instant,
 ) -> Result<Bytes, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    match read_request(body, declared, server).await {
+    match read_request(body, declared, server, started).await {
         Ok(b) => Ok(b),
         Err(ReadError::TooLarge(limit)) => Err(ApiError::too_large(limit)),
         Err(e @ (ReadError::TooSlow { .. } | ReadError::Timeout(_))) => {
