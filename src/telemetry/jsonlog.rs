@@ -107,26 +107,32 @@ fn start_line(line: &mut String, level: Level) {
 pub(crate) struct Fields<'a>(&'a mut String);
 
 impl Fields<'_> {
+    /// A key from an event: a field's name is usually an identifier, but may be any string.
     fn key(&mut self, name: &str) {
         self.0.push_str(",\"");
         escape(self.0, name);
         self.0.push_str("\":");
     }
 
-    pub(crate) fn str(&mut self, name: &str, value: &str) {
-        self.key(name);
+    /// A key written by [`write_direct`]'s caller: a literal, one of ours, with nothing to escape.
+    fn own_key(&mut self, name: &'static str) {
+        debug_assert!(!needs_escape(name.as_bytes()), "{name}");
+        self.0.push_str(",\"");
+        self.0.push_str(name);
+        self.0.push_str("\":");
+    }
+
+    fn string(&mut self, value: &str) {
         self.0.push('"');
         escape(self.0, value);
         self.0.push('"');
     }
 
-    pub(crate) fn u64(&mut self, name: &str, value: u64) {
-        self.key(name);
+    fn number(&mut self, value: u64) {
         self.0.push_str(itoa::Buffer::new().format(value));
     }
 
-    pub(crate) fn f64(&mut self, name: &str, value: f64) {
-        self.key(name);
+    fn float(&mut self, value: f64) {
         // JSON has no NaN or infinity.
         if value.is_finite() {
             self.0.push_str(ryu::Buffer::new().format_finite(value));
@@ -135,14 +141,33 @@ impl Fields<'_> {
         }
     }
 
-    pub(crate) fn bool(&mut self, name: &str, value: bool) {
-        self.key(name);
+    fn boolean(&mut self, value: bool) {
         self.0.push_str(if value { "true" } else { "false" });
     }
 
+    pub(crate) fn str(&mut self, name: &'static str, value: &str) {
+        self.own_key(name);
+        self.string(value);
+    }
+
+    pub(crate) fn u64(&mut self, name: &'static str, value: u64) {
+        self.own_key(name);
+        self.number(value);
+    }
+
+    pub(crate) fn f64(&mut self, name: &'static str, value: f64) {
+        self.own_key(name);
+        self.float(value);
+    }
+
+    pub(crate) fn bool(&mut self, name: &'static str, value: bool) {
+        self.own_key(name);
+        self.boolean(value);
+    }
+
     /// A value's `Display`, as a string (what `tracing::field::display` logs).
-    pub(crate) fn display(&mut self, name: &str, value: &dyn fmt::Display) {
-        self.key(name);
+    pub(crate) fn display(&mut self, name: &'static str, value: &dyn fmt::Display) {
+        self.own_key(name);
         self.0.push('"');
         // Writing into a `String` cannot fail.
         let _ = write!(Escaped(self.0), "{value}");
@@ -152,7 +177,8 @@ impl Fields<'_> {
 
 impl Visit for Fields<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.str(field.name(), value);
+        self.key(field.name());
+        self.string(value);
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
@@ -161,15 +187,18 @@ impl Visit for Fields<'_> {
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.u64(field.name(), value);
+        self.key(field.name());
+        self.number(value);
     }
 
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.f64(field.name(), value);
+        self.key(field.name());
+        self.float(value);
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.bool(field.name(), value);
+        self.key(field.name());
+        self.boolean(value);
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
@@ -260,16 +289,23 @@ fn needs_escape(s: &[u8]) -> bool {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     let under = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x & HIGH;
+    let flagged = |b: [u8; 8]| {
+        let x = u64::from_le_bytes(b);
+        under(x, 0x20) | under(x ^ (ONES * u64::from(b'"')), 1) | under(x ^ (ONES * u64::from(b'\\')), 1) != 0
+    };
     let mut words = s.chunks_exact(8);
     for w in &mut words {
         let mut b = [0u8; 8];
         b.copy_from_slice(w);
-        let x = u64::from_le_bytes(b);
-        if under(x, 0x20) | under(x ^ (ONES * u64::from(b'"')), 1) | under(x ^ (ONES * u64::from(b'\\')), 1) != 0 {
+        if flagged(b) {
             return true;
         }
     }
-    words.remainder().iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+    // The last few bytes as one more word, padded with a letter.
+    let tail = words.remainder();
+    let mut b = [b'a'; 8];
+    b[..tail.len()].copy_from_slice(tail);
+    !tail.is_empty() && flagged(b)
 }
 
 #[cfg(test)]
