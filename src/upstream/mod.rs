@@ -8,6 +8,7 @@ pub mod adapter;
 pub mod anthropic;
 pub(crate) mod embeddings;
 pub mod openai_compat;
+mod pool;
 pub mod redact;
 
 use std::sync::Arc;
@@ -19,10 +20,7 @@ use http::{Method, Request, Response, Uri};
 use http_body_util::Full;
 use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
 
 use crate::config::{ConfigIssue, ProviderConfig, ProviderKind};
@@ -310,7 +308,7 @@ impl UpstreamError {
 /// A provider ready to take requests.
 pub struct Provider {
     pub(crate) config: Arc<ProviderConfig>,
-    client: Client<HttpsConnector<HttpConnector>, ClientBody>,
+    pool: pool::Pool,
     pub(crate) scheduler: Arc<Scheduler>,
     /// Base URL path without a trailing slash, e.g. `/v1`.
     base_path: String,
@@ -352,16 +350,11 @@ impl Provider {
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_max_idle_per_host(config.max_connections)
-            .build(https);
+        let pool = pool::Pool::new(https, POOL_IDLE_TIMEOUT);
         let base_path = config.base_url.path().trim_end_matches('/').to_owned();
         let mut provider = Self {
             scheduler: Scheduler::new(config.max_connections, weights),
-            client,
+            pool,
             base_path,
             config,
             routed_uris: Vec::new(),
@@ -462,9 +455,9 @@ impl Provider {
         *req.headers_mut() = headers;
         let now = Instant::now();
         let limit = (now + self.config.timeouts.first_byte).min(deadline);
-        match tokio::time::timeout_at(limit, self.client.request(req)).await {
+        match tokio::time::timeout_at(limit, self.pool.send(req, now)).await {
             Ok(Ok(response)) => Ok(Upstream { response, permit }),
-            Ok(Err(e)) if e.is_connect() => Err(UpstreamError::Connect {
+            Ok(Err(e @ pool::SendError::Connect(_))) => Err(UpstreamError::Connect {
                 provider: self.name().clone(),
                 detail: error_chain(&e),
             }),
