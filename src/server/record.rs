@@ -17,7 +17,7 @@ use crate::openai::Usage;
 use crate::plugin::{RequestEvent, Sinks};
 use crate::router::Reason;
 use crate::telemetry::advice::{Advisor, Observation};
-use crate::telemetry::live::{Live, Recent};
+use crate::telemetry::live::{Live, Recent, RowId};
 use crate::telemetry::trace::{Kind, RequestTrace};
 use crate::telemetry::jsonlog;
 use crate::telemetry::{BudgetLabels, Finished, Metrics, ModelSeries};
@@ -469,7 +469,7 @@ impl RequestRecord {
             let u = self.usage.unwrap_or_default();
             live.record(Recent {
                 at_ms: now,
-                request_id: self.request_id.clone(),
+                request_id: RowId::new(&self.request_id),
                 endpoint: self.endpoint,
                 tenant: self.tenant.clone().unwrap_or_else(|| none.clone()),
                 route: self.route.clone().unwrap_or_else(|| none.clone()),

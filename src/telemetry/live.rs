@@ -23,8 +23,7 @@ pub(crate) const TAIL: usize = 25;
 #[serde(bound(serialize = "R: std::fmt::Display"))]
 pub struct Recent<R> {
     pub(crate) at_ms: u64,
-    #[serde(serialize_with = "header_str")]
-    pub(crate) request_id: http::HeaderValue,
+    pub(crate) request_id: RowId,
     pub(crate) endpoint: &'static str,
     pub(crate) tenant: Arc<str>,
     pub(crate) route: Arc<str>,
@@ -47,8 +46,43 @@ pub struct Recent<R> {
     pub(crate) prompt: Option<String>,
 }
 
-fn header_str<S: serde::Serializer>(v: &http::HeaderValue, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(v.to_str().unwrap_or(""))
+/// A request id as a row keeps it: in the row when it is short (the sidecar's own ids and
+/// UUIDs), so that the row's overwrite, a ring's length of requests later, does not free a
+/// heap block long gone cold — that free was ~0.15 µs per request under load (#19).
+#[derive(Clone, Debug)]
+pub(crate) enum RowId {
+    Short { len: u8, bytes: [u8; ROW_ID_BYTES] },
+    Long(http::HeaderValue),
+}
+
+const ROW_ID_BYTES: usize = 39;
+
+impl RowId {
+    pub(crate) fn new(id: &http::HeaderValue) -> Self {
+        let b = id.as_bytes();
+        match u8::try_from(b.len()) {
+            Ok(len) if b.len() <= ROW_ID_BYTES && id.to_str().is_ok() => {
+                let mut bytes = [0; ROW_ID_BYTES];
+                bytes[..b.len()].copy_from_slice(b);
+                RowId::Short { len, bytes }
+            }
+            _ => RowId::Long(id.clone()),
+        }
+    }
+
+    /// The id, or "" if it is not visible ASCII (as a header's `to_str`).
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            RowId::Short { len, bytes } => std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or(""),
+            RowId::Long(v) => v.to_str().unwrap_or(""),
+        }
+    }
+}
+
+impl serde::Serialize for RowId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
 }
 
 fn display<R: std::fmt::Display, S: serde::Serializer>(v: &Option<R>, s: S) -> Result<S::Ok, S::Error> {
@@ -177,10 +211,27 @@ impl<R: std::fmt::Display> Live<R> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_row_keeps_short_ids_in_place_and_any_id_as_it_was_given() {
+        let id = |b: &[u8]| http::HeaderValue::from_bytes(b).unwrap();
+        for text in ["r", "0123456789abcdef0123456789abcdef", "123e4567-e89b-12d3-a456-426614174000", &"x".repeat(39)] {
+            let row = RowId::new(&id(text.as_bytes()));
+            assert!(matches!(row, RowId::Short { .. }), "{text}");
+            assert_eq!(row.as_str(), text);
+        }
+        let long = "y".repeat(40);
+        let row = RowId::new(&id(long.as_bytes()));
+        assert!(matches!(row, RowId::Long(_)));
+        assert_eq!(row.as_str(), long);
+        // Not visible ASCII: shown as "", as before.
+        assert_eq!(RowId::new(&id(b"a\xffb")).as_str(), "");
+        assert_eq!(serde_json::to_string(&RowId::new(&id(b"r-1"))).unwrap(), "\"r-1\"");
+    }
+
     fn req(at_ms: u64, ms: f64, cache: &'static str, status: u16) -> Recent<&'static str> {
         Recent {
             at_ms,
-            request_id: http::HeaderValue::from_static("r"),
+            request_id: RowId::new(&http::HeaderValue::from_static("r")),
             endpoint: "chat",
             tenant: "t".into(),
             route: "auto".into(),
