@@ -42,6 +42,9 @@ pub(crate) enum SendError {
     Http(#[from] hyper::Error),
 }
 
+/// Requests given back unsent before one goes on a new connection.
+const GIVE_BACKS: usize = 3;
+
 pub(crate) struct Pool {
     connector: HttpsConnector<HttpConnector>,
     conns: Arc<Mutex<Conns>>,
@@ -96,7 +99,9 @@ impl Pool {
         mut req: Request<ClientBody>,
         now: Instant,
     ) -> Result<Response<Incoming>, SendError> {
-        loop {
+        // A connection that gives a request back has closed and leaves the ring at the next
+        // pass; after a few such, a new connection rather than another look.
+        for _ in 0..GIVE_BACKS {
             match self.take(req, now) {
                 Taken::Sent(sent) => match sent.await {
                     Ok(response) => return Ok(response),
@@ -107,20 +112,21 @@ impl Pool {
                     },
                 },
                 Taken::Http2(mut tx, back) => {
-                    if tx.ready().await.is_ok() {
-                        return match tx.try_send_request(back).await {
-                            Ok(response) => Ok(response),
-                            Err(mut e) => match e.take_message() {
-                                Some(again) => self.connect_and_send(again, now).await,
-                                None => Err(SendError::Http(e.into_error())),
-                            },
-                        };
+                    if tx.ready().await.is_err() {
+                        return self.connect_and_send(back, now).await;
                     }
-                    req = back;
+                    return match tx.try_send_request(back).await {
+                        Ok(response) => Ok(response),
+                        Err(mut e) => match e.take_message() {
+                            Some(again) => self.connect_and_send(again, now).await,
+                            None => Err(SendError::Http(e.into_error())),
+                        },
+                    };
                 }
                 Taken::Nothing(back) => return self.connect_and_send(back, now).await,
             }
         }
+        self.connect_and_send(req, now).await
     }
 
     /// A pooled connection for `req`, the request already handed to it if HTTP/1: taking and
