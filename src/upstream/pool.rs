@@ -64,11 +64,33 @@ struct Http1 {
     seen: Instant,
 }
 
+impl Http1 {
+    /// Whether the pool keeps it: open, and busy or idle for less than `idle_timeout`. A busy
+    /// one counts as seen in use now.
+    fn keep(&mut self, now: Instant, idle_timeout: Duration) -> bool {
+        if self.tx.is_closed() {
+            return false;
+        }
+        if !self.tx.is_ready() {
+            self.seen = now;
+            return true;
+        }
+        now.saturating_duration_since(self.seen) < idle_timeout
+    }
+}
+
 struct Http2 {
     tx: http2::SendRequest<ClientBody>,
     /// When a request last started on it. Letting go of it while a stream is still open is
     /// safe: the connection closes once its streams have ended.
     seen: Instant,
+}
+
+impl Http2 {
+    /// Whether the pool keeps it: open, and a request started on it within `idle_timeout`.
+    fn keep(&self, now: Instant, idle_timeout: Duration) -> bool {
+        !self.tx.is_closed() && now.saturating_duration_since(self.seen) < idle_timeout
+    }
 }
 
 /// What the pool had for a request.
@@ -136,7 +158,7 @@ impl Pool {
             return Taken::Nothing(req);
         };
         if let Some(h) = &mut conns.http2 {
-            if !h.tx.is_closed() && now.saturating_duration_since(h.seen) < self.idle_timeout {
+            if h.keep(now, self.idle_timeout) {
                 h.seen = now;
                 return Taken::Http2(h.tx.clone(), req);
             }
@@ -144,16 +166,12 @@ impl Pool {
         }
         for _ in 0..conns.ring.len() {
             let Some(mut c) = conns.ring.pop_front() else { break };
-            if c.tx.is_closed() {
+            // Dropping the last handle closes an idle connection.
+            if !c.keep(now, self.idle_timeout) {
                 continue;
             }
             if !c.tx.is_ready() {
-                c.seen = now;
                 conns.ring.push_back(c);
-                continue;
-            }
-            if now.saturating_duration_since(c.seen) >= self.idle_timeout {
-                // Dropping the last handle closes an idle connection.
                 continue;
             }
             c.seen = now;
@@ -241,22 +259,10 @@ async fn reap(conns: Weak<Mutex<Conns>>, idle_timeout: Duration) {
         let Some(conns) = conns.upgrade() else { return };
         let now = Instant::now();
         if let Ok(mut c) = conns.lock() {
-            if c.http2
-                .as_ref()
-                .is_some_and(|h| h.tx.is_closed() || now.saturating_duration_since(h.seen) >= idle_timeout)
-            {
+            if c.http2.as_ref().is_some_and(|h| !h.keep(now, idle_timeout)) {
                 c.http2 = None;
             }
-            c.ring.retain_mut(|c| {
-                if c.tx.is_closed() {
-                    return false;
-                }
-                if !c.tx.is_ready() {
-                    c.seen = now;
-                    return true;
-                }
-                now.saturating_duration_since(c.seen) < idle_timeout
-            });
+            c.ring.retain_mut(|c| c.keep(now, idle_timeout));
         }
     }
 }
