@@ -20,7 +20,6 @@ use http::{Method, Request, Response, Uri};
 use http_body_util::Full;
 use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::time::Instant;
 
 use crate::config::{ConfigIssue, ProviderConfig, ProviderKind};
@@ -339,18 +338,7 @@ impl Provider {
     /// `weights`: the priority classes' weights (see [`Scheduler`]).
     pub(crate) fn new(config: Arc<ProviderConfig>, weights: &[u32]) -> Result<Self, ConfigIssue> {
         let tls = tls_config(&config)?;
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(config.timeouts.connect));
-        http.set_keepalive(Some(Duration::from_secs(30)));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
-        let pool = pool::Pool::new(https, POOL_IDLE_TIMEOUT);
+        let pool = pool::Pool::new(pool::connector(tls, config.timeouts.connect), POOL_IDLE_TIMEOUT);
         let base_path = config.base_url.path().trim_end_matches('/').to_owned();
         let mut provider = Self {
             scheduler: Scheduler::new(config.max_connections, weights),

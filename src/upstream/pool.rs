@@ -105,6 +105,22 @@ enum Taken<F> {
 
 type Sent = Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<ClientBody>>>;
 
+/// TCP (no delay, keepalive, `connect_timeout`) and TLS with `tls` for `https` URLs,
+/// offering HTTP/2 and HTTP/1.1.
+pub(crate) fn connector(tls: rustls::ClientConfig, connect_timeout: Duration) -> HttpsConnector<HttpConnector> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_keepalive(Some(Duration::from_secs(30)));
+    hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http)
+}
+
 impl Pool {
     pub(crate) fn new(connector: HttpsConnector<HttpConnector>, idle_timeout: Duration) -> Self {
         Pool {
@@ -286,50 +302,58 @@ mod tests {
     use http_body_util::BodyExt;
     use hyper_util::rt::TokioIo;
 
-    fn pool(idle: Duration) -> Pool {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(
-                rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                    .with_safe_default_protocol_versions()
-                    .unwrap()
-                    .with_root_certificates(rustls::RootCertStore::empty())
-                    .with_no_client_auth(),
-            )
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
-        Pool::new(https, idle)
+    /// A pool trusting only `roots` (none: plain HTTP only).
+    fn pool_trusting(roots: rustls::RootCertStore, idle: Duration) -> Pool {
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Pool::new(connector(tls, Duration::from_secs(5)), idle)
     }
 
-    /// A server answering `ok` and counting the connections it accepted.
-    async fn server() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+    fn pool(idle: Duration) -> Pool {
+        pool_trusting(rustls::RootCertStore::empty(), idle)
+    }
+
+    /// Accepts connections on `listener` for ever, each served by `serve` on a task of its
+    /// own; counts them.
+    fn accept_counting<F, Fut>(listener: tokio::net::TcpListener, serve: F) -> Arc<std::sync::atomic::AtomicUsize>
+    where
+        F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let count = accepted.clone();
         tokio::spawn(async move {
             loop {
                 let (s, _) = listener.accept().await.unwrap();
                 count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
-                        let path = req.uri().to_string();
-                        let body = req.into_body().collect().await.unwrap().to_bytes();
-                        let mut text = format!("{path} {}", body.len());
-                        // Too big to sit buffered in the connection: it stays busy until read.
-                        if path.contains("big") {
-                            text.push_str(&" ".repeat(4 << 20));
-                        }
-                        Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(Bytes::from(text))))
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(s), svc)
-                        .await;
-                });
+                tokio::spawn(serve(s));
             }
+        });
+        accepted
+    }
+
+    /// A server answering with the request's path and body length, counting the connections
+    /// it accepted.
+    async fn server() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = accept_counting(listener, |s| async move {
+            let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                let path = req.uri().to_string();
+                let body = req.into_body().collect().await.unwrap().to_bytes();
+                let mut text = format!("{path} {}", body.len());
+                // Too big to sit buffered in the connection: it stays busy until read.
+                if path.contains("big") {
+                    text.push_str(&" ".repeat(4 << 20));
+                }
+                Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(Bytes::from(text))))
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(s), svc)
+                .await;
         });
         (addr, accepted)
     }
@@ -396,21 +420,16 @@ mod tests {
         // Answers once per connection, then closes it.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            loop {
-                let (s, _) = listener.accept().await.unwrap();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(|_req: Request<Incoming>| async {
-                        let mut r = Response::new(http_body_util::Full::new(Bytes::from_static(b"once")));
-                        r.headers_mut()
-                            .insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
-                        Ok::<_, std::convert::Infallible>(r)
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(s), svc)
-                        .await;
-                });
-            }
+        accept_counting(listener, |s| async move {
+            let svc = hyper::service::service_fn(|_req: Request<Incoming>| async {
+                let mut r = Response::new(http_body_util::Full::new(Bytes::from_static(b"once")));
+                r.headers_mut()
+                    .insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+                Ok::<_, std::convert::Infallible>(r)
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(s), svc)
+                .await;
         });
         let p = pool(Duration::from_secs(60));
         for _ in 0..4 {
@@ -440,7 +459,7 @@ mod tests {
         use rustls_pki_types::pem::PemObject;
         let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut server_cfg = rustls::ServerConfig::builder_with_provider(provider.clone())
+        let mut server_cfg = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_no_client_auth()
@@ -453,41 +472,22 @@ mod tests {
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_cfg));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let count = accepted.clone();
-        tokio::spawn(async move {
-            loop {
-                let (s, _) = listener.accept().await.unwrap();
-                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let acceptor = acceptor.clone();
-                tokio::spawn(async move {
-                    let s = acceptor.accept(s).await.unwrap();
-                    let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
-                        let text = format!("{:?} {}", req.version(), req.uri());
-                        Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(Bytes::from(text))))
-                    });
-                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(s), svc)
-                        .await;
+        let accepted = accept_counting(listener, move |s| {
+            let acceptor = acceptor.clone();
+            async move {
+                let s = acceptor.accept(s).await.unwrap();
+                let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                    let text = format!("{:?} {}", req.version(), req.uri());
+                    Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(Bytes::from(text))))
                 });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
             }
         });
         let mut roots = rustls::RootCertStore::empty();
         roots.add(cert.cert.der().clone()).unwrap();
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
-        let p = Arc::new(Pool::new(https, Duration::from_secs(60)));
+        let p = Arc::new(pool_trusting(roots, Duration::from_secs(60)));
         let url = format!("https://localhost:{port}/v1/x");
         let send = |p: Arc<Pool>| {
             let url = url.clone();
