@@ -17,6 +17,32 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// `llm-sidecar serve --config cfg`, and its stdout (its JSON log) line by line.
+fn serve(cfg: &std::path::Path) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(cfg)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let rx = stdout_lines(&mut child);
+    (child, rx)
+}
+
+/// The first log line containing `needle` within 10 s.
+fn line_containing(rx: &std::sync::mpsc::Receiver<String>, needle: &str) -> String {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(100))
+            && line.contains(needle)
+        {
+            return line;
+        }
+    }
+    panic!("no log line containing {needle:?}");
+}
+
 /// The child's stdout (its JSON log), line by line, as they come.
 fn stdout_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
     let stdout = child.stdout.take().unwrap();
@@ -125,25 +151,8 @@ fn sighup_reloads_and_sigterm_drains_and_exits_zero() {
         )
     };
     std::fs::write(&cfg, text("one")).unwrap();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let rx = stdout_lines(&mut child);
-    let wait_for = |needle: &str| {
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(10) {
-            if let Ok(line) = rx.recv_timeout(Duration::from_millis(100))
-                && line.contains(needle)
-            {
-                return line;
-            }
-        }
-        panic!("no log line containing {needle:?}");
-    };
+    let (mut child, rx) = serve(&cfg);
+    let wait_for = |needle: &str| line_containing(&rx, needle);
     let line = wait_for("llm-sidecar serving");
     let v: serde_json::Value = serde_json::from_str(&line).expect("logs are JSON lines");
     assert_eq!(v["level"], "INFO");
@@ -273,14 +282,7 @@ fn each_request_is_one_json_line_with_its_fields() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let rx = stdout_lines(&mut child);
+    let (mut child, rx) = serve(&cfg);
     let request_line = |model: &str| {
         let body = format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi \"there\""}}]}}"#);
         let start = Instant::now();
@@ -300,16 +302,7 @@ fn each_request_is_one_json_line_with_its_fields() {
             std::thread::sleep(Duration::from_millis(50));
         }
         assert!(answer.starts_with("HTTP/1.1"), "{answer}");
-        let needle = format!("\"request_id\":\"id-{model}\"");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(line) = rx.recv_timeout(Duration::from_millis(100))
-                && line.contains(&needle)
-            {
-                return line;
-            }
-        }
-        panic!("no request line with {needle}");
+        line_containing(&rx, &format!("\"request_id\":\"id-{model}\""))
     };
 
     let ok = request_line("m");
